@@ -1,0 +1,116 @@
+//! Criterion benchmarks of the pure pieces on the GET hot path, and of the
+//! index underneath. `cargo bench --bench hot_path`; see PERF.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+use mkv::http::parse_request;
+use mkv::index::{Index, IndexOptions};
+use mkv::placement::{key2path_into, key2volume};
+use mkv::record::Record;
+use mkv::store::{Placement, Store};
+use mkv::volume::Volumes;
+
+const GET: &[u8] = b"GET /bench/key-123456 HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUser-Agent: wrk\r\n\r\n";
+const PUT: &[u8] = b"PUT /bench/key-123456 HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\n\r\n";
+
+fn volumes(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("127.0.0.1:{}", 3001 + i)).collect()
+}
+
+fn http(c: &mut Criterion) {
+    c.bench_function("parse_request/get", |b| {
+        b.iter(|| parse_request(black_box(GET)).unwrap())
+    });
+    c.bench_function("parse_request/put", |b| {
+        b.iter(|| parse_request(black_box(PUT)).unwrap())
+    });
+}
+
+fn placement(c: &mut Criterion) {
+    let mut group = c.benchmark_group("key2volume");
+    for count in [3, 16, 64] {
+        let list = volumes(count);
+        group.bench_with_input(BenchmarkId::from_parameter(count), &list, |b, list| {
+            b.iter(|| key2volume(black_box(b"/bench/key-123456"), list, 3, 10))
+        });
+    }
+    group.finish();
+    let mut path = Vec::with_capacity(64);
+    c.bench_function("key2path", |b| {
+        b.iter(|| {
+            path.clear();
+            key2path_into(black_box(b"/bench/key-123456"), &mut path);
+        })
+    });
+}
+
+fn record(c: &mut Criterion) {
+    let record = Record::new(
+        vec![
+            "127.0.0.1:3001/sv03".into(),
+            "127.0.0.1:3002/sv07".into(),
+            "127.0.0.1:3003/sv01".into(),
+        ],
+        false,
+        Some(*b"5d41402abc4b2a76b9719d911017c592"),
+    );
+    let bytes = record.encode();
+    c.bench_function("record/encode", |b| b.iter(|| black_box(&record).encode()));
+    c.bench_function("record/decode", |b| {
+        b.iter(|| Record::decode(black_box(&bytes)).unwrap())
+    });
+}
+
+fn store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(
+        dir.path(),
+        &IndexOptions {
+            block_cache_bytes: 64 << 20,
+            sync: false,
+        },
+    )
+    .unwrap();
+    let list = volumes(3);
+    let placement = Placement {
+        volumes: list.clone(),
+        replicas: 3,
+        subvolumes: 10,
+    };
+    let keys: Vec<Vec<u8>> = (0..100_000).map(|i| format!("/bench/key-{i}").into_bytes()).collect();
+    for key in &keys {
+        index.put(key, &Record::new(placement.place(key), false, None)).unwrap();
+    }
+    let store = Store::new(index, placement, Arc::new(Volumes::new(&list)), 256 << 20, 1);
+    let mut out = Vec::with_capacity(4096);
+    for key in &keys {
+        store.read(key, &mut out, true).unwrap();
+        out.clear();
+    }
+    let mut i = 0;
+    c.bench_function("store/read_hit_302", |b| {
+        b.iter(|| {
+            out.clear();
+            i = (i + 7919) % keys.len();
+            store.read(black_box(&keys[i]), &mut out, true).unwrap()
+        })
+    });
+    c.bench_function("index/get_hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            store.index().get(black_box(&keys[i])).unwrap()
+        })
+    });
+    c.bench_function("index/get_miss", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            store.index().get(black_box(&keys[i][1..])).unwrap()
+        })
+    });
+}
+
+criterion_group!(benches, http, placement, record, store);
+criterion_main!(benches);

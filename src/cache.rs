@@ -1,0 +1,279 @@
+//! The record cache: a bounded, sharded key -> value map in front of the index.
+//!
+//! Shards are picked by key hash; each is a small mutex-guarded table with
+//! CLOCK (second-chance) eviction under a byte budget. Any reactor may read or
+//! fill any shard: a lock held for a hash probe and a memcpy is cheaper than
+//! routing the request to an owner core (see ARCHITECTURE.md).
+//!
+//! Coherence with the index: writers update the index first and then `put`
+//! the new value here, bumping the shard's epoch. A reader that missed notes
+//! the epoch in a `Ticket` before reading the index and `fill`s only if no
+//! write touched the shard since, so a stale read can never overwrite a newer
+//! write (read-your-writes across cores).
+
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+
+use hashbrown::HashTable;
+
+/// Bookkeeping bytes charged per entry on top of key and value.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Smallest budget a shard gets, so tiny caches still hold something.
+const SHARD_BYTES_MIN: usize = 64 * 1024;
+
+/// Something the cache can weigh.
+pub trait Weigh {
+    /// Heap bytes the value holds.
+    fn weight_bytes(&self) -> usize;
+}
+
+struct Slot<V> {
+    key: Box<[u8]>,
+    value: V,
+    visited: bool,
+}
+
+struct Shard<V> {
+    table: HashTable<u32>,
+    slots: Vec<Slot<V>>,
+    hand: usize,
+    bytes: usize,
+    bytes_max: usize,
+    epoch: u64,
+    /// The cache's hasher (seeded once per cache), to rehash keys on eviction.
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+/// Proof that a reader missed at a given shard epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    shard: usize,
+    hash: u64,
+    epoch: u64,
+}
+
+/// Result of `Cache::lookup`.
+pub enum Lookup<R> {
+    Hit(R),
+    Miss(Ticket),
+}
+
+/// A bounded, sharded cache.
+pub struct Cache<V> {
+    shards: Box<[Mutex<Shard<V>>]>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl<V: Weigh> Cache<V> {
+    /// A cache of about `bytes_max` bytes in `shard_count` shards (rounded up to a power of two).
+    pub fn new(bytes_max: usize, shard_count: usize) -> Cache<V> {
+        let shard_count = shard_count.max(1).next_power_of_two();
+        let shard_bytes_max = (bytes_max / shard_count).max(SHARD_BYTES_MIN);
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let shards = (0..shard_count)
+            .map(|_| {
+                Mutex::new(Shard {
+                    table: HashTable::new(),
+                    slots: Vec::new(),
+                    hand: 0,
+                    bytes: 0,
+                    bytes_max: shard_bytes_max,
+                    epoch: 0,
+                    hasher: hasher.clone(),
+                })
+            })
+            .collect();
+        Cache { shards, hasher }
+    }
+
+    fn locate(&self, key: &[u8]) -> (usize, u64) {
+        let hash = self.hasher.hash_one(key);
+        // High bits pick the shard; the table uses all of them.
+        let shard = (hash >> 48) as usize & (self.shards.len() - 1);
+        (shard, hash)
+    }
+
+    fn shard(&self, index: usize) -> std::sync::MutexGuard<'_, Shard<V>> {
+        // A panic while holding a shard lock cannot leave a half-made entry
+        // (every mutation completes before unlock), so poisoning is ignored.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Look `key` up; on a hit call `read` with the value under the lock.
+    pub fn lookup<R>(&self, key: &[u8], read: impl FnOnce(&V) -> R) -> Lookup<R> {
+        let (index, hash) = self.locate(key);
+        let mut shard = self.shard(index);
+        let shard = &mut *shard;
+        match shard.table.find(hash, |&slot| *shard.slots[slot as usize].key == *key) {
+            Some(&slot) => {
+                let slot = &mut shard.slots[slot as usize];
+                slot.visited = true;
+                Lookup::Hit(read(&slot.value))
+            }
+            None => Lookup::Miss(Ticket {
+                shard: index,
+                hash,
+                epoch: shard.epoch,
+            }),
+        }
+    }
+
+    /// Insert a value read from the index after a miss, unless a write has
+    /// touched the shard since the ticket was taken.
+    pub fn fill(&self, ticket: Ticket, key: &[u8], value: V) {
+        let mut shard = self.shard(ticket.shard);
+        if shard.epoch == ticket.epoch {
+            shard.upsert(ticket.hash, key, value);
+        }
+    }
+
+    /// Store the value a writer just wrote to the index.
+    pub fn put(&self, key: &[u8], value: V) {
+        let (index, hash) = self.locate(key);
+        let mut shard = self.shard(index);
+        shard.epoch += 1;
+        shard.upsert(hash, key, value);
+    }
+
+    /// Entries and charged bytes over all shards (tests and metrics).
+    pub fn usage(&self) -> (usize, usize) {
+        (0..self.shards.len()).fold((0, 0), |(entries, bytes), index| {
+            let shard = self.shard(index);
+            (entries + shard.slots.len(), bytes + shard.bytes)
+        })
+    }
+}
+
+impl<V: Weigh> Shard<V> {
+    fn upsert(&mut self, hash: u64, key: &[u8], value: V) {
+        let weight = ENTRY_OVERHEAD_BYTES + key.len() + value.weight_bytes();
+        let slots = &mut self.slots;
+        if let Some(&slot) = self.table.find(hash, |&slot| *slots[slot as usize].key == *key) {
+            let slot = &mut self.slots[slot as usize];
+            self.bytes = self.bytes - (ENTRY_OVERHEAD_BYTES + slot.key.len() + slot.value.weight_bytes()) + weight;
+            slot.value = value;
+            slot.visited = true;
+        } else {
+            if weight > self.bytes_max {
+                return;
+            }
+            while self.bytes + weight > self.bytes_max && !self.slots.is_empty() {
+                self.evict_one();
+            }
+            let slot = u32::try_from(self.slots.len()).expect("shard holds fewer than 2^32 entries");
+            self.slots.push(Slot {
+                key: key.into(),
+                value,
+                visited: false,
+            });
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.table
+                .insert_unique(hash, slot, |&slot| hasher.hash_one(&*slots[slot as usize].key));
+            self.bytes += weight;
+        }
+    }
+
+    /// The table stores slot numbers, not hashes: rehash the slot's key.
+    fn hash_of(&self, slot: usize) -> u64 {
+        self.hasher.hash_one(&*self.slots[slot].key)
+    }
+
+    /// CLOCK: skip (and clear) recently used slots, evict the first cold one.
+    fn evict_one(&mut self) {
+        loop {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let slot = &mut self.slots[self.hand];
+            if slot.visited {
+                slot.visited = false;
+                self.hand += 1;
+                continue;
+            }
+            self.remove_at(self.hand);
+            return;
+        }
+    }
+
+    /// Remove slot `index` by moving the last slot into its place.
+    fn remove_at(&mut self, index: usize) {
+        let hash = self.hash_of(index);
+        let removed = self
+            .table
+            .find_entry(hash, |&slot| slot as usize == index)
+            .expect("every slot is in the table");
+        removed.remove();
+        let last = self.slots.len() - 1;
+        if index != last {
+            let last_hash = self.hash_of(last);
+            let moved = self
+                .table
+                .find_mut(last_hash, |&slot| slot as usize == last)
+                .expect("every slot is in the table");
+            *moved = index as u32;
+        }
+        let slot = self.slots.swap_remove(index);
+        self.bytes -= ENTRY_OVERHEAD_BYTES + slot.key.len() + slot.value.weight_bytes();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Weigh for u64 {
+        fn weight_bytes(&self) -> usize {
+            8
+        }
+    }
+
+    fn get(cache: &Cache<u64>, key: &[u8]) -> Option<u64> {
+        match cache.lookup(key, |value| *value) {
+            Lookup::Hit(value) => Some(value),
+            Lookup::Miss(_) => None,
+        }
+    }
+
+    #[test]
+    fn put_then_lookup() {
+        let cache = Cache::new(1 << 20, 4);
+        cache.put(b"a", 1);
+        cache.put(b"b", 2);
+        cache.put(b"a", 3);
+        assert_eq!(get(&cache, b"a"), Some(3));
+        assert_eq!(get(&cache, b"b"), Some(2));
+        assert_eq!(get(&cache, b"c"), None);
+    }
+
+    #[test]
+    fn stale_fill_loses_to_a_write() {
+        let cache = Cache::new(1 << 20, 1);
+        let Lookup::Miss(ticket) = cache.lookup(b"k", |value| *value) else {
+            panic!("empty cache hit")
+        };
+        cache.put(b"k", 2);
+        cache.fill(ticket, b"k", 1);
+        assert_eq!(get(&cache, b"k"), Some(2));
+        let Lookup::Miss(ticket) = cache.lookup(b"j", |value| *value) else {
+            panic!("miss expected")
+        };
+        cache.fill(ticket, b"j", 7);
+        assert_eq!(get(&cache, b"j"), Some(7));
+    }
+
+    #[test]
+    fn stays_within_budget_and_keeps_hot_keys() {
+        let cache = Cache::new(SHARD_BYTES_MIN, 1);
+        cache.put(b"hot", 0);
+        for i in 0..10_000u64 {
+            cache.put(format!("key-{i}").as_bytes(), i);
+            assert!(get(&cache, b"hot").is_some(), "hot key evicted at {i}");
+        }
+        let (entries, bytes) = cache.usage();
+        assert!(bytes <= SHARD_BYTES_MIN, "{bytes}");
+        assert!(entries > 100 && entries < 10_000, "{entries}");
+        assert_eq!(get(&cache, b"key-9999"), Some(9999));
+    }
+}

@@ -1,0 +1,384 @@
+//! Command line: the original master's flags, in Go style (`-db x`,
+//! `-md5sum=false`) and in GNU style (`--db x`), plus mkv's own.
+//!
+//! `Config` is the validated result the rest of the program reads; parsing
+//! never panics, every mistake is a message for the operator.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// The most volume servers one master addresses (volume indexes are `u16`).
+pub const VOLUMES_MAX: usize = 4096;
+/// The most replicas of one value.
+pub const REPLICAS_MAX: usize = 16;
+/// The most subvolume directories per volume server (`sv00`..`svFF`).
+pub const SUBVOLUMES_MAX: u32 = 256;
+/// The most reactor threads.
+pub const THREADS_MAX: usize = 256;
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Server,
+    /// Empty the index and refill it from what the volumes hold.
+    Rebuild,
+    /// Move values to the volumes placement chooses for them now.
+    Rebalance,
+    /// Write live records for synthetic keys straight into the index
+    /// (benchmarks: a GET never touches the volumes).
+    Seed,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "mkv", version, about = "A fast master server for minikeyvalue")]
+struct Args {
+    /// What to run.
+    #[arg(value_enum)]
+    command: Command,
+    /// Index directory (RocksDB).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Volume servers, host:port, comma separated.
+    #[arg(long)]
+    volumes: Option<String>,
+    /// Listen port.
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// Copies of each value.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Directories (disks) per volume server.
+    #[arg(long, default_value_t = 10)]
+    subvolumes: u32,
+    /// Where to redirect keys the index lacks (host:port).
+    #[arg(long)]
+    fallback: Option<String>,
+    /// DELETE needs UNLINK first.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    protect: bool,
+    /// Compute and store the md5 of values.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = true)]
+    md5sum: bool,
+    /// A volume that does not answer in this time counts as down (Go duration: 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    voltimeout: Duration,
+    /// Log every request.
+    #[arg(short = 'v', long = "verbose", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    verbose: bool,
+    /// Reactor threads, one listener each (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// HEAD the value on a volume before every redirect (the original's behaviour).
+    #[arg(long = "verify-get", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    verify_get: bool,
+    /// fsync the index on every write (survives power loss, not just a crash).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    sync: bool,
+    /// Memory for the in-process record cache, in MiB, shared by all reactors.
+    #[arg(long = "cache-mb", default_value_t = 256)]
+    cache_mb: usize,
+    /// Memory for RocksDB's block cache, in MiB.
+    #[arg(long = "block-cache-mb", default_value_t = 128)]
+    block_cache_mb: usize,
+    /// How often the background health check probes every volume (Go duration).
+    #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]
+    health_interval: Duration,
+    /// rebuild/rebalance: requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// rebuild: read every value back and store its md5.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    md5: bool,
+    /// rebalance: print what would move, change nothing.
+    #[arg(long = "dry-run", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    dry_run: bool,
+    /// seed: how many keys.
+    #[arg(long, default_value_t = 1000)]
+    count: u64,
+    /// seed: key prefix; key i is PREFIX + i.
+    #[arg(long, default_value = "/bench/key-")]
+    prefix: String,
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub command: Command,
+    pub db: PathBuf,
+    pub volumes: Vec<String>,
+    pub port: u16,
+    pub replicas: usize,
+    pub subvolumes: u32,
+    pub fallback: Option<String>,
+    pub protect: bool,
+    pub md5sum: bool,
+    pub volume_timeout: Duration,
+    pub verbose: bool,
+    pub threads: usize,
+    pub verify_get: bool,
+    pub sync: bool,
+    pub cache_bytes: usize,
+    pub block_cache_bytes: usize,
+    pub health_interval: Duration,
+    pub concurrency: usize,
+    pub md5: bool,
+    pub dry_run: bool,
+    pub seed_count: u64,
+    pub seed_prefix: String,
+}
+
+/// A command line that cannot run.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// clap's own message (includes --help and --version output).
+    Usage(clap::Error),
+    /// A flag value that parsed but makes no sense.
+    Invalid(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Usage(error) => write!(formatter, "{error}"),
+            ConfigError::Invalid(message) => write!(formatter, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Flags of more than one letter that the original spells with one dash.
+const LONG_FLAGS: &[&str] = &[
+    "db",
+    "volumes",
+    "port",
+    "replicas",
+    "subvolumes",
+    "fallback",
+    "protect",
+    "md5sum",
+    "voltimeout",
+    "threads",
+    "verify-get",
+    "sync",
+    "cache-mb",
+    "block-cache-mb",
+    "health-interval",
+    "concurrency",
+    "md5",
+    "dry-run",
+    "count",
+    "prefix",
+];
+
+/// Rewrite Go-style `-flag` into `--flag` so clap reads both spellings.
+pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    args.into_iter()
+        .map(|arg| {
+            let Some(body) = arg.strip_prefix('-') else { return arg };
+            if body.starts_with('-') {
+                return arg;
+            }
+            let name = body.split_once('=').map_or(body, |(name, _)| name);
+            if LONG_FLAGS.contains(&name) {
+                format!("-{arg}")
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+/// Parse and validate a command line (`args[0]` is the program name).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Config, ConfigError> {
+    let args = Args::try_parse_from(normalize_args(args)).map_err(ConfigError::Usage)?;
+    validate(args)
+}
+
+fn validate(args: Args) -> Result<Config, ConfigError> {
+    let invalid = |message: String| Err(ConfigError::Invalid(message));
+    let Some(db) = args.db else {
+        return invalid("missing -db PATH: the index directory is required".into());
+    };
+    let volumes: Vec<String> = match &args.volumes {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|volume| !volume.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => return invalid("missing -volumes host:port,...: at least one volume server is required".into()),
+    };
+    if volumes.is_empty() {
+        return invalid("-volumes lists no volume servers".into());
+    }
+    if volumes.len() > VOLUMES_MAX {
+        return invalid(format!(
+            "-volumes lists {} servers, the most is {VOLUMES_MAX}",
+            volumes.len()
+        ));
+    }
+    if let Some(bad) = volumes
+        .iter()
+        .find(|volume| volume.contains('/') || !volume.contains(':'))
+    {
+        return invalid(format!("-volumes entry {bad:?} is not host:port"));
+    }
+    if args.replicas == 0 || args.replicas > REPLICAS_MAX {
+        return invalid(format!("-replicas must be 1..={REPLICAS_MAX}, got {}", args.replicas));
+    }
+    if volumes.len() < args.replicas {
+        return invalid(format!(
+            "-replicas {} needs at least that many volumes, -volumes lists {}",
+            args.replicas,
+            volumes.len()
+        ));
+    }
+    if args.subvolumes == 0 || args.subvolumes > SUBVOLUMES_MAX {
+        return invalid(format!(
+            "-subvolumes must be 1..={SUBVOLUMES_MAX}, got {}",
+            args.subvolumes
+        ));
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 || threads > THREADS_MAX {
+        return invalid(format!("--threads must be 1..={THREADS_MAX}, got {threads}"));
+    }
+    if args.voltimeout.is_zero() {
+        return invalid("-voltimeout must be more than zero".into());
+    }
+    if args.concurrency == 0 {
+        return invalid("--concurrency must be at least 1".into());
+    }
+    Ok(Config {
+        command: args.command,
+        db,
+        volumes,
+        port: args.port,
+        replicas: args.replicas,
+        subvolumes: args.subvolumes,
+        fallback: args.fallback,
+        protect: args.protect,
+        md5sum: args.md5sum,
+        volume_timeout: args.voltimeout,
+        verbose: args.verbose,
+        threads,
+        verify_get: args.verify_get,
+        sync: args.sync,
+        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        block_cache_bytes: args.block_cache_mb.saturating_mul(1 << 20),
+        health_interval: args.health_interval,
+        concurrency: args.concurrency,
+        md5: args.md5,
+        dry_run: args.dry_run,
+        seed_count: args.count,
+        seed_prefix: args.prefix,
+    })
+}
+
+/// Parse a Go duration: a number with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`),
+/// possibly several (`1m30s`) and fractional (`1.5s`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let error = || format!("{text:?} is not a duration like 1s, 500ms or 1m30s");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(error());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(error)?;
+        let number: f64 = rest[..number_end].parse().map_err(|_| error())?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(error()),
+        };
+        total += number * seconds_per_unit;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<String> {
+        std::iter::once("mkv")
+            .chain(line.split_whitespace())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn go_and_gnu_spellings_agree() {
+        let go = parse(argv(
+            "-db /tmp/x -volumes a:1,b:2,c:3 -md5sum=false -protect -voltimeout=2s -v server",
+        ))
+        .unwrap();
+        let gnu = parse(argv(
+            "--db /tmp/x --volumes a:1,b:2,c:3 --md5sum false --protect --voltimeout 2s -v server",
+        ))
+        .unwrap();
+        for config in [go, gnu] {
+            assert_eq!(config.volumes, ["a:1", "b:2", "c:3"]);
+            assert!(!config.md5sum);
+            assert!(config.protect);
+            assert!(config.verbose);
+            assert_eq!(config.volume_timeout, Duration::from_secs(2));
+            assert_eq!(config.command, Command::Server);
+        }
+    }
+
+    #[test]
+    fn defaults_match_original() {
+        let config = parse(argv("-db /tmp/x -volumes a:1,b:2,c:3 server")).unwrap();
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.replicas, 3);
+        assert_eq!(config.subvolumes, 10);
+        assert!(config.md5sum && !config.protect && config.fallback.is_none());
+        assert_eq!(config.volume_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn startup_mistakes_are_messages() {
+        for line in [
+            "-volumes a:1 server",
+            "-db x server",
+            "-db x -volumes a:1,b:2 server",
+            "-db x -volumes a:1 -replicas 0 server",
+        ] {
+            assert!(matches!(parse(argv(line)), Err(ConfigError::Invalid(_))), "{line}");
+        }
+        assert!(matches!(
+            parse(argv("-db x -volumes a:1 serve")),
+            Err(ConfigError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,228 @@
+//! One client connection: its socket, its reused input and output buffers,
+//! and reading request bodies in bounded pieces.
+//!
+//! Requests are parsed in place from `input`; responses are appended to
+//! `output` and written together, so pipelined requests already in the buffer
+//! are answered with one write.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HEADER_BYTES_MAX};
+
+/// Input buffer of a connection; holds at least one full request head.
+pub const INPUT_BUFFER_BYTES: usize = 32 * 1024;
+/// Output is written once this much is queued, even mid-pipeline.
+pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+/// A response write that makes no progress for this long ends the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A body read that makes no progress for this long fails the request.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+const _: () = assert!(HEADER_BYTES_MAX < INPUT_BUFFER_BYTES);
+
+/// How reading a request body failed; every case fails the request.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The client closed the connection before the body ended.
+    CutShort,
+    /// Bad chunked framing.
+    Malformed(&'static str),
+    /// The body went on past its declared `Content-Length`.
+    TooLong,
+    /// No progress within `BODY_READ_TIMEOUT`.
+    Timeout,
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// A client connection.
+pub struct Connection {
+    stream: TcpStream,
+    /// Received bytes; `input[start..]` is not consumed yet.
+    pub input: Vec<u8>,
+    pub start: usize,
+    /// Responses not yet written.
+    pub output: Vec<u8>,
+    /// Scratch space for a percent-decoded key.
+    pub scratch: Vec<u8>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Connection {
+        Connection {
+            stream,
+            input: Vec::with_capacity(INPUT_BUFFER_BYTES),
+            start: 0,
+            output: Vec::with_capacity(OUTPUT_FLUSH_BYTES),
+            scratch: Vec::with_capacity(256),
+        }
+    }
+
+    /// Bytes received and not consumed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.input[self.start..]
+    }
+
+    /// Write all queued output.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let output = std::mem::take(&mut self.output);
+        let stream = &mut self.stream;
+        match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(output)).await {
+            Ok((result, mut output)) => {
+                output.clear();
+                self.output = output;
+                result.map(drop)
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client did not read its responses",
+            )),
+        }
+    }
+
+    /// Read more input, waiting at most `timeout`. Returns bytes read (0 at end).
+    pub async fn read_more(&mut self, timeout: Duration) -> io::Result<usize> {
+        if self.start > 0 {
+            self.input.copy_within(self.start.., 0);
+            self.input.truncate(self.input.len() - self.start);
+            self.start = 0;
+        }
+        if self.input.len() == self.input.capacity() {
+            return Err(io::Error::other("input buffer full"));
+        }
+        let input = std::mem::take(&mut self.input);
+        let length = input.len();
+        let stream = &mut self.stream;
+        match monoio::time::timeout(timeout, stream.read(input.slice_mut(length..))).await {
+            Ok((result, input)) => {
+                self.input = input.into_inner();
+                result
+            }
+            // The cancelled read keeps the buffer; the caller closes the connection.
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client idle")),
+        }
+    }
+
+    /// Send `100 Continue` now (the client waits for it before the body).
+    pub async fn send_continue(&mut self) -> io::Result<()> {
+        self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.flush().await
+    }
+}
+
+/// Reads one request body from a connection, piece by piece.
+pub struct BodyReader {
+    framing: Framing,
+    /// Body bytes delivered so far.
+    pub received: u64,
+}
+
+enum Framing {
+    Length { remaining: u64 },
+    Chunked { decoder: ChunkedDecoder, done: bool },
+}
+
+impl BodyReader {
+    /// A reader for a body framed as `framing` (which must not be `None`).
+    pub fn new(framing: BodyFraming) -> BodyReader {
+        let framing = match framing {
+            BodyFraming::Length(length) => Framing::Length { remaining: length },
+            BodyFraming::Chunked => Framing::Chunked {
+                decoder: ChunkedDecoder::default(),
+                done: false,
+            },
+            BodyFraming::None => Framing::Length { remaining: 0 },
+        };
+        BodyReader { framing, received: 0 }
+    }
+
+    /// The next piece of at most `bytes_max` body bytes; None once the body ended.
+    pub async fn next(&mut self, connection: &mut Connection, bytes_max: usize) -> Result<Option<Bytes>, BodyError> {
+        let piece = match &mut self.framing {
+            Framing::Length { remaining } => read_length(connection, remaining, bytes_max).await?,
+            Framing::Chunked { decoder, done } => read_chunked(connection, decoder, done, bytes_max).await?,
+        };
+        self.received += piece.len() as u64;
+        if piece.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(piece)))
+    }
+}
+
+fn read_error(result: io::Result<usize>) -> Result<(), BodyError> {
+    match result {
+        Ok(0) => Err(BodyError::CutShort),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
+        Err(error) => Err(BodyError::Io(error)),
+    }
+}
+
+async fn read_length(connection: &mut Connection, remaining: &mut u64, bytes_max: usize) -> Result<Vec<u8>, BodyError> {
+    let want = usize::try_from(*remaining).unwrap_or(usize::MAX).min(bytes_max);
+    let mut piece = Vec::with_capacity(want);
+    let buffered = connection.buffered();
+    let take = buffered.len().min(want);
+    piece.extend_from_slice(&buffered[..take]);
+    connection.start += take;
+    while piece.len() < want {
+        // Read straight into the piece: the body is not copied through `input`.
+        let length = piece.len();
+        let stream = &mut connection.stream;
+        let read = monoio::time::timeout(BODY_READ_TIMEOUT, stream.read(piece.slice_mut(length..want))).await;
+        let (result, slice) = read.map_err(|_| BodyError::Timeout)?;
+        piece = slice.into_inner();
+        read_error(result)?;
+    }
+    *remaining -= piece.len() as u64;
+    if *remaining == 0 {
+        reject_trailing_garbage(connection)?;
+    }
+    Ok(piece)
+}
+
+/// Bytes right after a complete body must start another request; anything
+/// else means the body was longer than its `Content-Length` said.
+fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
+    match parse_request(connection.buffered()) {
+        Err(_) => Err(BodyError::TooLong),
+        Ok(_) => Ok(()),
+    }
+}
+
+async fn read_chunked(
+    connection: &mut Connection,
+    decoder: &mut ChunkedDecoder,
+    done: &mut bool,
+    bytes_max: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let mut piece = Vec::with_capacity(bytes_max);
+    while !*done && piece.len() < bytes_max {
+        if !connection.buffered().is_empty() {
+            let decoded =
+                decoder
+                    .decode(connection.buffered(), &mut piece, bytes_max)
+                    .map_err(|error| match error {
+                        crate::http::HttpError::BadRequest(what) => BodyError::Malformed(what),
+                        _ => BodyError::Malformed("bad chunked body"),
+                    })?;
+            connection.start += decoded.consumed;
+            *done = decoded.done;
+            if *done || piece.len() == bytes_max {
+                break;
+            }
+        }
+        read_error(connection.read_more(BODY_READ_TIMEOUT).await)?;
+    }
+    Ok(piece)
+}

@@ -1,0 +1,638 @@
+//! The HTTP/1.x codec, sans IO: request heads in, response bytes out.
+//!
+//! `parse_request` reads one request head from the front of a buffer with
+//! `httparse` and returns offsets into that buffer rather than borrowed
+//! strings, so the connection can keep the bytes where they are (no copy,
+//! no allocation) while a handler runs. `ChunkedDecoder` undoes
+//! `Transfer-Encoding: chunked` incrementally, and the `write_*` functions
+//! append responses to a connection's reused output buffer.
+
+use std::ops::Range;
+
+/// Most bytes a request head (request line + headers) may take.
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+/// Most header lines in one request.
+pub const HEADER_COUNT_MAX: usize = 64;
+/// Longest chunk-size line (hex digits plus extensions) we accept.
+const CHUNK_LINE_BYTES_MAX: usize = 1024;
+
+/// The request methods the master knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Put,
+    Delete,
+    Post,
+    Unlink,
+    Relink,
+    Rebalance,
+}
+
+impl Method {
+    fn from_bytes(bytes: &[u8]) -> Option<Method> {
+        Some(match bytes {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"PUT" => Method::Put,
+            b"DELETE" => Method::Delete,
+            b"POST" => Method::Post,
+            b"UNLINK" => Method::Unlink,
+            b"RELINK" => Method::Relink,
+            b"REBALANCE" => Method::Rebalance,
+            _ => return None,
+        })
+    }
+}
+
+/// How the request body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (no `Content-Length`, no `Transfer-Encoding`).
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// One parsed request head. Ranges index the buffer given to `parse_request`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Method,
+    /// The path, still percent-encoded, without the query.
+    pub path: Range<usize>,
+    /// The query after `?`, if any.
+    pub query: Option<Range<usize>>,
+    pub body: BodyFraming,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+    /// The connection stays open after this request.
+    pub keep_alive: bool,
+    /// HTTP/1.0 (no chunked responses).
+    pub http10: bool,
+    /// Bytes the head took, including the blank line.
+    pub head_bytes: usize,
+}
+
+/// Why a request head was refused; each maps to one status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// Malformed request line, header or framing: 400.
+    BadRequest(&'static str),
+    /// Head larger than `HEADER_BYTES_MAX` or more than `HEADER_COUNT_MAX` headers: 431.
+    HeadersTooLarge,
+    /// A method the master does not serve: 405.
+    MethodNotAllowed,
+    /// `Transfer-Encoding` other than chunked: 501.
+    NotImplemented,
+    /// `Expect` other than 100-continue: 417.
+    ExpectationFailed,
+}
+
+impl HttpError {
+    /// The status code this error answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::MethodNotAllowed => 405,
+            HttpError::NotImplemented => 501,
+            HttpError::ExpectationFailed => 417,
+        }
+    }
+}
+
+/// Parse the request head at the front of `buffer`.
+///
+/// `Ok(None)` means the head is not complete yet; read more.
+pub fn parse_request(buffer: &[u8]) -> Result<Option<RequestHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_bytes = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(head_bytes)) => head_bytes,
+        Ok(httparse::Status::Partial) if buffer.len() >= HEADER_BYTES_MAX => return Err(HttpError::HeadersTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(_) => return Err(HttpError::BadRequest("malformed request head")),
+    };
+    if head_bytes > HEADER_BYTES_MAX {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let method = Method::from_bytes(request.method.expect("complete").as_bytes()).ok_or(HttpError::MethodNotAllowed)?;
+    let target = request.path.expect("complete");
+    if !target.starts_with('/') {
+        return Err(HttpError::BadRequest("request target must be an absolute path"));
+    }
+    let target_start = target.as_ptr() as usize - buffer.as_ptr() as usize;
+    let (path, query) = match target.find('?') {
+        Some(mark) => (
+            target_start..target_start + mark,
+            Some(target_start + mark + 1..target_start + target.len()),
+        ),
+        None => (target_start..target_start + target.len(), None),
+    };
+    let http10 = request.version == Some(0);
+    let mut head = RequestHead {
+        method,
+        path,
+        query,
+        body: BodyFraming::None,
+        expect_continue: false,
+        keep_alive: !http10,
+        http10,
+        head_bytes,
+    };
+    read_headers(request.headers, &mut head)?;
+    Ok(Some(head))
+}
+
+fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Result<(), HttpError> {
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    for header in headers {
+        let name = header.name.as_bytes();
+        let value = trim(header.value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let length = parse_decimal(value).ok_or(HttpError::BadRequest("invalid Content-Length"))?;
+            if content_length.is_some_and(|previous| previous != length) {
+                return Err(HttpError::BadRequest("conflicting Content-Length headers"));
+            }
+            content_length = Some(length);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !value.eq_ignore_ascii_case(b"chunked") || chunked {
+                return Err(HttpError::NotImplemented);
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&byte| byte == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    head.keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && head.http10 {
+                    head.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if !value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(HttpError::ExpectationFailed);
+            }
+            head.expect_continue = !head.http10;
+        }
+    }
+    head.body = match (content_length, chunked) {
+        // Both framings at once is how requests are smuggled past proxies.
+        (Some(_), true) => return Err(HttpError::BadRequest("Content-Length with Transfer-Encoding")),
+        (Some(length), false) => BodyFraming::Length(length),
+        (None, true) if head.http10 => return Err(HttpError::BadRequest("chunked body in HTTP/1.0")),
+        (None, true) => BodyFraming::Chunked,
+        (None, false) => BodyFraming::None,
+    };
+    Ok(())
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|byte| !byte.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|byte| !byte.is_ascii_whitespace())
+        .map_or(start, |end| end + 1);
+    &bytes[start..end]
+}
+
+/// A non-empty run of ASCII digits that fits a u64.
+pub fn parse_decimal(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 19 {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |total, &byte| {
+        byte.is_ascii_digit().then(|| total * 10 + u64::from(byte - b'0'))
+    })
+}
+
+/// Percent-decode `raw` into `out` (cleared first). `+` stays `+`: this is a
+/// path, not a form. Returns false on a malformed escape.
+pub fn percent_decode_into(raw: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut i = 0;
+    while i < raw.len() {
+        let byte = raw[i];
+        if byte != b'%' {
+            out.push(byte);
+            i += 1;
+            continue;
+        }
+        let (Some(high), Some(low)) = (raw.get(i + 1).and_then(hex_value), raw.get(i + 2).and_then(hex_value)) else {
+            return false;
+        };
+        out.push(high << 4 | low);
+        i += 3;
+    }
+    true
+}
+
+fn hex_value(byte: &u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Iterate `name[=value]` pairs of a raw query string (values still encoded).
+pub fn query_pairs(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .split(|&byte| byte == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&byte| byte == b'=') {
+            Some(equals) => (&pair[..equals], &pair[equals + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        })
+}
+
+/// The value of the first query parameter called `name`, if present.
+pub fn query_value<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query_pairs(query).find(|(key, _)| *key == name).map(|(_, value)| value)
+}
+
+/// Incremental decoder for `Transfer-Encoding: chunked` bodies.
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// Bytes left in the current chunk's data.
+    remaining: u64,
+    /// Bytes of the current size or trailer line seen so far.
+    line_bytes: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    SizeExtension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+/// Progress of one `ChunkedDecoder::decode` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// Input bytes used.
+    pub consumed: usize,
+    /// The terminating zero chunk and trailers have been read.
+    pub done: bool,
+}
+
+impl ChunkedDecoder {
+    /// Decode from `input`, appending body bytes to `out` until `out` holds
+    /// `out_max` bytes, the input runs out, or the body ends.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>, out_max: usize) -> Result<Decoded, HttpError> {
+        let bad = |what| Err(HttpError::BadRequest(what));
+        let mut i = 0;
+        while i < input.len() && self.state != ChunkState::Done {
+            let byte = input[i];
+            match self.state {
+                ChunkState::Data => {
+                    let room = out_max.saturating_sub(out.len());
+                    if room == 0 {
+                        break;
+                    }
+                    let take = (input.len() - i)
+                        .min(room)
+                        .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&input[i..i + take]);
+                    i += take;
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::Size => match hex_value(&byte) {
+                    Some(digit) => {
+                        if self.remaining >> 60 != 0 {
+                            return bad("chunk size too large");
+                        }
+                        self.remaining = self.remaining << 4 | u64::from(digit);
+                        self.line_bytes += 1;
+                    }
+                    None if self.line_bytes == 0 => return bad("missing chunk size"),
+                    None if byte == b'\r' => self.state = ChunkState::SizeLf,
+                    None if byte == b';' || byte == b' ' || byte == b'\t' => self.state = ChunkState::SizeExtension,
+                    None => return bad("invalid chunk size"),
+                },
+                ChunkState::SizeExtension => {
+                    self.line_bytes += 1;
+                    if byte == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else if self.line_bytes > CHUNK_LINE_BYTES_MAX {
+                        return bad("chunk extension too long");
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if byte != b'\n' {
+                        return bad("chunk size line not ended by CRLF");
+                    }
+                    self.line_bytes = 0;
+                    self.state = if self.remaining == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::DataCr => {
+                    if byte != b'\r' {
+                        return bad("chunk data not followed by CRLF");
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if byte != b'\n' {
+                        return bad("chunk data not followed by CRLF");
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => {
+                    self.state = if byte == b'\r' {
+                        ChunkState::FinalLf
+                    } else {
+                        ChunkState::TrailerLine
+                    };
+                    self.line_bytes = 1;
+                }
+                ChunkState::TrailerLine => {
+                    self.line_bytes += 1;
+                    if byte == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    } else if self.line_bytes > CHUNK_LINE_BYTES_MAX {
+                        return bad("chunk trailer too long");
+                    }
+                }
+                ChunkState::TrailerLf => {
+                    if byte != b'\n' {
+                        return bad("trailer not ended by CRLF");
+                    }
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::FinalLf => {
+                    if byte != b'\n' {
+                        return bad("chunked body not ended by CRLF");
+                    }
+                    self.state = ChunkState::Done;
+                }
+                ChunkState::Done => unreachable!("loop condition"),
+            }
+            i += 1;
+        }
+        Ok(Decoded {
+            consumed: i,
+            done: self.state == ChunkState::Done,
+        })
+    }
+}
+
+/// The reason phrase for the status codes the master sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        302 => "Found",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Append a status line.
+pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut digits = itoa_buffer();
+    out.extend_from_slice(format_u64(u64::from(status), &mut digits));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append `Connection: close` when the connection ends after this response.
+pub fn write_connection(out: &mut Vec<u8>, keep_alive: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+}
+
+/// Append a complete response with an empty body.
+///
+/// A 204 carries no `Content-Length`: RFC 9110 forbids it there.
+pub fn write_empty(out: &mut Vec<u8>, status: u16, keep_alive: bool) {
+    write_status_line(out, status);
+    if status != 204 {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
+    write_connection(out, keep_alive);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append a complete response with a short text body (error explanations).
+pub fn write_text(out: &mut Vec<u8>, status: u16, keep_alive: bool, extra_headers: &[u8], text: &str) {
+    write_status_line(out, status);
+    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    let mut digits = itoa_buffer();
+    out.extend_from_slice(format_u64(text.len() as u64 + 1, &mut digits));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra_headers);
+    write_connection(out, keep_alive);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'\n');
+}
+
+/// A stack buffer for `format_u64`.
+pub fn itoa_buffer() -> [u8; 20] {
+    [0u8; 20]
+}
+
+/// Format `value` in decimal into `buffer`, returning the digits.
+pub fn format_u64(mut value: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    &buffer[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<RequestHead>, HttpError> {
+        parse_request(text.as_bytes())
+    }
+
+    #[test]
+    fn get_head_is_offsets() {
+        let text = "GET /a%20b?list&limit=2 HTTP/1.1\r\nHost: x\r\n\r\nGET /next";
+        let head = parse(text).unwrap().unwrap();
+        assert_eq!(head.method, Method::Get);
+        assert_eq!(&text[head.path.clone()], "/a%20b");
+        assert_eq!(&text[head.query.clone().unwrap()], "list&limit=2");
+        assert_eq!(head.head_bytes, text.find("GET /next").unwrap());
+        assert!(head.keep_alive && !head.http10);
+        assert_eq!(head.body, BodyFraming::None);
+    }
+
+    #[test]
+    fn partial_head_asks_for_more() {
+        assert_eq!(parse("GET /a HTTP/1.1\r\nHost"), Ok(None));
+    }
+
+    #[test]
+    fn framing_and_connection() {
+        let put = parse("PUT /k HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(put.body, BodyFraming::Length(5));
+        assert!(put.expect_continue);
+        let chunked = parse("PUT /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunked.body, BodyFraming::Chunked);
+        assert!(!chunked.keep_alive);
+        let old = parse("GET /k HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(old.http10 && !old.keep_alive);
+        let old_kept = parse("GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(old_kept.keep_alive);
+    }
+
+    #[test]
+    fn bad_heads_map_to_statuses() {
+        let smuggle = "PUT /k HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse(smuggle).unwrap_err().status(), 400);
+        assert_eq!(
+            parse("PUT /k HTTP/1.1\r\nContent-Length: 5x\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            parse("PUT /k HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(parse("BREW /k HTTP/1.1\r\n\r\n").unwrap_err().status(), 405);
+        assert_eq!(parse("GET k HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
+        assert_eq!(
+            parse("GET /k HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            parse("PUT /k HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            501
+        );
+        let many: String = (0..HEADER_COUNT_MAX + 1).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            parse(&format!("GET /k HTTP/1.1\r\n{many}\r\n")).unwrap_err().status(),
+            431
+        );
+        let huge = format!("GET /k HTTP/1.1\r\nX: {}", "y".repeat(HEADER_BYTES_MAX));
+        assert_eq!(parse(&huge).unwrap_err().status(), 431);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        let mut out = Vec::new();
+        assert!(percent_decode_into(b"/a%20b+c%2Fd%e2%82%ac", &mut out));
+        assert_eq!(out, "/a b+c/d€".as_bytes());
+        assert!(!percent_decode_into(b"/a%2", &mut out));
+        assert!(!percent_decode_into(b"/a%zz", &mut out));
+    }
+
+    #[test]
+    fn query_values() {
+        assert_eq!(query_value(b"list&start=%2Fa&limit=10", b"limit"), Some(&b"10"[..]));
+        assert_eq!(query_value(b"list&limit=10", b"list"), Some(&b""[..]));
+        assert_eq!(query_value(b"list", b"start"), None);
+    }
+
+    #[test]
+    fn chunked_decoding_across_splits() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut decoder = ChunkedDecoder::default();
+            let mut out = Vec::new();
+            let first = decoder.decode(&body[..split], &mut out, usize::MAX).unwrap();
+            assert_eq!(first.consumed, split);
+            let second = decoder.decode(&body[split..], &mut out, usize::MAX).unwrap();
+            assert!(second.done, "split {split}");
+            assert_eq!(split + second.consumed, body.len() - 4);
+            assert_eq!(out, b"hello world");
+        }
+    }
+
+    #[test]
+    fn chunked_decoding_respects_out_max() {
+        let mut decoder = ChunkedDecoder::default();
+        let mut out = Vec::new();
+        let step = decoder.decode(b"a\r\n0123456789\r\n0\r\n\r\n", &mut out, 4).unwrap();
+        assert_eq!((out.as_slice(), step.done), (&b"0123"[..], false));
+        out.clear();
+        let rest = decoder
+            .decode(&b"a\r\n0123456789\r\n0\r\n\r\n"[step.consumed..], &mut out, 100)
+            .unwrap();
+        assert!(rest.done);
+        assert_eq!(out, b"456789");
+    }
+
+    #[test]
+    fn chunked_decoding_rejects_garbage() {
+        let mut out = Vec::new();
+        assert!(ChunkedDecoder::default().decode(b"zz\r\n", &mut out, 10).is_err());
+        assert!(ChunkedDecoder::default().decode(b"1\r\nab", &mut out, 10).is_err());
+        assert!(ChunkedDecoder::default()
+            .decode(b"fffffffffffffffff\r\n", &mut out, 10)
+            .is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let mut out = Vec::new();
+        write_empty(&mut out, 404, true);
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        out.clear();
+        write_empty(&mut out, 204, false);
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    }
+}

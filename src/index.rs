@@ -1,0 +1,307 @@
+//! The index: key -> `Record`, persisted in RocksDB.
+//!
+//! This is the only module that imports `rocksdb`. Records are stored in the
+//! original master's encoding (see `record`) so the database stays readable by
+//! tools that know it. The options favour point lookups (bloom filters, a
+//! block cache, hash-indexed data blocks); listing uses bounded iterators over
+//! a snapshot. A write returns once it is in RocksDB's write-ahead log, which
+//! survives `kill -9` of the master; with `sync` it is also fsynced.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, DataBlockIndexType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+use crate::record::{Record, RecordError};
+
+/// Bloom filter bits per key: about 1% false positives on a miss.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Records per write batch when filling the index in bulk.
+pub const BATCH_RECORDS_MAX: usize = 10_000;
+
+/// How to open the index.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    pub block_cache_bytes: usize,
+    /// fsync the write-ahead log on every write.
+    pub sync: bool,
+}
+
+/// What went wrong in the index.
+#[derive(Debug)]
+pub enum IndexError {
+    /// Another process (a running master?) holds the index's lock.
+    Locked(PathBuf),
+    /// RocksDB refused to open the directory.
+    Open(PathBuf, String),
+    /// A read or write failed.
+    Io(String),
+    /// A stored record does not decode.
+    Corrupt { key: Vec<u8>, error: RecordError },
+}
+
+impl fmt::Display for IndexError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IndexError::Locked(path) => write!(
+                formatter,
+                "index {} is locked by another process (is a master or another mkv command running on it?)",
+                path.display()
+            ),
+            IndexError::Open(path, message) => write!(formatter, "cannot open index {}: {message}", path.display()),
+            IndexError::Io(message) => write!(formatter, "index error: {message}"),
+            IndexError::Corrupt { key, error } => {
+                write!(
+                    formatter,
+                    "record of key {:?} is corrupt: {error}",
+                    String::from_utf8_lossy(key)
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for IndexError {}
+
+fn io_error(error: rocksdb::Error) -> IndexError {
+    IndexError::Io(error.into_string())
+}
+
+/// The persistent index.
+pub struct Index {
+    db: DB,
+    write_options: WriteOptions,
+}
+
+impl Index {
+    /// Open (creating if missing) the index at `path`.
+    pub fn open(path: &Path, options: &IndexOptions) -> Result<Index, IndexError> {
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_index_type(BlockBasedIndexType::BinarySearch);
+        // A hash inside each data block turns the in-block binary search of a
+        // point lookup into one probe, and still allows ordered iteration.
+        table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+        table.set_data_block_hash_ratio(0.75);
+        table.set_format_version(5);
+
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.set_block_based_table_factory(&table);
+        db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        db_options.increase_parallelism(2);
+        db_options.set_max_background_jobs(2);
+        db_options.set_level_compaction_dynamic_level_bytes(true);
+        db_options.set_memtable_whole_key_filtering(true);
+        db_options.set_memtable_prefix_bloom_ratio(0.1);
+        db_options.set_keep_log_file_num(4);
+
+        let db = DB::open(&db_options, path).map_err(|error| {
+            let message = error.into_string();
+            if message.contains("lock") || message.contains("LOCK") {
+                IndexError::Locked(path.to_owned())
+            } else {
+                IndexError::Open(path.to_owned(), message)
+            }
+        })?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(options.sync);
+        Ok(Index { db, write_options })
+    }
+
+    /// The record of `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
+        match self.db.get_pinned(key).map_err(io_error)? {
+            None => Ok(None),
+            Some(bytes) => Record::decode(&bytes).map(Some).map_err(|error| IndexError::Corrupt {
+                key: key.to_vec(),
+                error,
+            }),
+        }
+    }
+
+    /// Store `record` under `key` (durable in the write-ahead log on return).
+    pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
+        record.validate().map_err(|error| IndexError::Corrupt {
+            key: key.to_vec(),
+            error,
+        })?;
+        self.db
+            .put_opt(key, record.encode(), &self.write_options)
+            .map_err(io_error)
+    }
+
+    /// Remove `key`'s record (hard delete).
+    pub fn delete(&self, key: &[u8]) -> Result<(), IndexError> {
+        self.db.delete_opt(key, &self.write_options).map_err(io_error)
+    }
+
+    /// Store many records in one atomic write.
+    pub fn put_batch<'a>(&self, records: impl IntoIterator<Item = (&'a [u8], &'a Record)>) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for (key, record) in records {
+            batch.put(key, record.encode());
+        }
+        self.db.write_opt(batch, &self.write_options).map_err(io_error)
+    }
+
+    /// Remove every record (rebuild starts from nothing). Returns how many.
+    pub fn clear(&self) -> Result<u64, IndexError> {
+        let mut removed = 0u64;
+        loop {
+            let mut batch = WriteBatch::default();
+            let mut iterator = self.db.raw_iterator();
+            iterator.seek_to_first();
+            while iterator.valid() && batch.len() < BATCH_RECORDS_MAX {
+                batch.delete(iterator.key().expect("valid iterator has a key"));
+                iterator.next();
+            }
+            iterator.status().map_err(io_error)?;
+            drop(iterator);
+            if batch.is_empty() {
+                return Ok(removed);
+            }
+            removed += batch.len() as u64;
+            self.db.write_opt(batch, &self.write_options).map_err(io_error)?;
+        }
+    }
+
+    /// A consistent view for scans that take more than one pass.
+    pub fn view(&self) -> View<'_> {
+        View {
+            index: self,
+            snapshot: self.db.snapshot(),
+        }
+    }
+}
+
+/// A point-in-time view of the index.
+pub struct View<'a> {
+    index: &'a Index,
+    snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
+}
+
+impl View<'_> {
+    /// Visit records with keys starting with `prefix`, from `start` (or the
+    /// prefix) in byte order, until `visit` returns false. Returns whether the
+    /// scan stopped early.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], Result<Record, RecordError>) -> bool,
+    ) -> Result<bool, IndexError> {
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            read_options.set_iterate_upper_bound(end);
+        }
+        read_options.set_snapshot(&self.snapshot);
+        // A large listing should not evict the point-lookup working set.
+        read_options.fill_cache(false);
+        let mut iterator = self.index.db.raw_iterator_opt(read_options);
+        iterator.seek(if start > prefix { start } else { prefix });
+        while iterator.valid() {
+            let key = iterator.key().expect("valid iterator has a key");
+            let value = iterator.value().expect("valid iterator has a value");
+            if !visit(key, Record::decode(value)) {
+                return Ok(true);
+            }
+            iterator.next();
+        }
+        iterator.status().map_err(io_error)?;
+        Ok(false)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Index {
+        Index::open(
+            dir,
+            &IndexOptions {
+                block_cache_bytes: 1 << 20,
+                sync: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn live(volume: &str) -> Record {
+        Record::new(vec![volume.to_owned()], false, None)
+    }
+
+    #[test]
+    fn put_get_delete_and_raw_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        let record = Record::new(vec!["hello".into()], false, Some(*b"5d41402abc4b2a76b9719d911017c592"));
+        index.put(b"/k", &record).unwrap();
+        assert_eq!(index.get(b"/k").unwrap(), Some(record));
+        assert_eq!(
+            index.db.get(b"/k").unwrap().unwrap(),
+            b"HASH5d41402abc4b2a76b9719d911017c592hello",
+            "stored bytes are the original encoding"
+        );
+        index.delete(b"/k").unwrap();
+        assert_eq!(index.get(b"/k").unwrap(), None);
+    }
+
+    #[test]
+    fn second_open_reports_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _index = open(dir.path());
+        let second = Index::open(
+            dir.path(),
+            &IndexOptions {
+                block_cache_bytes: 1 << 20,
+                sync: false,
+            },
+        );
+        assert!(matches!(second, Err(IndexError::Locked(_))), "{:?}", second.err());
+    }
+
+    #[test]
+    fn scan_is_bounded_by_prefix_and_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        for key in ["/a/1", "/a/2", "/a/3", "/b/1"] {
+            index.put(key.as_bytes(), &live("v")).unwrap();
+        }
+        let mut seen = Vec::new();
+        let view = index.view();
+        view.scan(b"/a/", b"/a/2", |key, _| {
+            seen.push(String::from_utf8(key.to_vec()).unwrap());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, ["/a/2", "/a/3"]);
+        assert_eq!(index.clear().unwrap(), 4);
+        assert_eq!(index.get(b"/b/1").unwrap(), None);
+    }
+
+    #[test]
+    fn prefix_end_skips_max_bytes() {
+        assert_eq!(prefix_end(b"/a"), Some(b"/b".to_vec()));
+        assert_eq!(prefix_end(b"/a\xff"), Some(b"/b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+    }
+}

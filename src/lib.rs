@@ -1,0 +1,35 @@
+//! mkv: a fast, drop-in master server for the minikeyvalue blob store.
+//!
+//! The master keeps the index (key -> the volume servers holding the value)
+//! and answers reads with a 302 to a volume; values stream through it to the
+//! replicas on PUT. Module map, from the wire inwards:
+//!
+//! - `server`: reactors (one monoio runtime per thread), listeners, the
+//!   per-connection request loop.
+//! - `connection`: a client connection's buffers and body reading.
+//! - `http`: the sans-IO HTTP/1.x codec (request heads, chunked bodies, responses).
+//! - `handlers`: one function per API method; `error` maps failures to statuses.
+//! - `store`: index + cache of prepared redirects + key locks, kept coherent.
+//! - `cache`: the bounded sharded cache; `locks`: per-key write locks.
+//! - `index`: RocksDB, records in the original encoding (`record`).
+//! - `placement`: key2path / key2volume, bit-compatible with the original.
+//! - `volume`: volume health and the HTTP client to nginx volumes.
+//! - `replication`: PUT bodies streamed to all replicas at once.
+//! - `rebuild`, `rebalance`: the maintenance commands.
+//! - `config`: flags in Go and GNU spelling.
+
+pub mod cache;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod index;
+pub mod locks;
+pub mod placement;
+pub mod rebalance;
+pub mod record;
+pub mod replication;
+pub mod server;
+pub mod store;
+pub mod volume;

@@ -1,0 +1,101 @@
+//! The `mkv` binary: parse flags, then run the chosen command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use mimalloc::MiMalloc;
+
+use mkv::config::{self, Command, Config, ConfigError};
+use mkv::index::{Index, IndexOptions, BATCH_RECORDS_MAX};
+use mkv::record::Record;
+use mkv::server::{self, App};
+use mkv::store::{Placement, Store};
+use mkv::volume::Volumes;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() -> ExitCode {
+    let config = match config::parse(std::env::args()) {
+        Ok(config) => config,
+        Err(ConfigError::Usage(error)) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        Err(error) => {
+            eprintln!("mkv: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("mkv: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let index = Index::open(
+        &config.db,
+        &IndexOptions {
+            block_cache_bytes: config.block_cache_bytes,
+            sync: config.sync,
+        },
+    )?;
+    let placement = Placement {
+        volumes: config.volumes.clone(),
+        replicas: config.replicas,
+        subvolumes: config.subvolumes,
+    };
+    match config.command {
+        Command::Server => {
+            let volumes = Arc::new(Volumes::new(&config.volumes));
+            let up = volumes.probe_all(config.volume_timeout);
+            eprintln!("{up} of {} volumes answer", config.volumes.len());
+            volumes
+                .clone()
+                .spawn_health_checker(config.health_interval, config.volume_timeout);
+            let store = Store::new(index, placement, volumes.clone(), config.cache_bytes, config.threads);
+            server::serve(Arc::new(App { config, store, volumes })).context("server")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed => {
+            seed(&index, &placement, &config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild | Command::Rebalance => {
+            eprintln!("mkv: {:?} is not implemented yet", config.command);
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// Write live records for `prefix + i`, i < count, as a PUT would leave them
+/// (placement volumes, an md5), without touching the volumes.
+fn seed(index: &Index, placement: &Placement, config: &Config) -> anyhow::Result<()> {
+    use md5::{Digest, Md5};
+    let started = std::time::Instant::now();
+    let mut batch: Vec<(Vec<u8>, Record)> = Vec::with_capacity(BATCH_RECORDS_MAX);
+    for i in 0..config.seed_count {
+        let key = format!("{}{i}", config.seed_prefix).into_bytes();
+        let hash = mkv::placement::hex_lower(&Md5::digest(&key).into());
+        batch.push((key.clone(), Record::new(placement.place(&key), false, Some(hash))));
+        if batch.len() == BATCH_RECORDS_MAX || i + 1 == config.seed_count {
+            index.put_batch(batch.iter().map(|(key, record)| (key.as_slice(), record)))?;
+            batch.clear();
+        }
+    }
+    eprintln!(
+        "seeded {} keys in {:.1}s",
+        config.seed_count,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The server: one monoio reactor per thread, each with its own
+//! `SO_REUSEPORT` listener, accepting connections and serving them to the end
+//! on that thread. io_uring where the kernel allows it, epoll otherwise
+//! (`MONOIO_FORCE_LEGACY_DRIVER=1` forces epoll).
+
+use std::cell::Cell;
+use std::fmt;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
+use crate::handlers;
+use crate::http::{self, write_text};
+use crate::store::Store;
+use crate::volume::Volumes;
+
+/// Open client connections per reactor; more are closed on accept.
+pub const CONNECTIONS_PER_REACTOR_MAX: usize = 16 * 1024;
+/// A keep-alive connection idle this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request head must arrive completely within this time of its first byte.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// io_uring submission queue entries per reactor.
+const URING_ENTRIES: u32 = 4096;
+/// Listen backlog per reactor.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Everything a reactor needs, shared by all of them.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub volumes: Arc<Volumes>,
+}
+
+/// The server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The port is taken (by another process, or another mkv).
+    PortInUse(u16, std::io::Error),
+    /// A reactor could not start.
+    Reactor(usize, std::io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::PortInUse(port, error) => write!(formatter, "cannot listen on port {port}: {error}"),
+            ServerError::Reactor(id, error) => write!(formatter, "reactor {id} failed to start: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Start one reactor per configured thread and serve until the process ends.
+pub fn serve(app: Arc<App>) -> Result<(), ServerError> {
+    let address = SocketAddr::from(([0, 0, 0, 0], app.config.port));
+    // Every reactor binds with SO_REUSEPORT, which would happily share the
+    // port with another mkv; one plain bind first turns that into an error.
+    StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(app.config.port, error))?;
+    let (ready_sender, ready) = mpsc::channel();
+    let mut reactors = Vec::new();
+    for id in 0..app.config.threads {
+        let app = app.clone();
+        let ready_sender = ready_sender.clone();
+        let reactor = std::thread::Builder::new()
+            .name(format!("mkv-reactor-{id}"))
+            .spawn(move || run_reactor(id, app, address, ready_sender))
+            .map_err(|error| ServerError::Reactor(id, error))?;
+        reactors.push(reactor);
+    }
+    drop(ready_sender);
+    for _ in 0..app.config.threads {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(ServerError::Reactor(
+                    0,
+                    std::io::Error::other("reactor exited during start"),
+                ))
+            }
+        }
+    }
+    eprintln!(
+        "mkv listening on :{} with {} reactors",
+        app.config.port, app.config.threads
+    );
+    for reactor in reactors {
+        let _ = reactor.join();
+    }
+    Ok(())
+}
+
+fn run_reactor(id: usize, app: Arc<App>, address: SocketAddr, ready: mpsc::Sender<Result<(), ServerError>>) {
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(URING_ENTRIES)
+        .enable_timer()
+        .build();
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(ServerError::Reactor(id, error)));
+            return;
+        }
+    };
+    let driver = match &runtime {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "epoll",
+    };
+    eprintln!("reactor {id}: driver {driver}");
+    runtime.block_on(async move {
+        let options = ListenerOpts::new().reuse_port(true).backlog(LISTEN_BACKLOG);
+        let listener = match TcpListener::bind_with_config(address, &options) {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = ready.send(Err(ServerError::PortInUse(address.port(), error)));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        accept_loop(app, listener).await;
+    });
+}
+
+async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                eprintln!("accept failed: {error}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= CONNECTIONS_PER_REACTOR_MAX {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        open.set(open.get() + 1);
+        let (app, open) = (app.clone(), open.clone());
+        monoio::spawn(async move {
+            serve_connection(&app, stream).await;
+            open.set(open.get() - 1);
+        });
+    }
+}
+
+/// Serve requests on one connection until it closes, fails or idles out.
+async fn serve_connection(app: &App, stream: TcpStream) {
+    let mut connection = Connection::new(stream);
+    let mut head_started: Option<Instant> = None;
+    loop {
+        // Answer every complete request already buffered (pipelining).
+        loop {
+            let parsed = http::parse_request(connection.buffered());
+            match parsed {
+                Ok(Some(head)) => {
+                    head_started = None;
+                    let request_start = connection.start;
+                    connection.start += head.head_bytes;
+                    if !handlers::handle(app, &mut connection, &head, request_start).await {
+                        let _ = connection.flush().await;
+                        return;
+                    }
+                    if connection.output.len() >= OUTPUT_FLUSH_BYTES && connection.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    write_text(
+                        &mut connection.output,
+                        error.status(),
+                        false,
+                        b"",
+                        &format!("{error:?}"),
+                    );
+                    let _ = connection.flush().await;
+                    return;
+                }
+            }
+        }
+        if connection.flush().await.is_err() {
+            return;
+        }
+        let timeout = if connection.buffered().is_empty() {
+            IDLE_TIMEOUT
+        } else {
+            let started = *head_started.get_or_insert_with(Instant::now);
+            match HEADER_READ_TIMEOUT.checked_sub(started.elapsed()) {
+                Some(left) => left,
+                None => {
+                    write_text(&mut connection.output, 408, false, b"", "request head took too long");
+                    let _ = connection.flush().await;
+                    return;
+                }
+            }
+        };
+        match connection.read_more(timeout).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

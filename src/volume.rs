@@ -1,0 +1,752 @@
+//! Volume servers: who they are, whether they are up, and a small HTTP/1.1
+//! client to talk to them.
+//!
+//! `Volumes` holds the configured servers and one health flag each, kept
+//! fresh by a background thread that probes every server on an interval, so
+//! redirects never wait on a volume. The async client is built on `httparse`
+//! over monoio streams: one pool of keep-alive connections per reactor thread
+//! and volume, bodies streamed in bounded pieces in both directions (see
+//! ARCHITECTURE.md for why not `monoio-http`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::http::{format_u64, itoa_buffer, parse_decimal, ChunkedDecoder, HEADER_BYTES_MAX};
+
+/// Idle keep-alive connections kept per volume and reactor.
+const POOL_CONNECTIONS_MAX: usize = 64;
+/// A pooled connection idle longer than this is closed rather than reused:
+/// nginx drops idle keep-alive connections after 65-75 s.
+const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
+/// Bytes a volume's response head may take.
+const RESPONSE_HEAD_BYTES_MAX: usize = HEADER_BYTES_MAX;
+/// Most headers in a volume's response.
+const RESPONSE_HEADER_COUNT_MAX: usize = 64;
+/// Read buffer of a volume connection.
+const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+/// Error bodies up to this size are read and dropped to keep the connection.
+const DISCARD_BODY_BYTES_MAX: u64 = 64 * 1024;
+/// Health probes started at once by the health thread.
+const PROBES_IN_FLIGHT_MAX: usize = 64;
+
+/// What went wrong talking to a volume.
+#[derive(Debug)]
+pub enum VolumeError {
+    /// No connection could be made.
+    Connect(String, io::Error),
+    /// No answer within the timeout.
+    Timeout(String),
+    /// The connection failed mid-request.
+    Io(String, io::Error),
+    /// The volume's answer is not HTTP we understand.
+    Protocol(String, &'static str),
+    /// An unexpected status.
+    Status(String, u16),
+}
+
+impl fmt::Display for VolumeError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VolumeError::Connect(host, error) => write!(formatter, "volume {host}: cannot connect: {error}"),
+            VolumeError::Timeout(host) => write!(formatter, "volume {host}: timed out"),
+            VolumeError::Io(host, error) => write!(formatter, "volume {host}: {error}"),
+            VolumeError::Protocol(host, what) => write!(formatter, "volume {host}: bad response: {what}"),
+            VolumeError::Status(host, status) => write!(formatter, "volume {host}: answered {status}"),
+        }
+    }
+}
+
+impl std::error::Error for VolumeError {}
+
+/// The configured volume servers and their health.
+pub struct Volumes {
+    hosts: Vec<String>,
+    healthy: Box<[AtomicBool]>,
+}
+
+impl Volumes {
+    /// Volumes named `host:port`, all assumed healthy until probed.
+    pub fn new(hosts: &[String]) -> Volumes {
+        Volumes {
+            hosts: hosts.to_vec(),
+            healthy: hosts.iter().map(|_| AtomicBool::new(true)).collect(),
+        }
+    }
+
+    /// The configured hosts, in `-volumes` order.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// The position of `host` in `-volumes`.
+    pub fn id_of(&self, host: &str) -> Option<u16> {
+        self.hosts.iter().position(|known| known == host).map(|id| id as u16)
+    }
+
+    /// Whether the last probe of volume `id` succeeded.
+    pub fn is_healthy(&self, id: u16) -> bool {
+        self.healthy[usize::from(id)].load(Ordering::Relaxed)
+    }
+
+    /// Probe every volume once, in parallel; logs changes. Returns how many are up.
+    pub fn probe_all(&self, timeout: Duration) -> usize {
+        let mut up = 0;
+        for (batch_start, batch) in self.hosts.chunks(PROBES_IN_FLIGHT_MAX).enumerate() {
+            let results: Vec<bool> = std::thread::scope(|scope| {
+                let probes: Vec<_> = batch
+                    .iter()
+                    .map(|host| scope.spawn(move || probe(host, timeout)))
+                    .collect();
+                probes.into_iter().map(|probe| probe.join().unwrap_or(false)).collect()
+            });
+            for (offset, healthy) in results.into_iter().enumerate() {
+                let id = batch_start * PROBES_IN_FLIGHT_MAX + offset;
+                let was = self.healthy[id].swap(healthy, Ordering::Relaxed);
+                if was != healthy {
+                    eprintln!("volume {} is {}", self.hosts[id], if healthy { "up" } else { "DOWN" });
+                }
+                up += usize::from(healthy);
+            }
+        }
+        up
+    }
+
+    /// Probe all volumes every `interval` on a background thread, forever.
+    pub fn spawn_health_checker(self: Arc<Self>, interval: Duration, timeout: Duration) {
+        std::thread::Builder::new()
+            .name("mkv-health".into())
+            .spawn(move || loop {
+                std::thread::sleep(interval);
+                self.probe_all(timeout);
+            })
+            .expect("spawn health thread");
+    }
+}
+
+/// One blocking health probe: any HTTP answer below 500 to `HEAD /` is up.
+fn probe(host: &str, timeout: Duration) -> bool {
+    let attempt = || -> io::Result<bool> {
+        let address = resolve(host)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::other("no address"))?;
+        let mut stream = StdTcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(stream, "HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 32];
+        let read = stream.read(&mut head)?;
+        let status = head.get(9..12).filter(|_| read >= 12 && head.starts_with(b"HTTP/1."));
+        Ok(status.and_then(parse_decimal).is_some_and(|status| status < 500))
+    };
+    attempt().unwrap_or(false)
+}
+
+/// Resolve `host:port`, IPv4 first (volumes usually listen on 0.0.0.0 only).
+fn resolve(host: &str) -> io::Result<Vec<SocketAddr>> {
+    let mut addresses: Vec<SocketAddr> = host.to_socket_addrs()?.collect();
+    addresses.sort_by_key(|address| !address.is_ipv4());
+    Ok(addresses)
+}
+
+struct Pooled {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    idle_since: Instant,
+}
+
+thread_local! {
+    /// Per-reactor keep-alive connections by host.
+    static POOL: RefCell<HashMap<String, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    /// Per-reactor DNS answers by host (resolved once, blocking).
+    static ADDRESSES: RefCell<HashMap<String, Vec<SocketAddr>>> = RefCell::new(HashMap::new());
+}
+
+/// An open HTTP/1.1 connection to one volume.
+pub struct Connection {
+    host: String,
+    stream: TcpStream,
+    /// Bytes read from the volume and not consumed yet: `buffer[start..]`.
+    buffer: Vec<u8>,
+    start: usize,
+    /// Taken from the pool (may have been closed by the server meanwhile).
+    reused: bool,
+    /// The server may take another request on it.
+    reusable: bool,
+}
+
+/// A response's status and framing.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    framing: Framing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+async fn with_timeout<T>(
+    host: &str,
+    timeout: Duration,
+    future: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, VolumeError> {
+    match monoio::time::timeout(timeout, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(VolumeError::Io(host.to_owned(), error)),
+        Err(_) => Err(VolumeError::Timeout(host.to_owned())),
+    }
+}
+
+impl Connection {
+    /// A pooled connection to `host`, or a new one.
+    pub async fn open(host: &str, timeout: Duration) -> Result<Connection, VolumeError> {
+        if let Some(pooled) = take_pooled(host) {
+            return Ok(Connection {
+                host: host.to_owned(),
+                stream: pooled.stream,
+                buffer: pooled.buffer,
+                start: 0,
+                reused: true,
+                reusable: true,
+            });
+        }
+        Connection::open_new(host, timeout).await
+    }
+
+    /// Always a new connection.
+    pub async fn open_new(host: &str, timeout: Duration) -> Result<Connection, VolumeError> {
+        let addresses = cached_addresses(host).map_err(|error| VolumeError::Connect(host.to_owned(), error))?;
+        let mut last_error = io::Error::other("no address");
+        for address in addresses {
+            match monoio::time::timeout(timeout, TcpStream::connect_addr(address)).await {
+                Ok(Ok(stream)) => {
+                    // Best effort: small request heads should not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Connection {
+                        host: host.to_owned(),
+                        stream,
+                        buffer: Vec::with_capacity(CONNECTION_BUFFER_BYTES),
+                        start: 0,
+                        reused: false,
+                        reusable: true,
+                    });
+                }
+                Ok(Err(error)) => last_error = error,
+                Err(_) => return Err(VolumeError::Timeout(host.to_owned())),
+            }
+        }
+        Err(VolumeError::Connect(host.to_owned(), last_error))
+    }
+
+    /// The volume this connection talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Write all of `bytes`.
+    pub async fn write<B: monoio::buf::IoBuf>(&mut self, bytes: B, timeout: Duration) -> Result<B, VolumeError> {
+        let stream = &mut self.stream;
+        let result = with_timeout(&self.host, timeout, async move {
+            let (result, bytes) = stream.write_all(bytes).await;
+            result.map(|_| bytes)
+        })
+        .await;
+        if result.is_err() {
+            self.reusable = false;
+        }
+        result
+    }
+
+    /// Read more bytes into the buffer; false at end of stream.
+    async fn fill(&mut self, timeout: Duration) -> Result<bool, VolumeError> {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buffer.len() == self.buffer.capacity() {
+            self.buffer.reserve(CONNECTION_BUFFER_BYTES);
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let stream = &mut self.stream;
+        let length = buffer.len();
+        let outcome = monoio::time::timeout(timeout, async move {
+            let (result, slice) = stream.read(buffer.slice_mut(length..)).await;
+            (result, slice.into_inner())
+        })
+        .await;
+        match outcome {
+            Ok((Ok(read), buffer)) => {
+                self.buffer = buffer;
+                if read == 0 {
+                    self.reusable = false;
+                }
+                Ok(read > 0)
+            }
+            Ok((Err(error), buffer)) => {
+                self.buffer = buffer;
+                self.reusable = false;
+                Err(VolumeError::Io(self.host.clone(), error))
+            }
+            Err(_) => {
+                // The read was cancelled with its buffer; this connection is done.
+                self.reusable = false;
+                self.buffer = Vec::with_capacity(CONNECTION_BUFFER_BYTES);
+                Err(VolumeError::Timeout(self.host.clone()))
+            }
+        }
+    }
+
+    /// Read and parse a response head.
+    pub async fn read_head(&mut self, timeout: Duration, request_was_head: bool) -> Result<ResponseHead, VolumeError> {
+        loop {
+            if let Some(head) = self.parse_head(request_was_head)? {
+                return Ok(head);
+            }
+            if self.buffer.len() - self.start >= RESPONSE_HEAD_BYTES_MAX {
+                return Err(VolumeError::Protocol(self.host.clone(), "response head too large"));
+            }
+            if !self.fill(timeout).await? {
+                return Err(VolumeError::Io(
+                    self.host.clone(),
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"),
+                ));
+            }
+        }
+    }
+
+    fn parse_head(&mut self, request_was_head: bool) -> Result<Option<ResponseHead>, VolumeError> {
+        let protocol = |what| VolumeError::Protocol(self.host.clone(), what);
+        let mut headers = [httparse::EMPTY_HEADER; RESPONSE_HEADER_COUNT_MAX];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_bytes = match response.parse(&self.buffer[self.start..]) {
+            Ok(httparse::Status::Complete(bytes)) => bytes,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(protocol("malformed response head")),
+        };
+        let status = response.code.ok_or_else(|| protocol("no status"))?;
+        let mut framing = Framing::UntilClose;
+        let mut close = response.version == Some(0);
+        for header in response.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                framing = Framing::Length(parse_decimal(header.value).ok_or_else(|| protocol("bad Content-Length"))?);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                framing = Framing::Chunked;
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                close = header.value.eq_ignore_ascii_case(b"close");
+            }
+        }
+        if request_was_head || status == 204 || status == 304 || (100..200).contains(&status) {
+            framing = Framing::Length(0);
+        }
+        if close || framing == Framing::UntilClose {
+            self.reusable = false;
+        }
+        self.start += head_bytes;
+        Ok(Some(ResponseHead { status, framing }))
+    }
+
+    /// Read up to `out_max` body bytes into `out`; false once the body ended.
+    pub async fn read_body(
+        &mut self,
+        body: &mut BodyState,
+        out: &mut Vec<u8>,
+        out_max: usize,
+        timeout: Duration,
+    ) -> Result<bool, VolumeError> {
+        loop {
+            if body.done {
+                return Ok(false);
+            }
+            let available = &self.buffer[self.start..];
+            let before = out.len();
+            match &mut body.kind {
+                BodyKind::Length(remaining) => {
+                    let take = available
+                        .len()
+                        .min(out_max - out.len())
+                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&available[..take]);
+                    self.start += take;
+                    *remaining -= take as u64;
+                    body.done = *remaining == 0;
+                }
+                BodyKind::Chunked(decoder) => {
+                    let decoded = decoder
+                        .decode(available, out, out_max)
+                        .map_err(|_| VolumeError::Protocol(self.host.clone(), "bad chunked body"))?;
+                    self.start += decoded.consumed;
+                    body.done = decoded.done;
+                }
+                BodyKind::UntilClose => {
+                    let take = available.len().min(out_max - out.len());
+                    out.extend_from_slice(&available[..take]);
+                    self.start += take;
+                }
+            }
+            if out.len() > before || body.done {
+                return Ok(!body.done || out.len() > before);
+            }
+            if out.len() >= out_max {
+                return Ok(true);
+            }
+            if !self.fill(timeout).await? {
+                if matches!(body.kind, BodyKind::UntilClose) {
+                    body.done = true;
+                    return Ok(false);
+                }
+                return Err(VolumeError::Io(
+                    self.host.clone(),
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"),
+                ));
+            }
+        }
+    }
+
+    /// Read a whole (small) body, up to `bytes_max`.
+    pub async fn read_body_to_end(
+        &mut self,
+        head: ResponseHead,
+        bytes_max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, VolumeError> {
+        let mut body = BodyState::new(head);
+        let mut out = Vec::new();
+        while self.read_body(&mut body, &mut out, bytes_max, timeout).await? {
+            if out.len() >= bytes_max && !body.done {
+                self.reusable = false;
+                return Err(VolumeError::Protocol(self.host.clone(), "response body too large"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Skip the body of a response so the connection can be reused.
+    async fn discard_body(&mut self, head: ResponseHead, timeout: Duration) -> Result<(), VolumeError> {
+        match head.framing {
+            Framing::Length(0) => Ok(()),
+            Framing::Length(length) if length <= DISCARD_BODY_BYTES_MAX => self
+                .read_body_to_end(head, DISCARD_BODY_BYTES_MAX as usize, timeout)
+                .await
+                .map(drop),
+            Framing::Chunked => self
+                .read_body_to_end(head, DISCARD_BODY_BYTES_MAX as usize, timeout)
+                .await
+                .map(drop),
+            _ => {
+                self.reusable = false;
+                Ok(())
+            }
+        }
+    }
+
+    /// Give the connection back to this reactor's pool if it can be reused.
+    pub fn release(self) {
+        if !self.reusable || self.start != self.buffer.len() {
+            return;
+        }
+        let mut buffer = self.buffer;
+        buffer.clear();
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let idle = pool.entry(self.host).or_default();
+            if idle.len() < POOL_CONNECTIONS_MAX {
+                idle.push(Pooled {
+                    stream: self.stream,
+                    buffer,
+                    idle_since: Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+/// Where a response body stands.
+pub struct BodyState {
+    kind: BodyKind,
+    done: bool,
+}
+
+enum BodyKind {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+impl BodyState {
+    /// The body that `head` announces.
+    pub fn new(head: ResponseHead) -> BodyState {
+        match head.framing {
+            Framing::Length(length) => BodyState {
+                kind: BodyKind::Length(length),
+                done: length == 0,
+            },
+            Framing::Chunked => BodyState {
+                kind: BodyKind::Chunked(ChunkedDecoder::default()),
+                done: false,
+            },
+            Framing::UntilClose => BodyState {
+                kind: BodyKind::UntilClose,
+                done: false,
+            },
+        }
+    }
+
+    /// The announced length, if any.
+    pub fn length(&self) -> Option<u64> {
+        match self.kind {
+            BodyKind::Length(length) => Some(length),
+            _ => None,
+        }
+    }
+}
+
+fn take_pooled(host: &str) -> Option<Pooled> {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.get_mut(host)?;
+        while let Some(pooled) = idle.pop() {
+            if pooled.idle_since.elapsed() < POOL_IDLE_MAX {
+                return Some(pooled);
+            }
+        }
+        None
+    })
+}
+
+fn cached_addresses(host: &str) -> io::Result<Vec<SocketAddr>> {
+    if let Some(addresses) = ADDRESSES.with(|cache| cache.borrow().get(host).cloned()) {
+        return Ok(addresses);
+    }
+    let addresses = resolve(host)?;
+    ADDRESSES.with(|cache| cache.borrow_mut().insert(host.to_owned(), addresses.clone()));
+    Ok(addresses)
+}
+
+/// Append a request head with no body.
+fn request_head(method: &str, host: &str, path: &str, extra: &str) -> Vec<u8> {
+    format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").into_bytes()
+}
+
+/// A request without a body (HEAD, DELETE, GET of a small listing). Retries
+/// once on a new connection when a pooled one turns out to be closed.
+pub async fn simple_request(
+    method: &str,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    body_bytes_max: usize,
+) -> Result<(u16, Vec<u8>), VolumeError> {
+    let mut connection = Connection::open(host, timeout).await?;
+    match simple_request_on(&mut connection, method, path, timeout, body_bytes_max).await {
+        Err(VolumeError::Io(..)) if connection.reused => {
+            let mut connection = Connection::open_new(host, timeout).await?;
+            let result = simple_request_on(&mut connection, method, path, timeout, body_bytes_max).await;
+            connection.release();
+            result
+        }
+        result => {
+            connection.release();
+            result
+        }
+    }
+}
+
+async fn simple_request_on(
+    connection: &mut Connection,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+    body_bytes_max: usize,
+) -> Result<(u16, Vec<u8>), VolumeError> {
+    let head = request_head(method, &connection.host.clone(), path, "");
+    connection.write(head, timeout).await?;
+    let head = connection.read_head(timeout, method == "HEAD").await?;
+    let body = if (200..300).contains(&head.status) && body_bytes_max > 0 {
+        connection.read_body_to_end(head, body_bytes_max, timeout).await?
+    } else {
+        connection.discard_body(head, timeout).await?;
+        Vec::new()
+    };
+    Ok((head.status, body))
+}
+
+/// HEAD a file on a volume: Ok(true) if it is there, Ok(false) on 404.
+pub async fn exists(host: &str, path: &str, timeout: Duration) -> Result<bool, VolumeError> {
+    match simple_request("HEAD", host, path, timeout, 0).await?.0 {
+        200 => Ok(true),
+        404 => Ok(false),
+        status => Err(VolumeError::Status(host.to_owned(), status)),
+    }
+}
+
+/// DELETE a file on a volume; a file already gone counts as deleted.
+pub async fn delete(host: &str, path: &str, timeout: Duration) -> Result<(), VolumeError> {
+    match simple_request("DELETE", host, path, timeout, 0).await?.0 {
+        200 | 204 | 404 => Ok(()),
+        status => Err(VolumeError::Status(host.to_owned(), status)),
+    }
+}
+
+/// An upload in progress: a PUT whose body is being streamed to one volume.
+pub struct Upload {
+    connection: Connection,
+    chunked: bool,
+    timeout: Duration,
+}
+
+impl Upload {
+    /// Send the head of `PUT path`; `length` None streams the body chunked.
+    pub async fn begin(
+        host: &str,
+        path: &str,
+        length: Option<u64>,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Upload, VolumeError> {
+        // A pooled connection is used only if it was idle briefly; a stale one
+        // could fail after the body has started, when a retry is impossible.
+        let mut connection = Connection::open(host, timeout).await?;
+        let framing = match length {
+            Some(length) => {
+                let mut digits = itoa_buffer();
+                format!(
+                    "Content-Length: {}\r\n",
+                    std::str::from_utf8(format_u64(length, &mut digits)).expect("digits")
+                )
+            }
+            None => "Transfer-Encoding: chunked\r\n".to_owned(),
+        };
+        let head = request_head("PUT", host, path, &framing);
+        if let Err(error) = connection.write(head.clone(), io_timeout).await {
+            if !connection.reused {
+                return Err(error);
+            }
+            connection = Connection::open_new(host, timeout).await?;
+            connection.write(head, io_timeout).await?;
+        }
+        Ok(Upload {
+            connection,
+            chunked: length.is_none(),
+            timeout: io_timeout,
+        })
+    }
+
+    /// Send one piece of the body.
+    pub async fn send(&mut self, piece: Bytes) -> Result<(), VolumeError> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        if self.chunked {
+            let size_line = format!("{:x}\r\n", piece.len()).into_bytes();
+            self.connection.write(size_line, self.timeout).await?;
+            self.connection.write(piece, self.timeout).await?;
+            self.connection.write(&b"\r\n"[..], self.timeout).await?;
+        } else {
+            self.connection.write(piece, self.timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// End the body and wait for the volume's verdict: Ok on 201/204.
+    pub async fn finish(mut self) -> Result<(), VolumeError> {
+        if self.chunked {
+            self.connection.write(&b"0\r\n\r\n"[..], self.timeout).await?;
+        }
+        let head = self.connection.read_head(self.timeout, false).await?;
+        self.connection.discard_body(head, self.timeout).await?;
+        let host = self.connection.host.clone();
+        self.connection.release();
+        match head.status {
+            201 | 204 => Ok(()),
+            status => Err(VolumeError::Status(host, status)),
+        }
+    }
+}
+
+/// A GET whose body is read piece by piece (rebalance copies values with it).
+pub struct Download {
+    connection: Connection,
+    body: BodyState,
+    timeout: Duration,
+}
+
+impl Download {
+    /// GET `path`; Ok(None) on 404.
+    pub async fn begin(
+        host: &str,
+        path: &str,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Option<Download>, VolumeError> {
+        let mut connection = Connection::open(host, timeout).await?;
+        let head = request_head("GET", host, path, "");
+        let response = async {
+            connection.write(head, io_timeout).await?;
+            connection.read_head(io_timeout, false).await
+        };
+        let head = match response.await {
+            Ok(head) => head,
+            Err(VolumeError::Io(..)) if connection.reused => {
+                connection = Connection::open_new(host, timeout).await?;
+                connection
+                    .write(request_head("GET", host, path, ""), io_timeout)
+                    .await?;
+                connection.read_head(io_timeout, false).await?
+            }
+            Err(error) => return Err(error),
+        };
+        match head.status {
+            200 => Ok(Some(Download {
+                connection,
+                body: BodyState::new(head),
+                timeout: io_timeout,
+            })),
+            404 => {
+                connection.discard_body(head, io_timeout).await?;
+                connection.release();
+                Ok(None)
+            }
+            status => Err(VolumeError::Status(host.to_owned(), status)),
+        }
+    }
+
+    /// The value's length, when the volume announced it.
+    pub fn length(&self) -> Option<u64> {
+        self.body.length()
+    }
+
+    /// The next piece of at most `bytes_max`, or None at the end.
+    pub async fn next(&mut self, bytes_max: usize) -> Result<Option<Bytes>, VolumeError> {
+        let mut piece = Vec::with_capacity(bytes_max);
+        while piece.len() < bytes_max {
+            if !self
+                .connection
+                .read_body(&mut self.body, &mut piece, bytes_max, self.timeout)
+                .await?
+            {
+                break;
+            }
+        }
+        Ok((!piece.is_empty()).then(|| Bytes::from(piece)))
+    }
+
+    /// Return the connection to the pool (after the whole body was read).
+    pub fn finish(self) {
+        self.connection.release();
+    }
+}

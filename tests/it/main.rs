@@ -1,0 +1,10 @@
+//! Integration tests: real nginx volumes (the repo's `volume` script), the
+//! real `mkv` binary, a real HTTP client. Run under both monoio drivers by
+//! the test script (`MONOIO_FORCE_LEGACY_DRIVER=1` forces epoll).
+
+mod api;
+mod cluster;
+mod durability;
+mod protocol;
+mod startup;
+mod volumes;

@@ -1,0 +1,42 @@
+-- GET of keys that do not exist: /missing/<random>.
+--
+--   wrk -t1 -c100 -d10s -s wrk-scripts/get_missing.lua http://127.0.0.1:3000
+--
+-- Env: none. Nothing needs seeding (and nothing may be stored under /missing/).
+--
+-- Every answer must be a 404. Anything else is counted; done() prints the
+-- count and the first unexpected status and exits 1 if there was any.
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("id", #threads)
+end
+
+function init(args)
+  math.randomseed(os.time() * 1009 + id)
+  errors, first_error = 0, 0
+end
+
+function request()
+  return wrk.format(nil, "/missing/" .. math.random(0, 2147483646) .. "-" .. math.random(0, 2147483646))
+end
+
+function response(status, headers, body)
+  if status ~= 404 then
+    errors = errors + 1
+    if first_error == 0 then first_error = status end
+  end
+end
+
+function done(summary, latency, requests)
+  local total, first = 0, 0
+  for _, thread in ipairs(threads) do
+    total = total + thread:get("errors")
+    if first == 0 then first = thread:get("first_error") end
+  end
+  io.write(string.format("errors: %d of %d requests (expected 404, first other status %d)\n",
+    total, summary.requests, first))
+  if total > 0 then os.exit(1) end
+end
