@@ -58,25 +58,25 @@ struct Args {
     #[arg(long)]
     fallback: Option<String>,
     /// DELETE needs UNLINK first.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     protect: bool,
     /// Compute and store the md5 of values.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = true)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = true)]
     md5sum: bool,
     /// A volume that does not answer in this time counts as down (Go duration: 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     voltimeout: Duration,
     /// Log every request.
-    #[arg(short = 'v', long = "verbose", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    #[arg(short = 'v', long = "verbose", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     verbose: bool,
     /// Reactor threads, one listener each (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
     /// HEAD the value on a volume before every redirect (the original's behaviour).
-    #[arg(long = "verify-get", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    #[arg(long = "verify-get", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     verify_get: bool,
     /// fsync the index on every write (survives power loss, not just a crash).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     sync: bool,
     /// Memory for the in-process record cache, in MiB, shared by all reactors.
     #[arg(long = "cache-mb", default_value_t = 256)]
@@ -91,10 +91,10 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// rebuild: read every value back and store its md5.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     md5: bool,
     /// rebalance: print what would move, change nothing.
-    #[arg(long = "dry-run", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    #[arg(long = "dry-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     dry_run: bool,
     /// seed: how many keys.
     #[arg(long, default_value_t = 1000)]
@@ -103,6 +103,9 @@ struct Args {
     #[arg(long, default_value = "/bench/key-")]
     prefix: String,
 }
+
+// Booleans take their value only after `=` (`-md5sum=false`), as Go's flag
+// package does, so `-v server` never reads `server` as the value of `-v`.
 
 /// Validated settings.
 #[derive(Clone, Debug)]
@@ -333,7 +336,7 @@ mod tests {
         ))
         .unwrap();
         let gnu = parse(argv(
-            "--db /tmp/x --volumes a:1,b:2,c:3 --md5sum false --protect --voltimeout 2s -v server",
+            "--db /tmp/x --volumes a:1,b:2,c:3 --md5sum=false --protect --voltimeout 2s -v server",
         ))
         .unwrap();
         for config in [go, gnu] {

@@ -13,7 +13,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::http::{parse_request, BodyFraming, ChunkedDecoder, HEADER_BYTES_MAX};
+use crate::http::{could_start_request, parse_request, BodyFraming, ChunkedDecoder, HEADER_BYTES_MAX};
 
 /// Input buffer of a connection; holds at least one full request head.
 pub const INPUT_BUFFER_BYTES: usize = 32 * 1024;
@@ -23,6 +23,9 @@ pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A body read that makes no progress for this long fails the request.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A refused request's body up to this size is read and dropped so the client
+/// gets its answer on a live connection; a larger one closes the connection.
+pub const DRAIN_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 const _: () = assert!(HEADER_BYTES_MAX < INPUT_BUFFER_BYTES);
 
@@ -119,6 +122,22 @@ impl Connection {
     }
 }
 
+/// Read and drop the body of a refused request. Returns whether the
+/// connection can serve another request (the whole body was drained).
+pub async fn drain_body(connection: &mut Connection, framing: BodyFraming) -> bool {
+    if matches!(framing, BodyFraming::Length(length) if length > DRAIN_BYTES_MAX) {
+        return false;
+    }
+    let mut body = BodyReader::new(framing);
+    loop {
+        match body.next(connection, 64 * 1024).await {
+            Ok(Some(_)) if body.received <= DRAIN_BYTES_MAX => {}
+            Ok(None) => return true,
+            Ok(Some(_)) | Err(_) => return false,
+        }
+    }
+}
+
 /// Reads one request body from a connection, piece by piece.
 pub struct BodyReader {
     framing: Framing,
@@ -191,13 +210,16 @@ async fn read_length(connection: &mut Connection, remaining: &mut u64, bytes_max
     Ok(piece)
 }
 
-/// Bytes right after a complete body must start another request; anything
-/// else means the body was longer than its `Content-Length` said.
+/// Bytes already received right after a complete body must start another
+/// request; anything else means the body was longer than its
+/// `Content-Length` said. (Excess that arrives later is indistinguishable
+/// from a bad next request, which is answered 400 on its own.)
 fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
-    match parse_request(connection.buffered()) {
-        Err(_) => Err(BodyError::TooLong),
-        Ok(_) => Ok(()),
+    let buffered = connection.buffered();
+    if parse_request(buffered).is_err() || !could_start_request(buffered) {
+        return Err(BodyError::TooLong);
     }
+    Ok(())
 }
 
 async fn read_chunked(

@@ -4,7 +4,7 @@
 //! and returns the status it sent; failures come back as `Error` and are
 //! written by `respond`, the one place where errors become responses.
 
-use crate::connection::{BodyError, BodyReader, Connection};
+use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
 use crate::http::{self, query_pairs, query_value, write_empty, write_text, BodyFraming, Method, RequestHead};
 use crate::placement::{entry_host, key2path, KEY_BYTES_MAX};
@@ -24,10 +24,14 @@ const LIST_BATCH_KEYS: usize = 1024;
 /// Returns whether the connection may serve another request.
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
     let result = dispatch(app, connection, head, request_start).await;
-    // A refused request's body may still be on the wire: the connection is
-    // only reusable if the body was read (success) or there was none.
+    let mut keep_alive = head.keep_alive && !matches!(result, Err(Error::Client(400, _)));
+    // A refused request's body may still be on the wire. Unless the client
+    // waits for 100-continue (and so never sends it), drop a small one so the
+    // client reads its answer; a large one ends the connection.
     let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
-    let keep_alive = head.keep_alive && !(result.is_err() && has_body) && !matches!(result, Err(Error::Client(400, _)));
+    if keep_alive && has_body && result.is_err() {
+        keep_alive = !head.expect_continue && drain_body(connection, head.body).await;
+    }
     let status = match result {
         Ok(status) => status,
         Err(error) => {

@@ -193,7 +193,8 @@ async fn serve_connection(app: &App, stream: TcpStream) {
         if connection.flush().await.is_err() {
             return;
         }
-        let timeout = if connection.buffered().is_empty() {
+        let partial_head = !connection.buffered().is_empty();
+        let timeout = if !partial_head {
             IDLE_TIMEOUT
         } else {
             let started = *head_started.get_or_insert_with(Instant::now);
@@ -207,8 +208,15 @@ async fn serve_connection(app: &App, stream: TcpStream) {
             }
         };
         match connection.read_more(timeout).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(_) => {}
+            Err(error) => {
+                if error.kind() == std::io::ErrorKind::TimedOut && partial_head {
+                    write_text(&mut connection.output, 408, false, b"", "request head took too long");
+                    let _ = connection.flush().await;
+                }
+                return;
+            }
         }
     }
 }

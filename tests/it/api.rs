@@ -57,8 +57,9 @@ fn value_lands_at_the_placement_path_on_every_replica() {
     for entry in volumes {
         let (host, subvolume) = entry.split_once('/').unwrap();
         let volume = cluster.volumes.iter().find(|volume| volume.host() == host).unwrap();
-        // md5("/hello") starts 0x58 0x91; base64("/hello") = L2hlbGxv.
-        let path = volume.dir.join(subvolume).join("58/91/L2hlbGxv");
+        // key2path: two md5 hex pairs, then base64("/hello") = L2hlbGxv.
+        let md5 = md5_hex(b"/hello");
+        let path = volume.dir.join(subvolume).join(&md5[0..2]).join(&md5[2..4]).join("L2hlbGxv");
         assert_eq!(std::fs::read(&path).unwrap_or_default(), b"world", "{}", path.display());
     }
 }
@@ -246,6 +247,6 @@ fn listing_more_than_a_million_keys_needs_a_limit() {
     let page = request("GET", &cluster.url("/many/?list&limit=3"), None);
     assert_eq!(
         String::from_utf8(page.body).unwrap(),
-        r#"{"next":"/many/10","keys":["/many/0","/many/1","/many/100"]}"#
+        r#"{"next":"/many/100","keys":["/many/0","/many/1","/many/10"]}"#
     );
 }
