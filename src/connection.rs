@@ -54,6 +54,8 @@ pub struct Connection {
     pub output: Vec<u8>,
     /// Scratch space for a percent-decoded key.
     pub scratch: Vec<u8>,
+    /// Some of the current request's body has been read.
+    pub body_touched: bool,
 }
 
 impl Connection {
@@ -64,6 +66,7 @@ impl Connection {
             start: 0,
             output: Vec::with_capacity(OUTPUT_FLUSH_BYTES),
             scratch: Vec::with_capacity(256),
+            body_touched: false,
         }
     }
 
@@ -166,6 +169,7 @@ impl BodyReader {
 
     /// The next piece of at most `bytes_max` body bytes; None once the body ended.
     pub async fn next(&mut self, connection: &mut Connection, bytes_max: usize) -> Result<Option<Bytes>, BodyError> {
+        connection.body_touched = true;
         let piece = match &mut self.framing {
             Framing::Length { remaining } => read_length(connection, remaining, bytes_max).await?,
             Framing::Chunked { decoder, done } => read_chunked(connection, decoder, done, bytes_max).await?,

@@ -23,14 +23,16 @@ const LIST_BATCH_KEYS: usize = 1024;
 /// `request_start` in the connection's input (the head is already consumed).
 /// Returns whether the connection may serve another request.
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
+    connection.body_touched = false;
     let result = dispatch(app, connection, head, request_start).await;
     let mut keep_alive = head.keep_alive && !matches!(result, Err(Error::Client(400, _)));
     // A refused request's body may still be on the wire. Unless the client
-    // waits for 100-continue (and so never sends it), drop a small one so the
-    // client reads its answer; a large one ends the connection.
+    // waits for 100-continue (and so never sends it) or the handler already
+    // read part of it, drop a small one so the client reads its answer; a
+    // large one ends the connection.
     let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
     if keep_alive && has_body && result.is_err() {
-        keep_alive = !head.expect_continue && drain_body(connection, head.body).await;
+        keep_alive = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body).await;
     }
     let status = match result {
         Ok(status) => status,

@@ -30,7 +30,16 @@ pub enum Method {
 }
 
 /// Every method name the master knows, as sent on the wire.
-const METHOD_NAMES: [&[u8]; 8] = [b"GET", b"HEAD", b"PUT", b"DELETE", b"POST", b"UNLINK", b"RELINK", b"REBALANCE"];
+const METHOD_NAMES: [&[u8]; 8] = [
+    b"GET",
+    b"HEAD",
+    b"PUT",
+    b"DELETE",
+    b"POST",
+    b"UNLINK",
+    b"RELINK",
+    b"REBALANCE",
+];
 
 /// Whether `bytes` can be the beginning of a request to this server: its
 /// first token is (a prefix of) a method the master knows. Used to tell a

@@ -13,9 +13,12 @@ use hashbrown::HashSet;
 /// Lock shards; enough that reactors rarely meet on one mutex.
 const SHARD_COUNT: usize = 64;
 
+/// One shard: the locked keys that hash to it.
+type LockShard = Mutex<HashSet<Box<[u8]>>>;
+
 /// The set of keys being written.
 pub struct KeyLocks {
-    shards: Box<[Mutex<HashSet<Box<[u8]>>>]>,
+    shards: Box<[LockShard]>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
@@ -42,7 +45,8 @@ impl KeyLocks {
         // Allocation is deliberate: writes are not the hot path.
         let key: Box<[u8]> = key.into();
         let inserted = self.lock_shard(shard).insert(key.clone());
-        inserted.then_some(KeyGuard {
+        // Lazily: a guard built and dropped on failure would unlock the holder.
+        inserted.then(|| KeyGuard {
             locks: self,
             shard,
             key,
@@ -73,6 +77,10 @@ mod tests {
         let locks = KeyLocks::default();
         let first = locks.try_lock(b"/k").expect("free key locks");
         assert!(locks.try_lock(b"/k").is_none());
+        assert!(
+            locks.try_lock(b"/k").is_none(),
+            "a refused attempt must not release the holder's lock"
+        );
         assert!(locks.try_lock(b"/other").is_some());
         drop(first);
         assert!(locks.try_lock(b"/k").is_some());

@@ -59,7 +59,7 @@ pub fn key2volume(key: &[u8], volumes: &[String], replicas: usize, subvolumes: u
         })
         .collect();
     // Stable sort, descending by score: equal scores keep the -volumes order.
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|&(score, _)| std::cmp::Reverse(score));
     scored
         .iter()
         .take(replicas)

@@ -144,7 +144,8 @@ fn probe(host: &str, timeout: Duration) -> bool {
         let mut stream = StdTcpStream::connect_timeout(&address, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        write!(stream, "HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        // One write, one packet: `write!` on a socket would send each piece.
+        stream.write_all(format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut head = [0u8; 32];
         let read = stream.read(&mut head)?;
         let status = head.get(9..12).filter(|_| read >= 12 && head.starts_with(b"HTTP/1."));

@@ -59,7 +59,12 @@ fn value_lands_at_the_placement_path_on_every_replica() {
         let volume = cluster.volumes.iter().find(|volume| volume.host() == host).unwrap();
         // key2path: two md5 hex pairs, then base64("/hello") = L2hlbGxv.
         let md5 = md5_hex(b"/hello");
-        let path = volume.dir.join(subvolume).join(&md5[0..2]).join(&md5[2..4]).join("L2hlbGxv");
+        let path = volume
+            .dir
+            .join(subvolume)
+            .join(&md5[0..2])
+            .join(&md5[2..4])
+            .join("L2hlbGxv");
         assert_eq!(std::fs::read(&path).unwrap_or_default(), b"world", "{}", path.display());
     }
 }
