@@ -58,24 +58,42 @@ pub async fn replicate(
         .next(connection, PIECE_BYTES)
         .await
         .map_err(ReplicationError::Body)?;
-    let Some(mut piece) = first else {
+    let Some(first) = first else {
         return Err(ReplicationError::Empty);
     };
-    let begins = entries.iter().map(|entry| async move {
-        let path = entry_path(entry, key_path);
-        Upload::begin(entry_host(entry), &path, declared, connect_timeout, VOLUME_IO_TIMEOUT).await
+    let mut hasher = with_md5.then(Md5::new);
+    if let Some(hasher) = hasher.as_mut() {
+        hasher.update(&first);
+    }
+    let begins = entries.iter().map(|entry| {
+        let first = first.clone();
+        async move {
+            let path = entry_path(entry, key_path);
+            Upload::begin_with(
+                entry_host(entry),
+                &path,
+                declared,
+                first,
+                connect_timeout,
+                VOLUME_IO_TIMEOUT,
+            )
+            .await
+        }
     });
     let mut uploads = collect(join_all(begins).await)?;
-    let mut hasher = with_md5.then(Md5::new);
+    // The first piece went out with the heads. From here on, write each piece
+    // to all replicas while reading the next one from the client.
+    let mut piece: Option<Bytes> = None;
     loop {
-        if let Some(hasher) = hasher.as_mut() {
-            hasher.update(&piece);
-        }
-        // Write this piece to all replicas while reading the next one.
-        let (sent, next) = monoio::join!(send_all(&mut uploads, piece), body.next(connection, PIECE_BYTES));
+        let (sent, next) = monoio::join!(send_all(&mut uploads, piece.take()), body.next(connection, PIECE_BYTES));
         sent?;
         match next.map_err(ReplicationError::Body)? {
-            Some(next) => piece = next,
+            Some(next) => {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&next);
+                }
+                piece = Some(next);
+            }
             None => break,
         }
     }
@@ -87,7 +105,8 @@ pub async fn replicate(
     })
 }
 
-async fn send_all(uploads: &mut [Upload], piece: Bytes) -> Result<(), ReplicationError> {
+async fn send_all(uploads: &mut [Upload], piece: Option<Bytes>) -> Result<(), ReplicationError> {
+    let Some(piece) = piece else { return Ok(()) };
     collect(join_all(uploads.iter_mut().map(|upload| upload.send(piece.clone()))).await).map(drop)
 }
 

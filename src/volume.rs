@@ -22,7 +22,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::http::{format_u64, itoa_buffer, parse_decimal, ChunkedDecoder, HEADER_BYTES_MAX};
+use crate::http::{parse_decimal, ChunkedDecoder, HEADER_BYTES_MAX};
 
 /// Idle keep-alive connections kept per volume and reactor.
 const POOL_CONNECTIONS_MAX: usize = 64;
@@ -37,6 +37,8 @@ const RESPONSE_HEADER_COUNT_MAX: usize = 64;
 const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 /// Error bodies up to this size are read and dropped to keep the connection.
 const DISCARD_BODY_BYTES_MAX: u64 = 64 * 1024;
+/// A first body piece up to this size is sent in one write with the head.
+const INLINE_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Health probes started at once by the health thread.
 const PROBES_IN_FLIGHT_MAX: usize = 64;
 
@@ -603,6 +605,17 @@ pub async fn delete(host: &str, path: &str, timeout: Duration) -> Result<(), Vol
     }
 }
 
+/// Append `piece` to `out`, framed as a chunk when `chunked`.
+fn append_piece(out: &mut Vec<u8>, piece: &[u8], chunked: bool) {
+    if chunked {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+    }
+    out.extend_from_slice(piece);
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// An upload in progress: a PUT whose body is being streamed to one volume.
 pub struct Upload {
     connection: Connection,
@@ -619,20 +632,34 @@ impl Upload {
         timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Upload, VolumeError> {
-        // A pooled connection is used only if it was idle briefly; a stale one
-        // could fail after the body has started, when a retry is impossible.
-        let mut connection = Connection::open(host, timeout).await?;
+        Upload::begin_with(host, path, length, Bytes::new(), timeout, io_timeout).await
+    }
+
+    /// Send the head of `PUT path` and the body's `first` piece (may be
+    /// empty); `length` None streams the body chunked.
+    pub async fn begin_with(
+        host: &str,
+        path: &str,
+        length: Option<u64>,
+        first: Bytes,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Upload, VolumeError> {
         let framing = match length {
-            Some(length) => {
-                let mut digits = itoa_buffer();
-                format!(
-                    "Content-Length: {}\r\n",
-                    std::str::from_utf8(format_u64(length, &mut digits)).expect("digits")
-                )
-            }
+            Some(length) => format!("Content-Length: {length}\r\n"),
             None => "Transfer-Encoding: chunked\r\n".to_owned(),
         };
-        let head = request_head("PUT", host, path, &framing);
+        let mut head = request_head("PUT", host, path, &framing);
+        // A small first piece (most values, and all of a small one) rides in
+        // the same write and packet as the head.
+        let inline = first.len() <= INLINE_BODY_BYTES_MAX;
+        // An empty chunk would end a chunked body: send nothing for it.
+        if inline && !first.is_empty() {
+            append_piece(&mut head, &first, length.is_none());
+        }
+        // A pooled connection may have been closed by the volume while idle;
+        // that shows on the first write, when a retry is still possible.
+        let mut connection = Connection::open(host, timeout).await?;
         if let Err(error) = connection.write(head.clone(), io_timeout).await {
             if !connection.reused {
                 return Err(error);
@@ -640,11 +667,15 @@ impl Upload {
             connection = Connection::open_new(host, timeout).await?;
             connection.write(head, io_timeout).await?;
         }
-        Ok(Upload {
+        let mut upload = Upload {
             connection,
             chunked: length.is_none(),
             timeout: io_timeout,
-        })
+        };
+        if !inline {
+            upload.send(first).await?;
+        }
+        Ok(upload)
     }
 
     /// Send one piece of the body.
