@@ -15,7 +15,9 @@
 //! - `placement`: key2path / key2volume, bit-compatible with the original.
 //! - `volume`: volume health and the HTTP client to nginx volumes.
 //! - `replication`: PUT bodies streamed to all replicas at once.
-//! - `rebuild`, `rebalance`: the maintenance commands.
+//! - `rebuild`: regrow the index from the volumes' directory listings.
+//! - `rebalance`: move values where placement wants them (one key, or all).
+//! - `progress`: what the maintenance commands show the operator.
 //! - `config`: flags in Go and GNU spelling.
 
 pub mod cache;
@@ -27,7 +29,9 @@ pub mod http;
 pub mod index;
 pub mod locks;
 pub mod placement;
+pub mod progress;
 pub mod rebalance;
+pub mod rebuild;
 pub mod record;
 pub mod replication;
 pub mod server;

@@ -70,10 +70,38 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             seed(&index, &placement, &config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rebuild | Command::Rebalance => {
-            eprintln!("mkv: {:?} is not implemented yet", config.command);
-            Ok(ExitCode::from(3))
+        Command::Rebuild => {
+            let summary = maintenance_runtime()?.block_on(mkv::rebuild::run(&index, &config))?;
+            Ok(exit_code(summary.failures()))
         }
+        Command::Rebalance => {
+            let summary = maintenance_runtime()?.block_on(mkv::rebalance::run(&index, &config))?;
+            Ok(exit_code(summary.failures()))
+        }
+    }
+}
+
+/// One monoio runtime on this thread for rebuild and rebalance: their work
+/// is waiting on volumes, and `--concurrency` requests in flight on one
+/// thread keep them busy.
+fn maintenance_runtime() -> anyhow::Result<
+    monoio::FusionRuntime<
+        monoio::time::TimeDriver<monoio::IoUringDriver>,
+        monoio::time::TimeDriver<monoio::LegacyDriver>,
+    >,
+> {
+    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .context("cannot start the I/O runtime")
+}
+
+/// 0 when every item went through, 1 when some failed (each was reported).
+fn exit_code(failures: u64) -> ExitCode {
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -92,8 +120,9 @@ fn seed(index: &Index, placement: &Placement, config: &Config) -> anyhow::Result
             batch.clear();
         }
     }
+    index.compact();
     eprintln!(
-        "seeded {} keys in {:.1}s",
+        "seeded {} keys in {:.1}s (compacted)",
         config.seed_count,
         started.elapsed().as_secs_f64()
     );

@@ -1,43 +1,83 @@
 //! Rebalance: move values to the volumes placement chooses for them now.
 //!
-//! For one key (`rebalance_key`, used by `REBALANCE /key` and the bulk
-//! command): find the recorded volumes that really hold the value, copy it
-//! (streamed, never whole in memory) from a good copy to each placed volume
-//! that lacks it, rewrite the record (keeping its md5) only once every new
-//! copy is confirmed, then delete the copies placement no longer wants. The
-//! last good copy is never deleted.
+//! For one key (`move_key`; `rebalance_key` is the server's `REBALANCE /key`):
+//! HEAD every recorded volume to learn which really hold the value (a
+//! timeout is an error for the key, never "missing"), copy it (streamed,
+//! never whole in memory, checked against the recorded md5) from a good copy
+//! to each placed volume that is not a confirmed holder, rewrite the record
+//! (keeping its md5 and its soft-deleted flag) only once every new copy is
+//! confirmed, then delete the copies placement no longer wants. The record
+//! is the truth: a file on a placed volume that the record does not name is
+//! overwritten, never trusted, since it may be a leftover of another value.
+//! What to copy and delete is a pure function (`plan`) of the record, the
+//! placement and which copies exist.
+//!
+//! The bulk command (`run`) walks the index in key order with at most
+//! `--concurrency` keys in flight. One key's failure is reported and counted
+//! and the walk goes on. Interrupted at any point and run again, it
+//! converges: a key whose record was rewritten is placed and is skipped; a
+//! key whose record was not is moved again from the copies the record
+//! names, which were never deleted. The one thing an interruption can leave
+//! behind is an extra copy of a moved key on an old volume (killed between
+//! the record rewrite and the delete); a `rebuild` would list it and the
+//! next `rebalance` would remove it.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::io::Write;
 use std::time::Duration;
 
-use crate::placement::{entry_host, key2path};
-use crate::record::Record;
+use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
+use md5::{Digest, Md5};
+
+use crate::config::Config;
+use crate::index::{Index, IndexError};
+use crate::placement::{entry_host, hex_lower, key2path, key2volume};
+use crate::progress::Progress;
+use crate::record::{Record, RecordError, HASH_HEX_BYTES};
 use crate::replication::{entry_path, PIECE_BYTES, VOLUME_IO_TIMEOUT};
 use crate::store::Store;
 use crate::volume::{self, Download, Upload, VolumeError};
 
+/// Records read from the index per scan; no iterator or snapshot is held
+/// while keys are being moved.
+const SCAN_BATCH_RECORDS: usize = 1024;
+
 /// What happened to one key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Moved {
     /// Already where placement wants it.
     AlreadyPlaced,
-    /// Copied (this many bytes) and the record rewritten.
-    Moved { bytes: u64 },
+    /// Copied and the record rewritten.
+    Moved {
+        /// Bytes copied between volumes.
+        bytes: u64,
+        /// Old copies that could not be deleted (orphans, not data loss).
+        leftovers: Vec<(String, VolumeError)>,
+    },
 }
 
-/// Why one key could not be rebalanced.
+/// Why one key could not be rebalanced. The record is unchanged.
 #[derive(Debug)]
 pub enum RebalanceError {
     /// No recorded volume holds the value.
     NoCopy,
+    /// A copy's bytes do not match the record's md5.
+    Mismatch {
+        source: String,
+    },
     Volume(VolumeError),
-    Index(crate::index::IndexError),
+    Index(IndexError),
 }
 
 impl fmt::Display for RebalanceError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RebalanceError::NoCopy => write!(formatter, "no recorded volume holds the value"),
+            RebalanceError::Mismatch { source } => {
+                write!(formatter, "the copy on {source} does not match the recorded md5")
+            }
             RebalanceError::Volume(error) => write!(formatter, "{error}"),
             RebalanceError::Index(error) => write!(formatter, "{error}"),
         }
@@ -50,7 +90,53 @@ impl From<VolumeError> for RebalanceError {
     }
 }
 
-/// Rebalance one live key whose record is `record`. The caller holds its lock.
+/// What moving one key takes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Recorded entries that hold the value: where to copy from, in record order.
+    pub sources: Vec<String>,
+    /// Placed entries that must get a copy.
+    pub targets: Vec<String>,
+    /// Entries to delete from once the record names only the placed ones.
+    pub stale: Vec<String>,
+}
+
+/// Plan the move of a key recorded on `recorded` (`holds[i]`: whether
+/// `recorded[i]` really has the file) to `placed`.
+///
+/// Only a recorded holder is trusted as a copy, so every placed entry that
+/// is not one is a target. Only holders are deleted, and only those that
+/// placement does not keep: once the targets are confirmed, every placed
+/// entry holds the value, so a delete never takes the last good copy.
+pub fn plan(recorded: &[String], holds: &[bool], placed: &[String]) -> Plan {
+    assert_eq!(recorded.len(), holds.len());
+    assert!(!placed.is_empty(), "placement names at least one volume");
+    let sources: Vec<String> = recorded
+        .iter()
+        .zip(holds)
+        .filter(|(_, holds)| **holds)
+        .map(|(entry, _)| entry.clone())
+        .collect();
+    let targets = placed
+        .iter()
+        .filter(|entry| !sources.contains(entry))
+        .cloned()
+        .collect();
+    let stale: Vec<String> = sources
+        .iter()
+        .filter(|entry| !placed.contains(entry))
+        .cloned()
+        .collect();
+    debug_assert!(stale.iter().all(|entry| !placed.contains(entry)));
+    Plan {
+        sources,
+        targets,
+        stale,
+    }
+}
+
+/// Rebalance one live key whose record is `record` (`REBALANCE /key`). The
+/// caller holds its lock. Old copies that cannot be deleted are logged.
 pub async fn rebalance_key(
     store: &Store,
     key: &[u8],
@@ -58,61 +144,376 @@ pub async fn rebalance_key(
     timeout: Duration,
 ) -> Result<Moved, RebalanceError> {
     let placed = store.placement().place(key);
+    let moved = move_key(key, record, &placed, timeout, |record| store.put(key, record)).await?;
+    if let Moved::Moved { leftovers, .. } = &moved {
+        for (entry, error) in leftovers {
+            eprintln!(
+                "rebalance {:?}: leftover copy on {entry}: {error}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+    Ok(moved)
+}
+
+/// Move `key` (recorded as `record`) to the `placed` entries; `write` stores
+/// the new record, and is called only once every placed entry holds the value.
+pub async fn move_key(
+    key: &[u8],
+    record: &Record,
+    placed: &[String],
+    timeout: Duration,
+    write: impl FnOnce(&Record) -> Result<(), IndexError>,
+) -> Result<Moved, RebalanceError> {
     if record.volumes == placed {
         return Ok(Moved::AlreadyPlaced);
     }
     let path = key2path(key);
-    // Which entries (recorded or placed) hold the value now. A timeout is an
-    // error for this key, never taken as "missing".
-    let mut holders = Vec::new();
-    for entry in record
+    let path = &path;
+    let checks = record
         .volumes
         .iter()
-        .chain(placed.iter().filter(|entry| !record.volumes.contains(entry)))
-    {
-        if volume::exists(entry_host(entry), &entry_path(entry, &path), timeout).await? {
-            holders.push(entry.clone());
-        }
-    }
-    let Some(source) = holders.first().cloned() else {
+        .map(|entry| async move { volume::exists(entry_host(entry), &entry_path(entry, path), timeout).await });
+    // Any error, a timeout included, fails the key: a volume that did not
+    // answer may hold the only copy.
+    let holds = join_all(checks).await.into_iter().collect::<Result<Vec<bool>, _>>()?;
+    let plan = plan(&record.volumes, &holds, placed);
+    if plan.sources.is_empty() {
         return Err(RebalanceError::NoCopy);
-    };
+    }
+    let copies = plan
+        .targets
+        .iter()
+        .map(|target| copy_from_any(&plan.sources, target, path, record.hash.as_ref(), timeout));
     let mut bytes = 0;
-    for target in placed.iter().filter(|entry| !holders.contains(entry)) {
-        bytes += copy(&source, target, &path, timeout).await?;
+    for copied in join_all(copies).await {
+        bytes += copied?;
     }
-    store
-        .put(key, &Record::new(placed.clone(), false, record.hash))
-        .map_err(RebalanceError::Index)?;
-    for stale in holders.iter().filter(|entry| !placed.contains(entry)) {
-        // The placed copies are confirmed; a failed delete only leaves an orphan.
-        if let Err(error) = volume::delete(entry_host(stale), &entry_path(stale, &path), timeout).await {
-            eprintln!("rebalance {:?}: leftover copy: {error}", String::from_utf8_lossy(key));
-        }
-    }
-    Ok(Moved::Moved { bytes })
+    write(&Record::new(placed.to_vec(), record.deleted, record.hash)).map_err(RebalanceError::Index)?;
+    // The placed copies are confirmed and recorded; a failed delete only
+    // leaves an orphan behind.
+    let deletes = plan.stale.iter().map(|entry| async move {
+        let result = volume::delete(entry_host(entry), &entry_path(entry, path), timeout).await;
+        result.err().map(|error| (entry.clone(), error))
+    });
+    let leftovers = join_all(deletes).await.into_iter().flatten().collect();
+    Ok(Moved::Moved { bytes, leftovers })
 }
 
-/// Stream the file at `path` from entry `source` to entry `target`.
-async fn copy(source: &str, target: &str, path: &str, timeout: Duration) -> Result<u64, RebalanceError> {
-    let source_path = entry_path(source, path);
-    let mut download = Download::begin(entry_host(source), &source_path, timeout, VOLUME_IO_TIMEOUT)
-        .await?
-        .ok_or(RebalanceError::NoCopy)?;
+/// Copy the file at `path` to `target` from the first source that works.
+async fn copy_from_any(
+    sources: &[String],
+    target: &str,
+    path: &str,
+    hash: Option<&[u8; HASH_HEX_BYTES]>,
+    timeout: Duration,
+) -> Result<u64, RebalanceError> {
+    let mut last_error = RebalanceError::NoCopy;
+    for source in sources {
+        match copy(source, target, path, hash, timeout).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+/// Stream the file at `path` from entry `source` to entry `target`, checking
+/// it against `hash` when the record has one.
+async fn copy(
+    source: &str,
+    target: &str,
+    path: &str,
+    hash: Option<&[u8; HASH_HEX_BYTES]>,
+    timeout: Duration,
+) -> Result<u64, RebalanceError> {
+    let mut download = Download::begin(
+        entry_host(source),
+        &entry_path(source, path),
+        timeout,
+        VOLUME_IO_TIMEOUT,
+    )
+    .await?
+    .ok_or(RebalanceError::NoCopy)?;
+    let target_path = entry_path(target, path);
     let mut upload = Upload::begin(
         entry_host(target),
-        &entry_path(target, path),
+        &target_path,
         download.length(),
         timeout,
         VOLUME_IO_TIMEOUT,
     )
     .await?;
+    let mut hasher = hash.map(|_| Md5::new());
     let mut bytes = 0u64;
     while let Some(piece) = download.next(PIECE_BYTES).await? {
         bytes += piece.len() as u64;
+        if let Some(hasher) = hasher.as_mut() {
+            hasher.update(&piece);
+        }
         upload.send(piece).await?;
     }
     download.finish();
     upload.finish().await?;
+    if let (Some(expected), Some(hasher)) = (hash, hasher) {
+        if hex_lower(&hasher.finalize().into()) != *expected {
+            // The bad copy is on an entry the record does not name; remove it
+            // so a later rebuild cannot list it.
+            let _ = volume::delete(entry_host(target), &target_path, timeout).await;
+            return Err(RebalanceError::Mismatch {
+                source: source.to_owned(),
+            });
+        }
+    }
     Ok(bytes)
+}
+
+/// The counts of a bulk rebalance.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Records looked at.
+    pub keys: u64,
+    /// Records already where placement wants them.
+    pub placed: u64,
+    /// Keys moved (or, in a dry run, that would move).
+    pub moved: u64,
+    /// Soft-deleted records with no copy left (a PUT that never finished): left as they are.
+    pub skipped: u64,
+    /// Keys that could not be moved (their records are unchanged).
+    pub failed: u64,
+    /// Old copies that could not be deleted after a move.
+    pub leftovers: u64,
+    /// Bytes copied between volumes.
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub dry_run: bool,
+}
+
+impl Summary {
+    /// Problems the exit code should show.
+    pub fn failures(&self) -> u64 {
+        self.failed + self.leftovers
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "{} moved, {} failed, {:.1} MB copied",
+            self.moved,
+            self.failed + self.leftovers,
+            self.bytes as f64 / 1e6
+        )
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let moved = if self.dry_run { "would move" } else { "moved" };
+        write!(
+            formatter,
+            "{} keys: {} already placed, {} {moved}, {} failed, {} skipped (soft-deleted, no copy), \
+             {} leftover copies; {} bytes copied in {:.1}s",
+            self.keys,
+            self.placed,
+            self.moved,
+            self.failed,
+            self.skipped,
+            self.leftovers,
+            self.bytes,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// What the bulk command did with one record.
+enum Outcome {
+    Placed,
+    WouldMove { from: Vec<String>, to: Vec<String> },
+    Moved(Moved),
+    Skipped,
+    Failed(String),
+}
+
+/// `mkv rebalance`: move every record that placement over `-volumes` wants
+/// elsewhere. Per-key failures are counted in the summary; an index failure
+/// ends the run.
+pub async fn run(index: &Index, config: &Config) -> Result<Summary, IndexError> {
+    let mut total = 0u64;
+    index.view().scan(b"", b"", |_, _| {
+        total += 1;
+        true
+    })?;
+    let progress = Progress::new("rebalance", "keys", Some(total));
+    let mut summary = Summary {
+        dry_run: config.dry_run,
+        ..Summary::default()
+    };
+    let outcomes = stream::iter(Records::new(index))
+        .map(|item| async move {
+            let (key, record) = item?;
+            let outcome = rebalance_record(index, config, &key, record).await?;
+            Ok::<_, IndexError>((key, outcome))
+        })
+        .buffer_unordered(config.concurrency);
+    let mut outcomes = std::pin::pin!(outcomes);
+    while let Some(item) = outcomes.next().await {
+        let (key, outcome) = item?;
+        let key = String::from_utf8_lossy(&key);
+        summary.keys += 1;
+        match outcome {
+            Outcome::Placed => summary.placed += 1,
+            Outcome::WouldMove { from, to } => {
+                summary.moved += 1;
+                // The plan goes to stdout, for scripts; a reader that went
+                // away (`| head`) is not an error of the rebalance.
+                let line = format!("{key}\t{} -> {}\n", from.join(","), to.join(","));
+                let _ = progress.suspend(|| std::io::stdout().lock().write_all(line.as_bytes()));
+            }
+            Outcome::Moved(Moved::AlreadyPlaced) => summary.placed += 1,
+            Outcome::Moved(Moved::Moved { bytes, leftovers, .. }) => {
+                summary.moved += 1;
+                summary.bytes += bytes;
+                for (entry, error) in leftovers {
+                    summary.leftovers += 1;
+                    progress.report(&format!("{key:?}: moved, but the old copy on {entry} remains: {error}"));
+                }
+            }
+            Outcome::Skipped => {
+                summary.skipped += 1;
+                progress.report(&format!("{key:?}: soft-deleted and no copy exists; left as is"));
+            }
+            Outcome::Failed(error) => {
+                summary.failed += 1;
+                progress.report(&format!("{key:?}: {error}"));
+            }
+        }
+        progress.advance(1, || summary.status());
+    }
+    summary.elapsed = progress.elapsed();
+    progress.finish(&summary.to_string());
+    Ok(summary)
+}
+
+/// Rebalance (or, in a dry run, plan) one record.
+async fn rebalance_record(
+    index: &Index,
+    config: &Config,
+    key: &[u8],
+    record: Result<Record, RecordError>,
+) -> Result<Outcome, IndexError> {
+    let record = match record {
+        Ok(record) => record,
+        Err(error) => return Ok(Outcome::Failed(format!("the record is corrupt: {error}"))),
+    };
+    let placed = key2volume(key, &config.volumes, config.replicas, config.subvolumes);
+    if record.volumes == placed {
+        return Ok(Outcome::Placed);
+    }
+    if config.dry_run {
+        return Ok(Outcome::WouldMove {
+            from: record.volumes,
+            to: placed,
+        });
+    }
+    let write = |record: &Record| index.put(key, record);
+    match move_key(key, &record, &placed, config.volume_timeout, write).await {
+        Ok(moved) => Ok(Outcome::Moved(moved)),
+        // A soft-deleted record without any copy is a PUT that never
+        // finished; there is nothing to move.
+        Err(RebalanceError::NoCopy) if record.deleted => Ok(Outcome::Skipped),
+        Err(RebalanceError::Index(error)) => Err(error),
+        Err(error) => Ok(Outcome::Failed(error.to_string())),
+    }
+}
+
+/// Every record in key order, read in batches.
+struct Records<'a> {
+    index: &'a Index,
+    batch: VecDeque<(Vec<u8>, Result<Record, RecordError>)>,
+    /// Where the next batch starts; None once the index is exhausted.
+    resume: Option<Vec<u8>>,
+}
+
+impl<'a> Records<'a> {
+    fn new(index: &'a Index) -> Records<'a> {
+        Records {
+            index,
+            batch: VecDeque::with_capacity(SCAN_BATCH_RECORDS),
+            resume: Some(Vec::new()),
+        }
+    }
+
+    fn refill(&mut self) -> Result<(), IndexError> {
+        let Some(start) = self.resume.take() else {
+            return Ok(());
+        };
+        let batch = &mut self.batch;
+        let stopped = self.index.view().scan(b"", &start, |key, record| {
+            batch.push_back((key.to_vec(), record));
+            batch.len() < SCAN_BATCH_RECORDS
+        })?;
+        if stopped {
+            // The smallest key after the last one read.
+            let mut next = batch.back().expect("a stopped scan read a record").0.clone();
+            next.push(0);
+            self.resume = Some(next);
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<(Vec<u8>, Result<Record, RecordError>), IndexError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.batch.is_empty() {
+            if let Err(error) = self.refill() {
+                return Some(Err(error));
+            }
+        }
+        self.batch.pop_front().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn plan_copies_to_new_volumes_and_deletes_old_holders() {
+        let plan = plan(
+            &entries(&["a", "b", "c"]),
+            &[true, true, true],
+            &entries(&["b", "d", "e"]),
+        );
+        assert_eq!(plan.sources, entries(&["a", "b", "c"]));
+        assert_eq!(plan.targets, entries(&["d", "e"]));
+        assert_eq!(plan.stale, entries(&["a", "c"]));
+    }
+
+    #[test]
+    fn plan_recopies_a_recorded_copy_that_is_missing() {
+        let plan = plan(&entries(&["a", "b"]), &[false, true], &entries(&["a", "c"]));
+        assert_eq!(plan.sources, entries(&["b"]));
+        assert_eq!(plan.targets, entries(&["a", "c"]));
+        assert_eq!(plan.stale, entries(&["b"]));
+    }
+
+    #[test]
+    fn plan_reorders_without_copying_or_deleting() {
+        let plan = plan(&entries(&["b", "a"]), &[true, true], &entries(&["a", "b"]));
+        assert!(plan.targets.is_empty() && plan.stale.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn plan_never_deletes_a_placed_entry_or_a_non_holder() {
+        let plan = plan(&entries(&["a", "b", "c"]), &[false, true, false], &entries(&["b"]));
+        assert_eq!(plan.targets, Vec::<String>::new());
+        assert_eq!(plan.stale, Vec::<String>::new());
+        let plan = super::plan(&entries(&["a"]), &[false], &entries(&["b"]));
+        assert!(plan.sources.is_empty());
+    }
 }

@@ -5,6 +5,7 @@
 mod api;
 mod cluster;
 mod durability;
+mod maintenance;
 mod protocol;
 mod startup;
 mod volumes;
