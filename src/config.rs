@@ -18,6 +18,9 @@ pub const REPLICAS_MAX: usize = 16;
 pub const SUBVOLUMES_MAX: u32 = 256;
 /// The most reactor threads.
 pub const THREADS_MAX: usize = 256;
+/// The most rebuild/rebalance requests in flight: each rebalance in flight
+/// may hold a 1 MiB piece per new copy.
+pub const CONCURRENCY_MAX: usize = 1024;
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -256,8 +259,11 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
     if args.voltimeout.is_zero() {
         return invalid("-voltimeout must be more than zero".into());
     }
-    if args.concurrency == 0 {
-        return invalid("--concurrency must be at least 1".into());
+    if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
+        return invalid(format!(
+            "--concurrency must be 1..={CONCURRENCY_MAX}, got {}",
+            args.concurrency
+        ));
     }
     Ok(Config {
         command: args.command,

@@ -150,6 +150,10 @@ fn keys_are_the_decoded_path() {
     ] {
         assert!(text.contains(key), "{key} in {text}");
     }
+    // A key that is not UTF-8 lists as U+FFFD, as Go's encoding/json writes it.
+    assert_eq!(request("PUT", &cluster.url("/bytes-%FF"), Some(b"x")).status, 201);
+    let listed = String::from_utf8(request("GET", &cluster.url("/bytes-?list"), None).body).unwrap();
+    assert_eq!(listed, "{\"next\":\"\",\"keys\":[\"/bytes-\u{FFFD}\"]}");
     let long = format!("/{}", "k".repeat(189));
     assert_eq!(request("PUT", &cluster.url(&long), Some(b"x")).status, 414);
     let longest = format!("/{}", "k".repeat(188));

@@ -10,8 +10,24 @@ use std::time::{Duration, Instant};
 /// How long a server may take to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Ports tests use: below the kernel's ephemeral range (32768 and up by
+/// default), so an outgoing connection cannot take a port a server is about
+/// to (re)bind.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Tests run in parallel threads: walk the range from a per-process start.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let offset = (std::process::id() as u16).wrapping_mul(7919) % span;
+    loop {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = TEST_PORTS.start + (offset + step) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn repo_root() -> PathBuf {
