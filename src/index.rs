@@ -18,6 +18,9 @@ use crate::record::{Record, RecordError};
 
 /// Bloom filter bits per key: about 1% false positives on a miss.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Data block size: a point lookup that misses the block cache reads one
+/// block, so small blocks keep that read short (the block index grows).
+const BLOCK_BYTES: usize = 4096;
 /// Records per write batch when filling the index in bulk.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
 
@@ -91,6 +94,8 @@ impl Index {
         table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
         table.set_data_block_hash_ratio(0.75);
         table.set_format_version(5);
+        table.set_block_size(BLOCK_BYTES);
+        table.set_index_block_restart_interval(16);
 
         let mut db_options = Options::default();
         db_options.create_if_missing(true);

@@ -216,7 +216,11 @@ impl Store {
                 // is paid once per key while the key stays cached.
                 let entry = self.prepare(key, self.index.get(key)?);
                 let outcome = render(&entry, out, keep_alive, volumes);
-                self.cache.fill(ticket, key, entry);
+                // Misses are not cached: a stream of random missing keys would
+                // only evict live ones, and a miss is a bloom-filter check.
+                if entry.is_some() {
+                    self.cache.fill(ticket, key, entry);
+                }
                 Ok(outcome)
             }
         }
