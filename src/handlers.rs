@@ -7,6 +7,7 @@
 use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
 use crate::http::{self, query_pairs, query_value, write_empty, write_text, BodyFraming, Method, RequestHead};
+use crate::locks::KeyGuard;
 use crate::placement::{entry_host, key2path, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ReplicationError};
@@ -279,21 +280,25 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
     Ok(204)
 }
 
+/// Take `key`'s write lock and read its record, which must be live (`live`)
+/// or soft-deleted (`!live`); otherwise 404. The guard holds the lock.
+fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>, Record), Error> {
+    let guard = app.store.try_lock(key).ok_or(Error::Locked)?;
+    match app.store.get(key)? {
+        Some(record) if record.is_live() == live => Ok((guard, record)),
+        _ => Err(Error::Client(404, "not found")),
+    }
+}
+
 fn unlink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let _guard = app.store.try_lock(key).ok_or(Error::Locked)?;
-    let Some(record) = app.store.get(key)?.filter(Record::is_live) else {
-        return Err(Error::Client(404, "not found"));
-    };
+    let (_guard, record) = lock_record(app, key, true)?;
     app.store.put(key, &record.with_deleted(true))?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
 }
 
 async fn relink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let _guard = app.store.try_lock(key).ok_or(Error::Locked)?;
-    let Some(record) = app.store.get(key)?.filter(|record| !record.is_live()) else {
-        return Err(Error::Client(404, "not found"));
-    };
+    let (_guard, record) = lock_record(app, key, false)?;
     // A deleted record may be a PUT that never finished: relink only values
     // whose every copy is really there.
     let path = key2path(key);
@@ -308,10 +313,7 @@ async fn relink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
 }
 
 async fn rebalance(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let _guard = app.store.try_lock(key).ok_or(Error::Locked)?;
-    let Some(record) = app.store.get(key)?.filter(Record::is_live) else {
-        return Err(Error::Client(404, "not found"));
-    };
+    let (_guard, record) = lock_record(app, key, true)?;
     let timeout = app.config.volume_timeout;
     match crate::rebalance::rebalance_key(&app.store, key, &record, timeout).await {
         Ok(_) => {
