@@ -214,7 +214,7 @@ impl Store {
             Lookup::Miss(ticket) => {
                 // A miss allocates (the record and its prepared response); it
                 // is paid once per key while the key stays cached.
-                let entry = self.prepare(key, self.index.get(key)?);
+                let entry = self.prepare(key, self.index.get(key)?.as_ref());
                 let outcome = render(&entry, out, keep_alive, volumes);
                 // Misses are not cached: a stream of random missing keys would
                 // only evict live ones, and a miss is a bloom-filter check.
@@ -226,10 +226,10 @@ impl Store {
         }
     }
 
-    fn prepare(&self, key: &[u8], record: Option<Record>) -> Option<Redirect> {
+    fn prepare(&self, key: &[u8], record: Option<&Record>) -> Option<Redirect> {
         record
-            .filter(Record::is_live)
-            .map(|record| Redirect::new(key, &record, &self.placement, &self.volumes))
+            .filter(|record| record.is_live())
+            .map(|record| Redirect::new(key, record, &self.placement, &self.volumes))
     }
 
     /// The record of `key`, straight from the index.
@@ -240,7 +240,7 @@ impl Store {
     /// Write `record` under `key`: index first, then cache.
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
         self.index.put(key, record)?;
-        self.cache.put(key, self.prepare(key, Some(record.clone())));
+        self.cache.put(key, self.prepare(key, Some(record)));
         Ok(())
     }
 
