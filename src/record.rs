@@ -61,13 +61,6 @@ impl Record {
         !self.deleted
     }
 
-    /// The hash as text, when known.
-    pub fn hash_str(&self) -> Option<&str> {
-        self.hash
-            .as_ref()
-            .map(|hash| std::str::from_utf8(hash).expect("validated hex"))
-    }
-
     /// The same record with `deleted` set to `deleted`.
     pub fn with_deleted(&self, deleted: bool) -> Record {
         Record {
