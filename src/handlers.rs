@@ -7,6 +7,7 @@
 use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
 use crate::http::{self, query_pairs, query_value, write_empty, write_text, BodyFraming, Method, RequestHead};
+use crate::index::key_after;
 use crate::locks::KeyGuard;
 use crate::placement::{entry_host, key2path, KEY_BYTES_MAX};
 use crate::record::Record;
@@ -31,22 +32,20 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     // waits for 100-continue (and so never sends it) or the handler already
     // read part of it, drop a small one so the client reads its answer; a
     // large one ends the connection.
-    let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
-    if keep_alive && has_body && result.is_err() {
+    if keep_alive && head.has_body() && result.is_err() {
         keep_alive = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body).await;
     }
-    let status = match result {
-        Ok(status) => status,
-        Err(error) => {
-            write_error(&mut connection.output, &error, keep_alive && error.status() != 413);
-            error.status()
-        }
-    };
+    let status = result.as_ref().map_or_else(Error::status, |&status| status);
+    // A listing refused for its size closes the connection, as the original does.
+    let keep_alive = keep_alive && status != 413;
+    if let Err(error) = &result {
+        write_error(&mut connection.output, error, keep_alive);
+    }
     if app.config.verbose {
         let path = &connection.input[request_start..][head.path.clone()];
         eprintln!("{:?} {} {status}", head.method, String::from_utf8_lossy(path));
     }
-    keep_alive && status != 413
+    keep_alive
 }
 
 /// Append the response for a failed request.
@@ -66,10 +65,7 @@ async fn dispatch(
 ) -> Result<u16, Error> {
     let request = &connection.input[request_start..request_start + head.head_bytes];
     let query = head.query.clone().map(|range| request[range].to_vec());
-    if head.method != Method::Put
-        && head.method != Method::Post
-        && !matches!(head.body, BodyFraming::None | BodyFraming::Length(0))
-    {
+    if head.method != Method::Put && head.method != Method::Post && head.has_body() {
         return Err(Error::Client(400, "this method takes no request body"));
     }
     let mut key = std::mem::take(&mut connection.scratch);
@@ -402,8 +398,7 @@ async fn list(
             batch.len() < LIST_BATCH_KEYS && written + (batch.len() as u64) < count
         })?;
         let Some(last) = batch.last() else { break };
-        cursor = last.clone();
-        cursor.push(0);
+        cursor = key_after(last);
         for key in &batch {
             if written > 0 {
                 connection.output.push(b',');

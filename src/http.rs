@@ -98,6 +98,13 @@ pub struct RequestHead {
     pub head_bytes: usize,
 }
 
+impl RequestHead {
+    /// Whether a body follows the head.
+    pub fn has_body(&self) -> bool {
+        !matches!(self.body, BodyFraming::None | BodyFraming::Length(0))
+    }
+}
+
 /// Why a request head was refused; each maps to one status code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpError {

@@ -32,7 +32,7 @@ use futures_util::stream::{self, StreamExt};
 use md5::{Digest, Md5};
 
 use crate::config::Config;
-use crate::index::{Index, IndexError};
+use crate::index::{key_after, Index, IndexError};
 use crate::placement::{entry_host, hex_lower, key2path, key2volume};
 use crate::progress::Progress;
 use crate::record::{Record, RecordError, HASH_HEX_BYTES};
@@ -452,10 +452,7 @@ impl<'a> Records<'a> {
             batch.len() < SCAN_BATCH_RECORDS
         })?;
         if stopped {
-            // The smallest key after the last one read.
-            let mut next = batch.back().expect("a stopped scan read a record").0.clone();
-            next.push(0);
-            self.resume = Some(next);
+            self.resume = Some(key_after(&batch.back().expect("a stopped scan read a record").0));
         }
         Ok(())
     }
