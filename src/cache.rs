@@ -16,21 +16,72 @@ use std::sync::Mutex;
 
 use hashbrown::HashTable;
 
-/// Bookkeeping bytes charged per entry on top of key and value.
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Keys up to this long are stored inside their slot; longer keys take a
+/// heap allocation. 22 bytes keeps `StoredKey` at 24 bytes, the size of a
+/// boxed slice plus its tag, and covers short names like `/bench/key-1234567`.
+const INLINE_KEY_BYTES: usize = 22;
+/// Hash-table bytes charged per entry: a `u32` bucket and a control byte at
+/// the table's lowest load (7/16, after rounding buckets up to a power of two).
+const TABLE_BYTES_PER_ENTRY: usize = 12;
 /// Smallest budget a shard gets, so tiny caches still hold something.
 const SHARD_BYTES_MIN: usize = 64 * 1024;
 
 /// Something the cache can weigh.
 pub trait Weigh {
-    /// Heap bytes the value holds.
+    /// Heap bytes the value holds outside its slot.
     fn weight_bytes(&self) -> usize;
 }
 
+/// A key as the cache stores it: short keys inline, so a probe compares
+/// bytes in the slot it already loaded instead of chasing a pointer.
+enum StoredKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY_BYTES] },
+    Heap(Box<[u8]>),
+}
+
+const _: () = assert!(INLINE_KEY_BYTES < u8::MAX as usize);
+const _: () = assert!(std::mem::size_of::<StoredKey>() == 24);
+
+impl StoredKey {
+    fn new(key: &[u8]) -> StoredKey {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0u8; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            StoredKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            StoredKey::Heap(key.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            StoredKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            StoredKey::Heap(bytes) => bytes,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            StoredKey::Inline { .. } => 0,
+            StoredKey::Heap(bytes) => bytes.len(),
+        }
+    }
+}
+
 struct Slot<V> {
-    key: Box<[u8]>,
+    key: StoredKey,
     value: V,
     visited: bool,
+}
+
+impl<V: Weigh> Slot<V> {
+    /// Bytes this entry costs: its slot, its share of the table, its heap.
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Slot<V>>() + TABLE_BYTES_PER_ENTRY + self.key.heap_bytes() + self.value.weight_bytes()
+    }
 }
 
 struct Shard<V> {
@@ -70,11 +121,16 @@ impl<V: Weigh> Cache<V> {
         let shard_count = shard_count.max(1).next_power_of_two();
         let shard_bytes_max = (bytes_max / shard_count).max(SHARD_BYTES_MIN);
         let hasher = hashbrown::DefaultHashBuilder::default();
+        // Both containers are sized once for the most entries the budget
+        // allows, so they never double (a doubled Vec is up to half empty,
+        // and that half would not be charged). Pages are touched only as
+        // entries arrive.
+        let entries_max = shard_bytes_max / (std::mem::size_of::<Slot<V>>() + TABLE_BYTES_PER_ENTRY);
         let shards = (0..shard_count)
             .map(|_| {
                 Mutex::new(Shard {
-                    table: HashTable::new(),
-                    slots: Vec::new(),
+                    table: HashTable::with_capacity(entries_max),
+                    slots: Vec::with_capacity(entries_max),
                     hand: 0,
                     bytes: 0,
                     bytes_max: shard_bytes_max,
@@ -106,7 +162,10 @@ impl<V: Weigh> Cache<V> {
         let (index, hash) = self.locate(key);
         let mut shard = self.shard(index);
         let shard = &mut *shard;
-        match shard.table.find(hash, |&slot| *shard.slots[slot as usize].key == *key) {
+        match shard
+            .table
+            .find(hash, |&slot| shard.slots[slot as usize].key.as_bytes() == key)
+        {
             Some(&slot) => {
                 let slot = &mut shard.slots[slot as usize];
                 slot.visited = true;
@@ -148,14 +207,23 @@ impl<V: Weigh> Cache<V> {
 
 impl<V: Weigh> Shard<V> {
     fn upsert(&mut self, hash: u64, key: &[u8], value: V) {
-        let weight = ENTRY_OVERHEAD_BYTES + key.len() + value.weight_bytes();
         let slots = &mut self.slots;
-        if let Some(&slot) = self.table.find(hash, |&slot| *slots[slot as usize].key == *key) {
+        if let Some(&slot) = self
+            .table
+            .find(hash, |&slot| slots[slot as usize].key.as_bytes() == key)
+        {
             let slot = &mut self.slots[slot as usize];
-            self.bytes = self.bytes - (ENTRY_OVERHEAD_BYTES + slot.key.len() + slot.value.weight_bytes()) + weight;
+            self.bytes -= slot.weight();
             slot.value = value;
             slot.visited = true;
+            self.bytes += slot.weight();
         } else {
+            let new = Slot {
+                key: StoredKey::new(key),
+                value,
+                visited: false,
+            };
+            let weight = new.weight();
             if weight > self.bytes_max {
                 return;
             }
@@ -163,21 +231,17 @@ impl<V: Weigh> Shard<V> {
                 self.evict_one();
             }
             let slot = u32::try_from(self.slots.len()).expect("shard holds fewer than 2^32 entries");
-            self.slots.push(Slot {
-                key: key.into(),
-                value,
-                visited: false,
-            });
+            self.slots.push(new);
             let (slots, hasher) = (&self.slots, &self.hasher);
             self.table
-                .insert_unique(hash, slot, |&slot| hasher.hash_one(&*slots[slot as usize].key));
+                .insert_unique(hash, slot, |&slot| hasher.hash_one(slots[slot as usize].key.as_bytes()));
             self.bytes += weight;
         }
     }
 
     /// The table stores slot numbers, not hashes: rehash the slot's key.
     fn hash_of(&self, slot: usize) -> u64 {
-        self.hasher.hash_one(&*self.slots[slot].key)
+        self.hasher.hash_one(self.slots[slot].key.as_bytes())
     }
 
     /// CLOCK: skip (and clear) recently used slots, evict the first cold one.
@@ -215,7 +279,7 @@ impl<V: Weigh> Shard<V> {
             *moved = index as u32;
         }
         let slot = self.slots.swap_remove(index);
-        self.bytes -= ENTRY_OVERHEAD_BYTES + slot.key.len() + slot.value.weight_bytes();
+        self.bytes -= slot.weight();
     }
 }
 
@@ -225,7 +289,7 @@ mod tests {
 
     impl Weigh for u64 {
         fn weight_bytes(&self) -> usize {
-            8
+            0
         }
     }
 
@@ -275,5 +339,26 @@ mod tests {
         assert!(bytes <= SHARD_BYTES_MIN, "{bytes}");
         assert!(entries > 100 && entries < 10_000, "{entries}");
         assert_eq!(get(&cache, b"key-9999"), Some(9999));
+    }
+
+    #[test]
+    fn long_keys_are_told_apart_past_the_inline_bytes() {
+        let cache = Cache::new(1 << 20, 1);
+        let short = vec![b'k'; INLINE_KEY_BYTES];
+        let mut long_a = vec![b'k'; INLINE_KEY_BYTES + 1];
+        let mut long_b = long_a.clone();
+        long_a.push(b'a');
+        long_b.push(b'b');
+        cache.put(&short, 1);
+        cache.put(&long_a, 2);
+        cache.put(&long_b, 3);
+        assert_eq!(get(&cache, &short), Some(1));
+        assert_eq!(get(&cache, &long_a), Some(2));
+        assert_eq!(get(&cache, &long_b), Some(3));
+        assert_eq!(get(&cache, &long_a[..INLINE_KEY_BYTES + 1]), None);
+        let (entries, bytes) = cache.usage();
+        assert_eq!(entries, 3);
+        let slot_bytes = std::mem::size_of::<Slot<u64>>() + TABLE_BYTES_PER_ENTRY;
+        assert_eq!(bytes, 3 * slot_bytes + long_a.len() + long_b.len());
     }
 }

@@ -84,8 +84,10 @@ struct Args {
     /// Memory for the in-process record cache, in MiB, shared by all reactors.
     #[arg(long = "cache-mb", default_value_t = 256)]
     cache_mb: usize,
-    /// Memory for RocksDB's block cache, in MiB.
-    #[arg(long = "block-cache-mb", default_value_t = 128)]
+    /// Memory for RocksDB's block cache, in MiB; 0 (the default) turns it off:
+    /// the record cache holds hot keys far more densely, and the OS page
+    /// cache already holds the index's blocks.
+    #[arg(long = "block-cache-mb", default_value_t = 0)]
     block_cache_mb: usize,
     /// How often the background health check probes every volume (Go duration).
     #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]

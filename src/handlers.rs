@@ -173,7 +173,7 @@ async fn get_verified(
     for entry in &record.volumes {
         let file = entry_path(entry, &path);
         if let Ok(true) = volume::exists(entry_host(entry), &file, app.config.volume_timeout).await {
-            // The store writes the prepared redirect; a healthy replica is
+            // The store writes the redirect; a healthy replica is
             // what the check just proved, so let it pick among them.
             return match app.store.read(key, &mut connection.output, head.keep_alive)? {
                 ReadOutcome::Redirected => Ok(302),

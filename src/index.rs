@@ -83,7 +83,11 @@ impl Index {
     pub fn open(path: &Path, options: &IndexOptions) -> Result<Index, IndexError> {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
+        if options.block_cache_bytes == 0 {
+            table.disable_cache();
+        } else {
+            table.set_block_cache(&rocksdb::Cache::new_lru_cache(options.block_cache_bytes));
+        }
         // Index and filter blocks stay in the table readers, outside the
         // block cache (about 2 bytes a key): inside it, a stream of cold data
         // blocks would evict them and every miss would re-read them.

@@ -9,7 +9,7 @@
 //! - `connection`: a client connection's buffers and body reading.
 //! - `http`: the sans-IO HTTP/1.x codec (request heads, chunked bodies, responses).
 //! - `handlers`: one function per API method; `error` maps failures to statuses.
-//! - `store`: index + cache of prepared redirects + key locks, kept coherent.
+//! - `store`: index + cache of packed 302 answers + key locks, kept coherent.
 //! - `cache`: the bounded sharded cache; `locks`: per-key write locks.
 //! - `index`: RocksDB, records in the original encoding (`record`).
 //! - `placement`: key2path / key2volume, bit-compatible with the original.

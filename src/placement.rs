@@ -20,14 +20,25 @@ const _: () = assert!(KEY_BYTES_MAX.div_ceil(3) * 4 <= FILE_NAME_BYTES_MAX);
 const _: () = assert!((KEY_BYTES_MAX + 1).div_ceil(3) * 4 > FILE_NAME_BYTES_MAX);
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// The path of a key's file on a volume: `/hh/hh/base64(key)`, appended to `out`.
 pub fn key2path_into(key: &[u8], out: &mut Vec<u8>) {
+    push_path(out, path_hash(key), key);
+}
+
+/// The two md5 bytes that name a key's directories (`/hh/hh/`).
+pub fn path_hash(key: &[u8]) -> [u8; 2] {
     let digest = Md5::digest(key);
+    [digest[0], digest[1]]
+}
+
+/// `key2path_into` with the md5 already taken (`path_hash(key)`).
+pub fn push_path(out: &mut Vec<u8>, path_hash: [u8; 2], key: &[u8]) {
     out.push(b'/');
-    push_hex2(out, digest[0], HEX_LOWER);
+    push_hex2(out, path_hash[0], HEX_LOWER);
     out.push(b'/');
-    push_hex2(out, digest[1], HEX_LOWER);
+    push_hex2(out, path_hash[1], HEX_LOWER);
     out.push(b'/');
     let start = out.len();
     out.resize(start + base64_len(key.len()), 0);
@@ -73,7 +84,11 @@ pub fn key2volume(key: &[u8], volumes: &[String], replicas: usize, subvolumes: u
             entry.extend_from_slice(b"/sv");
             // The original formats `%02X` of a value below `subvolumes`; values
             // above 255 print more digits, which this reproduces.
-            entry.extend_from_slice(format!("{:02X}", n % subvolumes).as_bytes());
+            let subvolume = n % subvolumes;
+            match u8::try_from(subvolume) {
+                Ok(byte) => push_hex2(&mut entry, byte, HEX_UPPER),
+                Err(_) => entry.extend_from_slice(format!("{subvolume:02X}").as_bytes()),
+            }
             String::from_utf8(entry).expect("volume names are strings")
         })
         .collect()
@@ -96,6 +111,23 @@ pub fn entry_prefix(entry: &str) -> &str {
 
 fn base64_len(bytes: usize) -> usize {
     bytes.div_ceil(3) * 4
+}
+
+/// The `/svXX` suffix of a volume entry for subvolume `subvolume`, appended to `out`.
+pub fn push_subvolume(out: &mut Vec<u8>, subvolume: u8) {
+    out.extend_from_slice(b"/sv");
+    push_hex2(out, subvolume, HEX_UPPER);
+}
+
+/// The subvolume of an entry suffix `/svXX` (two upper-case hex digits), as
+/// `push_subvolume` writes it; None for any other suffix.
+pub fn parse_subvolume(suffix: &str) -> Option<u8> {
+    let digits = suffix.strip_prefix("/sv")?.as_bytes();
+    let value = |digit: u8| HEX_UPPER.iter().position(|&known| known == digit);
+    match digits {
+        &[high, low] => Some((value(high)? * 16 + value(low)?) as u8),
+        _ => None,
+    }
 }
 
 fn push_hex2(out: &mut Vec<u8>, byte: u8, digits: &[u8; 16]) {
@@ -168,5 +200,30 @@ mod tests {
         assert_eq!(entry_prefix("localhost:3001/sv0A"), "/sv0A");
         assert_eq!(entry_host("localhost:3001"), "localhost:3001");
         assert_eq!(entry_prefix("localhost:3001"), "");
+    }
+
+    #[test]
+    fn subvolume_suffix_round_trips_and_rejects_other_spellings() {
+        for subvolume in [0u8, 9, 10, 0xAB, 0xFF] {
+            let mut suffix = Vec::new();
+            push_subvolume(&mut suffix, subvolume);
+            let suffix = String::from_utf8(suffix).unwrap();
+            assert_eq!(suffix, format!("/sv{subvolume:02X}"));
+            assert_eq!(parse_subvolume(&suffix), Some(subvolume));
+        }
+        for other in ["/sv0a", "/sv1", "/sv100", "/xx01", "", "/sv", "/svG0"] {
+            assert_eq!(parse_subvolume(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn subvolumes_above_255_print_more_digits() {
+        let volumes = strings(&["larry", "moe", "curly"]);
+        let entries = key2volume(b"hello", &volumes, 3, 4096);
+        assert!(entries.iter().any(|entry| entry_prefix(entry).len() > 5), "{entries:?}");
+        for entry in &entries {
+            let n = u32::from_str_radix(&entry_prefix(entry)[3..], 16).unwrap();
+            assert!(n < 4096 && entry_prefix(entry) == format!("/sv{n:02X}"), "{entry}");
+        }
     }
 }

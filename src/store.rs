@@ -1,12 +1,13 @@
-//! The record store: the index, the cache of prepared redirects in front of
-//! it, and the per-key write locks, kept coherent in one place.
+//! The record store: the index, the cache of answers in front of it, and the
+//! per-key write locks, kept coherent in one place.
 //!
 //! Every write goes through `Store::put` or `Store::remove`, which write the
 //! index first and then the cache, so a read on any reactor that follows an
 //! acknowledged write sees it. Reads (`Store::read`) are answered from the
-//! cache when they can: a cached entry is the complete set of response bytes
-//! for the key (status line aside), so a hit copies bytes into the
-//! connection's buffer and allocates nothing.
+//! cache when they can. A cached `Answer` is everything a GET needs, packed
+//! small so the cache holds many keys: volume ids instead of host names, the
+//! md5 as 16 bytes, the path's two hash bytes. A hit renders the 302 from it
+//! into the connection's buffer with a few memcpys and no allocation.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -15,14 +16,24 @@ use crate::cache::{Cache, Lookup, Weigh};
 use crate::http::{write_connection, write_status_line};
 use crate::index::{Index, IndexError};
 use crate::locks::{KeyGuard, KeyLocks};
-use crate::placement::{entry_host, key2path_into, key2volume, needs_rebalance};
-use crate::record::Record;
+use crate::placement::{
+    entry_host, entry_prefix, hex_lower, key2path_into, key2volume, needs_rebalance, parse_subvolume, path_hash,
+    push_path, push_subvolume,
+};
+use crate::record::{Record, HASH_HEX_BYTES};
 use crate::volume::Volumes;
 
 /// Cache shards per reactor thread: enough that two reactors rarely meet.
 const CACHE_SHARDS_PER_THREAD: usize = 16;
 /// A volume id for a record's volume that `-volumes` does not list.
 const VOLUME_UNKNOWN: u16 = u16::MAX;
+/// Replicas a `Compact` answer holds; records with more are `Prepared`.
+const COMPACT_REPLICAS_MAX: usize = 3;
+/// `Compact::subvolumes` value for an entry without a `/svXX` suffix.
+const SUBVOLUME_NONE: u8 = u8::MAX;
+/// Heap bytes the allocator adds to each allocation of a `Redirect`, charged
+/// so the cache's byte budget stays an honest bound on its memory.
+const ALLOCATION_OVERHEAD_BYTES: usize = 16;
 
 /// Where placement puts keys: `-volumes`, `-replicas`, `-subvolumes`.
 #[derive(Clone, Debug)]
@@ -39,8 +50,35 @@ impl Placement {
     }
 }
 
-/// The prepared 302 for one live key.
-pub struct Redirect {
+/// What a GET of one key answers, as the cache holds it.
+enum Answer {
+    /// No live record: 404.
+    Gone,
+    /// A 302 whose volume entries are all `-volumes` hosts (with an optional
+    /// `/svXX`): the common case, about 32 bytes inside the cache slot.
+    Compact(Compact),
+    /// Any other live record: the prepared response bytes.
+    Prepared(Box<Redirect>),
+}
+
+/// A live record packed into ids and bytes; rendered on every hit.
+struct Compact {
+    /// md5(key)[0..2]: the `/hh/hh/` directories of the key's path.
+    path_hash: [u8; 2],
+    /// Replicas in use (1..=COMPACT_REPLICAS_MAX).
+    count: u8,
+    /// Each replica's position in `-volumes`.
+    volume_ids: [u16; COMPACT_REPLICAS_MAX],
+    /// Each replica's subvolume, or SUBVOLUME_NONE.
+    subvolumes: [u8; COMPACT_REPLICAS_MAX],
+    /// The value's md5, when the record has one.
+    hash: Option<[u8; 16]>,
+    /// Whether the record's volumes are where placement puts the key now.
+    balanced: bool,
+}
+
+/// The prepared 302 for a live key that `Compact` cannot hold.
+struct Redirect {
     /// `Location: http://<entry><path>\r\n` for each replica, concatenated.
     locations: Box<[u8]>,
     /// End offset of each replica's line in `locations`.
@@ -51,11 +89,19 @@ pub struct Redirect {
     headers: Box<[u8]>,
 }
 
-impl Weigh for Option<Redirect> {
+impl Weigh for Answer {
     fn weight_bytes(&self) -> usize {
-        self.as_ref().map_or(0, |redirect| {
-            redirect.locations.len() + redirect.headers.len() + redirect.location_ends.len() * 6
-        })
+        match self {
+            Answer::Gone | Answer::Compact(_) => 0,
+            Answer::Prepared(redirect) => {
+                std::mem::size_of::<Redirect>()
+                    + redirect.locations.len()
+                    + redirect.location_ends.len() * std::mem::size_of::<u32>()
+                    + redirect.volume_ids.len() * std::mem::size_of::<u16>()
+                    + redirect.headers.len()
+                    + 5 * ALLOCATION_OVERHEAD_BYTES
+            }
+        }
     }
 }
 
@@ -94,8 +140,146 @@ fn random() -> u64 {
     })
 }
 
+/// A random replica (of `count`) whose volume is healthy; unknown volumes
+/// count as healthy.
+fn pick(count: usize, volume_id: impl Fn(usize) -> u16, volumes: &Volumes) -> Option<usize> {
+    if count == 0 {
+        return None;
+    }
+    let first = (random() % count as u64) as usize;
+    (0..count).map(|step| (first + step) % count).find(|&replica| {
+        let id = volume_id(replica);
+        id == VOLUME_UNKNOWN || volumes.is_healthy(id)
+    })
+}
+
+impl Answer {
+    fn new(key: &[u8], record: Option<&Record>, placement: &Placement, volumes: &Volumes) -> Answer {
+        let Some(record) = record.filter(|record| record.is_live()) else {
+            return Answer::Gone;
+        };
+        let balanced = !needs_rebalance(&record.volumes, &placement.place(key));
+        match Compact::new(key, record, balanced, volumes) {
+            Some(compact) => Answer::Compact(compact),
+            None => Answer::Prepared(Box::new(Redirect::new(key, record, balanced, volumes))),
+        }
+    }
+
+    /// Append the answer for `key` to `out` (a 302), or say why not.
+    fn write(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: bool, volumes: &Volumes) -> ReadOutcome {
+        let replica = match self {
+            Answer::Gone => return ReadOutcome::Missing,
+            Answer::Compact(compact) => pick(
+                usize::from(compact.count),
+                |replica| compact.volume_ids[replica],
+                volumes,
+            ),
+            Answer::Prepared(redirect) => pick(
+                redirect.volume_ids.len(),
+                |replica| redirect.volume_ids[replica],
+                volumes,
+            ),
+        };
+        let Some(replica) = replica else {
+            return ReadOutcome::Unavailable;
+        };
+        self.write_replica(replica, key, out, keep_alive, volumes);
+        ReadOutcome::Redirected
+    }
+
+    /// Append the 302 that sends the client to replica `replica`.
+    fn write_replica(&self, replica: usize, key: &[u8], out: &mut Vec<u8>, keep_alive: bool, volumes: &Volumes) {
+        write_status_line(out, 302);
+        match self {
+            Answer::Gone => unreachable!("a gone key has no replica"),
+            Answer::Compact(compact) => compact.write_headers(replica, key, out, volumes),
+            Answer::Prepared(redirect) => {
+                out.extend_from_slice(redirect.location(replica));
+                out.extend_from_slice(&redirect.headers);
+            }
+        }
+        write_connection(out, keep_alive);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Compact {
+    /// The record packed, or None when it does not fit: more replicas than
+    /// COMPACT_REPLICAS_MAX, a host not in `-volumes`, or an entry suffix
+    /// other than `/svXX` (which `Prepared` keeps byte for byte).
+    fn new(key: &[u8], record: &Record, balanced: bool, volumes: &Volumes) -> Option<Compact> {
+        if record.volumes.is_empty() || record.volumes.len() > COMPACT_REPLICAS_MAX {
+            return None;
+        }
+        let mut volume_ids = [0u16; COMPACT_REPLICAS_MAX];
+        let mut subvolumes = [SUBVOLUME_NONE; COMPACT_REPLICAS_MAX];
+        for (replica, entry) in record.volumes.iter().enumerate() {
+            volume_ids[replica] = volumes.id_of(entry_host(entry))?;
+            let suffix = entry_prefix(entry);
+            if !suffix.is_empty() {
+                subvolumes[replica] = parse_subvolume(suffix).filter(|&subvolume| subvolume != SUBVOLUME_NONE)?;
+            }
+        }
+        Some(Compact {
+            path_hash: path_hash(key),
+            count: record.volumes.len() as u8,
+            volume_ids,
+            subvolumes,
+            hash: record.hash.as_ref().map(hash_bytes),
+            balanced,
+        })
+    }
+
+    /// Replica `replica`'s volume entry, as the record spells it.
+    fn push_entry(&self, replica: usize, out: &mut Vec<u8>, volumes: &Volumes) {
+        out.extend_from_slice(volumes.hosts()[usize::from(self.volume_ids[replica])].as_bytes());
+        if self.subvolumes[replica] != SUBVOLUME_NONE {
+            push_subvolume(out, self.subvolumes[replica]);
+        }
+    }
+
+    /// The same header lines `Redirect::new` prepares, for replica `replica`.
+    fn write_headers(&self, replica: usize, key: &[u8], out: &mut Vec<u8>, volumes: &Volumes) {
+        out.extend_from_slice(b"Location: http://");
+        self.push_entry(replica, out, volumes);
+        push_path(out, self.path_hash, key);
+        out.extend_from_slice(b"\r\nContent-Length: 0\r\n");
+        if let Some(hash) = &self.hash {
+            out.extend_from_slice(b"Content-Md5: ");
+            out.extend_from_slice(&hex_lower(hash));
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Key-Volumes: ");
+        for replica in 0..usize::from(self.count) {
+            if replica > 0 {
+                out.push(b',');
+            }
+            self.push_entry(replica, out, volumes);
+        }
+        out.extend_from_slice(b"\r\nKey-Balance: ");
+        out.extend_from_slice(balance_word(self.balanced));
+    }
+}
+
+fn balance_word(balanced: bool) -> &'static [u8] {
+    if balanced {
+        b"balanced\r\n"
+    } else {
+        b"unbalanced\r\n"
+    }
+}
+
+/// The 16 bytes of a record's hex md5 (validated lower-case hex).
+fn hash_bytes(hex: &[u8; HASH_HEX_BYTES]) -> [u8; 16] {
+    let nibble = |digit: u8| match digit {
+        b'0'..=b'9' => digit - b'0',
+        _ => digit - b'a' + 10,
+    };
+    std::array::from_fn(|i| nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]))
+}
+
 impl Redirect {
-    fn new(key: &[u8], record: &Record, placement: &Placement, volumes: &Volumes) -> Redirect {
+    fn new(key: &[u8], record: &Record, balanced: bool, volumes: &Volumes) -> Redirect {
         let mut path = Vec::with_capacity(8 + key.len() * 4 / 3 + 4);
         key2path_into(key, &mut path);
         let mut locations = Vec::new();
@@ -122,27 +306,13 @@ impl Redirect {
         headers.extend_from_slice(b"Key-Volumes: ");
         headers.extend_from_slice(record.volumes.join(",").as_bytes());
         headers.extend_from_slice(b"\r\nKey-Balance: ");
-        let balanced = !needs_rebalance(&record.volumes, &placement.place(key));
-        headers.extend_from_slice(if balanced { b"balanced\r\n" } else { b"unbalanced\r\n" });
+        headers.extend_from_slice(balance_word(balanced));
         Redirect {
             locations: locations.into(),
             location_ends: location_ends.into(),
             volume_ids,
             headers: headers.into(),
         }
-    }
-
-    /// A random replica whose volume is healthy (unknown volumes count as healthy).
-    fn pick(&self, volumes: &Volumes) -> Option<usize> {
-        let count = self.volume_ids.len();
-        if count == 0 {
-            return None;
-        }
-        let first = (random() % count as u64) as usize;
-        (0..count).map(|step| (first + step) % count).find(|&replica| {
-            let id = self.volume_ids[replica];
-            id == VOLUME_UNKNOWN || volumes.is_healthy(id)
-        })
     }
 
     /// The `Location` line of replica `replica`.
@@ -154,31 +324,12 @@ impl Redirect {
         };
         &self.locations[start..self.location_ends[replica] as usize]
     }
-
-    fn write(&self, out: &mut Vec<u8>, keep_alive: bool, volumes: &Volumes) -> ReadOutcome {
-        let Some(replica) = self.pick(volumes) else {
-            return ReadOutcome::Unavailable;
-        };
-        write_status_line(out, 302);
-        out.extend_from_slice(self.location(replica));
-        out.extend_from_slice(&self.headers);
-        write_connection(out, keep_alive);
-        out.extend_from_slice(b"\r\n");
-        ReadOutcome::Redirected
-    }
-}
-
-fn render(entry: &Option<Redirect>, out: &mut Vec<u8>, keep_alive: bool, volumes: &Volumes) -> ReadOutcome {
-    match entry {
-        Some(redirect) => redirect.write(out, keep_alive, volumes),
-        None => ReadOutcome::Missing,
-    }
 }
 
 /// The index, its read cache and the key locks.
 pub struct Store {
     index: Index,
-    cache: Cache<Option<Redirect>>,
+    cache: Cache<Answer>,
     locks: KeyLocks,
     placement: Placement,
     volumes: Arc<Volumes>,
@@ -209,27 +360,29 @@ impl Store {
     /// Answer a GET/HEAD: append a 302 for a live key to `out`.
     pub fn read(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: bool) -> Result<ReadOutcome, IndexError> {
         let volumes = &*self.volumes;
-        match self.cache.lookup(key, |entry| render(entry, out, keep_alive, volumes)) {
+        match self
+            .cache
+            .lookup(key, |answer| answer.write(key, out, keep_alive, volumes))
+        {
             Lookup::Hit(outcome) => Ok(outcome),
             Lookup::Miss(ticket) => {
-                // A miss allocates (the record and its prepared response); it
-                // is paid once per key while the key stays cached.
-                let entry = self.prepare(key, self.index.get(key)?.as_ref());
-                let outcome = render(&entry, out, keep_alive, volumes);
+                // A miss allocates (the decoded record, the placement it is
+                // checked against); it is paid once per key while the key
+                // stays cached.
+                let answer = self.answer(key, self.index.get(key)?.as_ref());
+                let outcome = answer.write(key, out, keep_alive, volumes);
                 // Misses are not cached: a stream of random missing keys would
                 // only evict live ones, and a miss is a bloom-filter check.
-                if entry.is_some() {
-                    self.cache.fill(ticket, key, entry);
+                if !matches!(answer, Answer::Gone) {
+                    self.cache.fill(ticket, key, answer);
                 }
                 Ok(outcome)
             }
         }
     }
 
-    fn prepare(&self, key: &[u8], record: Option<&Record>) -> Option<Redirect> {
-        record
-            .filter(|record| record.is_live())
-            .map(|record| Redirect::new(key, record, &self.placement, &self.volumes))
+    fn answer(&self, key: &[u8], record: Option<&Record>) -> Answer {
+        Answer::new(key, record, &self.placement, &self.volumes)
     }
 
     /// The record of `key`, straight from the index.
@@ -240,19 +393,123 @@ impl Store {
     /// Write `record` under `key`: index first, then cache.
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
         self.index.put(key, record)?;
-        self.cache.put(key, self.prepare(key, Some(record)));
+        self.cache.put(key, self.answer(key, Some(record)));
         Ok(())
     }
 
     /// Remove `key`'s record: index first, then cache.
     pub fn remove(&self, key: &[u8]) -> Result<(), IndexError> {
         self.index.delete(key)?;
-        self.cache.put(key, None);
+        self.cache.put(key, Answer::Gone);
         Ok(())
     }
 
     /// Take `key`'s write lock, or None if another write holds it.
     pub fn try_lock(&self, key: &[u8]) -> Option<KeyGuard<'_>> {
         self.locks.try_lock(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    fn volumes() -> Volumes {
+        Volumes::new(&strings(&["127.0.0.1:3001", "127.0.0.1:3002", "vol3.example:80"]))
+    }
+
+    fn rendered(answer: &Answer, replica: usize, key: &[u8], keep_alive: bool) -> String {
+        let mut out = Vec::new();
+        answer.write_replica(replica, key, &mut out, keep_alive, &volumes());
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Every record shape `Compact` holds renders exactly the bytes of the
+    /// prepared form it replaces, for every replica.
+    #[test]
+    fn compact_renders_the_prepared_bytes() {
+        let hash = *b"0123456789abcdeffedcba9876543210";
+        let records = [
+            Record::new(strings(&["127.0.0.1:3001/sv00"]), false, None),
+            Record::new(
+                strings(&["127.0.0.1:3002/sv0A", "vol3.example:80/svFE"]),
+                false,
+                Some(hash),
+            ),
+            Record::new(
+                strings(&["vol3.example:80", "127.0.0.1:3001", "127.0.0.1:3002"]),
+                false,
+                Some(hash),
+            ),
+        ];
+        for key in [&b"/k"[..], b"/some/longer key with spaces and %", &[0xffu8, 0, 7][..]] {
+            for record in &records {
+                for balanced in [true, false] {
+                    let compact = Compact::new(key, record, balanced, &volumes()).expect("compactable");
+                    let compact = Answer::Compact(compact);
+                    let prepared = Answer::Prepared(Box::new(Redirect::new(key, record, balanced, &volumes())));
+                    for replica in 0..record.volumes.len() {
+                        for keep_alive in [true, false] {
+                            assert_eq!(
+                                rendered(&compact, replica, key, keep_alive),
+                                rendered(&prepared, replica, key, keep_alive)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_compact_cannot_spell_stay_prepared() {
+        let odd = [
+            strings(&["127.0.0.1:9999/sv01"]),
+            strings(&["127.0.0.1:3001/sv0a"]),
+            strings(&["127.0.0.1:3001/sv100"]),
+            strings(&["127.0.0.1:3001/svFF"]),
+            strings(&["127.0.0.1:3001/other"]),
+            strings(&[
+                "127.0.0.1:3001",
+                "127.0.0.1:3002",
+                "vol3.example:80",
+                "127.0.0.1:3001/sv01",
+            ]),
+        ];
+        for volumes_of_record in odd {
+            let record = Record::new(volumes_of_record, false, None);
+            assert!(Compact::new(b"/k", &record, true, &volumes()).is_none(), "{record:?}");
+            let placement = Placement {
+                volumes: volumes().hosts().to_vec(),
+                replicas: 3,
+                subvolumes: 10,
+            };
+            let answer = Answer::new(b"/k", Some(&record), &placement, &volumes());
+            let location = rendered(&answer, 0, b"/k", true);
+            assert!(
+                location.contains(&format!("Location: http://{}/", record.volumes[0])),
+                "{location}"
+            );
+        }
+    }
+
+    #[test]
+    fn soft_deleted_and_absent_records_are_gone() {
+        let placement = Placement {
+            volumes: volumes().hosts().to_vec(),
+            replicas: 1,
+            subvolumes: 1,
+        };
+        let deleted = Record::new(strings(&["127.0.0.1:3001"]), true, None);
+        for record in [Some(&deleted), None] {
+            let answer = Answer::new(b"/k", record, &placement, &volumes());
+            let mut out = Vec::new();
+            assert_eq!(answer.write(b"/k", &mut out, true, &volumes()), ReadOutcome::Missing);
+            assert!(out.is_empty());
+        }
     }
 }
