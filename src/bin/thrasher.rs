@@ -4,8 +4,9 @@
 //! `/thrash-<pid>-<worker>-<n>` with a random value: PUT it, GET it back
 //! (following the master's 302 to the volume) and compare every byte, then
 //! DELETE it. `--direct` leaves the master out and does the volume work of a
-//! round itself (PUT to every volume, GET from one, DELETE from all), which is
-//! the floor a master can approach. The report gives rounds/s, ops/s (three
+//! round itself (PUT to every volume, GET from one, DELETE from all, at the
+//! paths the master would use, so nginx does the same file and directory
+//! work), which is the floor a master can approach. The report gives rounds/s, ops/s (three
 //! ops per round) and latency percentiles per op; any I/O error, unexpected
 //! status or wrong byte is counted, the first few are shown, and the exit code
 //! becomes 1.
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use mkv::placement::{entry_host, entry_prefix, key2path, key2volume};
 
 /// Largest value `--size` accepts, and so the largest body read back: each
 /// worker holds two values' worth of memory (the value sent and the body read).
@@ -71,6 +73,10 @@ struct Args {
     /// DELETE from all (the floor)
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
     direct: Vec<String>,
+    /// With --direct: the master's -subvolumes, so files land where the
+    /// master would put them
+    #[arg(long, default_value_t = 10, requires = "direct")]
+    subvolumes: u32,
     /// Concurrent workers, each with its own keep-alive connections
     #[arg(long, default_value_t = 16)]
     workers: usize,
@@ -135,7 +141,7 @@ struct Plan {
 
 enum Target {
     Master { host: String },
-    Direct { volumes: Vec<String> },
+    Direct { volumes: Vec<String>, subvolumes: u32 },
 }
 
 enum Limit {
@@ -157,8 +163,12 @@ impl Plan {
             if args.direct.iter().any(|volume| volume.is_empty()) {
                 bail!("--direct wants host:port,host:port,...");
             }
+            if args.subvolumes == 0 {
+                bail!("--subvolumes must be at least 1");
+            }
             Target::Direct {
                 volumes: args.direct.clone(),
+                subvolumes: args.subvolumes,
             }
         };
         let limit = match args.seconds {
@@ -235,16 +245,14 @@ fn split_location<'a>(location: &'a str, host: &'a str) -> Option<(&'a str, &'a 
     Some((host, if path.is_empty() { "/" } else { path }))
 }
 
-/// The volume path of a key in `--direct` mode: `/thrash/<2 hex>/<key>`, the
-/// two hex digits spreading keys over directories as the master's layout does.
-fn direct_path(key: &str) -> String {
-    format!("/thrash/{:02x}{key}", fnv1a(key.as_bytes()) & 0xff)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Where the master would store `key` on each of `volumes` (all of them
+/// replicas): `(host:port, path)`, best placed first.
+fn direct_targets(key: &str, volumes: &[String], subvolumes: u32) -> Vec<(String, String)> {
+    let file = key2path(key.as_bytes());
+    key2volume(key.as_bytes(), volumes, volumes.len(), subvolumes)
+        .iter()
+        .map(|entry| (entry_host(entry).to_owned(), format!("{}{file}", entry_prefix(entry))))
+        .collect()
 }
 
 /// The three ops of a round, also the index of their histograms.
@@ -325,7 +333,18 @@ struct Request<'a> {
     body: &'a [u8],
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
+    /// A request to a `(host:port, path)` target.
+    fn to(op: Op, method: &'a str, (host, path): &'a (String, String), body: &'a [u8]) -> Request<'a> {
+        Request {
+            op,
+            method,
+            host,
+            path,
+            body,
+        }
+    }
+
     fn url(&self) -> String {
         format!("http://{}{}", self.host, self.path)
     }
@@ -723,7 +742,7 @@ impl Worker {
             self.rng.fill(&mut self.value);
             let result = match &plan.target {
                 Target::Master { host } => self.master_round(host),
-                Target::Direct { volumes } => self.direct_round(volumes),
+                Target::Direct { volumes, subvolumes } => self.direct_round(volumes, *subvolumes),
             };
             match result {
                 Ok(()) => self.stats.rounds += 1,
@@ -777,32 +796,24 @@ impl Worker {
     }
 
     /// The same volume work without a master: PUT to every volume, GET from
-    /// one, DELETE from every volume.
-    fn direct_round(&mut self, volumes: &[String]) -> Result<(), Failure> {
-        let path = direct_path(&self.key);
+    /// one, DELETE from every volume, at the master's paths.
+    fn direct_round(&mut self, volumes: &[String], subvolumes: u32) -> Result<(), Failure> {
+        let targets = direct_targets(&self.key, volumes, subvolumes);
         let value = self.value.as_slice();
-        let request = |op, method, host, body| Request {
-            op,
-            method,
-            host,
-            path: &path,
-            body,
-        };
         let started = Instant::now();
-        let puts: Vec<_> = volumes
+        let puts: Vec<_> = targets
             .iter()
-            .map(|volume| request(Op::Put, "PUT", volume.as_str(), value))
+            .map(|target| Request::to(Op::Put, "PUT", target, value))
             .collect();
         self.pool.fan_out(&puts, 201, &mut self.body)?;
         let got = self.stats.record(Op::Put, started);
-        let volume = &volumes[fnv1a(path.as_bytes()) as usize % volumes.len()];
-        let read = request(Op::Get, "GET", volume.as_str(), &[]);
+        let read = Request::to(Op::Get, "GET", &targets[0], &[]);
         read.expect(&self.pool.request(&read, &mut self.body)?, 200)?;
         compare(&read, value, &self.body)?;
         let deleted = self.stats.record(Op::Get, got);
-        let deletes: Vec<_> = volumes
+        let deletes: Vec<_> = targets
             .iter()
-            .map(|volume| request(Op::Delete, "DELETE", volume.as_str(), &[]))
+            .map(|target| Request::to(Op::Delete, "DELETE", target, &[]))
             .collect();
         self.pool.fan_out(&deletes, 204, &mut self.body)?;
         self.stats.record(Op::Delete, deleted);
@@ -950,7 +961,7 @@ impl Report {
     fn target(&self) -> (&'static str, String) {
         match &self.plan.target {
             Target::Master { host } => ("master", host.clone()),
-            Target::Direct { volumes } => ("direct", volumes.join(",")),
+            Target::Direct { volumes, .. } => ("direct", volumes.join(",")),
         }
     }
 
@@ -1174,9 +1185,16 @@ mod tests {
     }
 
     #[test]
-    fn direct_paths_shard_under_thrash() {
-        let path = direct_path("/thrash-1-2-3");
-        assert!(path.starts_with("/thrash/") && path.ends_with("/thrash-1-2-3"));
-        assert_eq!(path.len(), "/thrash/".len() + 2 + "/thrash-1-2-3".len());
+    fn direct_targets_are_the_masters_layout() {
+        let volumes = vec!["a:1".to_owned(), "b:2".to_owned(), "c:3".to_owned()];
+        let targets = direct_targets("/thrash-1-2-3", &volumes, 10);
+        let entries = key2volume(b"/thrash-1-2-3", &volumes, 3, 10);
+        assert_eq!(targets.len(), 3);
+        for ((host, path), entry) in targets.iter().zip(&entries) {
+            assert_eq!(format!("{host}{}", &path[..5]), *entry);
+            assert_eq!(&path[5..], key2path(b"/thrash-1-2-3"));
+        }
+        let flat = direct_targets("/thrash-1-2-3", &volumes, 1);
+        assert!(flat.iter().all(|(_, path)| *path == key2path(b"/thrash-1-2-3")));
     }
 }
