@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
+use md5::{Digest, Md5};
 use mkv::http::parse_request;
 use mkv::index::{Index, IndexOptions};
-use mkv::placement::{key2path_into, key2volume};
+use mkv::placement::{hex_lower, key2path_into, key2volume};
 use mkv::record::Record;
 use mkv::store::{Placement, Store};
 use mkv::volume::Volumes;
@@ -64,12 +65,15 @@ fn record(c: &mut Criterion) {
     });
 }
 
-fn store(c: &mut Criterion) {
+/// A store over a fresh index of `KEYS` live keys (records with an md5, as
+/// a PUT leaves them), with the default index options (no block cache) and a
+/// record cache of `cache_bytes`.
+fn seeded_store(cache_bytes: usize) -> (tempfile::TempDir, Store, Vec<Vec<u8>>) {
     let dir = tempfile::tempdir().unwrap();
     let index = Index::open(
         dir.path(),
         &IndexOptions {
-            block_cache_bytes: 64 << 20,
+            block_cache_bytes: 0,
             sync: false,
         },
     )
@@ -80,11 +84,22 @@ fn store(c: &mut Criterion) {
         replicas: 3,
         subvolumes: 10,
     };
-    let keys: Vec<Vec<u8>> = (0..100_000).map(|i| format!("/bench/key-{i}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(|i| format!("/bench/key-{i}").into_bytes()).collect();
     for key in &keys {
-        index.put(key, &Record::new(placement.place(key), false, None)).unwrap();
+        let hash = hex_lower(&Md5::digest(key).into());
+        index
+            .put(key, &Record::new(placement.place(key), false, Some(hash)))
+            .unwrap();
     }
-    let store = Store::new(index, placement, Arc::new(Volumes::new(&list)), 256 << 20, 1);
+    let store = Store::new(index, placement, Arc::new(Volumes::new(&list)), cache_bytes, 1);
+    (dir, store, keys)
+}
+
+/// Keys in the store benchmarks' index.
+const KEYS: usize = 100_000;
+
+fn store(c: &mut Criterion) {
+    let (_dir, store, keys) = seeded_store(256 << 20);
     let mut out = Vec::with_capacity(4096);
     for key in &keys {
         store.read(key, &mut out, true).unwrap();
@@ -108,6 +123,17 @@ fn store(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % keys.len();
             store.index().get(black_box(&keys[i][1..])).unwrap()
+        })
+    });
+    drop(store);
+    // The smallest cache (16 shards of 64 KiB) holds ~14% of the keys: most
+    // reads are an index read, the placement check and packing the answer.
+    let (_dir, store, keys) = seeded_store(0);
+    c.bench_function("store/read_miss_302", |b| {
+        b.iter(|| {
+            out.clear();
+            i = (i + 7919) % keys.len();
+            store.read(black_box(&keys[i]), &mut out, true).unwrap()
         })
     });
 }
