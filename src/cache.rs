@@ -259,6 +259,22 @@ impl<V: Weigh> Cache<V> {
         shard.upsert(hash, key, value);
     }
 
+    /// Forget `key` after a writer removed it from the index: the next read
+    /// goes to the index, and no fill that started before can bring it back.
+    pub fn invalidate(&self, key: &[u8]) {
+        let (index, hash) = self.locate(key);
+        let mut shard = self.shard(index);
+        shard.epoch += 1;
+        let slots = &shard.slots;
+        let found = shard
+            .table
+            .find(hash, |&slot| slots[slot as usize].key.as_bytes() == key)
+            .copied();
+        if let Some(slot) = found {
+            shard.remove_at(slot as usize);
+        }
+    }
+
     /// Entries and charged bytes over all shards (tests and metrics).
     pub fn usage(&self) -> (usize, usize) {
         (0..self.shards.len()).fold((0, 0), |(entries, bytes), index| {
@@ -372,6 +388,22 @@ mod tests {
         assert_eq!(get(&cache, b"a"), Some(3));
         assert_eq!(get(&cache, b"b"), Some(2));
         assert_eq!(get(&cache, b"c"), None);
+    }
+
+    #[test]
+    fn invalidate_forgets_and_beats_an_earlier_fill() {
+        let cache = Cache::new(1 << 20, 1);
+        cache.put(b"k", 1);
+        let Lookup::Miss(ticket) = cache.lookup(b"j", |value| *value) else {
+            panic!("empty cache hit")
+        };
+        cache.invalidate(b"k");
+        assert_eq!(get(&cache, b"k"), None);
+        assert_eq!(cache.usage(), (0, 0));
+        cache.fill(ticket, b"j", 7);
+        assert_eq!(get(&cache, b"j"), None, "a fill from before the invalidation was kept");
+        cache.invalidate(b"absent");
+        assert_eq!(cache.usage(), (0, 0));
     }
 
     #[test]

@@ -76,6 +76,9 @@ fn io_error(error: rocksdb::Error) -> IndexError {
 pub struct Index {
     db: DB,
     write_options: WriteOptions,
+    /// Made once: `DB::get_pinned` would allocate and free a C++
+    /// `ReadOptions` on every point read.
+    read_options: ReadOptions,
 }
 
 impl Index {
@@ -124,12 +127,16 @@ impl Index {
         })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync);
-        Ok(Index { db, write_options })
+        Ok(Index {
+            db,
+            write_options,
+            read_options: ReadOptions::default(),
+        })
     }
 
     /// The record of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
-        match self.db.get_pinned(key).map_err(io_error)? {
+        match self.db.get_pinned_opt(key, &self.read_options).map_err(io_error)? {
             None => Ok(None),
             Some(bytes) => Record::decode(&bytes).map(Some).map_err(|error| IndexError::Corrupt {
                 key: key.to_vec(),

@@ -400,7 +400,9 @@ impl Store {
     /// Remove `key`'s record: index first, then cache.
     pub fn remove(&self, key: &[u8]) -> Result<(), IndexError> {
         self.index.delete(key)?;
-        self.cache.put(key, Answer::Gone);
+        // Forgotten rather than cached as gone: a removed key is rarely read
+        // again, and a read of it costs a bloom-filter check.
+        self.cache.invalidate(key);
         Ok(())
     }
 
