@@ -605,10 +605,15 @@ pub async fn delete(host: &str, path: &str, timeout: Duration) -> Result<(), Vol
     }
 }
 
+/// The line that opens a chunk of `bytes` bytes in a chunked body.
+fn chunk_size_line(bytes: usize) -> Vec<u8> {
+    format!("{bytes:x}\r\n").into_bytes()
+}
+
 /// Append `piece` to `out`, framed as a chunk when `chunked`.
 fn append_piece(out: &mut Vec<u8>, piece: &[u8], chunked: bool) {
     if chunked {
-        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(&chunk_size_line(piece.len()));
     }
     out.extend_from_slice(piece);
     if chunked {
@@ -657,6 +662,8 @@ impl Upload {
         if inline && !first.is_empty() {
             append_piece(&mut head, &first, length.is_none());
         }
+        // Shared, not copied, with the retry below: it may hold 64 KiB of body.
+        let head = Bytes::from(head);
         // A pooled connection may have been closed by the volume while idle;
         // that shows on the first write, when a retry is still possible.
         let mut connection = Connection::open(host, timeout).await?;
@@ -684,8 +691,9 @@ impl Upload {
             return Ok(());
         }
         if self.chunked {
-            let size_line = format!("{:x}\r\n", piece.len()).into_bytes();
-            self.connection.write(size_line, self.timeout).await?;
+            self.connection
+                .write(chunk_size_line(piece.len()), self.timeout)
+                .await?;
             self.connection.write(piece, self.timeout).await?;
             self.connection.write(&b"\r\n"[..], self.timeout).await?;
         } else {
