@@ -134,7 +134,7 @@ enum Hasher {
 
 /// A thread hashing the pieces sent to it, in order.
 struct HashThread {
-    pieces: Option<mpsc::Sender<Bytes>>,
+    pieces: mpsc::Sender<Bytes>,
     /// Bytes the thread has hashed.
     hashed: Arc<AtomicU64>,
     /// Bytes sent to the thread.
@@ -166,7 +166,7 @@ impl Hasher {
         match spawned {
             Ok(thread) => {
                 *self = Hasher::Parallel(HashThread {
-                    pieces: Some(sender),
+                    pieces: sender,
                     hashed,
                     queued: 0,
                     thread,
@@ -189,10 +189,8 @@ impl Hasher {
                     monoio::time::sleep(HASH_POLL).await;
                 }
                 thread.queued += piece.len() as u64;
-                let sender = thread.pieces.as_ref().expect("pieces open until finish");
-                sender
-                    .send(piece)
-                    .expect("the hashing thread runs until its channel closes");
+                let sent = thread.pieces.send(piece);
+                sent.expect("the hashing thread runs until its channel closes");
             }
         }
     }
@@ -201,12 +199,13 @@ impl Hasher {
     async fn finish(self) -> [u8; 16] {
         match self {
             Hasher::Inline(md5) => md5.finalize().into(),
-            Hasher::Parallel(mut thread) => {
-                drop(thread.pieces.take());
-                while !thread.thread.is_finished() {
+            Hasher::Parallel(HashThread { pieces, thread, .. }) => {
+                // Closing the channel ends the thread's loop.
+                drop(pieces);
+                while !thread.is_finished() {
                     monoio::time::sleep(HASH_POLL).await;
                 }
-                thread.thread.join().expect("the hashing thread does not panic")
+                thread.join().expect("the hashing thread does not panic")
             }
         }
     }
