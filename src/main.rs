@@ -84,12 +84,7 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
 /// One monoio runtime on this thread for rebuild and rebalance: their work
 /// is waiting on volumes, and `--concurrency` requests in flight on one
 /// thread keep them busy.
-fn maintenance_runtime() -> anyhow::Result<
-    monoio::FusionRuntime<
-        monoio::time::TimeDriver<monoio::IoUringDriver>,
-        monoio::time::TimeDriver<monoio::LegacyDriver>,
-    >,
-> {
+fn maintenance_runtime() -> anyhow::Result<mkv::server::Runtime> {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()

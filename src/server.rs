@@ -126,7 +126,8 @@ fn run_reactor(id: usize, app: Arc<App>, address: SocketAddr, ready: mpsc::Sende
     });
 }
 
-type Runtime = monoio::FusionRuntime<
+/// A reactor's runtime: io_uring, or epoll where io_uring is unavailable.
+pub type Runtime = monoio::FusionRuntime<
     monoio::time::TimeDriver<monoio::IoUringDriver>,
     monoio::time::TimeDriver<monoio::LegacyDriver>,
 >;
@@ -138,29 +139,25 @@ type Runtime = monoio::FusionRuntime<
 /// kernels refuse the flags and get the next set; no io_uring at all (or
 /// `MONOIO_FORCE_LEGACY_DRIVER=1`) gets epoll.
 const URING_FLAG_SETS: [&[UringFlag]; 3] = [
-    &[UringFlag::CoopTaskrun, UringFlag::SingleIssuer, UringFlag::DeferTaskrun],
-    &[UringFlag::CoopTaskrun],
+    &[
+        io_uring::Builder::setup_coop_taskrun,
+        io_uring::Builder::setup_single_issuer,
+        io_uring::Builder::setup_defer_taskrun,
+    ],
+    &[io_uring::Builder::setup_coop_taskrun],
     &[],
 ];
 
-#[derive(Clone, Copy)]
-enum UringFlag {
-    CoopTaskrun,
-    SingleIssuer,
-    DeferTaskrun,
-}
+/// Sets one io_uring setup flag on a builder.
+type UringFlag = fn(&mut io_uring::Builder) -> &mut io_uring::Builder;
 
 /// Build a reactor's runtime with the best io_uring flags the kernel takes.
 fn build_runtime() -> std::io::Result<Runtime> {
     let mut last_error = None;
     for flags in URING_FLAG_SETS {
         let mut uring = io_uring::IoUring::builder();
-        for flag in flags {
-            match flag {
-                UringFlag::CoopTaskrun => uring.setup_coop_taskrun(),
-                UringFlag::SingleIssuer => uring.setup_single_issuer(),
-                UringFlag::DeferTaskrun => uring.setup_defer_taskrun(),
-            };
+        for set_flag in flags {
+            set_flag(&mut uring);
         }
         let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .with_entries(URING_ENTRIES)
