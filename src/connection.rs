@@ -26,6 +26,8 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A refused request's body up to this size is read and dropped so the client
 /// gets its answer on a live connection; a larger one closes the connection.
 pub const DRAIN_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Bytes of a drained body read (and dropped) at a time.
+const DRAIN_PIECE_BYTES: usize = 64 * 1024;
 
 const _: () = assert!(HEADER_BYTES_MAX < INPUT_BUFFER_BYTES);
 
@@ -133,7 +135,7 @@ pub async fn drain_body(connection: &mut Connection, framing: BodyFraming) -> bo
     }
     let mut body = BodyReader::new(framing);
     loop {
-        match body.next(connection, 64 * 1024).await {
+        match body.next(connection, DRAIN_PIECE_BYTES).await {
             Ok(Some(_)) if body.received <= DRAIN_BYTES_MAX => {}
             Ok(None) => return true,
             Ok(Some(_)) | Err(_) => return false,
