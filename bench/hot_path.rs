@@ -7,12 +7,12 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use md5::{Digest, Md5};
+use mkv::health::Volumes;
 use mkv::http::parse_request;
 use mkv::index::{Index, IndexOptions};
 use mkv::placement::{hex_lower, key2path_into, key2volume};
 use mkv::record::Record;
 use mkv::store::{Placement, Store};
-use mkv::volume::Volumes;
 
 const GET: &[u8] = b"GET /bench/key-123456 HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUser-Agent: wrk\r\n\r\n";
 const PUT: &[u8] = b"PUT /bench/key-123456 HTTP/1.1\r\nHost: 127.0.0.1:3000\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\n\r\n";

@@ -4,6 +4,7 @@
 //! and returns the status it sent; failures come back as `Error` and are
 //! written by `respond`, the one place where errors become responses.
 
+use crate::app::App;
 use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
 use crate::http::{self, query_pairs, query_value, write_empty, write_text, BodyFraming, Method, RequestHead};
@@ -12,7 +13,6 @@ use crate::locks::KeyGuard;
 use crate::placement::{entry_host, key2path, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ReplicationError};
-use crate::server::App;
 use crate::store::ReadOutcome;
 use crate::volume;
 

@@ -6,6 +6,7 @@
 //!
 //! - `server`: reactors (one monoio runtime per thread), listeners, the
 //!   per-connection request loop.
+//! - `app`: the state every reactor shares (config, store, volume health).
 //! - `connection`: a client connection's buffers and body reading.
 //! - `http`: the sans-IO HTTP/1.x codec (request heads, chunked bodies, responses).
 //! - `handlers`: one function per API method; `error` maps failures to statuses.
@@ -13,18 +14,21 @@
 //! - `cache`: the bounded sharded cache; `locks`: per-key write locks.
 //! - `index`: RocksDB, records in the original encoding (`record`).
 //! - `placement`: key2path / key2volume, bit-compatible with the original.
-//! - `volume`: volume health and the HTTP client to nginx volumes.
+//! - `health`: the volumes and their health flags (the probe thread).
+//! - `volume`: the HTTP client to nginx volumes (pool, uploads, downloads).
 //! - `replication`: PUT bodies streamed to all replicas at once.
 //! - `rebuild`: regrow the index from the volumes' directory listings.
 //! - `rebalance`: move values where placement wants them (one key, or all).
 //! - `progress`: what the maintenance commands show the operator.
 //! - `config`: flags in Go and GNU spelling.
 
+pub mod app;
 pub mod cache;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod http;
 pub mod index;
 pub mod locks;

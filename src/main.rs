@@ -6,12 +6,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use mimalloc::MiMalloc;
 
+use mkv::app::App;
 use mkv::config::{self, Command, Config, ConfigError};
+use mkv::health::Volumes;
 use mkv::index::{Index, IndexOptions, BATCH_RECORDS_MAX};
 use mkv::record::Record;
-use mkv::server::{self, App};
+use mkv::server;
 use mkv::store::{Placement, Store};
-use mkv::volume::Volumes;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;

@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
-use crate::config::Config;
+use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
 use crate::http::{self, write_text};
-use crate::store::Store;
-use crate::volume::Volumes;
 
 /// Open client connections per reactor; more are closed on accept.
 pub const CONNECTIONS_PER_REACTOR_MAX: usize = 16 * 1024;
@@ -30,13 +28,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const URING_ENTRIES: u32 = 4096;
 /// Listen backlog per reactor.
 const LISTEN_BACKLOG: i32 = 4096;
-
-/// Everything a reactor needs, shared by all of them.
-pub struct App {
-    pub config: Config,
-    pub store: Store,
-    pub volumes: Arc<Volumes>,
-}
 
 /// The server could not start.
 #[derive(Debug)]

@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::cache::{Cache, Lookup, Weigh};
+use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line};
 use crate::index::{Index, IndexError};
 use crate::locks::{KeyGuard, KeyLocks};
@@ -21,7 +22,6 @@ use crate::placement::{
     push_path, push_subvolume,
 };
 use crate::record::{Record, HASH_HEX_BYTES};
-use crate::volume::Volumes;
 
 /// Cache shards per reactor thread: enough that two reactors rarely meet.
 const CACHE_SHARDS_PER_THREAD: usize = 16;

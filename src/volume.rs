@@ -1,20 +1,15 @@
-//! Volume servers: who they are, whether they are up, and a small HTTP/1.1
-//! client to talk to them.
+//! The volume client: a small HTTP/1.1 client to talk to nginx volumes.
 //!
-//! `Volumes` holds the configured servers and one health flag each, kept
-//! fresh by a background thread that probes every server on an interval, so
-//! redirects never wait on a volume. The async client is built on `httparse`
-//! over monoio streams: one pool of keep-alive connections per reactor thread
-//! and volume, bodies streamed in bounded pieces in both directions (see
-//! ARCHITECTURE.md for why not `monoio-http`).
+//! Built on `httparse` over monoio streams: one pool of keep-alive
+//! connections per reactor thread and volume, bodies streamed in bounded
+//! pieces in both directions (see ARCHITECTURE.md for why not
+//! `monoio-http`). Who the volumes are and whether they are up is `health`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,8 +34,6 @@ const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 const DISCARD_BODY_BYTES_MAX: u64 = 64 * 1024;
 /// A first body piece up to this size is sent in one write with the head.
 const INLINE_BODY_BYTES_MAX: usize = 64 * 1024;
-/// Health probes started at once by the health thread.
-const PROBES_IN_FLIGHT_MAX: usize = 64;
 
 /// What went wrong talking to a volume.
 #[derive(Debug)]
@@ -71,93 +64,8 @@ impl fmt::Display for VolumeError {
 
 impl std::error::Error for VolumeError {}
 
-/// The configured volume servers and their health.
-pub struct Volumes {
-    hosts: Vec<String>,
-    healthy: Box<[AtomicBool]>,
-}
-
-impl Volumes {
-    /// Volumes named `host:port`, all assumed healthy until probed.
-    pub fn new(hosts: &[String]) -> Volumes {
-        Volumes {
-            hosts: hosts.to_vec(),
-            healthy: hosts.iter().map(|_| AtomicBool::new(true)).collect(),
-        }
-    }
-
-    /// The configured hosts, in `-volumes` order.
-    pub fn hosts(&self) -> &[String] {
-        &self.hosts
-    }
-
-    /// The position of `host` in `-volumes`.
-    pub fn id_of(&self, host: &str) -> Option<u16> {
-        self.hosts.iter().position(|known| known == host).map(|id| id as u16)
-    }
-
-    /// Whether the last probe of volume `id` succeeded.
-    pub fn is_healthy(&self, id: u16) -> bool {
-        self.healthy[usize::from(id)].load(Ordering::Relaxed)
-    }
-
-    /// Probe every volume once, in parallel; logs changes. Returns how many are up.
-    pub fn probe_all(&self, timeout: Duration) -> usize {
-        let mut up = 0;
-        for (batch_start, batch) in self.hosts.chunks(PROBES_IN_FLIGHT_MAX).enumerate() {
-            let results: Vec<bool> = std::thread::scope(|scope| {
-                let probes: Vec<_> = batch
-                    .iter()
-                    .map(|host| scope.spawn(move || probe(host, timeout)))
-                    .collect();
-                probes.into_iter().map(|probe| probe.join().unwrap_or(false)).collect()
-            });
-            for (offset, healthy) in results.into_iter().enumerate() {
-                let id = batch_start * PROBES_IN_FLIGHT_MAX + offset;
-                let was = self.healthy[id].swap(healthy, Ordering::Relaxed);
-                if was != healthy {
-                    eprintln!("volume {} is {}", self.hosts[id], if healthy { "up" } else { "DOWN" });
-                }
-                up += usize::from(healthy);
-            }
-        }
-        up
-    }
-
-    /// Probe all volumes every `interval` on a background thread, forever.
-    pub fn spawn_health_checker(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        std::thread::Builder::new()
-            .name("mkv-health".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                self.probe_all(timeout);
-            })
-            .expect("spawn health thread");
-    }
-}
-
-/// One blocking health probe: any HTTP answer below 500 to `HEAD /` is up.
-fn probe(host: &str, timeout: Duration) -> bool {
-    let attempt = || -> io::Result<bool> {
-        let address = resolve(host)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| io::Error::other("no address"))?;
-        let mut stream = StdTcpStream::connect_timeout(&address, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        // One write, one packet: `write!` on a socket would send each piece.
-        stream.write_all(format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
-        let mut head = [0u8; 32];
-        let read = stream.read(&mut head)?;
-        let status = head.get(9..12).filter(|_| read >= 12 && head.starts_with(b"HTTP/1."));
-        Ok(status.and_then(parse_decimal).is_some_and(|status| status < 500))
-    };
-    attempt().unwrap_or(false)
-}
-
 /// Resolve `host:port`, IPv4 first (volumes usually listen on 0.0.0.0 only).
-fn resolve(host: &str) -> io::Result<Vec<SocketAddr>> {
+pub fn resolve(host: &str) -> io::Result<Vec<SocketAddr>> {
     let mut addresses: Vec<SocketAddr> = host.to_socket_addrs()?.collect();
     addresses.sort_by_key(|address| !address.is_ipv4());
     Ok(addresses)
