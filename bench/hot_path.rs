@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use md5::{Digest, Md5};
 use mkv::health::Volumes;
-use mkv::http::parse_request;
+use mkv::http::{parse_request, KeepAlive};
 use mkv::index::{Index, IndexOptions};
 use mkv::placement::{hex_lower, key2path_into, key2volume};
 use mkv::record::Record;
@@ -102,7 +102,7 @@ fn store(c: &mut Criterion) {
     let (_dir, store, keys) = seeded_store(256 << 20);
     let mut out = Vec::with_capacity(4096);
     for key in &keys {
-        store.read(key, &mut out, true).unwrap();
+        store.read(key, &mut out, KeepAlive::Open).unwrap();
         out.clear();
     }
     let mut i = 0;
@@ -110,7 +110,7 @@ fn store(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             i = (i + 7919) % keys.len();
-            store.read(black_box(&keys[i]), &mut out, true).unwrap()
+            store.read(black_box(&keys[i]), &mut out, KeepAlive::Open).unwrap()
         })
     });
     c.bench_function("index/get_hit", |b| {
@@ -133,7 +133,7 @@ fn store(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             i = (i + 7919) % keys.len();
-            store.read(black_box(&keys[i]), &mut out, true).unwrap()
+            store.read(black_box(&keys[i]), &mut out, KeepAlive::Open).unwrap()
         })
     });
 }

@@ -7,14 +7,16 @@
 use crate::app::App;
 use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
-use crate::http::{self, query_pairs, query_value, write_empty, write_text, BodyFraming, Method, RequestHead};
+use crate::http::{
+    self, query_pairs, query_value, write_empty, write_text, BodyFraming, KeepAlive, Method, RequestHead,
+};
 use crate::index::key_after;
 use crate::locks::KeyGuard;
-use crate::placement::{entry_host, key2path, KEY_BYTES_MAX};
+use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ReplicationError};
 use crate::store::ReadOutcome;
-use crate::volume;
+use crate::volume::{self, Settled};
 
 /// Most keys one listing returns without `limit` (the original's cap).
 pub const LIST_KEYS_MAX: u64 = 1_000_000;
@@ -27,17 +29,22 @@ const LIST_BATCH_KEYS: usize = 1024;
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
     connection.body_touched = false;
     let result = dispatch(app, connection, head, request_start).await;
-    let mut keep_alive = head.keep_alive && !matches!(result, Err(Error::Client(400, _)));
+    // A 400 after some of the body was read may have lost the framing: the
+    // connection cannot be trusted for another request. Before the body, a
+    // refusal is answered like any other (the body drained below).
+    let framing_lost = matches!(result, Err(Error::Client(400, _))) && connection.body_touched;
+    let mut keep_alive = head.keep_alive.unless(framing_lost);
     // A refused request's body may still be on the wire. Unless the client
     // waits for 100-continue (and so never sends it) or the handler already
     // read part of it, drop a small one so the client reads its answer; a
     // large one ends the connection.
-    if keep_alive && head.has_body() && result.is_err() {
-        keep_alive = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body).await;
+    if keep_alive.is_open() && head.has_body() && result.is_err() {
+        let drained = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body).await;
+        keep_alive = keep_alive.unless(!drained);
     }
     let status = result.as_ref().map_or_else(Error::status, |&status| status);
     // A listing refused for its size closes the connection, as the original does.
-    let keep_alive = keep_alive && status != 413;
+    let keep_alive = keep_alive.unless(status == 413);
     if let Err(error) = &result {
         write_error(&mut connection.output, error, keep_alive);
     }
@@ -45,11 +52,11 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
         let path = &connection.input[request_start..][head.path.clone()];
         eprintln!("{:?} {} {status}", head.method, String::from_utf8_lossy(path));
     }
-    keep_alive
+    keep_alive.is_open()
 }
 
 /// Append the response for a failed request.
-pub fn write_error(output: &mut Vec<u8>, error: &Error, keep_alive: bool) {
+pub fn write_error(output: &mut Vec<u8>, error: &Error, keep_alive: KeepAlive) {
     match error {
         // The original answers these with an empty body; clients read the status.
         Error::Client(404, _) | Error::Locked => write_empty(output, error.status(), keep_alive),
@@ -185,28 +192,40 @@ async fn get_verified(
     Err(Error::Client(404, "not found"))
 }
 
+/// Why a key whose file name is not its own is refused (see
+/// `placement::path_is_own`).
+const SHARED_PATH: &str = "key cannot be stored: its base64 file name has a leading, trailing or doubled '/', which volumes merge into another key's file name";
+
 async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
     let declared = match head.body {
         BodyFraming::None | BodyFraming::Length(0) => return Err(Error::Client(411, "PUT needs a non-empty body")),
         BodyFraming::Length(length) => Some(length),
         BodyFraming::Chunked => None,
     };
+    if !path_is_own(key) {
+        return Err(Error::Client(400, SHARED_PATH));
+    }
     // Writes are not the hot path: an owned key keeps the input buffer free
     // for reading the body.
     let key = key.to_vec();
     let _guard = app.store.try_lock(&key).ok_or(Error::Locked)?;
-    if app.store.get(&key)?.is_some_and(|record| record.is_live()) {
+    let prior = app.store.get(&key)?;
+    if prior.as_ref().is_some_and(Record::is_live) {
         return Err(Error::Client(403, "key exists; DELETE it first (no overwrite)"));
     }
+    // An unlinked value stays as it is (relinkable, same md5) unless a
+    // replica takes the new one.
+    let unlinked = prior;
     let entries = app.store.placement().place(&key);
     // The record goes in as deleted before any volume is touched: a crash from
     // here on leaves at worst an unlinked key, never a live key without bytes.
-    app.store.put(&key, &Record::new(entries.clone(), true, None))?;
-    if head.expect_continue {
-        connection
-            .send_continue()
-            .await
-            .map_err(|_| Error::Client(400, "client went away"))?;
+    // An unlinked record naming the same volumes already says exactly that.
+    if unlinked.as_ref().is_none_or(|record| record.volumes != entries) {
+        app.store.put(&key, &Record::new(entries.clone(), true, None))?;
+    }
+    if head.expect_continue && connection.send_continue().await.is_err() {
+        undo_put(app, &key, &entries, unlinked, &vec![Settled::NotTaken; entries.len()]).await;
+        return Err(Error::Client(400, "client went away"));
     }
     let path = key2path(&key);
     let mut body = BodyReader::new(head.body);
@@ -226,9 +245,9 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             write_empty(&mut connection.output, 201, head.keep_alive);
             Ok(201)
         }
-        Err(failure) => {
-            undo_put(app, &key, &entries, &path).await;
-            Err(match failure {
+        Err(failed) => {
+            undo_put(app, &key, &entries, unlinked, &failed.settled).await;
+            Err(match failed.error {
                 ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
                 ReplicationError::Body(BodyError::TooLong) => Error::Client(400, "body longer than its Content-Length"),
                 ReplicationError::Body(BodyError::Malformed(what)) => Error::Client(400, what),
@@ -239,23 +258,41 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
     }
 }
 
-/// After a failed PUT: remove what reached the replicas, then the record. If
-/// a volume cannot be cleaned, the record stays (deleted) so DELETE can
-/// finish the job later.
-async fn undo_put(app: &App, key: &[u8], entries: &[String], path: &str) {
-    match replication::delete_all(entries, path, app.config.volume_timeout).await {
-        Ok(()) => {
+/// After a failed PUT (every upload settled): put the key back as it was.
+///
+/// An unlinked value whose volumes took none of the new bytes is restored
+/// exactly (same record, same md5, still relinkable), and only new copies
+/// elsewhere are removed. Otherwise what reached the replicas is removed,
+/// then the record; if a volume cannot be cleaned, or an upload's outcome is
+/// unknown (it may still land), the record stays (deleted) so a later
+/// DELETE can finish the job.
+async fn undo_put(app: &App, key: &[u8], entries: &[String], unlinked: Option<Record>, settled: &[Settled]) {
+    let name = String::from_utf8_lossy(key);
+    let touched: Vec<String> = entries
+        .iter()
+        .zip(settled)
+        .filter(|(_, settled)| **settled != Settled::NotTaken)
+        .map(|(entry, _)| entry.clone())
+        .collect();
+    let path = key2path(key);
+    let timeout = app.config.volume_timeout;
+    if let Some(unlinked) = unlinked.filter(|record| record.volumes.iter().all(|entry| !touched.contains(entry))) {
+        if let Err(error) = replication::delete_all(&touched, &path, timeout).await {
+            eprintln!("failed PUT of {name:?}: cleanup left new copies: {error}");
+        }
+        if let Err(error) = app.store.put(key, &unlinked) {
+            eprintln!("failed PUT of {name:?}: cannot restore its unlinked record: {error}");
+        }
+        return;
+    }
+    match replication::delete_all(entries, &path, timeout).await {
+        Ok(()) if !settled.contains(&Settled::Unknown) => {
             if let Err(error) = app.store.remove(key) {
-                eprintln!(
-                    "failed PUT of {:?}: cannot drop its record: {error}",
-                    String::from_utf8_lossy(key)
-                );
+                eprintln!("failed PUT of {name:?}: cannot drop its record: {error}");
             }
         }
-        Err(error) => eprintln!(
-            "failed PUT of {:?}: cleanup left copies: {error}",
-            String::from_utf8_lossy(key)
-        ),
+        Ok(()) => eprintln!("failed PUT of {name:?}: a replica did not answer; the record stays deleted"),
+        Err(error) => eprintln!("failed PUT of {name:?}: cleanup left copies: {error}"),
     }
 }
 
@@ -270,7 +307,17 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
     if record.is_live() {
         app.store.put(key, &record.with_deleted(true))?;
     }
-    replication::delete_all(&record.volumes, &key2path(key), app.config.volume_timeout).await?;
+    let path = key2path(key);
+    let timeout = app.config.volume_timeout;
+    let copies = if path_is_own(key) {
+        record.volumes.clone()
+    } else {
+        // An older master let such a key be written: the file at its merged
+        // name may hold another key's value. Delete only copies that are
+        // provably this key's bytes (its recorded md5); leave the rest.
+        replication::copies_holding(&record, &path, timeout).await?
+    };
+    replication::delete_all(&copies, &path, timeout).await?;
     app.store.remove(key)?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
@@ -316,6 +363,7 @@ async fn rebalance(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u
             write_empty(output, 204, head.keep_alive);
             Ok(204)
         }
+        Err(crate::rebalance::RebalanceError::SharedPath) => Err(Error::Client(400, SHARED_PATH)),
         Err(error) => {
             eprintln!("REBALANCE {:?}: {error}", String::from_utf8_lossy(key));
             Err(Error::Client(400, "rebalance failed"))

@@ -90,8 +90,9 @@ pub struct RequestHead {
     pub body: BodyFraming,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
-    /// The connection stays open after this request.
-    pub keep_alive: bool,
+    /// Whether the connection stays open after this request, and how the
+    /// response says so.
+    pub keep_alive: KeepAlive,
     /// HTTP/1.0 (no chunked responses).
     pub http10: bool,
     /// Bytes the head took, including the blank line.
@@ -102,6 +103,46 @@ impl RequestHead {
     /// Whether a body follows the head.
     pub fn has_body(&self) -> bool {
         !matches!(self.body, BodyFraming::None | BodyFraming::Length(0))
+    }
+}
+
+/// Whether a connection stays open after a response, and what the response
+/// must say for the client to know. HTTP/1.1 stays open unless told
+/// otherwise; HTTP/1.0 closes unless both sides say `Connection:
+/// keep-alive`, so an HTTP/1.0 client that asked for it waits for EOF unless
+/// the answer confirms it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// The connection ends after this response: `Connection: close`.
+    Close,
+    /// HTTP/1.1 persistence, the default: no header needed.
+    Open,
+    /// HTTP/1.0 persistence the client asked for: `Connection: keep-alive`.
+    Open10,
+}
+
+impl KeepAlive {
+    /// Whether the connection stays open.
+    pub fn is_open(self) -> bool {
+        self != KeepAlive::Close
+    }
+
+    /// `self`, or `Close` when `close` holds.
+    pub fn unless(self, close: bool) -> KeepAlive {
+        if close {
+            KeepAlive::Close
+        } else {
+            self
+        }
+    }
+
+    /// The header line that tells the client, if one is needed.
+    pub fn header(self) -> &'static [u8] {
+        match self {
+            KeepAlive::Close => b"Connection: close\r\n",
+            KeepAlive::Open => b"",
+            KeepAlive::Open10 => b"Connection: keep-alive\r\n",
+        }
     }
 }
 
@@ -169,7 +210,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<RequestHead>, HttpError> {
         query,
         body: BodyFraming::None,
         expect_continue: false,
-        keep_alive: !http10,
+        keep_alive: if http10 { KeepAlive::Close } else { KeepAlive::Open },
         http10,
         head_bytes,
     };
@@ -197,9 +238,9 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&byte| byte == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
-                    head.keep_alive = false;
+                    head.keep_alive = KeepAlive::Close;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") && head.http10 {
-                    head.keep_alive = true;
+                    head.keep_alive = KeepAlive::Open10;
                 }
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
@@ -467,17 +508,16 @@ pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Append `Connection: close` when the connection ends after this response.
-pub fn write_connection(out: &mut Vec<u8>, keep_alive: bool) {
-    if !keep_alive {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
+/// Append the `Connection` header `keep_alive` needs (none for HTTP/1.1
+/// keep-alive, the common case).
+pub fn write_connection(out: &mut Vec<u8>, keep_alive: KeepAlive) {
+    out.extend_from_slice(keep_alive.header());
 }
 
 /// Append a complete response with an empty body.
 ///
 /// A 204 carries no `Content-Length`: RFC 9110 forbids it there.
-pub fn write_empty(out: &mut Vec<u8>, status: u16, keep_alive: bool) {
+pub fn write_empty(out: &mut Vec<u8>, status: u16, keep_alive: KeepAlive) {
     write_status_line(out, status);
     if status != 204 {
         out.extend_from_slice(b"Content-Length: 0\r\n");
@@ -487,7 +527,7 @@ pub fn write_empty(out: &mut Vec<u8>, status: u16, keep_alive: bool) {
 }
 
 /// Append a complete response with a short text body (error explanations).
-pub fn write_text(out: &mut Vec<u8>, status: u16, keep_alive: bool, extra_headers: &[u8], text: &str) {
+pub fn write_text(out: &mut Vec<u8>, status: u16, keep_alive: KeepAlive, extra_headers: &[u8], text: &str) {
     write_status_line(out, status);
     out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     let mut digits = itoa_buffer();
@@ -535,7 +575,7 @@ mod tests {
         assert_eq!(&text[head.path.clone()], "/a%20b");
         assert_eq!(&text[head.query.clone().unwrap()], "list&limit=2");
         assert_eq!(head.head_bytes, text.find("GET /next").unwrap());
-        assert!(head.keep_alive && !head.http10);
+        assert!(head.keep_alive == KeepAlive::Open && !head.http10);
         assert_eq!(head.body, BodyFraming::None);
     }
 
@@ -555,13 +595,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(chunked.body, BodyFraming::Chunked);
-        assert!(!chunked.keep_alive);
+        assert_eq!(chunked.keep_alive, KeepAlive::Close);
         let old = parse("GET /k HTTP/1.0\r\n\r\n").unwrap().unwrap();
-        assert!(old.http10 && !old.keep_alive);
+        assert!(old.http10 && old.keep_alive == KeepAlive::Close);
         let old_kept = parse("GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(old_kept.keep_alive);
+        assert_eq!(old_kept.keep_alive, KeepAlive::Open10);
     }
 
     #[test]
@@ -674,10 +714,13 @@ mod tests {
     #[test]
     fn responses() {
         let mut out = Vec::new();
-        write_empty(&mut out, 404, true);
+        write_empty(&mut out, 404, KeepAlive::Open);
         assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
         out.clear();
-        write_empty(&mut out, 204, false);
+        write_empty(&mut out, 204, KeepAlive::Close);
         assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        out.clear();
+        write_empty(&mut out, 204, KeepAlive::Open10);
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n");
     }
 }

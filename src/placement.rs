@@ -48,6 +48,23 @@ pub fn push_path(out: &mut Vec<u8>, path_hash: [u8; 2], key: &[u8]) {
     debug_assert_eq!(written, base64_len(key.len()));
 }
 
+/// Whether `key`'s file name on a volume is its own. Standard base64 uses
+/// `/`, and both nginx and the filesystem merge a run of slashes into one, so
+/// a name with a leading, trailing or doubled `/` is the same file as other
+/// keys' names (`a//b` and `a/b`; `/hh/hh//x` and `/hh/hh/x`), and a
+/// trailing one names a directory. Such a key must never be written: its
+/// bytes would overwrite, and its delete remove, another key's value.
+/// Placement itself is unchanged (SPEC.md); these keys are refused instead.
+pub fn path_is_own(key: &[u8]) -> bool {
+    let mut name = [0u8; FILE_NAME_BYTES_MAX + 1];
+    let Ok(length) = STANDARD.encode_slice(key, &mut name) else {
+        // Too long for any volume's file name: the length check refuses it.
+        return false;
+    };
+    let name = &name[..length];
+    name.first() != Some(&b'/') && name.last() != Some(&b'/') && !name.windows(2).any(|pair| pair == b"//")
+}
+
 /// The path of a key's file on a volume, as a `String`.
 pub fn key2path(key: &[u8]) -> String {
     let mut out = Vec::with_capacity(8 + base64_len(key.len()));
@@ -224,6 +241,31 @@ mod tests {
         for entry in &entries {
             let n = u32::from_str_radix(&entry_prefix(entry)[3..], 16).unwrap();
             assert!(n < 4096 && entry_prefix(entry) == format!("/sv{n:02X}"), "{entry}");
+        }
+    }
+
+    #[test]
+    fn own_paths_have_no_mergeable_slashes() {
+        // base64 "/" is the 6-bit group 63: 0xff bytes spell runs of it.
+        assert!(path_is_own(b"plain key"));
+        assert!(path_is_own(b""));
+        // "a?x45336" encodes to "YT94NDUzMzY=": no slash at all.
+        assert!(path_is_own(b"a?x45336"));
+        // "a?\xff\xff\xffx45336" encodes with "////" in the middle.
+        assert!(!path_is_own(b"a?\xff\xff\xffx45336"));
+        // A single slash inside the name is a subdirectory of its own.
+        assert!(path_is_own(b"\x00\x0f\xc0abc"));
+        // Leading: a first byte of 0xfc..=0xff starts the name with "/".
+        assert!(!path_is_own(b"\xfcab"));
+        // Trailing: a last group of three whose low six bits are all set.
+        assert!(!path_is_own(b"ab\x3f"));
+        for key in [&b"a?\xff\xff\xffx45336"[..], b"\xfcab", b"ab\x3f"] {
+            let path = key2path(key);
+            let name = &path[7..];
+            assert!(
+                name.starts_with('/') || name.ends_with('/') || name.contains("//"),
+                "{path}"
+            );
         }
     }
 }

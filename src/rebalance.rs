@@ -33,7 +33,7 @@ use md5::{Digest, Md5};
 
 use crate::config::Config;
 use crate::index::{key_after, Index, IndexError};
-use crate::placement::{entry_host, hex_lower, key2path, key2volume};
+use crate::placement::{entry_host, hex_lower, key2path, key2volume, path_is_own};
 use crate::progress::Progress;
 use crate::record::{Record, RecordError, HASH_HEX_BYTES};
 use crate::replication::{entry_path, PIECE_BYTES, VOLUME_IO_TIMEOUT};
@@ -63,6 +63,9 @@ pub enum Moved {
 pub enum RebalanceError {
     /// No recorded volume holds the value.
     NoCopy,
+    /// The key's file name is not its own (`placement::path_is_own`):
+    /// writing it would overwrite another key's bytes.
+    SharedPath,
     /// A copy's bytes do not match the record's md5.
     Mismatch {
         source: String,
@@ -75,6 +78,10 @@ impl fmt::Display for RebalanceError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RebalanceError::NoCopy => write!(formatter, "no recorded volume holds the value"),
+            RebalanceError::SharedPath => write!(
+                formatter,
+                "the key's file name has a leading, trailing or doubled '/' that volumes merge with other keys' names; not moved"
+            ),
             RebalanceError::Mismatch { source } => {
                 write!(formatter, "the copy on {source} does not match the recorded md5")
             }
@@ -167,6 +174,9 @@ pub async fn move_key(
 ) -> Result<Moved, RebalanceError> {
     if record.volumes == placed {
         return Ok(Moved::AlreadyPlaced);
+    }
+    if !path_is_own(key) {
+        return Err(RebalanceError::SharedPath);
     }
     let path = key2path(key);
     let path = &path;

@@ -21,7 +21,8 @@ use md5::{Digest, Md5};
 
 use crate::connection::{BodyError, BodyReader, Connection};
 use crate::placement::{entry_host, entry_prefix, hex_lower};
-use crate::volume::{self, Upload, VolumeError};
+use crate::record::Record;
+use crate::volume::{self, Download, Settled, Upload, VolumeError};
 
 /// Largest piece of a body held in memory; a PUT holds two.
 pub const PIECE_BYTES: usize = 1024 * 1024;
@@ -61,6 +62,16 @@ pub fn entry_path(entry: &str, key_path: &str) -> String {
     format!("{}{key_path}", entry_prefix(entry))
 }
 
+/// A replicated write that failed, and what each replica holds because of it.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ReplicationError,
+    /// Per entry, in `entries` order: whether it took the new value. Every
+    /// upload is settled before this is returned, so a cleanup that follows
+    /// cannot race one still in flight.
+    pub settled: Vec<Settled>,
+}
+
 /// Stream the request body on `connection` to every entry in `entries`.
 pub async fn replicate(
     connection: &mut Connection,
@@ -70,13 +81,15 @@ pub async fn replicate(
     key_path: &str,
     with_md5: bool,
     connect_timeout: Duration,
-) -> Result<Written, ReplicationError> {
-    let first = body
-        .next(connection, PIECE_BYTES)
-        .await
-        .map_err(ReplicationError::Body)?;
-    let Some(first) = first else {
-        return Err(ReplicationError::Empty);
+) -> Result<Written, Failed> {
+    let untouched = |error| Failed {
+        error,
+        settled: vec![Settled::NotTaken; entries.len()],
+    };
+    let first = match body.next(connection, PIECE_BYTES).await {
+        Ok(Some(first)) => first,
+        Ok(None) => return Err(untouched(ReplicationError::Empty)),
+        Err(error) => return Err(untouched(ReplicationError::Body(error))),
     };
     let mut hasher = with_md5.then(|| Hasher::Inline(Md5::new()));
     if let Some(hasher) = hasher.as_mut() {
@@ -97,25 +110,57 @@ pub async fn replicate(
             .await
         }
     });
-    let mut uploads = collect(join_all(begins).await)?;
+    let mut uploads = Vec::with_capacity(entries.len());
+    let mut failure = None;
+    for begun in join_all(begins).await {
+        match begun {
+            Ok(upload) => uploads.push(Some(upload)),
+            Err(error) => {
+                uploads.push(None);
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = failure {
+        return Err(abandon(uploads, ReplicationError::Volume(error)).await);
+    }
     // The first piece went out with the heads. From here on, write each piece
     // to all replicas while reading the next one from the client.
     let mut piece: Option<Bytes> = None;
     loop {
         let (sent, next) = monoio::join!(send_all(&mut uploads, piece.take()), body.next(connection, PIECE_BYTES));
-        sent?;
-        match next.map_err(ReplicationError::Body)? {
-            Some(next) => {
+        if let Err(error) = sent {
+            return Err(abandon(uploads, ReplicationError::Volume(error)).await);
+        }
+        match next {
+            Ok(Some(next)) => {
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.go_parallel();
                     hasher.update(next.clone()).await;
                 }
                 piece = Some(next);
             }
-            None => break,
+            Ok(None) => break,
+            Err(error) => return Err(abandon(uploads, ReplicationError::Body(error)).await),
         }
     }
-    collect(join_all(uploads.into_iter().map(Upload::finish)).await)?;
+    let finishes = uploads
+        .into_iter()
+        .map(|upload| upload.expect("every upload is live until one fails").finish_settled());
+    let mut settled = Vec::with_capacity(entries.len());
+    let mut failure = None;
+    for (outcome, result) in join_all(finishes).await {
+        settled.push(outcome);
+        if let Err(error) = result {
+            failure.get_or_insert(error);
+        }
+    }
+    if let Some(error) = failure {
+        return Err(Failed {
+            error: ReplicationError::Volume(error),
+            settled,
+        });
+    }
     let md5 = match hasher {
         Some(hasher) => Some(hex_lower(&hasher.finish().await)),
         None => None,
@@ -124,6 +169,21 @@ pub async fn replicate(
         bytes: body.received,
         md5,
     })
+}
+
+/// Settle every upload still open after `error` (see `Upload::settle`).
+async fn abandon(uploads: Vec<Option<Upload>>, error: ReplicationError) -> Failed {
+    let settles = uploads.into_iter().map(|upload| async move {
+        match upload {
+            Some(upload) => upload.settle().await,
+            // Its begin or a write failed: the body never completed.
+            None => Settled::NotTaken,
+        }
+    });
+    Failed {
+        error,
+        settled: join_all(settles).await,
+    }
 }
 
 /// The md5 of a streamed value, inline or on a helper thread.
@@ -211,16 +271,24 @@ impl Hasher {
     }
 }
 
-async fn send_all(uploads: &mut [Upload], piece: Option<Bytes>) -> Result<(), ReplicationError> {
+/// Write `piece` to every live upload. An upload whose write fails is
+/// dropped (its body can no longer complete, so the volume discards it);
+/// the first such error is returned.
+async fn send_all(uploads: &mut [Option<Upload>], piece: Option<Bytes>) -> Result<(), VolumeError> {
     let Some(piece) = piece else { return Ok(()) };
-    collect(join_all(uploads.iter_mut().map(|upload| upload.send(piece.clone()))).await).map(drop)
-}
-
-fn collect<T>(results: Vec<Result<T, VolumeError>>) -> Result<Vec<T>, ReplicationError> {
-    results
-        .into_iter()
-        .collect::<Result<Vec<T>, _>>()
-        .map_err(ReplicationError::Volume)
+    let sends = uploads.iter_mut().map(|slot| {
+        let piece = piece.clone();
+        async move {
+            let upload = slot.as_mut()?;
+            let error = upload.send(piece).await.err()?;
+            *slot = None;
+            Some(error)
+        }
+    });
+    match join_all(sends).await.into_iter().flatten().next() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Delete `key_path` from every entry, in parallel; the first error, if any.
@@ -229,6 +297,33 @@ pub async fn delete_all(entries: &[String], key_path: &str, timeout: Duration) -
         .iter()
         .map(|entry| async move { volume::delete(entry_host(entry), &entry_path(entry, key_path), timeout).await });
     join_all(deletes).await.into_iter().collect()
+}
+
+/// The entries of `record` whose file at `key_path` provably holds its
+/// value: the bytes hash to the record's md5. A record without an md5 proves
+/// nothing, so none. A volume that fails fails the call (nothing is deleted
+/// on a guess).
+pub async fn copies_holding(record: &Record, key_path: &str, timeout: Duration) -> Result<Vec<String>, VolumeError> {
+    let Some(expected) = record.hash else {
+        return Ok(Vec::new());
+    };
+    let mut holding = Vec::new();
+    for entry in &record.volumes {
+        let path = entry_path(entry, key_path);
+        let download = Download::begin(entry_host(entry), &path, timeout, VOLUME_IO_TIMEOUT);
+        let Some(mut download) = download.await? else {
+            continue;
+        };
+        let mut md5 = Md5::new();
+        while let Some(piece) = download.next(PIECE_BYTES).await? {
+            md5.update(&piece);
+        }
+        download.finish();
+        if hex_lower(&md5.finalize().into()) == expected {
+            holding.push(entry.clone());
+        }
+    }
+    Ok(holding)
 }
 
 #[cfg(test)]

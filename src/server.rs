@@ -16,7 +16,7 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
-use crate::http::{self, write_text};
+use crate::http::{self, write_text, KeepAlive};
 
 /// Open client connections per reactor; more are closed on accept.
 pub const CONNECTIONS_PER_REACTOR_MAX: usize = 16 * 1024;
@@ -215,7 +215,7 @@ async fn serve_connection(app: &App, stream: TcpStream) {
                     write_text(
                         &mut connection.output,
                         error.status(),
-                        false,
+                        KeepAlive::Close,
                         b"",
                         &format!("{error:?}"),
                     );
@@ -235,7 +235,13 @@ async fn serve_connection(app: &App, stream: TcpStream) {
             match HEADER_READ_TIMEOUT.checked_sub(started.elapsed()) {
                 Some(left) => left,
                 None => {
-                    write_text(&mut connection.output, 408, false, b"", "request head took too long");
+                    write_text(
+                        &mut connection.output,
+                        408,
+                        KeepAlive::Close,
+                        b"",
+                        "request head took too long",
+                    );
                     let _ = connection.flush().await;
                     return;
                 }
@@ -246,7 +252,13 @@ async fn serve_connection(app: &App, stream: TcpStream) {
             Ok(_) => {}
             Err(error) => {
                 if error.kind() == std::io::ErrorKind::TimedOut && partial_head {
-                    write_text(&mut connection.output, 408, false, b"", "request head took too long");
+                    write_text(
+                        &mut connection.output,
+                        408,
+                        KeepAlive::Close,
+                        b"",
+                        "request head took too long",
+                    );
                     let _ = connection.flush().await;
                 }
                 return;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::cache::{Cache, Lookup, Weigh};
 use crate::health::Volumes;
-use crate::http::{write_connection, write_status_line};
+use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::{Index, IndexError};
 use crate::locks::{KeyGuard, KeyLocks};
 use crate::placement::{
@@ -166,7 +166,7 @@ impl Answer {
     }
 
     /// Append the answer for `key` to `out` (a 302), or say why not.
-    fn write(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: bool, volumes: &Volumes) -> ReadOutcome {
+    fn write(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive, volumes: &Volumes) -> ReadOutcome {
         let replica = match self {
             Answer::Gone => return ReadOutcome::Missing,
             Answer::Compact(compact) => pick(
@@ -188,7 +188,7 @@ impl Answer {
     }
 
     /// Append the 302 that sends the client to replica `replica`.
-    fn write_replica(&self, replica: usize, key: &[u8], out: &mut Vec<u8>, keep_alive: bool, volumes: &Volumes) {
+    fn write_replica(&self, replica: usize, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive, volumes: &Volumes) {
         write_status_line(out, 302);
         match self {
             Answer::Gone => unreachable!("a gone key has no replica"),
@@ -358,7 +358,7 @@ impl Store {
     }
 
     /// Answer a GET/HEAD: append a 302 for a live key to `out`.
-    pub fn read(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: bool) -> Result<ReadOutcome, IndexError> {
+    pub fn read(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive) -> Result<ReadOutcome, IndexError> {
         let volumes = &*self.volumes;
         match self
             .cache
@@ -424,7 +424,7 @@ mod tests {
         Volumes::new(&strings(&["127.0.0.1:3001", "127.0.0.1:3002", "vol3.example:80"]))
     }
 
-    fn rendered(answer: &Answer, replica: usize, key: &[u8], keep_alive: bool) -> String {
+    fn rendered(answer: &Answer, replica: usize, key: &[u8], keep_alive: KeepAlive) -> String {
         let mut out = Vec::new();
         answer.write_replica(replica, key, &mut out, keep_alive, &volumes());
         String::from_utf8(out).unwrap()
@@ -455,7 +455,7 @@ mod tests {
                     let compact = Answer::Compact(compact);
                     let prepared = Answer::Prepared(Box::new(Redirect::new(key, record, balanced, &volumes())));
                     for replica in 0..record.volumes.len() {
-                        for keep_alive in [true, false] {
+                        for keep_alive in [KeepAlive::Open, KeepAlive::Close, KeepAlive::Open10] {
                             assert_eq!(
                                 rendered(&compact, replica, key, keep_alive),
                                 rendered(&prepared, replica, key, keep_alive)
@@ -491,7 +491,7 @@ mod tests {
                 subvolumes: 10,
             };
             let answer = Answer::new(b"/k", Some(&record), &placement, &volumes());
-            let location = rendered(&answer, 0, b"/k", true);
+            let location = rendered(&answer, 0, b"/k", KeepAlive::Open);
             assert!(
                 location.contains(&format!("Location: http://{}/", record.volumes[0])),
                 "{location}"
@@ -510,7 +510,10 @@ mod tests {
         for record in [Some(&deleted), None] {
             let answer = Answer::new(b"/k", record, &placement, &volumes());
             let mut out = Vec::new();
-            assert_eq!(answer.write(b"/k", &mut out, true, &volumes()), ReadOutcome::Missing);
+            assert_eq!(
+                answer.write(b"/k", &mut out, KeepAlive::Open, &volumes()),
+                ReadOutcome::Missing
+            );
             assert!(out.is_empty());
         }
     }

@@ -534,6 +534,27 @@ pub struct Upload {
     connection: Connection,
     chunked: bool,
     timeout: Duration,
+    /// The declared `Content-Length`, if the body is not chunked.
+    length: Option<u64>,
+    /// Body bytes written so far.
+    sent: u64,
+    /// The whole body is on the wire: the volume will store it whatever
+    /// happens to this connection now.
+    complete: bool,
+}
+
+/// What an upload left on its volume, once settled: the answer read, or the
+/// connection closed before the body completed (nginx then discards it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The volume answered 201/204: it holds the new value.
+    Taken,
+    /// The volume does not hold the new value and never will: the body
+    /// never completed, or the volume refused it.
+    NotTaken,
+    /// The whole body went out but no verdict came (timeout, reset): the
+    /// volume may hold the new value, now or later.
+    Unknown,
 }
 
 impl Upload {
@@ -586,11 +607,22 @@ impl Upload {
             connection,
             chunked: length.is_none(),
             timeout: io_timeout,
+            length,
+            sent: 0,
+            complete: false,
         };
-        if !inline {
+        if inline {
+            upload.count_sent(first.len());
+        } else {
             upload.send(first).await?;
         }
         Ok(upload)
+    }
+
+    /// Note `bytes` more body bytes written.
+    fn count_sent(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+        self.complete = self.length == Some(self.sent);
     }
 
     /// Send one piece of the body.
@@ -598,6 +630,7 @@ impl Upload {
         if piece.is_empty() {
             return Ok(());
         }
+        let bytes = piece.len();
         if self.chunked {
             self.connection
                 .write(chunk_size_line(piece.len()), self.timeout)
@@ -607,21 +640,55 @@ impl Upload {
         } else {
             self.connection.write(piece, self.timeout).await?;
         }
+        self.count_sent(bytes);
         Ok(())
     }
 
     /// End the body and wait for the volume's verdict: Ok on 201/204.
-    pub async fn finish(mut self) -> Result<(), VolumeError> {
+    pub async fn finish(self) -> Result<(), VolumeError> {
+        self.finish_settled().await.1
+    }
+
+    /// `finish`, also saying what the volume holds now when it failed.
+    pub async fn finish_settled(mut self) -> (Settled, Result<(), VolumeError>) {
         if self.chunked {
-            self.connection.write(&b"0\r\n\r\n"[..], self.timeout).await?;
+            if let Err(error) = self.connection.write(&b"0\r\n\r\n"[..], self.timeout).await {
+                // The body never ended: the volume discards it.
+                return (Settled::NotTaken, Err(error));
+            }
+            self.complete = true;
         }
-        let head = self.connection.read_head(self.timeout, false).await?;
-        self.connection.discard_body(head, self.timeout).await?;
+        self.verdict().await
+    }
+
+    /// Settle an upload abandoned mid-PUT (another replica or the client
+    /// failed) before anything is cleaned up: a body that is all on the wire
+    /// will be stored by the volume, so wait for its verdict; otherwise close
+    /// the connection, which makes the volume discard the partial body. A
+    /// cleanup DELETE sent before this could reach the volume before the
+    /// PUT completes and leave an orphan file behind.
+    pub async fn settle(self) -> Settled {
+        if !self.complete {
+            drop(self.connection);
+            return Settled::NotTaken;
+        }
+        self.verdict().await.0
+    }
+
+    /// Read the volume's answer to a complete body.
+    async fn verdict(mut self) -> (Settled, Result<(), VolumeError>) {
+        let head = match self.connection.read_head(self.timeout, false).await {
+            Ok(head) => head,
+            Err(error) => return (Settled::Unknown, Err(error)),
+        };
+        let discarded = self.connection.discard_body(head, self.timeout).await;
         let host = self.connection.host.clone();
-        self.connection.release();
+        if discarded.is_ok() {
+            self.connection.release();
+        }
         match head.status {
-            201 | 204 => Ok(()),
-            status => Err(VolumeError::Status(host, status)),
+            201 | 204 => (Settled::Taken, Ok(())),
+            status => (Settled::NotTaken, Err(VolumeError::Status(host, status))),
         }
     }
 }
