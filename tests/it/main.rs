@@ -8,4 +8,5 @@ mod durability;
 mod maintenance;
 mod protocol;
 mod startup;
+mod volume_client;
 mod volumes;
