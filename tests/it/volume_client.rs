@@ -61,12 +61,7 @@ fn every_put_succeeds(cluster: &Cluster, round: &str) {
                     } else {
                         request("PUT", &cluster.url(&key), Some(&body))
                     };
-                    assert_eq!(
-                        reply.status,
-                        201,
-                        "{key}: {}",
-                        String::from_utf8_lossy(&reply.body)
-                    );
+                    assert_eq!(reply.status, 201, "{key}: {}", String::from_utf8_lossy(&reply.body));
                     assert!(fetch(&cluster.url(&key)).body == body, "{key} reads back");
                 }
             });
@@ -158,7 +153,10 @@ fn verify_get_redirects_to_the_replica_that_has_the_file() {
         assert_eq!(reply.status, 302);
         let location = reply.header("location").unwrap().to_string();
         assert!(location.starts_with(&format!("http://{survivor}/")), "{location}");
-        assert!(request("GET", &location, None).body == body, "{location} serves the value");
+        assert!(
+            request("GET", &location, None).body == body,
+            "{location} serves the value"
+        );
     }
     assert!(fetch(&cluster.url("/verified")).body == body);
 }
