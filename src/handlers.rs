@@ -15,7 +15,7 @@ use crate::locks::KeyGuard;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ReplicationError};
-use crate::store::ReadOutcome;
+use crate::store::{self, ReadOutcome};
 use crate::volume::{self, Settled};
 
 /// Most keys one listing returns without `limit` (the original's cap).
@@ -165,7 +165,10 @@ fn missing(app: &App, connection: &mut Connection, head: &RequestHead, request_s
     Ok(302)
 }
 
-/// The original's GET: HEAD a replica before redirecting to it.
+/// The original's GET: HEAD a replica before redirecting to it, and
+/// redirect to the one that answered. Replicas are tried from a random one
+/// on, so reads spread over them; those on volumes the health thread sees
+/// down go last, since a stopped one can cost `-voltimeout`.
 async fn get_verified(
     app: &App,
     connection: &mut Connection,
@@ -177,15 +180,25 @@ async fn get_verified(
         return missing(app, connection, head, request_start);
     };
     let path = key2path(key);
-    for entry in &record.volumes {
+    let count = record.volumes.len();
+    let start = store::random_below(count.max(1));
+    let mut order: Vec<usize> = (0..count).map(|step| (start + step) % count).collect();
+    let healthy = |entry: &str| {
+        app.volumes
+            .id_of(entry_host(entry))
+            .is_none_or(|id| app.volumes.is_healthy(id))
+    };
+    order.sort_by_key(|&replica| !healthy(&record.volumes[replica]));
+    for replica in order {
+        let entry = &record.volumes[replica];
         let file = entry_path(entry, &path);
         if let Ok(true) = volume::exists(entry_host(entry), &file, app.config.volume_timeout).await {
-            // The store writes the redirect; a healthy replica is
-            // what the check just proved, so let it pick among them.
-            return match app.store.read(key, &mut connection.output, head.keep_alive)? {
+            let outcome = app
+                .store
+                .write_redirect_to(key, &record, replica, &mut connection.output, head.keep_alive);
+            return match outcome {
                 ReadOutcome::Redirected => Ok(302),
-                ReadOutcome::Unavailable => Err(Error::Unavailable),
-                ReadOutcome::Missing => Err(Error::Client(404, "not found")),
+                ReadOutcome::Unavailable | ReadOutcome::Missing => Err(Error::Client(404, "not found")),
             };
         }
     }

@@ -140,13 +140,19 @@ fn random() -> u64 {
     })
 }
 
+/// A random index below `count` (which is not 0), from the generator that
+/// spreads reads over replicas.
+pub fn random_below(count: usize) -> usize {
+    (random() % count as u64) as usize
+}
+
 /// A random replica (of `count`) whose volume is healthy; unknown volumes
 /// count as healthy.
 fn pick(count: usize, volume_id: impl Fn(usize) -> u16, volumes: &Volumes) -> Option<usize> {
     if count == 0 {
         return None;
     }
-    let first = (random() % count as u64) as usize;
+    let first = random_below(count);
     (0..count).map(|step| (first + step) % count).find(|&replica| {
         let id = volume_id(replica);
         id == VOLUME_UNKNOWN || volumes.is_healthy(id)
@@ -379,6 +385,31 @@ impl Store {
                 Ok(outcome)
             }
         }
+    }
+
+    /// Append the 302 that sends a GET of `key` to replica `replica` of
+    /// `record` (one the caller checked: `--verify-get`), the same bytes
+    /// `read` writes when it picks that replica. Missing (nothing written)
+    /// when the record is not live or has no such replica.
+    pub fn write_redirect_to(
+        &self,
+        key: &[u8],
+        record: &Record,
+        replica: usize,
+        out: &mut Vec<u8>,
+        keep_alive: KeepAlive,
+    ) -> ReadOutcome {
+        if replica >= record.volumes.len() {
+            return ReadOutcome::Missing;
+        }
+        // Built per call (it may allocate): verified reads pay a volume round
+        // trip anyway, and the record is the one the caller checked.
+        let answer = self.answer(key, Some(record));
+        if matches!(answer, Answer::Gone) {
+            return ReadOutcome::Missing;
+        }
+        answer.write_replica(replica, key, out, keep_alive, &self.volumes);
+        ReadOutcome::Redirected
     }
 
     fn answer(&self, key: &[u8], record: Option<&Record>) -> Answer {

@@ -4,12 +4,21 @@
 //! connections per reactor thread and volume, bodies streamed in bounded
 //! pieces in both directions (see ARCHITECTURE.md for why not
 //! `monoio-http`). Who the volumes are and whether they are up is `health`.
+//!
+//! A volume may close an idle keep-alive connection at any time (nginx does
+//! on reload, restart and after its keep-alive timeout). No request fails
+//! for that: a pooled connection is reused only if the kernel says it is
+//! still open, and a request that meets one closed in the instant between
+//! that check and its first bytes arriving is sent again on a new
+//! connection whenever it can be replayed (no body, or a body still held
+//! whole); an upload that could not be replayed never takes a pooled one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -93,6 +102,9 @@ pub struct Connection {
     start: usize,
     /// Taken from the pool (may have been closed by the server meanwhile).
     reused: bool,
+    /// Bytes have arrived since the connection was opened or taken from
+    /// the pool: the volume began an answer, so a request is not replayed.
+    answered: bool,
     /// The server may take another request on it.
     reusable: bool,
 }
@@ -124,7 +136,7 @@ async fn with_timeout<T>(
 }
 
 impl Connection {
-    /// A pooled connection to `host`, or a new one.
+    /// A pooled connection to `host` that is still open, or a new one.
     pub async fn open(host: &str, timeout: Duration) -> Result<Connection, VolumeError> {
         if let Some(pooled) = take_pooled(host) {
             return Ok(Connection {
@@ -133,6 +145,7 @@ impl Connection {
                 buffer: pooled.buffer,
                 start: 0,
                 reused: true,
+                answered: false,
                 reusable: true,
             });
         }
@@ -154,6 +167,7 @@ impl Connection {
                         buffer: Vec::with_capacity(CONNECTION_BUFFER_BYTES),
                         start: 0,
                         reused: false,
+                        answered: false,
                         reusable: true,
                     });
                 }
@@ -206,6 +220,7 @@ impl Connection {
                 if read == 0 {
                     self.reusable = false;
                 }
+                self.answered |= read > 0;
                 Ok(read > 0)
             }
             Ok((Err(error), buffer)) => {
@@ -426,12 +441,48 @@ impl BodyState {
     }
 }
 
+/// What the kernel knows of an idle connection, without waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peek {
+    /// Open, nothing to read: the peer is waiting for a request.
+    Idle,
+    /// The peer closed it (end of stream) or reset it.
+    Closed,
+    /// Bytes are waiting: an answer (or garbage) nobody asked for yet.
+    Unread,
+}
+
+/// Look at `stream` without reading from it or waiting.
+fn peek(stream: &TcpStream) -> Peek {
+    let mut byte = 0u8;
+    // SAFETY: the descriptor is the stream's own and open for the call; the
+    // kernel writes at most one byte into `byte`. MSG_PEEK consumes nothing
+    // and MSG_DONTWAIT never blocks the reactor; no read is in flight on an
+    // idle connection, so the runtime's view of the socket is unchanged.
+    let read = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match read {
+        0 => Peek::Closed,
+        1.. => Peek::Unread,
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Idle,
+        _ => Peek::Closed,
+    }
+}
+
+/// The newest pooled connection to `host` that is still open and fresh
+/// enough; the others are closed on the way.
 fn take_pooled(host: &str) -> Option<Pooled> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let idle = pool.get_mut(host)?;
         while let Some(pooled) = idle.pop() {
-            if pooled.idle_since.elapsed() < POOL_IDLE_MAX {
+            if pooled.idle_since.elapsed() < POOL_IDLE_MAX && peek(&pooled.stream) == Peek::Idle {
                 return Some(pooled);
             }
         }
@@ -534,9 +585,16 @@ pub struct Upload {
     connection: Connection,
     chunked: bool,
     timeout: Duration,
+    /// Timeout for opening a new connection (a replay needs one).
+    connect_timeout: Duration,
+    /// Everything sent so far, while the upload runs on a pooled connection
+    /// that has not answered yet and that is all its body: then the request
+    /// can go again on a new connection if the volume had closed the
+    /// pooled one. Shared with the caller's piece, not copied.
+    replay: Option<PutRequest>,
     /// The declared `Content-Length`, if the body is not chunked.
     length: Option<u64>,
-    /// Body bytes written so far.
+    /// Body bytes written on the current connection.
     sent: u64,
     /// The whole body is on the wire: the volume will store it whatever
     /// happens to this connection now.
@@ -557,6 +615,53 @@ pub enum Settled {
     Unknown,
 }
 
+/// The start of a PUT: its head and the first piece of its body.
+#[derive(Clone)]
+struct PutRequest {
+    /// The head, with the first piece when it is small enough to ride along.
+    head: Bytes,
+    /// The first piece when it is too large to ride with the head, or empty.
+    first: Bytes,
+    /// Body bytes inside `head`.
+    body_in_head: usize,
+}
+
+impl PutRequest {
+    fn new(host: &str, path: &str, length: Option<u64>, first: Bytes) -> PutRequest {
+        let mut head = put_head(host, path, length, false);
+        // A small first piece (most values, and all of a small one) rides in
+        // the same write and packet as the head.
+        if first.len() > INLINE_BODY_BYTES_MAX {
+            return PutRequest {
+                head: Bytes::from(head),
+                first,
+                body_in_head: 0,
+            };
+        }
+        // An empty chunk would end a chunked body: send nothing for it.
+        if !first.is_empty() {
+            append_piece(&mut head, &first, length.is_none());
+        }
+        PutRequest {
+            head: Bytes::from(head),
+            body_in_head: first.len(),
+            first: Bytes::new(),
+        }
+    }
+}
+
+/// The head of `PUT path`, asking for `100 Continue` when `expect_continue`.
+fn put_head(host: &str, path: &str, length: Option<u64>, expect_continue: bool) -> Vec<u8> {
+    let mut extra = match length {
+        Some(length) => format!("Content-Length: {length}\r\n"),
+        None => "Transfer-Encoding: chunked\r\n".to_owned(),
+    };
+    if expect_continue {
+        extra.push_str("Expect: 100-continue\r\n");
+    }
+    request_head("PUT", host, path, &extra)
+}
+
 impl Upload {
     /// Send the head of `PUT path`; `length` None streams the body chunked.
     pub async fn begin(
@@ -571,6 +676,13 @@ impl Upload {
 
     /// Send the head of `PUT path` and the body's `first` piece (may be
     /// empty); `length` None streams the body chunked.
+    ///
+    /// A pooled connection may have been closed by the volume an instant
+    /// ago, which shows only when the answer is read. An upload whose body
+    /// is its first piece (a chunked one of one small piece counts) keeps
+    /// that piece and goes again on a new connection then. One whose body
+    /// goes on cannot be sent again: on a pooled connection it first asks
+    /// the volume to confirm with `100 Continue`, and sends no body before.
     pub async fn begin_with(
         host: &str,
         path: &str,
@@ -579,50 +691,75 @@ impl Upload {
         timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Upload, VolumeError> {
-        let framing = match length {
-            Some(length) => format!("Content-Length: {length}\r\n"),
-            None => "Transfer-Encoding: chunked\r\n".to_owned(),
+        let whole = match length {
+            Some(length) => length <= first.len() as u64,
+            None => first.len() <= INLINE_BODY_BYTES_MAX,
         };
-        let mut head = request_head("PUT", host, path, &framing);
-        // A small first piece (most values, and all of a small one) rides in
-        // the same write and packet as the head.
-        let inline = first.len() <= INLINE_BODY_BYTES_MAX;
-        // An empty chunk would end a chunked body: send nothing for it.
-        if inline && !first.is_empty() {
-            append_piece(&mut head, &first, length.is_none());
-        }
-        // Shared, not copied, with the retry below: it may hold 64 KiB of body.
-        let head = Bytes::from(head);
-        // A pooled connection may have been closed by the volume while idle;
-        // that shows on the first write, when a retry is still possible.
-        let mut connection = Connection::open(host, timeout).await?;
-        if let Err(error) = connection.write(head.clone(), io_timeout).await {
-            if !connection.reused {
-                return Err(error);
-            }
-            connection = Connection::open_new(host, timeout).await?;
-            connection.write(head, io_timeout).await?;
-        }
         let mut upload = Upload {
-            connection,
+            connection: Connection::open(host, timeout).await?,
             chunked: length.is_none(),
             timeout: io_timeout,
+            connect_timeout: timeout,
+            replay: None,
             length,
             sent: 0,
             complete: false,
         };
-        if inline {
-            upload.count_sent(first.len());
-        } else {
-            upload.send(first).await?;
+        if upload.connection.reused && !whole {
+            if upload.confirm(put_head(host, path, length, true)).await? {
+                upload.write_piece(first).await?;
+                return Ok(upload);
+            }
+            upload.connection = Connection::open_new(host, timeout).await?;
+        }
+        let request = PutRequest::new(host, path, length, first);
+        if upload.connection.reused {
+            upload.replay = Some(request.clone());
+        }
+        match upload.send_request(request).await {
+            Err(VolumeError::Io(..)) if upload.may_replay() => upload.replay().await?,
+            result => result?,
         }
         Ok(upload)
     }
 
-    /// Note `bytes` more body bytes written.
-    fn count_sent(&mut self, bytes: usize) {
-        self.sent += bytes as u64;
-        self.complete = self.length == Some(self.sent);
+    /// Send `head` (which asks for `100 Continue`) and read the answer:
+    /// true on 100, false when the connection turns out closed before any
+    /// answer; another status is the volume's verdict.
+    async fn confirm(&mut self, head: Vec<u8>) -> Result<bool, VolumeError> {
+        let (connection, timeout) = (&mut self.connection, self.timeout);
+        let answer = async {
+            connection.write(head, timeout).await?;
+            connection.read_head(timeout, false).await
+        };
+        match answer.await {
+            Ok(head) if head.status == 100 => Ok(true),
+            Ok(head) => Err(VolumeError::Status(self.connection.host.clone(), head.status)),
+            Err(VolumeError::Io(..)) if !self.connection.answered => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether the request can still go again on a new connection: it is
+    /// held whole and the volume has not begun to answer it.
+    fn may_replay(&self) -> bool {
+        self.replay.is_some() && !self.connection.answered
+    }
+
+    /// Send the held request again on a new connection (the pooled one it
+    /// went out on was closed by the volume before answering).
+    async fn replay(&mut self) -> Result<(), VolumeError> {
+        let request = self.replay.take().expect("a held request to replay");
+        self.connection = Connection::open_new(&self.connection.host, self.connect_timeout).await?;
+        self.sent = 0;
+        self.complete = false;
+        self.send_request(request).await
+    }
+
+    async fn send_request(&mut self, request: PutRequest) -> Result<(), VolumeError> {
+        self.connection.write(request.head, self.timeout).await?;
+        self.count_sent(request.body_in_head);
+        self.write_piece(request.first).await
     }
 
     /// Send one piece of the body.
@@ -630,7 +767,23 @@ impl Upload {
         if piece.is_empty() {
             return Ok(());
         }
-        let bytes = piece.len();
+        if self.replay.is_some() {
+            // A chunked body longer than its small first piece: from here on
+            // it cannot be sent again. If the volume closed the pooled
+            // connection meanwhile, this is the last moment to start over.
+            if peek(&self.connection.stream) == Peek::Closed {
+                self.replay().await?;
+            }
+            self.replay = None;
+        }
+        self.write_piece(piece).await
+    }
+
+    async fn write_piece(&mut self, piece: Bytes) -> Result<(), VolumeError> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        let piece_bytes = piece.len();
         if self.chunked {
             self.connection
                 .write(chunk_size_line(piece.len()), self.timeout)
@@ -640,8 +793,14 @@ impl Upload {
         } else {
             self.connection.write(piece, self.timeout).await?;
         }
-        self.count_sent(bytes);
+        self.count_sent(piece_bytes);
         Ok(())
+    }
+
+    /// Note `bytes` more body bytes written.
+    fn count_sent(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+        self.complete = self.length == Some(self.sent);
     }
 
     /// End the body and wait for the volume's verdict: Ok on 201/204.
@@ -651,14 +810,14 @@ impl Upload {
 
     /// `finish`, also saying what the volume holds now when it failed.
     pub async fn finish_settled(mut self) -> (Settled, Result<(), VolumeError>) {
-        if self.chunked {
-            if let Err(error) = self.connection.write(&b"0\r\n\r\n"[..], self.timeout).await {
-                // The body never ended: the volume discards it.
-                return (Settled::NotTaken, Err(error));
-            }
-            self.complete = true;
-        }
-        self.verdict().await
+        let head = match self.end().await {
+            Err(VolumeError::Io(..)) if self.may_replay() => match self.replay().await {
+                Ok(()) => self.end().await,
+                Err(error) => Err(error),
+            },
+            result => result,
+        };
+        self.conclude(head).await
     }
 
     /// Settle an upload abandoned mid-PUT (another replica or the client
@@ -667,19 +826,31 @@ impl Upload {
     /// the connection, which makes the volume discard the partial body. A
     /// cleanup DELETE sent before this could reach the volume before the
     /// PUT completes and leave an orphan file behind.
-    pub async fn settle(self) -> Settled {
+    pub async fn settle(mut self) -> Settled {
         if !self.complete {
             drop(self.connection);
             return Settled::NotTaken;
         }
-        self.verdict().await.0
+        let head = self.connection.read_head(self.timeout, false).await;
+        self.conclude(head).await.0
     }
 
-    /// Read the volume's answer to a complete body.
-    async fn verdict(mut self) -> (Settled, Result<(), VolumeError>) {
-        let head = match self.connection.read_head(self.timeout, false).await {
+    /// End the body and read the answer's head.
+    async fn end(&mut self) -> Result<ResponseHead, VolumeError> {
+        if self.chunked {
+            self.connection.write(&b"0\r\n\r\n"[..], self.timeout).await?;
+            self.complete = true;
+        }
+        self.connection.read_head(self.timeout, false).await
+    }
+
+    /// What the volume's answer (or its absence) means for the value.
+    async fn conclude(mut self, head: Result<ResponseHead, VolumeError>) -> (Settled, Result<(), VolumeError>) {
+        let head = match head {
             Ok(head) => head,
-            Err(error) => return (Settled::Unknown, Err(error)),
+            // A complete body may still be stored; an incomplete one never.
+            Err(error) if self.complete => return (Settled::Unknown, Err(error)),
+            Err(error) => return (Settled::NotTaken, Err(error)),
         };
         let discarded = self.connection.discard_body(head, self.timeout).await;
         let host = self.connection.host.clone();

@@ -9,4 +9,5 @@ mod maintenance;
 mod protocol;
 mod safety;
 mod startup;
+mod volume_client;
 mod volumes;
