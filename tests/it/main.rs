@@ -7,5 +7,6 @@ mod cluster;
 mod durability;
 mod maintenance;
 mod protocol;
+mod resilience;
 mod startup;
 mod volumes;
