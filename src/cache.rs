@@ -213,11 +213,14 @@ impl<V: Weigh> Cache<V> {
     }
 
     fn shard(&self, index: usize) -> std::sync::MutexGuard<'_, Shard<V>> {
-        // A panic while holding a shard lock cannot leave a half-made entry
-        // (every mutation completes before unlock), so poisoning is ignored.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // A panic while a shard was held may have left it half-updated (a
+        // slot without its table entry, a wrong byte count), and a wrong
+        // answer is a redirect to the wrong bytes: the process ends instead
+        // (ARCHITECTURE.md, "Panics"); a supervisor restarts it.
+        self.shards[index].lock().unwrap_or_else(|_| {
+            eprintln!("mkv: a cache shard was poisoned by a panic; aborting");
+            std::process::abort()
+        })
     }
 
     /// Look `key` up; on a hit call `read` with the value under the lock.

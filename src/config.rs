@@ -236,6 +236,12 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
     {
         return invalid(format!("-volumes entry {bad:?} is not host:port"));
     }
+    if let Some((first, second)) = duplicate_volume(&volumes) {
+        return invalid(format!(
+            "-volumes names one server more than once ({first:?} and {second:?}): \
+             two replicas on one server are one copy"
+        ));
+    }
     if args.replicas == 0 || args.replicas > REPLICAS_MAX {
         return invalid(format!("-replicas must be 1..={REPLICAS_MAX}, got {}", args.replicas));
     }
@@ -291,6 +297,26 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         seed_count: args.count,
         seed_prefix: args.prefix,
     })
+}
+
+/// Two entries of `volumes` that name the same server, spelled alike or not:
+/// host names compare without case and without a trailing dot, ports as
+/// numbers (`Host:080` is `host:80`). Names that only resolve alike
+/// (`localhost` and `127.0.0.1`) are not caught: that needs DNS.
+fn duplicate_volume(volumes: &[String]) -> Option<(&str, &str)> {
+    let canonical = |volume: &str| {
+        let (host, port) = volume.rsplit_once(':')?;
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        Some((host, port.parse::<u16>().ok()?))
+    };
+    let mut seen = std::collections::HashMap::new();
+    for volume in volumes {
+        let key = canonical(volume).unwrap_or_else(|| (volume.clone(), 0));
+        if let Some(first) = seen.insert(key, volume.as_str()) {
+            return Some((first, volume.as_str()));
+        }
+    }
+    None
 }
 
 /// Parse a Go duration: a number with a unit (`ns`, `us`, `ms`, `s`, `m`, `h`),
@@ -381,6 +407,25 @@ mod tests {
             parse(argv("-db x -volumes a:1 serve")),
             Err(ConfigError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn a_volume_named_twice_is_refused() {
+        for volumes in [
+            "a:1,a:1,b:2",
+            "a:1,b:2,A:1",
+            "a:1,b:2,a.:1",
+            "a:01,b:2,a:1",
+            "[::1]:80,b:2,[::1]:080",
+        ] {
+            let line = format!("-db x -volumes {volumes} -replicas 2 server");
+            match parse(argv(&line)) {
+                Err(ConfigError::Invalid(message)) => assert!(message.contains("more than once"), "{message}"),
+                other => panic!("{volumes}: {other:?}"),
+            }
+        }
+        let distinct = parse(argv("-db x -volumes a:1,a:2,b:1 -replicas 2 server")).unwrap();
+        assert_eq!(distinct.volumes, ["a:1", "a:2", "b:1"]);
     }
 
     #[test]

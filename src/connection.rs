@@ -120,6 +120,12 @@ impl Connection {
         }
     }
 
+    /// Close the write side: the client reads the end of the responses.
+    pub async fn shutdown_write(&mut self) -> io::Result<()> {
+        use monoio::io::AsyncWriteRent;
+        self.stream.shutdown().await
+    }
+
     /// Send `100 Continue` now (the client waits for it before the body).
     pub async fn send_continue(&mut self) -> io::Result<()> {
         self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");

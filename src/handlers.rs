@@ -28,6 +28,13 @@ const LIST_BATCH_KEYS: usize = 1024;
 /// Returns whether the connection may serve another request.
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
     connection.body_touched = false;
+    // Taken now: reading a body moves the input buffer (`read_more` compacts
+    // it), so the head's offsets are stale once the request is handled.
+    // Allocation is deliberate and only when logging every request.
+    let logged_path = app.config.verbose.then(|| {
+        let path = &connection.input[request_start..][head.path.clone()];
+        String::from_utf8_lossy(path).into_owned()
+    });
     let result = dispatch(app, connection, head, request_start).await;
     // A 400 after some of the body was read may have lost the framing: the
     // connection cannot be trusted for another request. Before the body, a
@@ -48,9 +55,8 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     if let Err(error) = &result {
         write_error(&mut connection.output, error, keep_alive);
     }
-    if app.config.verbose {
-        let path = &connection.input[request_start..][head.path.clone()];
-        eprintln!("{:?} {} {status}", head.method, String::from_utf8_lossy(path));
+    if let Some(path) = logged_path {
+        eprintln!("{:?} {path} {status}", head.method);
     }
     keep_alive.is_open()
 }

@@ -7,7 +7,6 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::parse_decimal;
@@ -69,15 +68,13 @@ impl Volumes {
         up
     }
 
-    /// Probe all volumes every `interval` on a background thread, forever.
-    pub fn spawn_health_checker(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        std::thread::Builder::new()
-            .name("mkv-health".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                self.probe_all(timeout);
-            })
-            .expect("spawn health thread");
+    /// Probe all volumes every `interval`, forever, on the calling thread
+    /// (the server's health thread).
+    pub fn check_forever(&self, interval: Duration, timeout: Duration) {
+        loop {
+            std::thread::sleep(interval);
+            self.probe_all(timeout);
+        }
     }
 }
 

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<ExitCode> {
+    match server::raise_fd_limit() {
+        Ok(limit) => eprintln!("{limit}"),
+        Err(error) => eprintln!("cannot raise the fd limit: {error}"),
+    }
     let index = Index::open(
         &config.db,
         &IndexOptions {
@@ -60,12 +64,9 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let volumes = Arc::new(Volumes::new(&config.volumes));
             let up = volumes.probe_all(config.volume_timeout);
             eprintln!("{up} of {} volumes answer", config.volumes.len());
-            volumes
-                .clone()
-                .spawn_health_checker(config.health_interval, config.volume_timeout);
             let store = Store::new(index, placement, volumes.clone(), config.cache_bytes, config.threads);
-            server::serve(Arc::new(App { config, store, volumes })).context("server")?;
-            Ok(ExitCode::SUCCESS)
+            // Serving never ends: a thread that ends exits the process.
+            match server::serve(Arc::new(App { config, store, volumes })).context("server")? {}
         }
         Command::Seed => {
             seed(&index, &placement, &config)?;

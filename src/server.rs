@@ -2,32 +2,89 @@
 //! `SO_REUSEPORT` listener, accepting connections and serving them to the end
 //! on that thread. io_uring where the kernel allows it, epoll otherwise
 //! (`MONOIO_FORCE_LEGACY_DRIVER=1` forces epoll).
+//!
+//! Panics (ARCHITECTURE.md, "Panics"): a panic while serving a connection is
+//! caught, logged and counted, and closes that connection only; a reactor or
+//! the health thread that ends, for any reason, ends the process with
+//! `EXIT_THREAD_ENDED` so a supervisor restarts it.
+//!
+//! File descriptors: `main` raises the soft limit to the hard one
+//! (`raise_fd_limit`), and each reactor admits at most `clients_per_reactor`
+//! client connections, so volume connections and the index always find a
+//! descriptor. At that cap a new client closes the longest-idle keep-alive
+//! connection, as nginx reuses its idle connections.
 
-use std::cell::Cell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
 use std::fmt;
+use std::future::poll_fn;
+use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{select, Either};
+use futures_util::FutureExt;
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
-use crate::http::{self, write_text, KeepAlive};
+use crate::http::{self, write_text, KeepAlive, Method};
 
-/// Open client connections per reactor; more are closed on accept.
+/// Open client connections per reactor at most, whatever the fd limit.
 pub const CONNECTIONS_PER_REACTOR_MAX: usize = 16 * 1024;
+/// Client connections per reactor at least, however low the fd limit: a
+/// master must serve someone (accept backs off if descriptors run out).
+const CONNECTIONS_PER_REACTOR_MIN: usize = 1;
+/// File descriptors kept from client connections for the whole process:
+/// stdio, the health thread's probes (up to 64 at once), RocksDB's files
+/// (lock, log, manifest, write-ahead log and its open tables) and a margin.
+const FDS_RESERVED: u64 = 160;
+/// File descriptors kept from client connections per reactor: its listener,
+/// its io_uring or epoll instance and wake-up eventfd, and a margin.
+const FDS_RESERVED_PER_REACTOR: u64 = 4;
 /// A keep-alive connection idle this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A request head must arrive completely within this time of its first byte.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the master answered and chose to close (a refused upload it did not
+/// drain, a bad request), it reads and drops what the client still sends for
+/// at most this long, so the client reads its answer rather than a reset
+/// (nginx's `lingering_time`).
+const LINGER_TIME_MAX: Duration = Duration::from_secs(30);
+/// ... and stops lingering once the client sends nothing for this long
+/// (nginx's `lingering_timeout`).
+const LINGER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait after a failed accept (EMFILE: no descriptor left), doubled
+/// while accepts keep failing.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest wait between failing accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Bytes of a request's path kept for the log line of a contained panic.
+const PANIC_PATH_BYTES_MAX: usize = 256;
 /// io_uring submission queue entries per reactor.
 const URING_ENTRIES: u32 = 4096;
 /// Listen backlog per reactor.
 const LISTEN_BACKLOG: i32 = 4096;
+/// The exit status when a reactor or the health thread ended
+/// (`EX_SOFTWARE`, sysexits.h).
+pub const EXIT_THREAD_ENDED: i32 = 70;
+
+/// Panics in request handling caught and confined to their connection.
+static PANICS_CONTAINED: AtomicU64 = AtomicU64::new(0);
+
+/// Panics in request handling caught and confined to their connection since start.
+pub fn panics_contained() -> u64 {
+    PANICS_CONTAINED.load(Ordering::Relaxed)
+}
 
 /// The server could not start.
 #[derive(Debug)]
@@ -36,6 +93,8 @@ pub enum ServerError {
     PortInUse(u16, std::io::Error),
     /// A reactor could not start.
     Reactor(usize, std::io::Error),
+    /// The health thread could not start.
+    Health(std::io::Error),
 }
 
 impl fmt::Display for ServerError {
@@ -43,28 +102,32 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::PortInUse(port, error) => write!(formatter, "cannot listen on port {port}: {error}"),
             ServerError::Reactor(id, error) => write!(formatter, "reactor {id} failed to start: {error}"),
+            ServerError::Health(error) => write!(formatter, "the health thread failed to start: {error}"),
         }
     }
 }
 
 impl std::error::Error for ServerError {}
 
-/// Start one reactor per configured thread and serve until the process ends.
-pub fn serve(app: Arc<App>) -> Result<(), ServerError> {
+/// Start one reactor per configured thread and the health thread, and serve
+/// until the process ends: if any of them ends, the process exits with
+/// `EXIT_THREAD_ENDED`.
+pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     let address = SocketAddr::from(([0, 0, 0, 0], app.config.port));
     // Every reactor binds with SO_REUSEPORT, which would happily share the
     // port with another mkv; one plain bind first turns that into an error.
     StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(app.config.port, error))?;
+    let fd_limit = fd_limits().map_or(u64::MAX, |(soft, _)| soft);
+    let clients_max = clients_per_reactor(fd_limit, app.config.threads, app.config.replicas);
     let (ready_sender, ready) = mpsc::channel();
-    let mut reactors = Vec::new();
+    let (ended_sender, ended) = mpsc::channel();
     for id in 0..app.config.threads {
         let app = app.clone();
         let ready_sender = ready_sender.clone();
-        let reactor = std::thread::Builder::new()
-            .name(format!("mkv-reactor-{id}"))
-            .spawn(move || run_reactor(id, app, address, ready_sender))
-            .map_err(|error| ServerError::Reactor(id, error))?;
-        reactors.push(reactor);
+        spawn_watched(format!("mkv-reactor-{id}"), &ended_sender, move || {
+            run_reactor(id, app, address, clients_max, ready_sender)
+        })
+        .map_err(|error| ServerError::Reactor(id, error))?;
     }
     drop(ready_sender);
     for _ in 0..app.config.threads {
@@ -79,17 +142,144 @@ pub fn serve(app: Arc<App>) -> Result<(), ServerError> {
             }
         }
     }
+    let volumes = app.volumes.clone();
+    let (interval, timeout) = (app.config.health_interval, app.config.volume_timeout);
+    spawn_watched("mkv-health".into(), &ended_sender, move || {
+        volumes.check_forever(interval, timeout)
+    })
+    .map_err(ServerError::Health)?;
     eprintln!(
-        "mkv listening on :{} with {} reactors",
+        "mkv listening on :{} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
         app.config.port, app.config.threads
     );
-    for reactor in reactors {
-        let _ = reactor.join();
+    // Our own sender stays alive, so this waits until a thread ends.
+    let name = ended.recv().unwrap_or_default();
+    eprintln!(
+        "mkv: thread {name} ended; exiting with status {EXIT_THREAD_ENDED} (a supervisor should restart the master)"
+    );
+    exit_now(EXIT_THREAD_ENDED)
+}
+
+/// End the process at once with `status`. `_exit` skips atexit handlers and
+/// static destructors (RocksDB has some) that would race the threads still
+/// running; like a `kill -9`, which the index survives (WAL).
+fn exit_now(status: i32) -> ! {
+    // SAFETY: `_exit` takes no pointers and cannot fail.
+    unsafe { libc::_exit(status) }
+}
+
+/// Reports a watched thread's name when it ends, by return or by panic
+/// (unwinding drops it too).
+struct Ending {
+    name: String,
+    ended: mpsc::Sender<String>,
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let _ = self.ended.send(std::mem::take(&mut self.name));
+    }
+}
+
+/// Spawn a thread the server cannot run without: its name goes to `ended`
+/// when it ends, however it ends.
+fn spawn_watched(
+    name: String,
+    ended: &mpsc::Sender<String>,
+    body: impl FnOnce() + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let ending = Ending {
+        name: name.clone(),
+        ended: ended.clone(),
+    };
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _ending = ending;
+        body();
+    })
+}
+
+/// The current (soft, hard) limit on open file descriptors.
+fn fd_limits() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+fn set_soft_fd_limit(soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-fn run_reactor(id: usize, app: Arc<App>, address: SocketAddr, ready: mpsc::Sender<Result<(), ServerError>>) {
+/// The soft fd limit before and after `raise_fd_limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct FdLimit {
+    pub before: u64,
+    pub now: u64,
+}
+
+impl fmt::Display for FdLimit {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "fd limit {}", self.now)?;
+        if self.now != self.before {
+            write!(formatter, " (raised from {})", self.before)?;
+        }
+        Ok(())
+    }
+}
+
+/// Raise the soft limit on open files to the hard limit, as Go's runtime does
+/// at start: the soft limit (often 1024) is a default for old `select`
+/// programs, and a master holds a descriptor per client and per volume
+/// connection. An unlimited hard limit is capped by the kernel's `nr_open`.
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    let (soft, hard) = fd_limits()?;
+    let mut target = hard;
+    if hard == libc::RLIM_INFINITY {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok();
+        target = nr_open.and_then(|text| text.trim().parse().ok()).unwrap_or(soft);
+    }
+    if target > soft {
+        set_soft_fd_limit(target, hard)?;
+    }
+    let now = fd_limits()?.0;
+    Ok(FdLimit { before: soft, now })
+}
+
+/// Client connections each reactor admits under a soft fd limit of
+/// `fd_limit`. A client connection costs its own descriptor and, at most, one
+/// volume connection per replica plus a source during `REBALANCE` (a volume
+/// pool only keeps connections that were once in use, so it never holds
+/// more). What the reserves leave is shared by the reactors.
+pub fn clients_per_reactor(fd_limit: u64, threads: usize, replicas: usize) -> usize {
+    let threads = threads.max(1) as u64;
+    let reserved = FDS_RESERVED + FDS_RESERVED_PER_REACTOR * threads;
+    let per_client = 2 + replicas as u64;
+    let clients = fd_limit.saturating_sub(reserved) / (threads * per_client);
+    usize::try_from(clients)
+        .unwrap_or(usize::MAX)
+        .clamp(CONNECTIONS_PER_REACTOR_MIN, CONNECTIONS_PER_REACTOR_MAX)
+}
+
+fn run_reactor(
+    id: usize,
+    app: Arc<App>,
+    address: SocketAddr,
+    clients_max: usize,
+    ready: mpsc::Sender<Result<(), ServerError>>,
+) {
     let runtime = build_runtime();
     let mut runtime = match runtime {
         Ok(runtime) => runtime,
@@ -113,7 +303,7 @@ fn run_reactor(id: usize, app: Arc<App>, address: SocketAddr, ready: mpsc::Sende
             }
         };
         let _ = ready.send(Ok(()));
-        accept_loop(app, listener).await;
+        accept_loop(id, app, listener, clients_max).await;
     });
 }
 
@@ -163,35 +353,256 @@ fn build_runtime() -> std::io::Result<Runtime> {
     Err(last_error.expect("at least one flag set was tried"))
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener) {
-    let open = Rc::new(Cell::new(0usize));
+/// One reactor's client connections: how many are open, and which are idle.
+struct Clients {
+    /// At most this many open at once (`clients_per_reactor`).
+    max: usize,
+    /// The open connections; each knows its position here.
+    open: RefCell<Vec<Rc<Client>>>,
+    /// Counts idle periods: the smallest `idle_since` is the longest idle.
+    tick: Cell<u64>,
+    /// The accept loop, waiting for a connection to close.
+    accept_waker: Cell<Option<Waker>>,
+}
+
+/// A client connection's standing, shared by its task and the accept loop.
+struct Client {
+    /// Its position in `Clients::open`.
+    position: Cell<usize>,
+    /// The tick at which it began waiting for a new request; `None` while it
+    /// holds a request or part of one.
+    idle_since: Cell<Option<u64>>,
+    /// Set by the accept loop: close at once.
+    evicted: Cell<bool>,
+    /// The connection's task, waiting for a request.
+    waker: Cell<Option<Waker>>,
+}
+
+impl Clients {
+    fn new(max: usize) -> Clients {
+        Clients {
+            max,
+            open: RefCell::new(Vec::new()),
+            tick: Cell::new(0),
+            accept_waker: Cell::new(None),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.open.borrow().len()
+    }
+
+    fn admit(&self) -> Rc<Client> {
+        let mut open = self.open.borrow_mut();
+        let client = Rc::new(Client {
+            position: Cell::new(open.len()),
+            idle_since: Cell::new(None),
+            evicted: Cell::new(false),
+            waker: Cell::new(None),
+        });
+        open.push(client.clone());
+        client
+    }
+
+    fn release(&self, client: &Client) {
+        let position = client.position.get();
+        let mut open = self.open.borrow_mut();
+        open.swap_remove(position);
+        if let Some(moved) = open.get(position) {
+            moved.position.set(position);
+        }
+        drop(open);
+        if let Some(waker) = self.accept_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Close the connection idle the longest; false if none is idle.
+    fn evict_longest_idle(&self) -> bool {
+        let open = self.open.borrow();
+        let idle = open
+            .iter()
+            .filter(|client| !client.evicted.get())
+            .filter_map(|client| Some((client.idle_since.get()?, client)))
+            .min_by_key(|(since, _)| *since);
+        let Some((_, client)) = idle else { return false };
+        client.evicted.set(true);
+        if let Some(waker) = client.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Wait until fewer than `max` connections are open.
+    async fn below_max(&self) {
+        poll_fn(|context| {
+            if self.count() < self.max {
+                return Poll::Ready(());
+            }
+            self.accept_waker.set(Some(context.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Client {
+    /// Resolves once the accept loop evicted this connection.
+    async fn evicted(&self) {
+        poll_fn(|context| {
+            if self.evicted.get() {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(context.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Failed accepts in a row and the wait before the next attempt.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+    delay: Duration,
+}
+
+impl AcceptBackoff {
+    /// How long to wait after a failed accept; logs the first of a run.
+    fn failed(&mut self, reactor: usize, error: &io::Error) -> Duration {
+        if self.failures == 0 {
+            eprintln!("reactor {reactor}: accept failed: {error}; retrying, waiting up to {ACCEPT_BACKOFF_MAX:?}");
+            self.delay = ACCEPT_BACKOFF_MIN;
+        } else {
+            self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);
+        }
+        self.failures += 1;
+        self.delay
+    }
+
+    fn succeeded(&mut self, reactor: usize) {
+        if self.failures > 0 {
+            eprintln!("reactor {reactor}: accept works again after {} failures", self.failures);
+            self.failures = 0;
+        }
+    }
+}
+
+async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients_max: usize) {
+    let clients = Rc::new(Clients::new(clients_max));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
-                eprintln!("accept failed: {error}");
-                monoio::time::sleep(Duration::from_millis(10)).await;
+                monoio::time::sleep(backoff.failed(id, &error)).await;
                 continue;
             }
         };
-        if open.get() >= CONNECTIONS_PER_REACTOR_MAX {
-            drop(stream);
-            continue;
+        backoff.succeeded(id);
+        if clients.count() >= clients.max {
+            if !clients.evict_longest_idle() {
+                // Every connection is in a request: refuse this one.
+                drop(stream);
+                continue;
+            }
+            // The new connection waits for the evicted one to close, so the
+            // reactor holds at most one descriptor over its share.
+            clients.below_max().await;
         }
         let _ = stream.set_nodelay(true);
-        open.set(open.get() + 1);
-        let (app, open) = (app.clone(), open.clone());
+        let client = clients.admit();
+        let (app, clients) = (app.clone(), clients.clone());
         monoio::spawn(async move {
-            serve_connection(&app, stream).await;
-            open.set(open.get() - 1);
+            let mut request = RequestInFlight::default();
+            let connection = serve_connection(&app, stream, &clients, &client, &mut request);
+            let served = AssertUnwindSafe(connection).catch_unwind().await;
+            if let Err(panic) = served {
+                report_contained_panic(id, &request, panic.as_ref());
+            }
+            clients.release(&client);
         });
     }
 }
 
+/// The request a connection is serving, for the log line of a contained
+/// panic: a bounded copy, so the hot path does not allocate.
+struct RequestInFlight {
+    method: Option<Method>,
+    path: [u8; PANIC_PATH_BYTES_MAX],
+    path_bytes: usize,
+}
+
+impl Default for RequestInFlight {
+    fn default() -> Self {
+        RequestInFlight {
+            method: None,
+            path: [0; PANIC_PATH_BYTES_MAX],
+            path_bytes: 0,
+        }
+    }
+}
+
+impl RequestInFlight {
+    fn note(&mut self, method: Method, path: &[u8]) {
+        self.method = Some(method);
+        self.path_bytes = path.len().min(PANIC_PATH_BYTES_MAX);
+        self.path[..self.path_bytes].copy_from_slice(&path[..self.path_bytes]);
+    }
+}
+
+/// Log and count a panic caught while serving a connection. The panic hook
+/// already printed the message and where it happened.
+fn report_contained_panic(reactor: usize, request: &RequestInFlight, panic: &(dyn Any + Send)) {
+    let count = PANICS_CONTAINED.fetch_add(1, Ordering::Relaxed) + 1;
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic");
+    let request = match request.method {
+        Some(method) => format!(
+            "{method:?} {}",
+            String::from_utf8_lossy(&request.path[..request.path_bytes])
+        ),
+        None => "a connection".into(),
+    };
+    eprintln!(
+        "reactor {reactor}: {request} panicked ({message}); only its connection was closed ({count} contained since start)"
+    );
+}
+
+/// How a connection's request loop ended.
+enum Closing {
+    /// Close at once: the client left, idled out or was evicted.
+    Now,
+    /// The master answered and chose to close: send the answer, then close
+    /// lingering.
+    Lingering,
+}
+
 /// Serve requests on one connection until it closes, fails or idles out.
-async fn serve_connection(app: &App, stream: TcpStream) {
+async fn serve_connection(
+    app: &App,
+    stream: TcpStream,
+    clients: &Clients,
+    client: &Client,
+    request: &mut RequestInFlight,
+) {
     let mut connection = Connection::new(stream);
+    if let Closing::Lingering = serve_requests(app, &mut connection, clients, client, request).await {
+        close_lingering(&mut connection).await;
+    }
+}
+
+async fn serve_requests(
+    app: &App,
+    connection: &mut Connection,
+    clients: &Clients,
+    client: &Client,
+    request: &mut RequestInFlight,
+) -> Closing {
     let mut head_started: Option<Instant> = None;
     loop {
         // Answer every complete request already buffered (pipelining).
@@ -201,13 +612,13 @@ async fn serve_connection(app: &App, stream: TcpStream) {
                 Ok(Some(head)) => {
                     head_started = None;
                     let request_start = connection.start;
+                    request.note(head.method, &connection.input[request_start..][head.path.clone()]);
                     connection.start += head.head_bytes;
-                    if !handlers::handle(app, &mut connection, &head, request_start).await {
-                        let _ = connection.flush().await;
-                        return;
+                    if !handlers::handle(app, connection, &head, request_start).await {
+                        return Closing::Lingering;
                     }
                     if connection.output.len() >= OUTPUT_FLUSH_BYTES && connection.flush().await.is_err() {
-                        return;
+                        return Closing::Now;
                     }
                 }
                 Ok(None) => break,
@@ -219,13 +630,12 @@ async fn serve_connection(app: &App, stream: TcpStream) {
                         b"",
                         &format!("{error:?}"),
                     );
-                    let _ = connection.flush().await;
-                    return;
+                    return Closing::Lingering;
                 }
             }
         }
         if connection.flush().await.is_err() {
-            return;
+            return Closing::Now;
         }
         let partial_head = !connection.buffered().is_empty();
         let timeout = if !partial_head {
@@ -242,16 +652,23 @@ async fn serve_connection(app: &App, stream: TcpStream) {
                         b"",
                         "request head took too long",
                     );
-                    let _ = connection.flush().await;
-                    return;
+                    return Closing::Lingering;
                 }
             }
         };
-        match connection.read_more(timeout).await {
-            Ok(0) => return,
+        let read = if partial_head {
+            connection.read_more(timeout).await
+        } else {
+            match read_unless_evicted(connection, clients, client, timeout).await {
+                Some(read) => read,
+                None => return Closing::Now,
+            }
+        };
+        match read {
+            Ok(0) => return Closing::Now,
             Ok(_) => {}
             Err(error) => {
-                if error.kind() == std::io::ErrorKind::TimedOut && partial_head {
+                if error.kind() == io::ErrorKind::TimedOut && partial_head {
                     write_text(
                         &mut connection.output,
                         408,
@@ -259,10 +676,87 @@ async fn serve_connection(app: &App, stream: TcpStream) {
                         b"",
                         "request head took too long",
                     );
-                    let _ = connection.flush().await;
+                    return Closing::Lingering;
                 }
-                return;
+                return Closing::Now;
             }
         }
+    }
+}
+
+/// Wait for a new request on an idle connection; `None` if the accept loop
+/// evicted it meanwhile (then it closes, even if a request just arrived).
+async fn read_unless_evicted(
+    connection: &mut Connection,
+    clients: &Clients,
+    client: &Client,
+    timeout: Duration,
+) -> Option<io::Result<usize>> {
+    let tick = clients.tick.get() + 1;
+    clients.tick.set(tick);
+    client.idle_since.set(Some(tick));
+    let read = pin!(connection.read_more(timeout));
+    let evicted = pin!(client.evicted());
+    let outcome = match select(read, evicted).await {
+        Either::Left((read, _)) => Some(read),
+        Either::Right(_) => None,
+    };
+    client.idle_since.set(None);
+    outcome.filter(|_| !client.evicted.get())
+}
+
+/// Send what is queued, close the write side, then read and drop whatever
+/// the client still sends until it closes too, or `LINGER_READ_TIMEOUT` of
+/// silence, or `LINGER_TIME_MAX` in all. Closing a socket with unread input
+/// makes the kernel send a reset, which can destroy the answer before the
+/// client reads it (a refused upload the client is still sending).
+async fn close_lingering(connection: &mut Connection) {
+    if connection.flush().await.is_err() || connection.shutdown_write().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME_MAX;
+    loop {
+        connection.start = connection.input.len();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match connection.read_more(left.min(LINGER_READ_TIMEOUT)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watched_thread_reports_its_end_by_return_or_by_panic() {
+        let (sender, ended) = mpsc::channel();
+        spawn_watched("returns".into(), &sender, || {}).unwrap();
+        spawn_watched("panics".into(), &sender, || panic!("a watched thread panics")).unwrap();
+        let mut names = [ended.recv().unwrap(), ended.recv().unwrap()];
+        names.sort();
+        assert_eq!(names, ["panics", "returns"]);
+    }
+
+    #[test]
+    fn client_connections_fit_the_fd_limit() {
+        // Three replicas: a client may hold its socket and four volume connections.
+        assert_eq!(clients_per_reactor(256, 2, 3), (256 - 160 - 8) / 10);
+        let per_reactor = clients_per_reactor(1024, 4, 3);
+        assert!(160 + 4 * 4 + per_reactor as u64 * 4 * 5 <= 1024);
+        assert_eq!(clients_per_reactor(100, 2, 3), CONNECTIONS_PER_REACTOR_MIN);
+        assert_eq!(clients_per_reactor(u64::MAX, 2, 3), CONNECTIONS_PER_REACTOR_MAX);
+        assert_eq!(clients_per_reactor(1 << 20, 2, 3), CONNECTIONS_PER_REACTOR_MAX);
+    }
+
+    #[test]
+    fn fd_limit_log_says_whether_it_was_raised() {
+        let raised = FdLimit { before: 256, now: 4096 };
+        assert_eq!(raised.to_string(), "fd limit 4096 (raised from 256)");
+        assert_eq!(FdLimit { before: 256, now: 256 }.to_string(), "fd limit 256");
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod durability;
 mod maintenance;
 mod protocol;
+mod resilience;
 mod safety;
 mod startup;
 mod volume_client;

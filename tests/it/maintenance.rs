@@ -12,8 +12,10 @@ use crate::cluster::{fetch, mkv, request, value, Cluster};
 
 /// Keys of mixed sizes: a few larger than a 1 MiB copy piece, some larger
 /// than the 64 KiB first write, most small; one whose base64 name holds `/`
-/// (a nested directory) and one whose base64 holds `///` (which nginx
-/// stores merged into one `/`).
+/// (a nested directory). A key whose base64 holds `//` can no longer be
+/// written (its file would be another key's: `safety.rs`); rebuild's
+/// putting back of merged slashes in names an older master wrote is covered
+/// by `rebuild::tests::merged_slashes_are_put_back`.
 fn write_keys(cluster: &Cluster, count: usize) -> Vec<(String, Vec<u8>)> {
     let mut keys: Vec<(String, usize)> = (0..count)
         .map(|i| {
@@ -26,7 +28,6 @@ fn write_keys(cluster: &Cluster, count: usize) -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     keys.push(("/s/kz%FC".into(), 10));
-    keys.push(("/s/a%FF%FF%FFb".into(), 10));
     keys.into_iter()
         .enumerate()
         .map(|(seed, (key, size))| {
