@@ -33,7 +33,9 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     // read part of it, drop a small one so the client reads its answer; a
     // large one ends the connection.
     if keep_alive && head.has_body() && result.is_err() {
-        keep_alive = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body).await;
+        keep_alive = !head.expect_continue
+            && !connection.body_touched
+            && drain_body(connection, head.body, app.config.body_limits).await;
     }
     let status = result.as_ref().map_or_else(Error::status, |&status| status);
     // A listing refused for its size closes the connection, as the original does.
@@ -209,7 +211,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             .map_err(|_| Error::Client(400, "client went away"))?;
     }
     let path = key2path(&key);
-    let mut body = BodyReader::new(head.body);
+    let mut body = BodyReader::new(head.body, app.config.body_limits);
     let written = replication::replicate(
         connection,
         &mut body,
@@ -232,7 +234,8 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
                 ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
                 ReplicationError::Body(BodyError::TooLong) => Error::Client(400, "body longer than its Content-Length"),
                 ReplicationError::Body(BodyError::Malformed(what)) => Error::Client(400, what),
-                ReplicationError::Body(_) => Error::Client(400, "request body cut short or timed out"),
+                ReplicationError::Body(BodyError::Timeout) => Error::Client(408, "request body too slow"),
+                ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
                 ReplicationError::Volume(error) => Error::Volume(error),
             })
         }
