@@ -21,6 +21,16 @@ pub const THREADS_MAX: usize = 256;
 /// The most rebuild/rebalance requests in flight: each rebalance in flight
 /// may hold a 1 MiB piece per new copy.
 pub const CONCURRENCY_MAX: usize = 1024;
+/// Default for `--body-timeout`: a body read that makes no progress for this
+/// long fails the request (and the same time is the body's grace allowance,
+/// see `BodyLimits`).
+const BODY_TIMEOUT_DEFAULT: &str = "30s";
+/// Default for `--body-rate-min`, in bytes per second: 64 KiB/s (512 kbit/s)
+/// is far below any link a blob store's clients write over, so no honest
+/// upload fails, while a client that trickles a body has to send ~2 GiB to
+/// hold a key's lock and a piece buffer for an hour instead of one byte
+/// every 29 seconds.
+const BODY_RATE_MIN_DEFAULT_BYTES_PER_SECOND: u64 = 64 * 1024;
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +102,17 @@ struct Args {
     /// How often the background health check probes every volume (Go duration).
     #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]
     health_interval: Duration,
+    /// A request body read that makes no progress for this long fails the
+    /// request with 408 (Go duration). It is also the body's grace allowance
+    /// for the minimum rate (--body-rate-min).
+    #[arg(long = "body-timeout", default_value = BODY_TIMEOUT_DEFAULT, value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Slowest average a request body may arrive at, in bytes per second, after
+    /// the grace of --body-timeout: a body of n bytes must have arrived within
+    /// body-timeout + n / body-rate-min of waiting on the client, or the
+    /// request fails with 408. 0 turns the rate check off.
+    #[arg(long = "body-rate-min", default_value_t = BODY_RATE_MIN_DEFAULT_BYTES_PER_SECOND)]
+    body_rate_min: u64,
     /// rebuild/rebalance: requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -132,11 +153,27 @@ pub struct Config {
     pub cache_bytes: usize,
     pub block_cache_bytes: usize,
     pub health_interval: Duration,
+    pub body_limits: BodyLimits,
     pub concurrency: usize,
     pub md5: bool,
     pub dry_run: bool,
     pub seed_count: u64,
     pub seed_prefix: String,
+}
+
+/// How long the master waits for a request body.
+///
+/// A body must keep arriving: no read may wait longer than `read_timeout`,
+/// and the time spent waiting on the client for a body of n bytes so far may
+/// not pass `read_timeout + n / rate_min_bytes_per_second` (the first term
+/// is a grace allowance: a body may start late or stall once). A client that
+/// sends a byte now and then so holds a key's lock and a piece buffer only
+/// for about `read_timeout`, not for as long as it likes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub read_timeout: Duration,
+    /// 0: no minimum rate, only the per-read timeout.
+    pub rate_min_bytes_per_second: u64,
 }
 
 /// A command line that cannot run.
@@ -176,6 +213,8 @@ const LONG_FLAGS: &[&str] = &[
     "cache-mb",
     "block-cache-mb",
     "health-interval",
+    "body-timeout",
+    "body-rate-min",
     "concurrency",
     "md5",
     "dry-run",
@@ -267,6 +306,9 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
     if args.voltimeout.is_zero() {
         return invalid("-voltimeout must be more than zero".into());
     }
+    if args.body_timeout.is_zero() {
+        return invalid("--body-timeout must be more than zero".into());
+    }
     if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
         return invalid(format!(
             "--concurrency must be 1..={CONCURRENCY_MAX}, got {}",
@@ -291,6 +333,10 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         block_cache_bytes: args.block_cache_mb.saturating_mul(1 << 20),
         health_interval: args.health_interval,
+        body_limits: BodyLimits {
+            read_timeout: args.body_timeout,
+            rate_min_bytes_per_second: args.body_rate_min,
+        },
         concurrency: args.concurrency,
         md5: args.md5,
         dry_run: args.dry_run,
@@ -391,6 +437,27 @@ mod tests {
         assert_eq!(config.subvolumes, 10);
         assert!(config.md5sum && !config.protect && config.fallback.is_none());
         assert_eq!(config.volume_timeout, Duration::from_secs(1));
+        assert_eq!(
+            config.body_limits,
+            BodyLimits {
+                read_timeout: Duration::from_secs(30),
+                rate_min_bytes_per_second: 64 * 1024,
+            }
+        );
+    }
+
+    #[test]
+    fn body_limits_from_flags() {
+        let config = parse(argv(
+            "-db /tmp/x -volumes a:1 -replicas 1 -body-timeout 1s --body-rate-min 100 server",
+        ))
+        .unwrap();
+        assert_eq!(config.body_limits.read_timeout, Duration::from_secs(1));
+        assert_eq!(config.body_limits.rate_min_bytes_per_second, 100);
+        assert!(matches!(
+            parse(argv("-db x -volumes a:1 -replicas 1 --body-timeout 0s server")),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

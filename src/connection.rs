@@ -6,13 +6,15 @@
 //! are answered with one write.
 
 use std::io;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::config::BodyLimits;
 use crate::http::{could_start_request, parse_request, BodyFraming, ChunkedDecoder, HEADER_BYTES_MAX};
 
 /// Input buffer of a connection; holds at least one full request head.
@@ -21,13 +23,15 @@ pub const INPUT_BUFFER_BYTES: usize = 32 * 1024;
 pub const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
 /// A response write that makes no progress for this long ends the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A body read that makes no progress for this long fails the request.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A refused request's body up to this size is read and dropped so the client
 /// gets its answer on a live connection; a larger one closes the connection.
 pub const DRAIN_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Bytes of a drained body read (and dropped) at a time.
 const DRAIN_PIECE_BYTES: usize = 64 * 1024;
+/// Bytes already received after a `Content-Length` body that are looked at
+/// to tell the next request from excess body: enough for the longest method
+/// name and its space.
+const NEXT_REQUEST_PEEK_BYTES: usize = 64;
 
 const _: () = assert!(HEADER_BYTES_MAX < INPUT_BUFFER_BYTES);
 
@@ -40,7 +44,8 @@ pub enum BodyError {
     Malformed(&'static str),
     /// The body went on past its declared `Content-Length`.
     TooLong,
-    /// No progress within `BODY_READ_TIMEOUT`.
+    /// No progress within the per-read timeout, or the body came slower
+    /// than its minimum rate (`BodyLimits`).
     Timeout,
     /// The socket failed.
     Io(io::Error),
@@ -135,11 +140,11 @@ impl Connection {
 
 /// Read and drop the body of a refused request. Returns whether the
 /// connection can serve another request (the whole body was drained).
-pub async fn drain_body(connection: &mut Connection, framing: BodyFraming) -> bool {
+pub async fn drain_body(connection: &mut Connection, framing: BodyFraming, limits: BodyLimits) -> bool {
     if matches!(framing, BodyFraming::Length(length) if length > DRAIN_BYTES_MAX) {
         return false;
     }
-    let mut body = BodyReader::new(framing);
+    let mut body = BodyReader::new(framing, limits);
     loop {
         match body.next(connection, DRAIN_PIECE_BYTES).await {
             Ok(Some(_)) if body.received <= DRAIN_BYTES_MAX => {}
@@ -152,8 +157,45 @@ pub async fn drain_body(connection: &mut Connection, framing: BodyFraming) -> bo
 /// Reads one request body from a connection, piece by piece.
 pub struct BodyReader {
     framing: Framing,
+    pace: Pace,
     /// Body bytes delivered so far.
     pub received: u64,
+}
+
+/// The time a body has spent waiting on its client, against its allowance.
+struct Pace {
+    limits: BodyLimits,
+    /// Time spent in reads of this body. Only waiting on the client counts:
+    /// time the PUT spends writing to slow volumes is not the client's fault.
+    waited: Duration,
+}
+
+impl Pace {
+    /// How long the next read may wait, with `received` body bytes in so
+    /// far: the per-read timeout, or less when the body's allowance of
+    /// `read_timeout + received / rate_min` runs out sooner. None once it has.
+    fn read_timeout(&self, received: u64) -> Option<Duration> {
+        let BodyLimits {
+            read_timeout,
+            rate_min_bytes_per_second: rate,
+        } = self.limits;
+        if rate == 0 {
+            return Some(read_timeout);
+        }
+        let earned_nanos = u128::from(received) * 1_000_000_000 / u128::from(rate);
+        let earned = Duration::from_nanos(u64::try_from(earned_nanos).unwrap_or(u64::MAX));
+        let left = read_timeout.saturating_add(earned).checked_sub(self.waited)?;
+        (!left.is_zero()).then(|| left.min(read_timeout))
+    }
+
+    /// Run one read of the body, with `received` body bytes in so far.
+    async fn read<T>(&mut self, received: u64, read: impl std::future::Future<Output = T>) -> Result<T, BodyError> {
+        let timeout = self.read_timeout(received).ok_or(BodyError::Timeout)?;
+        let began = Instant::now();
+        let result = monoio::time::timeout(timeout, read).await;
+        self.waited += began.elapsed();
+        result.map_err(|_| BodyError::Timeout)
+    }
 }
 
 enum Framing {
@@ -162,8 +204,9 @@ enum Framing {
 }
 
 impl BodyReader {
-    /// A reader for a body framed as `framing` (which must not be `None`).
-    pub fn new(framing: BodyFraming) -> BodyReader {
+    /// A reader for a body framed as `framing` (which must not be `None`),
+    /// arriving within `limits`.
+    pub fn new(framing: BodyFraming, limits: BodyLimits) -> BodyReader {
         let framing = match framing {
             BodyFraming::Length(length) => Framing::Length { remaining: length },
             BodyFraming::Chunked => Framing::Chunked {
@@ -172,15 +215,25 @@ impl BodyReader {
             },
             BodyFraming::None => Framing::Length { remaining: 0 },
         };
-        BodyReader { framing, received: 0 }
+        BodyReader {
+            framing,
+            pace: Pace {
+                limits,
+                waited: Duration::ZERO,
+            },
+            received: 0,
+        }
     }
 
     /// The next piece of at most `bytes_max` body bytes; None once the body ended.
     pub async fn next(&mut self, connection: &mut Connection, bytes_max: usize) -> Result<Option<Bytes>, BodyError> {
         connection.body_touched = true;
+        let (pace, received) = (&mut self.pace, self.received);
         let piece = match &mut self.framing {
-            Framing::Length { remaining } => read_length(connection, remaining, bytes_max).await?,
-            Framing::Chunked { decoder, done } => read_chunked(connection, decoder, done, bytes_max).await?,
+            Framing::Length { remaining } => read_length(connection, pace, received, remaining, bytes_max).await?,
+            Framing::Chunked { decoder, done } => {
+                read_chunked(connection, pace, received, decoder, done, bytes_max).await?
+            }
         };
         self.received += piece.len() as u64;
         if piece.is_empty() {
@@ -199,7 +252,13 @@ fn read_error(result: io::Result<usize>) -> Result<(), BodyError> {
     }
 }
 
-async fn read_length(connection: &mut Connection, remaining: &mut u64, bytes_max: usize) -> Result<Vec<u8>, BodyError> {
+async fn read_length(
+    connection: &mut Connection,
+    pace: &mut Pace,
+    received: u64,
+    remaining: &mut u64,
+    bytes_max: usize,
+) -> Result<Vec<u8>, BodyError> {
     let want = usize::try_from(*remaining).unwrap_or(usize::MAX).min(bytes_max);
     let mut piece = Vec::with_capacity(want);
     let buffered = connection.buffered();
@@ -210,8 +269,8 @@ async fn read_length(connection: &mut Connection, remaining: &mut u64, bytes_max
         // Read straight into the piece: the body is not copied through `input`.
         let length = piece.len();
         let stream = &mut connection.stream;
-        let read = monoio::time::timeout(BODY_READ_TIMEOUT, stream.read(piece.slice_mut(length..want))).await;
-        let (result, slice) = read.map_err(|_| BodyError::Timeout)?;
+        let read = stream.read(piece.slice_mut(length..want));
+        let (result, slice) = pace.read(received + length as u64, read).await?;
         piece = slice.into_inner();
         read_error(result)?;
     }
@@ -224,18 +283,53 @@ async fn read_length(connection: &mut Connection, remaining: &mut u64, bytes_max
 
 /// Bytes already received right after a complete body must start another
 /// request; anything else means the body was longer than its
-/// `Content-Length` said. (Excess that arrives later is indistinguishable
-/// from a bad next request, which is answered 400 on its own.)
+/// `Content-Length` said. The body was read up to its length and no
+/// further, so what follows may still be in the socket rather than in
+/// `input`: look there too, without taking it. (Excess that arrives later is
+/// indistinguishable from a bad next request, which is answered 400 on its
+/// own.)
 fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
-    let buffered = connection.buffered();
-    if parse_request(buffered).is_err() || !could_start_request(buffered) {
+    let mut peeked = [0u8; NEXT_REQUEST_PEEK_BYTES];
+    let next = match connection.buffered() {
+        [] => {
+            let peeked_bytes = peek_arrived(&connection.stream, &mut peeked);
+            &peeked[..peeked_bytes]
+        }
+        buffered => buffered,
+    };
+    // Empty lines before a request line are ignored (RFC 9112 section 2.2;
+    // `parse_request` skips them too), so a CRLF after a body is no excess.
+    let start = next
+        .iter()
+        .position(|&byte| byte != b'\r' && byte != b'\n')
+        .unwrap_or(next.len());
+    if parse_request(next).is_err() || !could_start_request(&next[start..]) {
         return Err(BodyError::TooLong);
     }
     Ok(())
 }
 
+/// Copy into `buffer` bytes that have arrived on `stream` and not been read
+/// yet, leaving them there; returns how many (0 when none, or at its end).
+fn peek_arrived(stream: &TcpStream, buffer: &mut [u8]) -> usize {
+    // SAFETY: the descriptor stays open while `stream` is borrowed, and recv
+    // writes at most `buffer.len()` bytes into `buffer`. MSG_DONTWAIT makes
+    // it return at once on a blocking socket too (the io_uring driver's).
+    let peeked = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(peeked).unwrap_or(0)
+}
+
 async fn read_chunked(
     connection: &mut Connection,
+    pace: &mut Pace,
+    received: u64,
     decoder: &mut ChunkedDecoder,
     done: &mut bool,
     bytes_max: usize,
@@ -256,7 +350,13 @@ async fn read_chunked(
                 break;
             }
         }
-        read_error(connection.read_more(BODY_READ_TIMEOUT).await)?;
+        let timeout = pace
+            .read_timeout(received + piece.len() as u64)
+            .ok_or(BodyError::Timeout)?;
+        let began = Instant::now();
+        let read = connection.read_more(timeout).await;
+        pace.waited += began.elapsed();
+        read_error(read)?;
     }
     Ok(piece)
 }

@@ -46,7 +46,9 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     // read part of it, drop a small one so the client reads its answer; a
     // large one ends the connection.
     if keep_alive.is_open() && head.has_body() && result.is_err() {
-        let drained = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body).await;
+        let drained = !head.expect_continue
+            && !connection.body_touched
+            && drain_body(connection, head.body, app.config.body_limits).await;
         keep_alive = keep_alive.unless(!drained);
     }
     let status = result.as_ref().map_or_else(Error::status, |&status| status);
@@ -247,7 +249,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
         return Err(Error::Client(400, "client went away"));
     }
     let path = key2path(&key);
-    let mut body = BodyReader::new(head.body);
+    let mut body = BodyReader::new(head.body, app.config.body_limits);
     let written = replication::replicate(
         connection,
         &mut body,
@@ -270,7 +272,8 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
                 ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
                 ReplicationError::Body(BodyError::TooLong) => Error::Client(400, "body longer than its Content-Length"),
                 ReplicationError::Body(BodyError::Malformed(what)) => Error::Client(400, what),
-                ReplicationError::Body(_) => Error::Client(400, "request body cut short or timed out"),
+                ReplicationError::Body(BodyError::Timeout) => Error::Client(408, "request body too slow"),
+                ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
                 ReplicationError::Volume(error) => Error::Volume(error),
             })
         }

@@ -343,13 +343,16 @@ pub struct ChunkedDecoder {
 enum ChunkState {
     #[default]
     Size,
+    /// Whitespace after the size, before `;` or the line's end.
+    SizeSpace,
     SizeExtension,
     SizeLf,
     Data,
     DataCr,
     DataLf,
     TrailerStart,
-    TrailerLine,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     FinalLf,
     Done,
@@ -364,9 +367,27 @@ pub struct Decoded {
     pub done: bool,
 }
 
+/// A control byte other than HTAB. Lines of a chunked body end only at CRLF:
+/// a bare LF (or CR, NUL, ...) in a size line or a trailer is refused, never
+/// skipped, because a proxy in front of us may end the line there and so read
+/// a different body from the same bytes (request smuggling).
+fn is_control(byte: u8) -> bool {
+    (byte < 0x20 && byte != b'\t') || byte == 0x7f
+}
+
+/// A byte of an RFC 9110 token (a header field name).
+fn is_token(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
 impl ChunkedDecoder {
     /// Decode from `input`, appending body bytes to `out` until `out` holds
     /// `out_max` bytes, the input runs out, or the body ends.
+    ///
+    /// The framing is read strictly (RFC 9112 section 7.1): a size line is
+    /// hex digits, optional whitespace, optional `;` extensions without
+    /// control bytes, and CRLF; a trailer line is a field name, `:`, and a
+    /// value without control bytes but HTAB, and CRLF.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>, out_max: usize) -> Result<Decoded, HttpError> {
         let bad = |what| Err(HttpError::BadRequest(what));
         let mut i = 0;
@@ -389,6 +410,11 @@ impl ChunkedDecoder {
                     }
                     continue;
                 }
+                ChunkState::Size | ChunkState::SizeSpace | ChunkState::SizeExtension
+                    if self.line_bytes >= CHUNK_LINE_BYTES_MAX =>
+                {
+                    return bad("chunk size line too long");
+                }
                 ChunkState::Size => match hex_value(&byte) {
                     Some(digit) => {
                         if self.remaining >> 60 != 0 {
@@ -398,16 +424,31 @@ impl ChunkedDecoder {
                         self.line_bytes += 1;
                     }
                     None if self.line_bytes == 0 => return bad("missing chunk size"),
-                    None if byte == b'\r' => self.state = ChunkState::SizeLf,
-                    None if byte == b';' || byte == b' ' || byte == b'\t' => self.state = ChunkState::SizeExtension,
-                    None => return bad("invalid chunk size"),
+                    None => {
+                        self.line_bytes += 1;
+                        self.state = match byte {
+                            b'\r' => ChunkState::SizeLf,
+                            b';' => ChunkState::SizeExtension,
+                            b' ' | b'\t' => ChunkState::SizeSpace,
+                            _ => return bad("invalid chunk size"),
+                        };
+                    }
                 },
+                ChunkState::SizeSpace => {
+                    self.line_bytes += 1;
+                    self.state = match byte {
+                        b'\r' => ChunkState::SizeLf,
+                        b';' => ChunkState::SizeExtension,
+                        b' ' | b'\t' => ChunkState::SizeSpace,
+                        _ => return bad("invalid chunk size"),
+                    };
+                }
                 ChunkState::SizeExtension => {
                     self.line_bytes += 1;
                     if byte == b'\r' {
                         self.state = ChunkState::SizeLf;
-                    } else if self.line_bytes > CHUNK_LINE_BYTES_MAX {
-                        return bad("chunk extension too long");
+                    } else if is_control(byte) {
+                        return bad("control byte in chunk extension");
                     }
                 }
                 ChunkState::SizeLf => {
@@ -433,20 +474,33 @@ impl ChunkedDecoder {
                     }
                     self.state = ChunkState::Size;
                 }
+                ChunkState::TrailerName | ChunkState::TrailerValue if self.line_bytes >= CHUNK_LINE_BYTES_MAX => {
+                    return bad("chunk trailer too long");
+                }
                 ChunkState::TrailerStart => {
-                    self.state = if byte == b'\r' {
-                        ChunkState::FinalLf
-                    } else {
-                        ChunkState::TrailerLine
+                    // A line starting with whitespace would continue the
+                    // previous one (obsolete line folding): refused too.
+                    self.state = match byte {
+                        b'\r' => ChunkState::FinalLf,
+                        _ if is_token(byte) => ChunkState::TrailerName,
+                        _ => return bad("malformed chunk trailer"),
                     };
                     self.line_bytes = 1;
                 }
-                ChunkState::TrailerLine => {
+                ChunkState::TrailerName => {
+                    self.line_bytes += 1;
+                    match byte {
+                        b':' => self.state = ChunkState::TrailerValue,
+                        _ if is_token(byte) => {}
+                        _ => return bad("malformed chunk trailer"),
+                    }
+                }
+                ChunkState::TrailerValue => {
                     self.line_bytes += 1;
                     if byte == b'\r' {
                         self.state = ChunkState::TrailerLf;
-                    } else if self.line_bytes > CHUNK_LINE_BYTES_MAX {
-                        return bad("chunk trailer too long");
+                    } else if is_control(byte) {
+                        return bad("control byte in chunk trailer");
                     }
                 }
                 ChunkState::TrailerLf => {
@@ -712,6 +766,44 @@ mod tests {
     }
 
     #[test]
+    fn chunked_framing_lines_end_only_at_crlf() {
+        let refused: [&[u8]; 16] = [
+            b"3;\nabc\r\nxyz\r\n0\r\n\r\n",
+            b"3\nabc\r\n0\r\n\r\n",
+            b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+            b"3;a\0b\r\nabc\r\n0\r\n\r\n",
+            b"3;a\x7fb\r\nabc\r\n0\r\n\r\n",
+            b" 3\r\nabc\r\n0\r\n\r\n",
+            b"3 x\r\nabc\r\n0\r\n\r\n",
+            b"3 4\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX: a\nY: b\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX: a\rb\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX: a\0b\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nno colon\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n: empty name\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX: a\r\n folded\r\n\r\n",
+            b"3\r\nabc\r\n0\r\n\n",
+            b"3\r\nabc\r\n0\r\n\r\r\n",
+        ];
+        for body in refused {
+            let mut out = Vec::new();
+            let result = ChunkedDecoder::default().decode(body, &mut out, usize::MAX);
+            assert!(result.is_err(), "{:?} -> {result:?}", String::from_utf8_lossy(body));
+        }
+        let long_line = format!("{}3\r\nabc\r\n0\r\n\r\n", "0".repeat(CHUNK_LINE_BYTES_MAX));
+        assert!(ChunkedDecoder::default()
+            .decode(long_line.as_bytes(), &mut Vec::new(), usize::MAX)
+            .is_err());
+        let accepted = b"3 ;a=\"b;\tc\"\r\nabc\r\n2\t;x\r\nde\r\n0\r\nX-T:\tv \x80\r\n\r\n";
+        let mut out = Vec::new();
+        let decoded = ChunkedDecoder::default()
+            .decode(accepted, &mut out, usize::MAX)
+            .unwrap();
+        assert!(decoded.done && decoded.consumed == accepted.len());
+        assert_eq!(out, b"abcde");
+    }
+
+    #[test]
     fn responses() {
         let mut out = Vec::new();
         write_empty(&mut out, 404, KeepAlive::Open);
@@ -722,5 +814,333 @@ mod tests {
         out.clear();
         write_empty(&mut out, 204, KeepAlive::Open10);
         assert_eq!(out, b"HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n");
+    }
+
+    /// Property tests of the codec over generated input (see RELIABILITY.md,
+    /// "Fuzzing the codec"). Each property runs proptest's default 256 cases,
+    /// a few seconds in all; `PROPTEST_CASES=n` runs n instead.
+    mod properties {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Most bytes of an arbitrary input.
+        const INPUT_BYTES_MAX: usize = 600;
+
+        fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+            vec(any::<u8>(), 0..max)
+        }
+
+        /// A request head built from plausible and hostile pieces, so that
+        /// cases get past the request line into the header logic.
+        fn request_heads() -> impl Strategy<Value = Vec<u8>> {
+            let method = prop::sample::select(vec![&b"GET"[..], b"PUT", b"HEAD", b"DELETE", b"UNLINK", b"BREW", b""]);
+            let target = vec(
+                prop::sample::select(vec![
+                    &b"/"[..],
+                    b"a",
+                    b"%2F",
+                    b"%zz",
+                    b"?",
+                    b"&",
+                    b"=",
+                    b"list",
+                    b" ",
+                    b"\xff",
+                ]),
+                0..8,
+            );
+            let version = prop::sample::select(vec![&b"HTTP/1.1"[..], b"HTTP/1.0", b"HTTP/2", b""]);
+            let name = prop::sample::select(vec![
+                &b"Content-Length"[..],
+                b"Transfer-Encoding",
+                b"Connection",
+                b"Expect",
+                b"Host",
+                b"X",
+                b"",
+            ]);
+            let value = prop::sample::select(vec![
+                &b"5"[..],
+                b"0",
+                b"18446744073709551616",
+                b" 7 ",
+                b"chunked",
+                b"gzip",
+                b"close",
+                b"keep-alive, close",
+                b"100-continue",
+                b"\t",
+                b"\x01",
+            ]);
+            let line_end = prop::sample::select(vec![&b"\r\n"[..], b"\n", b"\r"]);
+            let header =
+                (name, value, line_end.clone()).prop_map(|(name, value, end)| [name, b": ", value, end].concat());
+            (method, target, version, vec(header, 0..6), line_end, bytes(32)).prop_map(
+                |(method, target, version, headers, end, tail)| {
+                    [
+                        method,
+                        b" ",
+                        &target.concat(),
+                        b" ",
+                        version,
+                        end,
+                        &headers.concat(),
+                        end,
+                        &tail,
+                    ]
+                    .concat()
+                },
+            )
+        }
+
+        /// Check what `parse_request` says about `buffer`: no panic, and a
+        /// parsed head's offsets lie inside its head.
+        fn check_head(buffer: &[u8]) -> Result<(), TestCaseError> {
+            let Ok(Some(head)) = parse_request(buffer) else {
+                return Ok(());
+            };
+            prop_assert!(head.head_bytes <= buffer.len() && head.head_bytes <= HEADER_BYTES_MAX);
+            prop_assert!(head.path.start < head.path.end && head.path.end <= head.head_bytes);
+            prop_assert_eq!(buffer[head.path.start], b'/');
+            prop_assert!(!buffer[head.path.clone()].contains(&b'?'));
+            if let Some(query) = &head.query {
+                prop_assert_eq!(query.start, head.path.end + 1);
+                prop_assert!(query.start <= query.end && query.end <= head.head_bytes);
+            }
+            prop_assert!(!(head.http10 && head.body == BodyFraming::Chunked));
+            Ok(())
+        }
+
+        /// One chunked body as a sender could frame it.
+        #[derive(Clone, Debug)]
+        struct Framed {
+            chunks: Vec<Vec<u8>>,
+            /// Per chunk: size digits in upper case, leading zeros, extension.
+            styles: Vec<(bool, usize, Vec<u8>)>,
+            trailers: Vec<(Vec<u8>, Vec<u8>)>,
+        }
+
+        fn framed() -> impl Strategy<Value = Framed> {
+            let extension = prop::sample::select(vec![
+                &b""[..],
+                b";a",
+                b";a=b",
+                b" ;a=\"b;c\"",
+                b"\t;x;y=z",
+                b";n=\x80\xff",
+            ])
+            .prop_map(<[u8]>::to_vec);
+            let style = (any::<bool>(), 0usize..3, extension);
+            let token = vec(prop::sample::select(b"abcXYZ019-_!#~".to_vec()), 1..8);
+            let field_value = vec(prop::sample::select(b"abc \t:;\"\x80\xff".to_vec()), 0..12);
+            (
+                vec((vec(any::<u8>(), 1..300), style), 0..6),
+                vec((token, field_value), 0..3),
+            )
+                .prop_map(|(chunks, trailers)| {
+                    let (chunks, styles) = chunks.into_iter().unzip();
+                    Framed {
+                        chunks,
+                        styles,
+                        trailers,
+                    }
+                })
+        }
+
+        /// The encoder: `framed` in `Transfer-Encoding: chunked`.
+        fn encode(framed: &Framed) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (chunk, (upper, zeros, extension)) in framed.chunks.iter().zip(&framed.styles) {
+                let size = if *upper {
+                    format!("{:X}", chunk.len())
+                } else {
+                    format!("{:x}", chunk.len())
+                };
+                out.extend_from_slice("0".repeat(*zeros).as_bytes());
+                out.extend_from_slice(size.as_bytes());
+                out.extend_from_slice(extension);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n");
+            for (name, value) in &framed.trailers {
+                out.extend_from_slice(&[&name[..], b":", value, b"\r\n"].concat());
+            }
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+
+        /// What decoding a whole input says: the body, the bytes the framing
+        /// took, whether it ended; or the first error.
+        type Outcome = Result<(Vec<u8>, usize, bool), HttpError>;
+
+        /// Decode `input` fed in the pieces that `cuts` (offsets, any order)
+        /// make, with at most `out_max` body bytes per call, as the
+        /// connection does: a full output piece is taken away and decoding
+        /// goes on where it stopped.
+        fn decode_split(input: &[u8], cuts: &[usize], out_max: usize) -> Outcome {
+            let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (input.len() + 1)).collect();
+            cuts.push(input.len());
+            cuts.sort_unstable();
+            let mut decoder = ChunkedDecoder::default();
+            let (mut body, mut piece, mut at) = (Vec::new(), Vec::new(), 0);
+            for end in cuts {
+                while at < end {
+                    let decoded = decoder.decode(&input[at..end], &mut piece, out_max)?;
+                    assert!(decoded.consumed <= end - at && piece.len() <= out_max);
+                    at += decoded.consumed;
+                    if decoded.done {
+                        body.append(&mut piece);
+                        return Ok((body, at, true));
+                    }
+                    if piece.len() == out_max {
+                        body.append(&mut piece);
+                    } else {
+                        // Not full and not done: all of this input was used.
+                        assert_eq!(at, end);
+                    }
+                }
+            }
+            body.append(&mut piece);
+            Ok((body, at, false))
+        }
+
+        fn decode_whole(input: &[u8]) -> Outcome {
+            let mut body = Vec::new();
+            let decoded = ChunkedDecoder::default().decode(input, &mut body, usize::MAX)?;
+            Ok((body, decoded.consumed, decoded.done))
+        }
+
+        /// Any byte but those in `separators` (mapped to `x`: a filter would
+        /// count rejections, which long runs exhaust).
+        fn query_byte(separators: &'static [u8]) -> impl Strategy<Value = u8> {
+            any::<u8>().prop_map(move |byte| if separators.contains(&byte) { b'x' } else { byte })
+        }
+
+        /// Percent-encode `raw`: each byte escaped or not as `escape` says
+        /// (`%` always), in upper or lower case hex.
+        fn percent_encode(raw: &[u8], escape: &[(bool, bool)]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (i, &byte) in raw.iter().enumerate() {
+                let (escaped, upper) = escape.get(i).copied().unwrap_or((true, false));
+                if escaped || byte == b'%' {
+                    let hex = if upper {
+                        format!("%{byte:02X}")
+                    } else {
+                        format!("%{byte:02x}")
+                    };
+                    out.extend_from_slice(hex.as_bytes());
+                } else {
+                    out.push(byte);
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn parse_request_takes_any_bytes(buffer in bytes(INPUT_BYTES_MAX)) {
+                check_head(&buffer)?;
+            }
+
+            #[test]
+            fn parse_request_takes_any_head(buffer in request_heads()) {
+                check_head(&buffer)?;
+            }
+
+            #[test]
+            fn chunked_decoding_of_any_bytes_agrees_across_splits(
+                input in bytes(INPUT_BYTES_MAX),
+                cuts in vec(any::<usize>(), 0..6),
+                out_max in 1usize..64,
+            ) {
+                prop_assert_eq!(decode_split(&input, &cuts, out_max), decode_whole(&input));
+            }
+
+            #[test]
+            fn chunked_decoding_of_mangled_bodies_agrees_across_splits(
+                framed in framed(),
+                edits in vec((any::<usize>(), any::<u8>(), 0u8..3), 1..4),
+                cuts in vec(any::<usize>(), 0..6),
+                out_max in 1usize..600,
+            ) {
+                let mut input = encode(&framed);
+                for (at, byte, how) in edits {
+                    let at = at % (input.len() + 1);
+                    match how {
+                        0 => input.insert(at, byte),
+                        1 if at < input.len() => input[at] = byte,
+                        _ if at < input.len() => drop(input.remove(at)),
+                        _ => {}
+                    }
+                }
+                prop_assert_eq!(decode_split(&input, &cuts, out_max), decode_whole(&input));
+            }
+
+            #[test]
+            fn chunked_encoding_roundtrips_in_any_split(
+                framed in framed(),
+                next in bytes(16),
+                cuts in vec(any::<usize>(), 0..6),
+                out_max in 1usize..600,
+            ) {
+                let encoded = encode(&framed);
+                let input = [&encoded[..], &next].concat();
+                let expected = Ok((framed.chunks.concat(), encoded.len(), true));
+                prop_assert_eq!(&decode_whole(&input), &expected);
+                prop_assert_eq!(&decode_split(&input, &cuts, out_max), &expected);
+            }
+
+            #[test]
+            fn percent_decoding_takes_any_bytes(raw in bytes(INPUT_BYTES_MAX)) {
+                let mut out = Vec::new();
+                if percent_decode_into(&raw, &mut out) {
+                    prop_assert!(out.len() <= raw.len());
+                    if !raw.contains(&b'%') {
+                        prop_assert_eq!(&out, &raw);
+                    }
+                }
+            }
+
+            #[test]
+            fn percent_encoding_roundtrips(
+                raw in bytes(INPUT_BYTES_MAX),
+                escape in vec((any::<bool>(), any::<bool>()), 0..INPUT_BYTES_MAX),
+            ) {
+                let mut out = vec![b'x'];
+                prop_assert!(percent_decode_into(&percent_encode(&raw, &escape), &mut out));
+                prop_assert_eq!(out, raw);
+            }
+
+            #[test]
+            fn query_parsing_takes_any_bytes(query in bytes(INPUT_BYTES_MAX), name in bytes(8)) {
+                for (key, value) in query_pairs(&query) {
+                    prop_assert!(!key.contains(&b'&') && !key.contains(&b'=') && !value.contains(&b'&'));
+                }
+                if let Some(value) = query_value(&query, &name) {
+                    prop_assert!(query_pairs(&query).any(|(key, found)| key == &name[..] && found == value));
+                }
+            }
+
+            #[test]
+            fn query_parsing_roundtrips(
+                pairs in vec((vec(query_byte(b"&="), 1..8), vec(query_byte(b"&"), 0..8)), 0..8),
+            ) {
+                let query: Vec<u8> = pairs
+                    .iter()
+                    .map(|(key, value)| [&key[..], b"=", value].concat())
+                    .collect::<Vec<_>>()
+                    .join(&b'&');
+                let parsed: Vec<(Vec<u8>, Vec<u8>)> = query_pairs(&query).map(|(key, value)| (key.to_vec(), value.to_vec())).collect();
+                prop_assert_eq!(&parsed, &pairs);
+                for (key, _) in &pairs {
+                    let first = pairs.iter().find(|(name, _)| name == key).map(|(_, value)| &value[..]);
+                    prop_assert_eq!(query_value(&query, key), first);
+                }
+            }
+        }
     }
 }
