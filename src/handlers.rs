@@ -364,15 +364,21 @@ fn unlink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Re
 
 async fn relink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
     let (_guard, record) = lock_record(app, key, false)?;
-    // A deleted record may be a PUT that never finished: relink only values
-    // whose every copy is really there.
+    // A deleted record may be a PUT that never finished, or what a failed PUT
+    // over an unlinked value left (copies of two values): relink only when
+    // every copy is there and all hold the same bytes, the recorded ones if
+    // the record has an md5. This reads every copy through: RELINK is rare,
+    // and a live key whose replicas disagree would serve either value.
     let path = key2path(key);
-    for entry in &record.volumes {
-        if !volume::exists(entry_host(entry), &entry_path(entry, &path), app.config.volume_timeout).await? {
-            return Err(Error::Client(404, "the value is missing on a volume; cannot relink"));
-        }
-    }
-    app.store.put(key, &record.with_deleted(false))?;
+    let agreed = replication::agreed_md5(&record, &path, app.config.volume_timeout).await?;
+    let Some(md5) = agreed else {
+        return Err(Error::Client(
+            404,
+            "the value is missing on a volume or its copies differ; cannot relink",
+        ));
+    };
+    let hash = record.hash.or(app.config.md5sum.then_some(md5));
+    app.store.put(key, &Record::new(record.volumes.clone(), false, hash))?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
 }

@@ -299,6 +299,22 @@ pub async fn delete_all(entries: &[String], key_path: &str, timeout: Duration) -
     join_all(deletes).await.into_iter().collect()
 }
 
+/// The md5 (lower-case hex) of the file at `key_path` on `entry`, read
+/// through; None when the volume has no such file.
+pub async fn copy_md5(entry: &str, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
+    let path = entry_path(entry, key_path);
+    let download = Download::begin(entry_host(entry), &path, timeout, VOLUME_IO_TIMEOUT);
+    let Some(mut download) = download.await? else {
+        return Ok(None);
+    };
+    let mut md5 = Md5::new();
+    while let Some(piece) = download.next(PIECE_BYTES).await? {
+        md5.update(&piece);
+    }
+    download.finish();
+    Ok(Some(hex_lower(&md5.finalize().into())))
+}
+
 /// The entries of `record` whose file at `key_path` provably holds its
 /// value: the bytes hash to the record's md5. A record without an md5 proves
 /// nothing, so none. A volume that fails fails the call (nothing is deleted
@@ -309,21 +325,29 @@ pub async fn copies_holding(record: &Record, key_path: &str, timeout: Duration) 
     };
     let mut holding = Vec::new();
     for entry in &record.volumes {
-        let path = entry_path(entry, key_path);
-        let download = Download::begin(entry_host(entry), &path, timeout, VOLUME_IO_TIMEOUT);
-        let Some(mut download) = download.await? else {
-            continue;
-        };
-        let mut md5 = Md5::new();
-        while let Some(piece) = download.next(PIECE_BYTES).await? {
-            md5.update(&piece);
-        }
-        download.finish();
-        if hex_lower(&md5.finalize().into()) == expected {
+        if copy_md5(entry, key_path, timeout).await? == Some(expected) {
             holding.push(entry.clone());
         }
     }
     Ok(holding)
+}
+
+/// The md5 every copy of `record`'s value hashes to, when every copy is
+/// there, all hold the same bytes, and (if the record has an md5) those are
+/// its bytes; None otherwise. What a soft-deleted record names can be the
+/// leftovers of a failed PUT over it: copies of different values.
+pub async fn agreed_md5(record: &Record, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
+    let mut agreed = record.hash;
+    for entry in &record.volumes {
+        let Some(md5) = copy_md5(entry, key_path, timeout).await? else {
+            return Ok(None);
+        };
+        if agreed.is_some_and(|agreed| agreed != md5) {
+            return Ok(None);
+        }
+        agreed = Some(md5);
+    }
+    Ok(agreed)
 }
 
 #[cfg(test)]

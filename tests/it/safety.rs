@@ -247,3 +247,23 @@ fn concurrent_writes_of_the_same_keys_stay_consistent() {
         (0..3).map(|volume| cluster.files_on(volume).len()).sum::<usize>() == live * 3
     }));
 }
+
+#[test]
+fn relink_refuses_copies_that_disagree() {
+    // What a failed PUT over an unlinked key leaves when its cleanup cannot
+    // reach a volume: one replica with the new bytes, the others with the
+    // old. RELINK must not make that live, with or without a recorded md5.
+    for flags in [&[][..], &["-md5sum=false"][..]] {
+        let cluster = Cluster::start(3, flags);
+        let url = cluster.url("/mixed");
+        assert_eq!(request("PUT", &url, Some(b"old value")).status, 201);
+        assert_eq!(request("UNLINK", &url, None).status, 204);
+        let copy = cluster.files_on(0).pop().expect("a copy on volume 0");
+        std::fs::write(&copy, b"the new value").unwrap();
+        assert_eq!(request("RELINK", &url, None).status, 404, "{flags:?}");
+        // Put back, the copies agree again and RELINK works.
+        std::fs::write(&copy, b"old value").unwrap();
+        assert_eq!(request("RELINK", &url, None).status, 204, "{flags:?}");
+        assert_eq!(fetch(&url).body, b"old value");
+    }
+}
