@@ -55,6 +55,8 @@ pub struct Findings {
     pub replicas_missing: Vec<String>,
     /// Replicas whose bytes differ from the recorded md5 or from each other.
     pub replicas_wrong: Vec<String>,
+    /// Keys with a bad replica, for their history in the report.
+    pub suspect_keys: Vec<String>,
     /// Live keys without a `Content-Md5`.
     pub live_without_md5: u64,
     pub orphans: Vec<PathBuf>,
@@ -114,7 +116,7 @@ pub fn settle_keys(master: &str, keys: &mut [KeyLedger], shared: &Shared, findin
             Some(crate::ledger::Fate::Live(_)) => findings.acked_live += 1,
             Some(crate::ledger::Fate::Unlinked(_)) => findings.acked_unlinked += 1,
             Some(crate::ledger::Fate::Absent) => findings.acked_absent += 1,
-            None => findings.uncertain += 1,
+            Some(crate::ledger::Fate::Wreck) | None => findings.uncertain += 1,
         }
         if !settle(&mut operations, entry, findings) {
             findings.unsettled.push(entry.key.clone());
@@ -232,16 +234,21 @@ pub fn check_volumes(cluster: &Cluster, replicas: usize, findings: &mut Findings
                     let what = format!("{key}: replica {entry} answered {}", answer(&other));
                     eprintln!("chaos: {what}");
                     findings.replicas_missing.push(what);
+                    findings.suspect_keys.push(key.clone());
                 }
             }
         }
+        // Without a recorded md5 the replicas must at least agree.
         let expected = recorded.clone().or_else(|| seen.first().map(|(_, md5)| md5.clone()));
         for (entry, md5) in &seen {
             if Some(md5) != expected.as_ref() {
-                let what =
-                    format!("{key}: replica {entry} has md5 {md5}, expected {expected:?} (Key-Volumes {entries:?})");
+                let what = match &recorded {
+                    Some(recorded) => format!("{key}: replica {entry} has md5 {md5}, the record says {recorded}"),
+                    None => format!("{key}: no md5 recorded and the replicas differ: {seen:?}"),
+                };
                 eprintln!("chaos: {what}");
                 findings.replicas_wrong.push(what);
+                findings.suspect_keys.push(key.clone());
             }
         }
     }

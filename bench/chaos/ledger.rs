@@ -84,7 +84,11 @@ pub fn md5_hex(bytes: &[u8]) -> String {
 pub enum Fate {
     Absent,
     Live(Value),
+    /// Soft-deleted with every copy of the value in place: RELINK must work.
     Unlinked(Value),
+    /// A DELETED record left by a PUT or DELETE that failed midway, whose
+    /// copies may be missing: GET, UNLINK and RELINK may answer 404, DELETE 204.
+    Wreck,
 }
 
 /// What an operation was answered: a status, or no answer at all.
@@ -168,6 +172,15 @@ impl KeyLedger {
             .collect()
     }
 
+    /// The fates, as the report prints them.
+    pub fn describe(&self) -> String {
+        describe(&self.fates)
+    }
+
+    pub fn history(&self) -> &[String] {
+        &self.history
+    }
+
     /// Note an operation and its answer in the history.
     pub fn note(&mut self, entry: String) {
         if self.history.len() == HISTORY_MAX {
@@ -218,7 +231,7 @@ impl KeyLedger {
             // Anything else may have left the new value live, or a DELETED
             // record (with the new or the old copies), or no record.
             _ => {
-                self.widen([Fate::Live(value), Fate::Unlinked(value), Fate::Absent]);
+                self.widen([Fate::Live(value), Fate::Unlinked(value), Fate::Wreck, Fate::Absent]);
                 None
             }
         }
@@ -236,11 +249,12 @@ impl KeyLedger {
             Outcome::Status(404) => self.narrow(AnomalyKind::Lost, "DELETE answered 404", |fate| {
                 (*fate == Fate::Absent).then_some(*fate)
             }),
-            // A DELETE that failed may have left the record DELETED.
+            // A DELETE that failed may have left the record DELETED, with
+            // all, some or none of the copies.
             _ => {
                 let unlinked: Vec<Fate> = self.live_values().into_iter().map(Fate::Unlinked).collect();
                 self.widen(unlinked);
-                self.widen([Fate::Absent]);
+                self.widen([Fate::Wreck, Fate::Absent]);
                 None
             }
         }
@@ -324,6 +338,7 @@ fn describe(fates: &[Fate]) -> String {
             Fate::Absent => "absent".to_string(),
             Fate::Live(value) => format!("live {value}"),
             Fate::Unlinked(value) => format!("unlinked {value}"),
+            Fate::Wreck => "wreck".to_string(),
         })
         .collect();
     format!("{{{}}}", names.join(", "))

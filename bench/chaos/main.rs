@@ -277,6 +277,16 @@ fn finish(
     for problem in problems.take(PROBLEMS_SHOWN) {
         println!("problem: {problem}");
     }
+    let mut suspects = findings.suspect_keys.clone();
+    suspects.dedup();
+    for key in suspects.iter().take(PROBLEMS_SHOWN) {
+        if let Some(entry) = ledgers.iter().flatten().find(|entry| &entry.key == key) {
+            println!("\nhistory of {key} (ledger: {}):", entry.describe());
+            for step in entry.history() {
+                println!("    {step}");
+            }
+        }
+    }
     for orphan in findings.orphans.iter().take(PROBLEMS_SHOWN) {
         println!("orphan: {}", orphan.display());
     }

@@ -43,7 +43,7 @@ const FAILURE_BACKOFF: Duration = Duration::from_millis(50);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause between faults, and how long a killed server stays down.
-const FAULT_GAP_MS: std::ops::Range<u64> = 200..1500;
+const FAULT_GAP_MS: std::ops::Range<u64> = 300..2500;
 const MASTER_DOWN_MS: std::ops::Range<u64> = 0..300;
 const VOLUME_DOWN_MS: std::ops::Range<u64> = 0..1500;
 /// A freeze lasts this many times `-voltimeout`, in tenths (1.5x to 3x).
