@@ -365,11 +365,15 @@ fn print_report(
     println!("lost                {lost}");
     println!("wrong-bytes         {wrong}");
     println!("resurrected         {resurrected}");
+    let mut bad_keys = findings.suspect_keys.clone();
+    bad_keys.sort();
+    bad_keys.dedup();
     println!(
-        "replicas            {} live keys listed, {} replicas missing, {} wrong, {} live keys without md5; {} unlinked records",
+        "replicas            {} live keys listed, {} replicas missing, {} wrong ({} keys), {} live keys without md5; {} unlinked records",
         findings.listed_live,
         findings.replicas_missing.len(),
         findings.replicas_wrong.len(),
+        bad_keys.len(),
         findings.live_without_md5,
         findings.listed_unlinked
     );
