@@ -101,8 +101,12 @@ async fn route(
     if let Some(query) = query {
         let operation = query_pairs(query).next().map(|(name, _)| name);
         return match (head.method, operation) {
-            (Method::Get | Method::Head, Some(b"list")) => listing::list(app, connection, head, key, query, false).await,
-            (Method::Get | Method::Head, Some(b"unlinked")) => listing::list(app, connection, head, key, query, true).await,
+            (Method::Get | Method::Head, Some(b"list")) => {
+                listing::list(app, connection, head, key, query, false).await
+            }
+            (Method::Get | Method::Head, Some(b"unlinked")) => {
+                listing::list(app, connection, head, key, query, true).await
+            }
             _ => Err(Error::Client(403, "unsupported query")),
         };
     }

@@ -3,6 +3,7 @@
 //! the test script (`MONOIO_FORCE_LEGACY_DRIVER=1` forces epoll).
 
 mod api;
+mod bounded;
 mod cluster;
 mod durability;
 mod maintenance;
