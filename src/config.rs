@@ -119,6 +119,9 @@ struct Args {
     /// rebuild: read every value back and store its md5.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     md5: bool,
+    /// rebuild: go on when a volume does not answer (its copies are left out of the index).
+    #[arg(long = "allow-down-volumes", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    allow_down_volumes: bool,
     /// rebalance: print what would move, change nothing.
     #[arg(long = "dry-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     dry_run: bool,
@@ -156,6 +159,7 @@ pub struct Config {
     pub body_limits: BodyLimits,
     pub concurrency: usize,
     pub md5: bool,
+    pub allow_down_volumes: bool,
     pub dry_run: bool,
     pub seed_count: u64,
     pub seed_prefix: String,
@@ -339,6 +343,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         },
         concurrency: args.concurrency,
         md5: args.md5,
+        allow_down_volumes: args.allow_down_volumes,
         dry_run: args.dry_run,
         seed_count: args.count,
         seed_prefix: args.prefix,

@@ -177,24 +177,35 @@ impl Index {
     }
 
     /// Remove every record (rebuild starts from nothing). Returns how many.
+    ///
+    /// One pass counts the records, then one range tombstone from the first
+    /// key to just past the last removes them all: no seek ever wades
+    /// through the point tombstones of earlier batches, and later scans
+    /// skip the whole range at once.
     pub fn clear(&self) -> Result<u64, IndexError> {
-        let mut removed = 0u64;
-        loop {
-            let mut batch = WriteBatch::default();
-            let mut iterator = self.db.raw_iterator();
-            iterator.seek_to_first();
-            while iterator.valid() && batch.len() < BATCH_RECORDS_MAX {
-                batch.delete(iterator.key().expect("valid iterator has a key"));
-                iterator.next();
-            }
+        let mut read_options = ReadOptions::default();
+        read_options.fill_cache(false);
+        let mut iterator = self.db.raw_iterator_opt(read_options);
+        iterator.seek_to_first();
+        let Some(first) = iterator.key().map(<[u8]>::to_vec) else {
             iterator.status().map_err(io_error)?;
-            drop(iterator);
-            if batch.is_empty() {
-                return Ok(removed);
-            }
-            removed += batch.len() as u64;
-            self.db.write_opt(batch, &self.write_options).map_err(io_error)?;
+            return Ok(0);
+        };
+        let mut removed = 0u64;
+        while iterator.valid() {
+            removed += 1;
+            iterator.next();
         }
+        iterator.status().map_err(io_error)?;
+        iterator.seek_to_last();
+        let last = iterator.key().map(key_after);
+        iterator.status().map_err(io_error)?;
+        drop(iterator);
+        let end = last.ok_or_else(|| IndexError::Io("the last record vanished while clearing".into()))?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range(first, end);
+        self.db.write_opt(batch, &self.write_options).map_err(io_error)?;
+        Ok(removed)
     }
 
     /// A consistent view for scans that take more than one pass.
@@ -222,6 +233,22 @@ impl View<'_> {
         start: &[u8],
         mut visit: impl FnMut(&[u8], Result<Record, RecordError>) -> bool,
     ) -> Result<bool, IndexError> {
+        let stopped_at = self.scan_bounded(prefix, start, usize::MAX, |key, record| visit(key, record))?;
+        Ok(stopped_at.is_some())
+    }
+
+    /// Visit at most `visits_max` records with keys starting with `prefix`,
+    /// from `start` (or the prefix) in byte order, until `visit` returns
+    /// false. Returns the key of the first record not visited (the one
+    /// `visit` declined, or the first one past `visits_max`): where a scan
+    /// resumes. `None` when no record is left.
+    pub fn scan_bounded(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visits_max: usize,
+        mut visit: impl FnMut(&[u8], Result<Record, RecordError>) -> bool,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
         let mut read_options = ReadOptions::default();
         if let Some(end) = prefix_end(prefix) {
             read_options.set_iterate_upper_bound(end);
@@ -231,16 +258,21 @@ impl View<'_> {
         read_options.fill_cache(false);
         let mut iterator = self.index.db.raw_iterator_opt(read_options);
         iterator.seek(if start > prefix { start } else { prefix });
+        let mut visits = 0usize;
         while iterator.valid() {
             let key = iterator.key().expect("valid iterator has a key");
+            if visits == visits_max {
+                return Ok(Some(key.to_vec()));
+            }
             let value = iterator.value().expect("valid iterator has a value");
             if !visit(key, Record::decode(value)) {
-                return Ok(true);
+                return Ok(Some(key.to_vec()));
             }
+            visits += 1;
             iterator.next();
         }
         iterator.status().map_err(io_error)?;
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -330,6 +362,48 @@ mod tests {
         assert_eq!(seen, ["/a/2", "/a/3"]);
         assert_eq!(index.clear().unwrap(), 4);
         assert_eq!(index.get(b"/b/1").unwrap(), None);
+    }
+
+    #[test]
+    fn clear_removes_every_record_and_new_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        assert_eq!(index.clear().unwrap(), 0, "an empty index");
+        // More than a write batch, and keys at both ends of the byte order.
+        let count = 3 * BATCH_RECORDS_MAX + 7;
+        let mut keys: Vec<Vec<u8>> = (0..count).map(|i| format!("/k/{i}").into_bytes()).collect();
+        keys.extend([
+            b"".to_vec(),
+            b"\x00".to_vec(),
+            b"\xff".to_vec(),
+            b"\xff\xff\xff".to_vec(),
+        ]);
+        let record = live("v");
+        for chunk in keys.chunks(BATCH_RECORDS_MAX) {
+            index
+                .put_batch(chunk.iter().map(|key| (key.as_slice(), &record)))
+                .unwrap();
+        }
+        assert_eq!(index.clear().unwrap(), keys.len() as u64);
+        for key in &keys {
+            assert_eq!(index.get(key).unwrap(), None, "{key:?}");
+        }
+        let mut left = 0;
+        index
+            .view()
+            .scan(b"", b"", |_, _| {
+                left += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(index.clear().unwrap(), 0, "cleared twice");
+        // Records written after a clear are kept.
+        index.put(b"/k/1", &record).unwrap();
+        index.put(b"\xff\xff\xff\xff", &record).unwrap();
+        assert_eq!(index.get(b"/k/1").unwrap(), Some(record.clone()));
+        assert_eq!(index.clear().unwrap(), 2);
+        assert_eq!(index.get(b"\xff\xff\xff\xff").unwrap(), None);
     }
 
     #[test]

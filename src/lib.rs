@@ -10,6 +10,7 @@
 //! - `connection`: a client connection's buffers and body reading.
 //! - `http`: the sans-IO HTTP/1.x codec (request heads, chunked bodies, responses).
 //! - `handlers`: one function per API method; `error` maps failures to statuses.
+//! - `listing`: `?list` and `?unlinked`, bounded scans of an index snapshot.
 //! - `store`: index + cache of packed 302 answers + key locks, kept coherent.
 //! - `cache`: the bounded sharded cache; `locks`: per-key write locks.
 //! - `index`: RocksDB, records in the original encoding (`record`).
@@ -31,6 +32,7 @@ pub mod handlers;
 pub mod health;
 pub mod http;
 pub mod index;
+pub mod listing;
 pub mod locks;
 pub mod placement;
 pub mod progress;

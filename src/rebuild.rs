@@ -1,6 +1,9 @@
 //! Rebuild: regrow the index from what the volumes hold.
 //!
-//! The index is emptied, then every volume is walked with nginx's JSON
+//! Every volume must first answer its root listing (else the run is refused
+//! and the index left as it was, unless `--allow-down-volumes`): a rebuild
+//! without a volume would drop every copy it holds. Then the index is
+//! emptied, and every volume is walked with nginx's JSON
 //! autoindex: the root, its `svXX` subvolume directories, their `xx/yy/`
 //! shard directories, and below those the files, whose names are the
 //! base64 of their keys. A name whose base64 holds `/` is a chain of nested
@@ -469,9 +472,64 @@ impl fmt::Display for Summary {
     }
 }
 
-/// `mkv rebuild`: empty the index and refill it from the volumes. Per-item
+/// Why a rebuild did not run to its end.
+#[derive(Debug)]
+pub enum RebuildError {
+    /// Volumes (`host:port`, why) did not answer their root listing; the
+    /// index was not touched.
+    VolumesDown(Vec<(String, String)>),
+    Index(IndexError),
+}
+
+impl fmt::Display for RebuildError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RebuildError::VolumesDown(down) => {
+                for (volume, error) in down {
+                    writeln!(formatter, "volume {volume} does not answer its listing: {error}")?;
+                }
+                write!(
+                    formatter,
+                    "refusing to rebuild, the index is untouched: a rebuild without a volume drops every \
+                     copy it holds from the index; bring it back, or pass --allow-down-volumes"
+                )
+            }
+            RebuildError::Index(error) => write!(formatter, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for RebuildError {}
+
+impl From<IndexError> for RebuildError {
+    fn from(error: IndexError) -> Self {
+        RebuildError::Index(error)
+    }
+}
+
+/// The volumes whose root listing fails, with why; listed all at once.
+async fn down_volumes(volumes: &[String]) -> Vec<(String, String)> {
+    let listings: FuturesUnordered<_> = volumes
+        .iter()
+        .map(|volume| async move { (volume, list(volume, "/").await) })
+        .collect();
+    let mut down: Vec<(String, String)> = listings
+        .filter_map(|(volume, listing)| async move { listing.err().map(|error| (volume.clone(), error.to_string())) })
+        .collect()
+        .await;
+    down.sort();
+    down
+}
+
+/// `mkv rebuild`: empty the index and refill it from the volumes. Every
+/// volume must answer first (unless `--allow-down-volumes`): emptying the
+/// index while one is away would drop every copy it holds. Per-item
 /// failures are counted in the summary; an index failure ends the run.
-pub async fn run(index: &Index, config: &Config) -> Result<Summary, IndexError> {
+pub async fn run(index: &Index, config: &Config) -> Result<Summary, RebuildError> {
+    let down = down_volumes(&config.volumes).await;
+    if !down.is_empty() && !config.allow_down_volumes {
+        return Err(RebuildError::VolumesDown(down));
+    }
     let mut summary = Summary {
         removed: index.clear()?,
         ..Summary::default()

@@ -4,6 +4,7 @@
 
 mod api;
 mod body;
+mod bounded;
 mod cluster;
 mod durability;
 mod maintenance;

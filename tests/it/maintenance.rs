@@ -223,7 +223,7 @@ fn rebuild_reports_stray_files_and_down_volumes() {
     let down = cluster.volumes[2].host();
     cluster.volumes[2].stop();
 
-    let output = maintenance(&cluster, &cluster.volume_list(), &[], "rebuild");
+    let output = maintenance(&cluster, &cluster.volume_list(), &["--allow-down-volumes"], "rebuild");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("notes.txt") && stderr.contains("not-a-key"), "{stderr}");
