@@ -381,6 +381,19 @@ fn is_token(byte: u8) -> bool {
 }
 
 impl ChunkedDecoder {
+    /// A byte after a chunk's size digits: the line's end, an extension, or
+    /// whitespace before either.
+    fn after_size(&mut self, byte: u8) -> Result<(), HttpError> {
+        self.line_bytes += 1;
+        self.state = match byte {
+            b'\r' => ChunkState::SizeLf,
+            b';' => ChunkState::SizeExtension,
+            b' ' | b'\t' => ChunkState::SizeSpace,
+            _ => return Err(HttpError::BadRequest("invalid chunk size")),
+        };
+        Ok(())
+    }
+
     /// Decode from `input`, appending body bytes to `out` until `out` holds
     /// `out_max` bytes, the input runs out, or the body ends.
     ///
@@ -424,25 +437,9 @@ impl ChunkedDecoder {
                         self.line_bytes += 1;
                     }
                     None if self.line_bytes == 0 => return bad("missing chunk size"),
-                    None => {
-                        self.line_bytes += 1;
-                        self.state = match byte {
-                            b'\r' => ChunkState::SizeLf,
-                            b';' => ChunkState::SizeExtension,
-                            b' ' | b'\t' => ChunkState::SizeSpace,
-                            _ => return bad("invalid chunk size"),
-                        };
-                    }
+                    None => self.after_size(byte)?,
                 },
-                ChunkState::SizeSpace => {
-                    self.line_bytes += 1;
-                    self.state = match byte {
-                        b'\r' => ChunkState::SizeLf,
-                        b';' => ChunkState::SizeExtension,
-                        b' ' | b'\t' => ChunkState::SizeSpace,
-                        _ => return bad("invalid chunk size"),
-                    };
-                }
+                ChunkState::SizeSpace => self.after_size(byte)?,
                 ChunkState::SizeExtension => {
                     self.line_bytes += 1;
                     if byte == b'\r' {

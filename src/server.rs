@@ -596,6 +596,19 @@ async fn serve_connection(
     }
 }
 
+/// Answer 408 to a request head that did not arrive in time; the
+/// connection then closes.
+fn head_too_slow(connection: &mut Connection) -> Closing {
+    write_text(
+        &mut connection.output,
+        408,
+        KeepAlive::Close,
+        b"",
+        "request head took too long",
+    );
+    Closing::Lingering
+}
+
 async fn serve_requests(
     app: &App,
     connection: &mut Connection,
@@ -645,14 +658,7 @@ async fn serve_requests(
             match HEADER_READ_TIMEOUT.checked_sub(started.elapsed()) {
                 Some(left) => left,
                 None => {
-                    write_text(
-                        &mut connection.output,
-                        408,
-                        KeepAlive::Close,
-                        b"",
-                        "request head took too long",
-                    );
-                    return Closing::Lingering;
+                    return head_too_slow(connection);
                 }
             }
         };
@@ -669,14 +675,7 @@ async fn serve_requests(
             Ok(_) => {}
             Err(error) => {
                 if error.kind() == io::ErrorKind::TimedOut && partial_head {
-                    write_text(
-                        &mut connection.output,
-                        408,
-                        KeepAlive::Close,
-                        b"",
-                        "request head took too long",
-                    );
-                    return Closing::Lingering;
+                    return head_too_slow(connection);
                 }
                 return Closing::Now;
             }
