@@ -63,6 +63,9 @@ pub struct Connection {
     pub scratch: Vec<u8>,
     /// Some of the current request's body has been read.
     pub body_touched: bool,
+    /// Times `read_more` moved the unconsumed input to the front: offsets
+    /// into `input` taken before a move are stale.
+    pub moves: u64,
 }
 
 impl Connection {
@@ -74,6 +77,7 @@ impl Connection {
             output: Vec::with_capacity(OUTPUT_FLUSH_BYTES),
             scratch: Vec::with_capacity(256),
             body_touched: false,
+            moves: 0,
         }
     }
 
@@ -108,6 +112,7 @@ impl Connection {
             self.input.copy_within(self.start.., 0);
             self.input.truncate(self.input.len() - self.start);
             self.start = 0;
+            self.moves += 1;
         }
         if self.input.len() == self.input.capacity() {
             return Err(io::Error::other("input buffer full"));
@@ -188,13 +193,19 @@ impl Pace {
         (!left.is_zero()).then(|| left.min(read_timeout))
     }
 
-    /// Run one read of the body, with `received` body bytes in so far.
-    async fn read<T>(&mut self, received: u64, read: impl std::future::Future<Output = T>) -> Result<T, BodyError> {
+    /// Run one read of the body, with `received` body bytes in so far:
+    /// `read` is given how long it may wait, and the time it took counts
+    /// against the body's allowance.
+    async fn read<F: std::future::Future>(
+        &mut self,
+        received: u64,
+        read: impl FnOnce(Duration) -> F,
+    ) -> Result<F::Output, BodyError> {
         let timeout = self.read_timeout(received).ok_or(BodyError::Timeout)?;
         let began = Instant::now();
-        let result = monoio::time::timeout(timeout, read).await;
+        let output = read(timeout).await;
         self.waited += began.elapsed();
-        result.map_err(|_| BodyError::Timeout)
+        Ok(output)
     }
 }
 
@@ -269,8 +280,11 @@ async fn read_length(
         // Read straight into the piece: the body is not copied through `input`.
         let length = piece.len();
         let stream = &mut connection.stream;
-        let read = stream.read(piece.slice_mut(length..want));
-        let (result, slice) = pace.read(received + length as u64, read).await?;
+        let read = |timeout| monoio::time::timeout(timeout, stream.read(piece.slice_mut(length..want)));
+        let (result, slice) = pace
+            .read(received + length as u64, read)
+            .await?
+            .map_err(|_| BodyError::Timeout)?;
         piece = slice.into_inner();
         read_error(result)?;
     }
@@ -292,7 +306,7 @@ fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
     let mut peeked = [0u8; NEXT_REQUEST_PEEK_BYTES];
     let next = match connection.buffered() {
         [] => {
-            let peeked_bytes = peek_arrived(&connection.stream, &mut peeked);
+            let peeked_bytes = peek(&connection.stream, &mut peeked).unwrap_or(0);
             &peeked[..peeked_bytes]
         }
         buffered => buffered,
@@ -310,8 +324,11 @@ fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
 }
 
 /// Copy into `buffer` bytes that have arrived on `stream` and not been read
-/// yet, leaving them there; returns how many (0 when none, or at its end).
-fn peek_arrived(stream: &TcpStream, buffer: &mut [u8]) -> usize {
+/// yet, leaving them there, without waiting: Ok(0) at the end of the
+/// stream, `WouldBlock` when nothing has arrived. Only while no read is in
+/// flight on the stream (the runtime's view of it stays as it was). The
+/// volume client uses it too, to see whether a pooled connection is open.
+pub fn peek(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the descriptor stays open while `stream` is borrowed, and recv
     // writes at most `buffer.len()` bytes into `buffer`. MSG_DONTWAIT makes
     // it return at once on a blocking socket too (the io_uring driver's).
@@ -323,7 +340,7 @@ fn peek_arrived(stream: &TcpStream, buffer: &mut [u8]) -> usize {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    usize::try_from(peeked).unwrap_or(0)
+    usize::try_from(peeked).map_err(|_| io::Error::last_os_error())
 }
 
 async fn read_chunked(
@@ -350,12 +367,9 @@ async fn read_chunked(
                 break;
             }
         }
-        let timeout = pace
-            .read_timeout(received + piece.len() as u64)
-            .ok_or(BodyError::Timeout)?;
-        let began = Instant::now();
-        let read = connection.read_more(timeout).await;
-        pace.waited += began.elapsed();
+        let read = pace
+            .read(received + piece.len() as u64, |timeout| connection.read_more(timeout))
+            .await?;
         read_error(read)?;
     }
     Ok(piece)

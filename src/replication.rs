@@ -301,7 +301,7 @@ pub async fn delete_all(entries: &[String], key_path: &str, timeout: Duration) -
 
 /// The md5 (lower-case hex) of the file at `key_path` on `entry`, read
 /// through; None when the volume has no such file.
-pub async fn copy_md5(entry: &str, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
+async fn copy_md5(entry: &str, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
     let path = entry_path(entry, key_path);
     let download = Download::begin(entry_host(entry), &path, timeout, VOLUME_IO_TIMEOUT);
     let Some(mut download) = download.await? else {
@@ -315,21 +315,28 @@ pub async fn copy_md5(entry: &str, key_path: &str, timeout: Duration) -> Result<
     Ok(Some(hex_lower(&md5.finalize().into())))
 }
 
+/// The md5 of every copy `record` names, read through in parallel, in
+/// record order (None where a volume has no such file). A volume that fails
+/// fails the call: nothing is decided on a guess.
+async fn copy_md5s(record: &Record, key_path: &str, timeout: Duration) -> Result<Vec<Option<[u8; 32]>>, VolumeError> {
+    let reads = record.volumes.iter().map(|entry| copy_md5(entry, key_path, timeout));
+    join_all(reads).await.into_iter().collect()
+}
+
 /// The entries of `record` whose file at `key_path` provably holds its
 /// value: the bytes hash to the record's md5. A record without an md5 proves
-/// nothing, so none. A volume that fails fails the call (nothing is deleted
-/// on a guess).
+/// nothing, so none.
 pub async fn copies_holding(record: &Record, key_path: &str, timeout: Duration) -> Result<Vec<String>, VolumeError> {
     let Some(expected) = record.hash else {
         return Ok(Vec::new());
     };
-    let mut holding = Vec::new();
-    for entry in &record.volumes {
-        if copy_md5(entry, key_path, timeout).await? == Some(expected) {
-            holding.push(entry.clone());
-        }
-    }
-    Ok(holding)
+    let md5s = copy_md5s(record, key_path, timeout).await?;
+    let holding = record
+        .volumes
+        .iter()
+        .zip(md5s)
+        .filter(|(_, md5)| *md5 == Some(expected));
+    Ok(holding.map(|(entry, _)| entry.clone()).collect())
 }
 
 /// The md5 every copy of `record`'s value hashes to, when every copy is
@@ -338,10 +345,8 @@ pub async fn copies_holding(record: &Record, key_path: &str, timeout: Duration) 
 /// leftovers of a failed PUT over it: copies of different values.
 pub async fn agreed_md5(record: &Record, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
     let mut agreed = record.hash;
-    for entry in &record.volumes {
-        let Some(md5) = copy_md5(entry, key_path, timeout).await? else {
-            return Ok(None);
-        };
+    for md5 in copy_md5s(record, key_path, timeout).await? {
+        let Some(md5) = md5 else { return Ok(None) };
         if agreed.is_some_and(|agreed| agreed != md5) {
             return Ok(None);
         }

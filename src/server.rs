@@ -21,6 +21,7 @@ use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{select, Either};
 use futures_util::FutureExt;
-use monoio::net::{ListenerOpts, TcpListener, TcpStream};
+use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
@@ -68,7 +69,7 @@ const LINGER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest wait between failing accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Bytes of a request's path kept for the log line of a contained panic.
+/// Bytes of a request's path shown in the log line of a contained panic.
 const PANIC_PATH_BYTES_MAX: usize = 256;
 /// io_uring submission queue entries per reactor.
 const URING_ENTRIES: u32 = 4096;
@@ -515,11 +516,12 @@ async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients_ma
         let client = clients.admit();
         let (app, clients) = (app.clone(), clients.clone());
         monoio::spawn(async move {
+            let mut connection = Connection::new(stream);
             let mut request = RequestInFlight::default();
-            let connection = serve_connection(&app, stream, &clients, &client, &mut request);
-            let served = AssertUnwindSafe(connection).catch_unwind().await;
+            let serving = serve_connection(&app, &mut connection, &clients, &client, &mut request);
+            let served = AssertUnwindSafe(serving).catch_unwind().await;
             if let Err(panic) = served {
-                report_contained_panic(id, &request, panic.as_ref());
+                report_contained_panic(id, &request, &connection, panic.as_ref());
             }
             clients.release(&client);
         });
@@ -527,46 +529,52 @@ async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients_ma
 }
 
 /// The request a connection is serving, for the log line of a contained
-/// panic: a bounded copy, so the hot path does not allocate.
+/// panic: where its path lies in the connection's input, not a copy, so
+/// the hot path pays three stores for it.
+#[derive(Default)]
 struct RequestInFlight {
     method: Option<Method>,
-    path: [u8; PANIC_PATH_BYTES_MAX],
-    path_bytes: usize,
-}
-
-impl Default for RequestInFlight {
-    fn default() -> Self {
-        RequestInFlight {
-            method: None,
-            path: [0; PANIC_PATH_BYTES_MAX],
-            path_bytes: 0,
-        }
-    }
+    /// The path's bytes in `Connection::input`...
+    path: Range<usize>,
+    /// ... while `Connection::moves` still has this value.
+    moves: u64,
 }
 
 impl RequestInFlight {
-    fn note(&mut self, method: Method, path: &[u8]) {
+    fn note(&mut self, method: Method, path: Range<usize>, moves: u64) {
         self.method = Some(method);
-        self.path_bytes = path.len().min(PANIC_PATH_BYTES_MAX);
-        self.path[..self.path_bytes].copy_from_slice(&path[..self.path_bytes]);
+        self.path = path;
+        self.moves = moves;
+    }
+
+    /// The path, if the connection's input still holds it where it was.
+    fn path<'a>(&self, connection: &'a Connection) -> Option<&'a [u8]> {
+        if connection.moves != self.moves {
+            return None;
+        }
+        let path = connection.input.get(self.path.clone())?;
+        Some(&path[..path.len().min(PANIC_PATH_BYTES_MAX)])
     }
 }
 
 /// Log and count a panic caught while serving a connection. The panic hook
 /// already printed the message and where it happened.
-fn report_contained_panic(reactor: usize, request: &RequestInFlight, panic: &(dyn Any + Send)) {
+fn report_contained_panic(
+    reactor: usize,
+    request: &RequestInFlight,
+    connection: &Connection,
+    panic: &(dyn Any + Send),
+) {
     let count = PANICS_CONTAINED.fetch_add(1, Ordering::Relaxed) + 1;
     let message = panic
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic");
-    let request = match request.method {
-        Some(method) => format!(
-            "{method:?} {}",
-            String::from_utf8_lossy(&request.path[..request.path_bytes])
-        ),
-        None => "a connection".into(),
+    let request = match (request.method, request.path(connection)) {
+        (Some(method), Some(path)) => format!("{method:?} {}", String::from_utf8_lossy(path)),
+        (Some(method), None) => format!("{method:?} (path no longer buffered)"),
+        (None, _) => "a connection".into(),
     };
     eprintln!(
         "reactor {reactor}: {request} panicked ({message}); only its connection was closed ({count} contained since start)"
@@ -585,14 +593,13 @@ enum Closing {
 /// Serve requests on one connection until it closes, fails or idles out.
 async fn serve_connection(
     app: &App,
-    stream: TcpStream,
+    connection: &mut Connection,
     clients: &Clients,
     client: &Client,
     request: &mut RequestInFlight,
 ) {
-    let mut connection = Connection::new(stream);
-    if let Closing::Lingering = serve_requests(app, &mut connection, clients, client, request).await {
-        close_lingering(&mut connection).await;
+    if let Closing::Lingering = serve_requests(app, connection, clients, client, request).await {
+        close_lingering(connection).await;
     }
 }
 
@@ -625,7 +632,8 @@ async fn serve_requests(
                 Ok(Some(head)) => {
                     head_started = None;
                     let request_start = connection.start;
-                    request.note(head.method, &connection.input[request_start..][head.path.clone()]);
+                    let path = request_start + head.path.start..request_start + head.path.end;
+                    request.note(head.method, path, connection.moves);
                     connection.start += head.head_bytes;
                     if !handlers::handle(app, connection, &head, request_start).await {
                         return Closing::Lingering;

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +25,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::connection;
 use crate::http::{parse_decimal, ChunkedDecoder, HEADER_BYTES_MAX};
 
 /// Idle keep-alive connections kept per volume and reactor.
@@ -454,24 +454,11 @@ enum Peek {
 
 /// Look at `stream` without reading from it or waiting.
 fn peek(stream: &TcpStream) -> Peek {
-    let mut byte = 0u8;
-    // SAFETY: the descriptor is the stream's own and open for the call; the
-    // kernel writes at most one byte into `byte`. MSG_PEEK consumes nothing
-    // and MSG_DONTWAIT never blocks the reactor; no read is in flight on an
-    // idle connection, so the runtime's view of the socket is unchanged.
-    let read = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match read {
-        0 => Peek::Closed,
-        1.. => Peek::Unread,
-        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Peek::Idle,
-        _ => Peek::Closed,
+    match connection::peek(stream, &mut [0u8; 1]) {
+        Ok(0) => Peek::Closed,
+        Ok(_) => Peek::Unread,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Peek::Idle,
+        Err(_) => Peek::Closed,
     }
 }
 
@@ -596,9 +583,8 @@ pub struct Upload {
     length: Option<u64>,
     /// Body bytes written on the current connection.
     sent: u64,
-    /// The whole body is on the wire: the volume will store it whatever
-    /// happens to this connection now.
-    complete: bool,
+    /// The last chunk of a chunked body was written.
+    ended: bool,
 }
 
 /// What an upload left on its volume, once settled: the answer read, or the
@@ -703,7 +689,7 @@ impl Upload {
             replay: None,
             length,
             sent: 0,
-            complete: false,
+            ended: false,
         };
         if upload.connection.reused && !whole {
             if upload.confirm(put_head(host, path, length, true)).await? {
@@ -752,7 +738,7 @@ impl Upload {
         let request = self.replay.take().expect("a held request to replay");
         self.connection = Connection::open_new(&self.connection.host, self.connect_timeout).await?;
         self.sent = 0;
-        self.complete = false;
+        self.ended = false;
         self.send_request(request).await
     }
 
@@ -800,7 +786,12 @@ impl Upload {
     /// Note `bytes` more body bytes written.
     fn count_sent(&mut self, bytes: usize) {
         self.sent += bytes as u64;
-        self.complete = self.length == Some(self.sent);
+    }
+
+    /// The whole body is on the wire: the volume will store it whatever
+    /// happens to this connection now.
+    fn complete(&self) -> bool {
+        self.ended || self.length == Some(self.sent)
     }
 
     /// End the body and wait for the volume's verdict: Ok on 201/204.
@@ -827,7 +818,7 @@ impl Upload {
     /// cleanup DELETE sent before this could reach the volume before the
     /// PUT completes and leave an orphan file behind.
     pub async fn settle(mut self) -> Settled {
-        if !self.complete {
+        if !self.complete() {
             drop(self.connection);
             return Settled::NotTaken;
         }
@@ -839,7 +830,7 @@ impl Upload {
     async fn end(&mut self) -> Result<ResponseHead, VolumeError> {
         if self.chunked {
             self.connection.write(&b"0\r\n\r\n"[..], self.timeout).await?;
-            self.complete = true;
+            self.ended = true;
         }
         self.connection.read_head(self.timeout, false).await
     }
@@ -849,7 +840,7 @@ impl Upload {
         let head = match head {
             Ok(head) => head,
             // A complete body may still be stored; an incomplete one never.
-            Err(error) if self.complete => return (Settled::Unknown, Err(error)),
+            Err(error) if self.complete() => return (Settled::Unknown, Err(error)),
             Err(error) => return (Settled::NotTaken, Err(error)),
         };
         let discarded = self.connection.discard_body(head, self.timeout).await;
