@@ -221,6 +221,8 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<RequestHead>, HttpError> {
 fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Result<(), HttpError> {
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
+    // `close` anywhere wins over `keep-alive` anywhere (RFC 9112 9.3).
+    let mut close = false;
     for header in headers {
         let name = header.name.as_bytes();
         let value = trim(header.value);
@@ -238,7 +240,7 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&byte| byte == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
-                    head.keep_alive = KeepAlive::Close;
+                    close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") && head.http10 {
                     head.keep_alive = KeepAlive::Open10;
                 }
@@ -250,6 +252,7 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
             head.expect_continue = !head.http10;
         }
     }
+    head.keep_alive = head.keep_alive.unless(close);
     head.body = match (content_length, chunked) {
         // Both framings at once is how requests are smuggled past proxies.
         (Some(_), true) => return Err(HttpError::BadRequest("Content-Length with Transfer-Encoding")),
@@ -653,6 +656,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(old_kept.keep_alive, KeepAlive::Open10);
+        let old_closed = parse("GET /k HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(old_closed.keep_alive, KeepAlive::Close);
     }
 
     #[test]
