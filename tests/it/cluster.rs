@@ -185,6 +185,7 @@ impl Cluster {
             .append(true)
             .open(&log)
             .unwrap();
+        let started_before = started_lines(&log);
         let child = mkv()
             .args(self.master_args(port))
             .arg("server")
@@ -194,6 +195,12 @@ impl Cluster {
             .spawn()
             .unwrap();
         wait_for_port(port);
+        // The port answers once one reactor listens; the master says it
+        // serves once every reactor does (and has logged its driver).
+        let deadline = Instant::now() + START_TIMEOUT;
+        while started_lines(&log) == started_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.master = Some(Master {
             port,
             child: Some(child),
@@ -230,6 +237,14 @@ impl Cluster {
         files.retain(|path| !path.components().any(|part| part.as_os_str() == ".nginx"));
         files
     }
+}
+
+/// How many times the master log says a master started serving.
+fn started_lines(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("mkv listening on")
+        .count()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
