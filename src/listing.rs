@@ -23,9 +23,9 @@ use crate::index::View;
 /// Most keys one listing returns without `limit` (the original's cap).
 pub const LIST_KEYS_MAX: u64 = 1_000_000;
 /// Most records one page visits, wanted or not (1M take about 0.6 s of one
-/// core per pass, measured on a busy 2-core machine). More than `LIST_KEYS_MAX`, so a listing whose every
-/// record is wanted still finds the key past the cap and answers 413 as the
-/// original does.
+/// core per pass, measured on a busy 2-core machine). More than
+/// `LIST_KEYS_MAX`, so a listing whose every record is wanted still finds the
+/// key past the cap and answers 413 as the original does.
 pub const LIST_VISITS_MAX: u64 = 2 * LIST_KEYS_MAX;
 /// Records visited between yields to the reactor: 2-3 ms of reading and
 /// decoding, the longest a listing keeps the other connections of its

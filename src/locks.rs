@@ -55,8 +55,9 @@ impl KeyLocks {
 
     fn lock_shard(&self, shard: usize) -> std::sync::MutexGuard<'_, HashSet<Box<[u8]>>> {
         // A panic inside an insert or remove may have left the set
-        // half-updated: a key locked forever, or two writers of one key. The process ends instead (ARCHITECTURE.md,
-        // "Panics"); a supervisor restarts it.
+        // half-updated: a key locked forever, or two writers of one key. The
+        // process ends instead (ARCHITECTURE.md, "Panics"); a supervisor
+        // restarts it.
         self.shards[shard].lock().unwrap_or_else(|_| {
             eprintln!("mkv: a key-lock shard was poisoned by a panic; aborting");
             std::process::abort()
