@@ -49,6 +49,8 @@ pub enum BodyError {
     Timeout,
     /// The socket failed.
     Io(io::Error),
+    /// `100 Continue` could not be sent: the client went away.
+    ContinueFailed,
 }
 
 /// A client connection.
@@ -66,6 +68,8 @@ pub struct Connection {
     /// Times `read_more` moved the unconsumed input to the front: offsets
     /// into `input` taken before a move are stale.
     pub moves: u64,
+    /// Accepted on the S3 port: every request is an S3 one.
+    pub s3_only: bool,
 }
 
 impl Connection {
@@ -78,6 +82,7 @@ impl Connection {
             scratch: Vec::with_capacity(256),
             body_touched: false,
             moves: 0,
+            s3_only: false,
         }
     }
 
@@ -102,6 +107,19 @@ impl Connection {
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client did not read its responses",
+            )),
+        }
+    }
+
+    /// Write queued output, then `piece` (a streamed response body).
+    pub async fn write_piece(&mut self, piece: Bytes) -> io::Result<()> {
+        self.flush().await?;
+        let stream = &mut self.stream;
+        match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(piece)).await {
+            Ok((result, _)) => result.map(drop),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client did not read its response",
             )),
         }
     }

@@ -10,11 +10,13 @@ use crate::error::Error;
 use crate::http::{self, query_pairs, write_empty, write_text, BodyFraming, KeepAlive, Method, RequestHead};
 use crate::listing;
 use crate::locks::KeyGuard;
+use crate::meta::Meta;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
-use crate::replication::{self, entry_path, ReplicationError};
+use crate::replication::{self, entry_path, ClientBody, ReplicationError};
 use crate::store::{self, ReadOutcome};
-use crate::volume::{self, Settled};
+use crate::volume;
+use crate::write::{self, Plan, WriteError};
 
 /// Handle the request whose head is `head` and whose bytes start at
 /// `request_start` in the connection's input (the head is already consumed).
@@ -227,91 +229,37 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
     // for reading the body.
     let key = key.to_vec();
     let _guard = app.store.try_lock(&key).ok_or(Error::Locked)?;
-    let prior = app.store.get(&key)?;
-    if prior.as_ref().is_some_and(Record::is_live) {
-        return Err(Error::Client(403, "key exists; DELETE it first (no overwrite)"));
-    }
-    // An unlinked value stays as it is (relinkable, same md5) unless a
-    // replica takes the new one.
-    let unlinked = prior;
-    let entries = app.store.placement().place(&key);
-    // The record goes in as deleted before any volume is touched: a crash from
-    // here on leaves at worst an unlinked key, never a live key without bytes.
-    // An unlinked record naming the same volumes already says exactly that.
-    if unlinked.as_ref().is_none_or(|record| record.volumes != entries) {
-        app.store.put(&key, &Record::new(entries.clone(), true, None))?;
-    }
-    if head.expect_continue && connection.send_continue().await.is_err() {
-        undo_put(app, &key, &entries, unlinked, &vec![Settled::NotTaken; entries.len()]).await;
-        return Err(Error::Client(400, "client went away"));
-    }
-    let path = key2path(&key);
-    let mut body = BodyReader::new(head.body, app.config.body_limits);
-    let written = replication::replicate(
-        connection,
-        &mut body,
+    let mut source = ClientBody {
+        connection: &mut *connection,
+        body: BodyReader::new(head.body, app.config.body_limits),
+        continue_pending: head.expect_continue,
+    };
+    let plan = Plan {
+        overwrite: false,
         declared,
-        &entries,
-        &path,
-        app.config.md5sum,
-        app.config.volume_timeout,
-    )
-    .await;
-    match written {
-        Ok(written) => {
-            app.store.put(&key, &Record::new(entries, false, written.md5))?;
+        with_md5: app.config.md5sum,
+        expected_md5: None,
+        allow_empty: false,
+        meta: Meta::default(),
+        changes: &[],
+    };
+    match write::store_value(app, &key, &mut source, plan).await {
+        Ok(_) => {
             write_empty(&mut connection.output, 201, head.keep_alive);
             Ok(201)
         }
-        Err(failed) => {
-            undo_put(app, &key, &entries, unlinked, &failed.settled).await;
-            Err(match failed.error {
-                ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
-                ReplicationError::Body(BodyError::TooLong) => Error::Client(400, "body longer than its Content-Length"),
-                ReplicationError::Body(BodyError::Malformed(what)) => Error::Client(400, what),
-                ReplicationError::Body(BodyError::Timeout) => Error::Client(408, "request body too slow"),
-                ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
-                ReplicationError::Volume(error) => Error::Volume(error),
-            })
-        }
-    }
-}
-
-/// After a failed PUT (every upload settled): put the key back as it was.
-///
-/// An unlinked value whose volumes took none of the new bytes is restored
-/// exactly (same record, same md5, still relinkable), and only new copies
-/// elsewhere are removed. Otherwise what reached the replicas is removed,
-/// then the record; if a volume cannot be cleaned, or an upload's outcome is
-/// unknown (it may still land), the record stays (deleted) so a later
-/// DELETE can finish the job.
-async fn undo_put(app: &App, key: &[u8], entries: &[String], unlinked: Option<Record>, settled: &[Settled]) {
-    let name = String::from_utf8_lossy(key);
-    let touched: Vec<String> = entries
-        .iter()
-        .zip(settled)
-        .filter(|(_, settled)| **settled != Settled::NotTaken)
-        .map(|(entry, _)| entry.clone())
-        .collect();
-    let path = key2path(key);
-    let timeout = app.config.volume_timeout;
-    if let Some(unlinked) = unlinked.filter(|record| record.volumes.iter().all(|entry| !touched.contains(entry))) {
-        if let Err(error) = replication::delete_all(&touched, &path, timeout).await {
-            eprintln!("failed PUT of {name:?}: cleanup left new copies: {error}");
-        }
-        if let Err(error) = app.store.put(key, &unlinked) {
-            eprintln!("failed PUT of {name:?}: cannot restore its unlinked record: {error}");
-        }
-        return;
-    }
-    match replication::delete_all(entries, &path, timeout).await {
-        Ok(()) if !settled.contains(&Settled::Unknown) => {
-            if let Err(error) = app.store.remove(key) {
-                eprintln!("failed PUT of {name:?}: cannot drop its record: {error}");
-            }
-        }
-        Ok(()) => eprintln!("failed PUT of {name:?}: a replica did not answer; the record stays deleted"),
-        Err(error) => eprintln!("failed PUT of {name:?}: cleanup left copies: {error}"),
+        Err(WriteError::Exists) => Err(Error::Client(403, "key exists; DELETE it first (no overwrite)")),
+        Err(WriteError::Index(error)) => Err(Error::Index(error)),
+        Err(WriteError::Replication(error)) => Err(match error {
+            ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
+            ReplicationError::Body(BodyError::TooLong) => Error::Client(400, "body longer than its Content-Length"),
+            ReplicationError::Body(BodyError::Malformed(what)) => Error::Client(400, what),
+            ReplicationError::Body(BodyError::Timeout) => Error::Client(408, "request body too slow"),
+            ReplicationError::Body(BodyError::ContinueFailed) => Error::Client(400, "client went away"),
+            ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
+            ReplicationError::BadDigest => Error::Client(400, "the value's md5 is not the one sent"),
+            ReplicationError::Volume(error) | ReplicationError::Source(error) => Error::Volume(error),
+        }),
     }
 }
 
@@ -323,21 +271,7 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
     if app.config.protect && record.is_live() {
         return Err(Error::Client(403, "-protect is on: UNLINK the key before DELETE"));
     }
-    if record.is_live() {
-        app.store.put(key, &record.with_deleted(true))?;
-    }
-    let path = key2path(key);
-    let timeout = app.config.volume_timeout;
-    let copies = if path_is_own(key) {
-        record.volumes.clone()
-    } else {
-        // An older master let such a key be written: the file at its merged
-        // name may hold another key's value. Delete only copies that are
-        // provably this key's bytes (its recorded md5); leave the rest.
-        replication::copies_holding(&record, &path, timeout).await?
-    };
-    replication::delete_all(&copies, &path, timeout).await?;
-    app.store.remove(key)?;
+    write::delete_value(app, key, &record).await?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
 }

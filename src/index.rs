@@ -11,10 +11,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, DataBlockIndexType, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DataBlockIndexType, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
+use crate::meta::{Meta, MetaError};
 use crate::record::{Record, RecordError};
+
+/// Column family of records' metadata (`meta`), keyed like the records.
+const META_COLUMN: &str = "meta";
+/// Column family of S3 state that is not per key: buckets and multipart
+/// uploads (`s3::state` owns its key layout).
+const STATE_COLUMN: &str = "s3";
 
 /// Bloom filter bits per key: about 1% false positives on a miss.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
@@ -43,6 +51,8 @@ pub enum IndexError {
     Io(String),
     /// A stored record does not decode.
     Corrupt { key: Vec<u8>, error: RecordError },
+    /// Stored metadata does not decode.
+    CorruptMeta { key: Vec<u8>, error: MetaError },
 }
 
 impl fmt::Display for IndexError {
@@ -61,6 +71,9 @@ impl fmt::Display for IndexError {
                     "record of key {:?} is corrupt: {error}",
                     String::from_utf8_lossy(key)
                 )
+            }
+            IndexError::CorruptMeta { key, error } => {
+                write!(formatter, "{error} for key {:?}", String::from_utf8_lossy(key))
             }
         }
     }
@@ -117,7 +130,9 @@ impl Index {
         db_options.set_memtable_prefix_bloom_ratio(0.1);
         db_options.set_keep_log_file_num(4);
 
-        let db = DB::open(&db_options, path).map_err(|error| {
+        db_options.create_missing_column_families(true);
+        let columns = [META_COLUMN, STATE_COLUMN].map(|name| ColumnFamilyDescriptor::new(name, db_options.clone()));
+        let db = DB::open_cf_descriptors(&db_options, path, columns).map_err(|error| {
             let message = error.into_string();
             if message.contains("lock") || message.contains("LOCK") {
                 IndexError::Locked(path.to_owned())
@@ -145,20 +160,85 @@ impl Index {
         }
     }
 
+    fn column(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("opened with every column family")
+    }
+
     /// Store `record` under `key` (durable in the write-ahead log on return).
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
-        record.validate().map_err(|error| IndexError::Corrupt {
-            key: key.to_vec(),
-            error,
-        })?;
+        self.apply(&[Change::Record(key, record)])
+    }
+
+    /// Remove `key`'s record and metadata (hard delete).
+    pub fn delete(&self, key: &[u8]) -> Result<(), IndexError> {
+        self.apply(&[Change::Remove(key)])
+    }
+
+    /// The metadata of `key`, if any was recorded.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
+        let bytes = self
+            .db
+            .get_pinned_cf_opt(self.column(META_COLUMN), key, &self.read_options)
+            .map_err(io_error)?;
+        decode_meta(key, bytes.as_deref())
+    }
+
+    /// Apply `changes` in one atomic write.
+    pub fn apply(&self, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        let mut batch = WriteBatch::default();
+        for change in changes {
+            match *change {
+                Change::Record(key, record) => {
+                    record.validate().map_err(|error| IndexError::Corrupt {
+                        key: key.to_vec(),
+                        error,
+                    })?;
+                    batch.put(key, record.encode());
+                }
+                Change::Meta(key, meta) => batch.put_cf(self.column(META_COLUMN), key, meta.encode()),
+                Change::Remove(key) => {
+                    batch.delete(key);
+                    batch.delete_cf(self.column(META_COLUMN), key);
+                }
+                Change::StatePut(key, value) => batch.put_cf(self.column(STATE_COLUMN), key, value),
+                Change::StateDelete(key) => batch.delete_cf(self.column(STATE_COLUMN), key),
+            }
+        }
+        self.db.write_opt(batch, &self.write_options).map_err(io_error)
+    }
+
+    /// The S3 state entry at `key`.
+    pub fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
         self.db
-            .put_opt(key, record.encode(), &self.write_options)
+            .get_cf_opt(self.column(STATE_COLUMN), key, &self.read_options)
             .map_err(io_error)
     }
 
-    /// Remove `key`'s record (hard delete).
-    pub fn delete(&self, key: &[u8]) -> Result<(), IndexError> {
-        self.db.delete_opt(key, &self.write_options).map_err(io_error)
+    /// Visit S3 state entries starting with `prefix`, from `start` on, in
+    /// byte order, until `visit` returns false or `visits_max` were seen.
+    pub fn scan_state(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visits_max: usize,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), IndexError> {
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            read_options.set_iterate_upper_bound(end);
+        }
+        let mut iterator = self.db.raw_iterator_cf_opt(self.column(STATE_COLUMN), read_options);
+        iterator.seek(if start > prefix { start } else { prefix });
+        let mut visits = 0;
+        while iterator.valid() && visits < visits_max {
+            let (key, value) = (iterator.key().expect("valid"), iterator.value().expect("valid"));
+            if !visit(key, value) {
+                return Ok(());
+            }
+            visits += 1;
+            iterator.next();
+        }
+        iterator.status().map_err(io_error)
     }
 
     /// Store many records in one atomic write.
@@ -183,9 +263,18 @@ impl Index {
     /// through the point tombstones of earlier batches, and later scans
     /// skip the whole range at once.
     pub fn clear(&self) -> Result<u64, IndexError> {
+        self.clear_column(Some(self.column(META_COLUMN)))?;
+        self.clear_column(None)
+    }
+
+    /// `clear` for one column family (None: the records).
+    fn clear_column(&self, column: Option<&ColumnFamily>) -> Result<u64, IndexError> {
         let mut read_options = ReadOptions::default();
         read_options.fill_cache(false);
-        let mut iterator = self.db.raw_iterator_opt(read_options);
+        let mut iterator = match column {
+            Some(column) => self.db.raw_iterator_cf_opt(column, read_options),
+            None => self.db.raw_iterator_opt(read_options),
+        };
         iterator.seek_to_first();
         let Some(first) = iterator.key().map(<[u8]>::to_vec) else {
             iterator.status().map_err(io_error)?;
@@ -203,7 +292,10 @@ impl Index {
         drop(iterator);
         let end = last.ok_or_else(|| IndexError::Io("the last record vanished while clearing".into()))?;
         let mut batch = WriteBatch::default();
-        batch.delete_range(first, end);
+        match column {
+            Some(column) => batch.delete_range_cf(column, first, end),
+            None => batch.delete_range(first, end),
+        }
         self.db.write_opt(batch, &self.write_options).map_err(io_error)?;
         Ok(removed)
     }
@@ -217,6 +309,32 @@ impl Index {
     }
 }
 
+/// One change of an atomic write (`Index::apply`).
+#[derive(Clone, Copy)]
+pub enum Change<'a> {
+    /// Store a record.
+    Record(&'a [u8], &'a Record),
+    /// Store a record's metadata.
+    Meta(&'a [u8], &'a Meta),
+    /// Remove a record and its metadata.
+    Remove(&'a [u8]),
+    /// Store an S3 state entry.
+    StatePut(&'a [u8], &'a [u8]),
+    /// Remove an S3 state entry.
+    StateDelete(&'a [u8]),
+}
+
+fn decode_meta(key: &[u8], bytes: Option<&[u8]>) -> Result<Option<Meta>, IndexError> {
+    bytes
+        .map(|bytes| {
+            Meta::decode(bytes).map_err(|error| IndexError::CorruptMeta {
+                key: key.to_vec(),
+                error,
+            })
+        })
+        .transpose()
+}
+
 /// A point-in-time view of the index.
 pub struct View<'a> {
     index: &'a Index,
@@ -224,6 +342,16 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
+    /// The metadata of `key` as of the view.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
+        let column = self.index.column(META_COLUMN);
+        let bytes = self
+            .snapshot
+            .get_cf_opt(column, key, ReadOptions::default())
+            .map_err(io_error)?;
+        decode_meta(key, bytes.as_deref())
+    }
+
     /// Visit records with keys starting with `prefix`, from `start` (or the
     /// prefix) in byte order, until `visit` returns false. Returns whether the
     /// scan stopped early.
@@ -284,8 +412,9 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
     next
 }
 
-/// The smallest key greater than every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+/// The smallest key greater than every key starting with `prefix` (None:
+/// there is none, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {

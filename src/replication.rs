@@ -48,13 +48,72 @@ pub enum ReplicationError {
     Empty,
     /// A replica failed.
     Volume(VolumeError),
+    /// The volume the value was copied from failed (a copy, not a PUT).
+    Source(VolumeError),
+    /// The value's md5 is not the one the client said it sent.
+    BadDigest,
+}
+
+/// Where a replicated write's bytes come from: a client's body, or another
+/// key's value on a volume.
+// Futures here never leave their reactor thread (monoio is thread-per-core),
+// so no `Send` bound is wanted on them.
+#[allow(async_fn_in_trait)]
+pub trait PieceSource {
+    /// The next piece of at most `bytes_max` bytes; None at the end.
+    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError>;
+    /// Bytes delivered so far.
+    fn delivered(&self) -> u64;
+}
+
+/// A request body read from the client's connection.
+pub struct ClientBody<'a> {
+    pub connection: &'a mut Connection,
+    pub body: BodyReader,
+    /// The client waits for `100 Continue` before it sends the body: sent
+    /// when the first piece is asked for (after the record is written).
+    pub continue_pending: bool,
+}
+
+impl PieceSource for ClientBody<'_> {
+    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
+        if std::mem::take(&mut self.continue_pending) && self.connection.send_continue().await.is_err() {
+            return Err(ReplicationError::Body(BodyError::ContinueFailed));
+        }
+        self.body
+            .next(self.connection, bytes_max)
+            .await
+            .map_err(ReplicationError::Body)
+    }
+
+    fn delivered(&self) -> u64 {
+        self.body.received
+    }
+}
+
+/// What a replicated write should do besides copying the bytes.
+pub struct Target<'a> {
+    /// The volume entries to write.
+    pub entries: &'a [String],
+    /// The key's path under each entry.
+    pub key_path: &'a str,
+    /// The value's length, when known before it arrives.
+    pub declared: Option<u64>,
+    /// Compute the value's md5.
+    pub with_md5: bool,
+    /// The md5 the value must have (`Content-MD5`): checked before the last
+    /// byte reaches a volume, so a mismatch leaves every replica as it was.
+    pub expected_md5: Option<[u8; 16]>,
+    /// A 0-byte value is a value (S3), not a missing body (native PUT).
+    pub allow_empty: bool,
+    pub connect_timeout: Duration,
 }
 
 /// A finished replicated write.
 pub struct Written {
     pub bytes: u64,
-    /// Lower-case hex md5 of the value, if asked for.
-    pub md5: Option<[u8; 32]>,
+    /// The value's md5, if asked for.
+    pub md5: Option<[u8; 16]>,
 }
 
 /// The URL path of `key`'s file under a volume entry.
@@ -72,39 +131,69 @@ pub struct Failed {
     pub settled: Vec<Settled>,
 }
 
-/// Stream the request body on `connection` to every entry in `entries`.
-pub async fn replicate(
-    connection: &mut Connection,
-    body: &mut BodyReader,
-    declared: Option<u64>,
-    entries: &[String],
-    key_path: &str,
-    with_md5: bool,
-    connect_timeout: Duration,
-) -> Result<Written, Failed> {
+/// The md5 check of a write with an expected md5: the hasher is finished
+/// once the last piece is known, before that piece reaches a volume.
+struct Digested {
+    hasher: Option<Hasher>,
+    md5: Option<[u8; 16]>,
+}
+
+impl Digested {
+    async fn update(&mut self, piece: Bytes, parallel: bool) {
+        if let Some(hasher) = self.hasher.as_mut() {
+            if parallel {
+                hasher.go_parallel();
+            }
+            hasher.update(piece).await;
+        }
+    }
+
+    /// Finish hashing (the last piece is in); false when the md5 differs
+    /// from `expected`.
+    async fn finish(&mut self, expected: Option<[u8; 16]>) -> bool {
+        if let Some(hasher) = self.hasher.take() {
+            self.md5 = Some(hasher.finish().await);
+        }
+        expected.is_none_or(|expected| self.md5 == Some(expected))
+    }
+}
+
+/// Stream the bytes of `source` to every entry of `target`.
+pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> Result<Written, Failed> {
+    let entries = target.entries;
     let untouched = |error| Failed {
         error,
         settled: vec![Settled::NotTaken; entries.len()],
     };
-    let first = match body.next(connection, PIECE_BYTES).await {
+    let first = match source.next_piece(PIECE_BYTES).await {
         Ok(Some(first)) => first,
+        Ok(None) if target.allow_empty => Bytes::new(),
         Ok(None) => return Err(untouched(ReplicationError::Empty)),
-        Err(error) => return Err(untouched(ReplicationError::Body(error))),
+        Err(error) => return Err(untouched(error)),
     };
-    let mut hasher = with_md5.then(|| Hasher::Inline(Md5::new()));
-    if let Some(hasher) = hasher.as_mut() {
-        hasher.update(first.clone()).await;
+    let hashing = target.with_md5 || target.expected_md5.is_some();
+    let mut digest = Digested {
+        hasher: hashing.then(|| Hasher::Inline(Md5::new())),
+        md5: None,
+    };
+    digest.update(first.clone(), false).await;
+    // A declared length tells when the last piece is in hand: then its md5
+    // is checked before it goes out (an empty body ends at once).
+    let declared = if first.is_empty() { Some(0) } else { target.declared };
+    let is_last = |source: &S| declared == Some(source.delivered());
+    if is_last(source) && !digest.finish(target.expected_md5).await {
+        return Err(untouched(ReplicationError::BadDigest));
     }
     let begins = entries.iter().map(|entry| {
         let first = first.clone();
         async move {
-            let path = entry_path(entry, key_path);
+            let path = entry_path(entry, target.key_path);
             Upload::begin_with(
                 entry_host(entry),
                 &path,
                 declared,
                 first,
-                connect_timeout,
+                target.connect_timeout,
                 VOLUME_IO_TIMEOUT,
             )
             .await
@@ -125,24 +214,29 @@ pub async fn replicate(
         return Err(abandon(uploads, ReplicationError::Volume(error)).await);
     }
     // The first piece went out with the heads. From here on, write each piece
-    // to all replicas while reading the next one from the client.
+    // to all replicas while reading the next one from the source.
     let mut piece: Option<Bytes> = None;
-    loop {
-        let (sent, next) = monoio::join!(send_all(&mut uploads, piece.take()), body.next(connection, PIECE_BYTES));
+    while !is_last(source) || piece.is_some() {
+        let (sent, next) = monoio::join!(send_all(&mut uploads, piece.take()), source.next_piece(PIECE_BYTES));
         if let Err(error) = sent {
             return Err(abandon(uploads, ReplicationError::Volume(error)).await);
         }
         match next {
             Ok(Some(next)) => {
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.go_parallel();
-                    hasher.update(next.clone()).await;
+                digest.update(next.clone(), true).await;
+                if is_last(source) && !digest.finish(target.expected_md5).await {
+                    return Err(abandon(uploads, ReplicationError::BadDigest).await);
                 }
                 piece = Some(next);
             }
             Ok(None) => break,
-            Err(error) => return Err(abandon(uploads, ReplicationError::Body(error)).await),
+            Err(error) => return Err(abandon(uploads, error).await),
         }
+    }
+    // A body of unknown length is chunked to the volumes: it is not complete
+    // (and so not stored) until the uploads finish, after this check.
+    if !digest.finish(target.expected_md5).await {
+        return Err(abandon(uploads, ReplicationError::BadDigest).await);
     }
     let finishes = uploads
         .into_iter()
@@ -161,13 +255,9 @@ pub async fn replicate(
             settled,
         });
     }
-    let md5 = match hasher {
-        Some(hasher) => Some(hex_lower(&hasher.finish().await)),
-        None => None,
-    };
     Ok(Written {
-        bytes: body.received,
-        md5,
+        bytes: source.delivered(),
+        md5: digest.md5,
     })
 }
 

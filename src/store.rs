@@ -15,8 +15,9 @@ use std::sync::Arc;
 use crate::cache::{Cache, Lookup, Weigh};
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
-use crate::index::{Index, IndexError};
+use crate::index::{Change, Index, IndexError};
 use crate::locks::{KeyGuard, KeyLocks};
+use crate::meta::Meta;
 use crate::placement::{
     entry_host, entry_prefix, hex_lower, key2path_into, key2volume, needs_rebalance, parse_subvolume, path_hash,
     push_path, push_subvolume,
@@ -426,6 +427,28 @@ impl Store {
         self.index.put(key, record)?;
         self.cache.put(key, self.answer(key, Some(record)));
         Ok(())
+    }
+
+    /// Write the live (or soft-deleted) `record` of `key` with its `meta`,
+    /// and any `more` changes, in one atomic write; then the cache.
+    pub fn put_with_meta(
+        &self,
+        key: &[u8],
+        record: &Record,
+        meta: &Meta,
+        more: &[Change<'_>],
+    ) -> Result<(), IndexError> {
+        let mut changes = Vec::with_capacity(2 + more.len());
+        changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
+        changes.extend_from_slice(more);
+        self.index.apply(&changes)?;
+        self.cache.put(key, self.answer(key, Some(record)));
+        Ok(())
+    }
+
+    /// The metadata of `key`, straight from the index.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
+        self.index.meta(key)
     }
 
     /// Remove `key`'s record: index first, then cache.

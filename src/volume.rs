@@ -116,6 +116,10 @@ pub struct Connection {
 pub struct ResponseHead {
     pub status: u16,
     framing: Framing,
+    /// `Content-Length` as sent (a HEAD's too).
+    pub length: Option<u64>,
+    /// `Last-Modified`, in milliseconds since the Unix epoch.
+    pub last_modified_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,9 +273,19 @@ impl Connection {
         let status = response.code.ok_or_else(|| protocol("no status"))?;
         let mut framing = Framing::UntilClose;
         let mut close = response.version == Some(0);
+        let mut length = None;
+        let mut last_modified_ms = None;
         for header in response.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
-                framing = Framing::Length(parse_decimal(header.value).ok_or_else(|| protocol("bad Content-Length"))?);
+                let value = parse_decimal(header.value).ok_or_else(|| protocol("bad Content-Length"))?;
+                length = Some(value);
+                framing = Framing::Length(value);
+            } else if header.name.eq_ignore_ascii_case("last-modified") {
+                last_modified_ms = std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|text| httpdate::parse_http_date(text).ok())
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|elapsed| elapsed.as_millis() as u64);
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 framing = Framing::Chunked;
             } else if header.name.eq_ignore_ascii_case("connection") {
@@ -285,7 +299,12 @@ impl Connection {
             self.reusable = false;
         }
         self.start += head_bytes;
-        Ok(Some(ResponseHead { status, framing }))
+        Ok(Some(ResponseHead {
+            status,
+            framing,
+            length,
+            last_modified_ms,
+        }))
     }
 
     /// Read up to `out_max` body bytes into `out`; false once the body ended.
@@ -531,6 +550,41 @@ pub async fn exists(host: &str, path: &str, timeout: Duration) -> Result<bool, V
         200 => Ok(true),
         404 => Ok(false),
         status => Err(VolumeError::Status(host.to_owned(), status)),
+    }
+}
+
+/// What a HEAD tells of a file.
+pub struct FileInfo {
+    pub length: u64,
+    pub last_modified_ms: Option<u64>,
+}
+
+/// HEAD a file on a volume: its length and mtime, Ok(None) on 404.
+pub async fn head(host: &str, path: &str, timeout: Duration) -> Result<Option<FileInfo>, VolumeError> {
+    let mut connection = Connection::open(host, timeout).await?;
+    let request = request_head("HEAD", host, path, "");
+    let answer = async {
+        connection.write(request.clone(), timeout).await?;
+        connection.read_head(timeout, true).await
+    };
+    let head = match answer.await {
+        Ok(head) => head,
+        Err(VolumeError::Io(..)) if connection.reused => {
+            connection = Connection::open_new(host, timeout).await?;
+            connection.write(request, timeout).await?;
+            connection.read_head(timeout, true).await?
+        }
+        Err(error) => return Err(error),
+    };
+    connection.release();
+    match (head.status, head.length) {
+        (200, Some(length)) => Ok(Some(FileInfo {
+            length,
+            last_modified_ms: head.last_modified_ms,
+        })),
+        (404, _) => Ok(None),
+        (200, None) => Err(VolumeError::Protocol(host.to_owned(), "HEAD without Content-Length")),
+        (status, _) => Err(VolumeError::Status(host.to_owned(), status)),
     }
 }
 
@@ -851,6 +905,8 @@ pub struct Download {
     connection: Connection,
     body: BodyState,
     timeout: Duration,
+    /// Body bytes handed out so far.
+    delivered: u64,
 }
 
 impl Download {
@@ -861,10 +917,23 @@ impl Download {
         timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Option<Download>, VolumeError> {
+        Download::begin_range(host, path, None, timeout, io_timeout).await
+    }
+
+    /// GET bytes `first..=last` of `path` (all of it for None); Ok(None) on 404.
+    pub async fn begin_range(
+        host: &str,
+        path: &str,
+        range: Option<(u64, u64)>,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Option<Download>, VolumeError> {
+        let extra = range.map_or_else(String::new, |(first, last)| format!("Range: bytes={first}-{last}\r\n"));
         let mut connection = Connection::open(host, timeout).await?;
-        let head = request_head("GET", host, path, "");
         let response = async {
-            connection.write(head, io_timeout).await?;
+            connection
+                .write(request_head("GET", host, path, &extra), io_timeout)
+                .await?;
             connection.read_head(io_timeout, false).await
         };
         let head = match response.await {
@@ -872,17 +941,24 @@ impl Download {
             Err(VolumeError::Io(..)) if connection.reused => {
                 connection = Connection::open_new(host, timeout).await?;
                 connection
-                    .write(request_head("GET", host, path, ""), io_timeout)
+                    .write(request_head("GET", host, path, &extra), io_timeout)
                     .await?;
                 connection.read_head(io_timeout, false).await?
             }
             Err(error) => return Err(error),
         };
         match head.status {
-            200 => Ok(Some(Download {
+            200 if range.is_none() => Ok(Some(Download {
                 connection,
                 body: BodyState::new(head),
                 timeout: io_timeout,
+                delivered: 0,
+            })),
+            206 if range.is_some() => Ok(Some(Download {
+                connection,
+                body: BodyState::new(head),
+                timeout: io_timeout,
+                delivered: 0,
             })),
             404 => {
                 connection.discard_body(head, io_timeout).await?;
@@ -910,7 +986,13 @@ impl Download {
                 break;
             }
         }
+        self.delivered += piece.len() as u64;
         Ok((!piece.is_empty()).then(|| Bytes::from(piece)))
+    }
+
+    /// Body bytes handed out so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     /// Return the connection to the pool (after the whole body was read).

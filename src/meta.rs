@@ -1,0 +1,164 @@
+//! Object metadata: what a value is beyond where it lives.
+//!
+//! The record (`record`) stays the original master's bytes, which other tools
+//! read. What S3 needs beyond it (the value's size, its modification time,
+//! its content type, and for a multipart upload its ETag, which is not an
+//! md5 of the value) lives beside it in the index, in its own column, and is
+//! written in the same atomic batch as the live record. Native PUTs write
+//! size and mtime too; `rebuild` restores them from the volumes' listings.
+//!
+//! Encoding, version 1 (little-endian):
+//!
+//! ```text
+//! 0x01 | size u64 | mtime_ms u64 | etag_len u8 | etag | type_len u16 | content type
+//! ```
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const VERSION: u8 = 1;
+/// Longest ETag kept: a multipart one is 32 hex digits, '-' and a part count.
+pub const ETAG_BYTES_MAX: usize = 64;
+/// Longest content type kept; longer ones are refused at PUT (a header this
+/// long is not a media type).
+pub const CONTENT_TYPE_BYTES_MAX: usize = 1024;
+
+/// A value's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Bytes in the value.
+    pub size: u64,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub mtime_ms: u64,
+    /// The ETag when it is not the record's md5 (multipart uploads).
+    pub etag: Option<String>,
+    /// The `Content-Type` given at PUT.
+    pub content_type: Option<String>,
+}
+
+/// Metadata bytes that do not decode.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MetaError;
+
+impl std::fmt::Display for MetaError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "object metadata is malformed")
+    }
+}
+
+impl std::error::Error for MetaError {}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Meta {
+    /// Metadata of a value of `size` bytes written now.
+    pub fn written_now(size: u64) -> Meta {
+        Meta {
+            size,
+            mtime_ms: now_ms(),
+            etag: None,
+            content_type: None,
+        }
+    }
+
+    /// The bytes stored in the index.
+    pub fn encode(&self) -> Vec<u8> {
+        let etag = self.etag.as_deref().unwrap_or("").as_bytes();
+        let content_type = self.content_type.as_deref().unwrap_or("").as_bytes();
+        debug_assert!(etag.len() <= ETAG_BYTES_MAX && content_type.len() <= CONTENT_TYPE_BYTES_MAX);
+        let mut out = Vec::with_capacity(20 + etag.len() + content_type.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.mtime_ms.to_le_bytes());
+        out.push(etag.len() as u8);
+        out.extend_from_slice(etag);
+        out.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
+        out.extend_from_slice(content_type);
+        out
+    }
+
+    /// Parse stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Meta, MetaError> {
+        let mut reader = Reader { bytes };
+        if reader.take(1)? != [VERSION] {
+            return Err(MetaError);
+        }
+        let size = u64::from_le_bytes(reader.array()?);
+        let mtime_ms = u64::from_le_bytes(reader.array()?);
+        let etag_bytes = usize::from(reader.take(1)?[0]);
+        let etag = reader.text(etag_bytes)?;
+        let type_bytes = usize::from(u16::from_le_bytes(reader.array()?));
+        let content_type = reader.text(type_bytes)?;
+        if !reader.bytes.is_empty() || etag_bytes > ETAG_BYTES_MAX || type_bytes > CONTENT_TYPE_BYTES_MAX {
+            return Err(MetaError);
+        }
+        Ok(Meta {
+            size,
+            mtime_ms,
+            etag,
+            content_type,
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], MetaError> {
+        if self.bytes.len() < count {
+            return Err(MetaError);
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], MetaError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    /// `count` bytes of UTF-8; None when empty.
+    fn text(&mut self, count: usize) -> Result<Option<String>, MetaError> {
+        let text = std::str::from_utf8(self.take(count)?).map_err(|_| MetaError)?;
+        Ok((!text.is_empty()).then(|| text.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let metas = [
+            Meta::default(),
+            Meta {
+                size: 5 << 40,
+                mtime_ms: 1_700_000_000_123,
+                etag: Some("0123456789abcdef0123456789abcdef-10000".into()),
+                content_type: Some("text/plain; charset=utf-8".into()),
+            },
+        ];
+        for meta in metas {
+            assert_eq!(Meta::decode(&meta.encode()), Ok(meta));
+        }
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        let good = Meta::written_now(7).encode();
+        assert_eq!(Meta::decode(&good[..good.len() - 1]), Err(MetaError));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(Meta::decode(&longer), Err(MetaError));
+        let mut version = good;
+        version[0] = 2;
+        assert_eq!(Meta::decode(&version), Err(MetaError));
+    }
+}

@@ -1,0 +1,189 @@
+//! The write protocol: how a value becomes a key's live value, whoever
+//! sends it (a native PUT, an S3 PutObject, CopyObject or the completion of
+//! a multipart upload).
+//!
+//! With the key's lock held: the record goes in `DELETED` naming the
+//! volumes placement chooses, before any volume is touched; the bytes
+//! stream to every replica at once (`replication`); only when every replica
+//! took them does the record go live, with its metadata, in one atomic
+//! index write. A crash anywhere leaves at worst a soft-deleted key, never a
+//! live key without its bytes.
+//!
+//! A failed write puts the key back as it was wherever it can: what the
+//! key held before (live, or unlinked and relinkable) stays readable on
+//! every replica that did not take the new bytes.
+
+use crate::app::App;
+use crate::error::Error;
+use crate::index::{Change, IndexError};
+use crate::meta::Meta;
+use crate::placement::{hex_lower, key2path, path_is_own};
+use crate::record::Record;
+use crate::replication::{self, Failed, PieceSource, ReplicationError, Target};
+use crate::volume::Settled;
+
+/// What to write besides the bytes.
+pub struct Plan<'a> {
+    /// A live value may be replaced (S3); otherwise a live key is refused
+    /// (the native API: DELETE first).
+    pub overwrite: bool,
+    /// The value's length, when known before it arrives.
+    pub declared: Option<u64>,
+    /// Record the value's md5 (`-md5sum`; always for S3, whose ETag it is).
+    pub with_md5: bool,
+    /// The md5 the client says the value has (`Content-MD5`).
+    pub expected_md5: Option<[u8; 16]>,
+    /// A 0-byte value is a value (S3), not a missing body.
+    pub allow_empty: bool,
+    /// Metadata stored with the live record; size and mtime are filled in.
+    pub meta: Meta,
+    /// More index changes made in the same atomic write as the live record
+    /// (a completed multipart upload's state removed).
+    pub changes: &'a [Change<'a>],
+}
+
+/// A value written: its record is live.
+pub struct Stored {
+    pub md5: Option<[u8; 16]>,
+    pub meta: Meta,
+}
+
+/// Why a write did not happen.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The key is live and the plan does not overwrite.
+    Exists,
+    /// The index failed.
+    Index(IndexError),
+    /// The bytes did not all reach every replica; the key is as it was
+    /// wherever the failure allowed.
+    Replication(ReplicationError),
+}
+
+impl From<IndexError> for WriteError {
+    fn from(error: IndexError) -> Self {
+        WriteError::Index(error)
+    }
+}
+
+/// Write the value `source` delivers as `key`'s. The caller holds the
+/// key's lock.
+pub async fn store_value<S: PieceSource>(
+    app: &App,
+    key: &[u8],
+    source: &mut S,
+    plan: Plan<'_>,
+) -> Result<Stored, WriteError> {
+    let prior = app.store.get(key)?;
+    if !plan.overwrite && prior.as_ref().is_some_and(Record::is_live) {
+        return Err(WriteError::Exists);
+    }
+    let entries = app.store.placement().place(key);
+    // The record goes in as deleted before any volume is touched. A prior
+    // record naming the same volumes says that already once it is marked
+    // deleted (keeping its md5, so RELINK can tell its bytes).
+    match prior.as_ref() {
+        Some(record) if record.volumes == entries => {
+            if record.is_live() {
+                app.store.put(key, &record.with_deleted(true))?;
+            }
+        }
+        _ => app.store.put(key, &Record::new(entries.clone(), true, None))?,
+    }
+    let path = key2path(key);
+    let target = Target {
+        entries: &entries,
+        key_path: &path,
+        declared: plan.declared,
+        with_md5: plan.with_md5,
+        expected_md5: plan.expected_md5,
+        allow_empty: plan.allow_empty,
+        connect_timeout: app.config.volume_timeout,
+    };
+    match replication::replicate(source, &target).await {
+        Ok(written) => {
+            let meta = Meta {
+                size: written.bytes,
+                mtime_ms: crate::meta::now_ms(),
+                ..plan.meta
+            };
+            let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
+            app.store.put_with_meta(key, &record, &meta, plan.changes)?;
+            Ok(Stored { md5: written.md5, meta })
+        }
+        Err(Failed { error, settled }) => {
+            undo(app, key, &entries, prior, &settled).await;
+            Err(WriteError::Replication(error))
+        }
+    }
+}
+
+/// Remove `key`'s value: the record goes `DELETED` first, then the copies,
+/// then the record. The caller holds the key's lock and read `record`.
+/// A failure leaves the record deleted, so a later DELETE finishes it.
+pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), Error> {
+    if record.is_live() {
+        app.store.put(key, &record.with_deleted(true))?;
+    }
+    let path = key2path(key);
+    let timeout = app.config.volume_timeout;
+    let copies = if path_is_own(key) {
+        record.volumes.clone()
+    } else {
+        // An older master let such a key be written: the file at its merged
+        // name may hold another key's value. Delete only copies that are
+        // provably this key's bytes (its recorded md5); leave the rest.
+        replication::copies_holding(record, &path, timeout).await?
+    };
+    replication::delete_all(&copies, &path, timeout).await?;
+    app.store.remove(key)?;
+    Ok(())
+}
+
+/// After a failed write (every upload settled): put the key back as it was.
+///
+/// The prior value (live or unlinked) survives on every volume of its
+/// record that took none of the new bytes: the new copies are removed and
+/// the prior record is put back naming those volumes (all of them when no
+/// replica took anything: exactly as it was). With no prior value, or none
+/// left, what reached the replicas is removed, then the record; if a volume
+/// cannot be cleaned, or an upload's outcome is unknown (it may still land),
+/// the record stays (deleted) so a later DELETE can finish the job.
+async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, settled: &[Settled]) {
+    let name = String::from_utf8_lossy(key);
+    let touched: Vec<String> = entries
+        .iter()
+        .zip(settled)
+        .filter(|(_, settled)| **settled != Settled::NotTaken)
+        .map(|(entry, _)| entry.clone())
+        .collect();
+    let path = key2path(key);
+    let timeout = app.config.volume_timeout;
+    let survivor = prior.and_then(|record| {
+        let volumes: Vec<String> = record
+            .volumes
+            .iter()
+            .filter(|entry| !touched.contains(entry))
+            .cloned()
+            .collect();
+        (!volumes.is_empty()).then(|| Record::new(volumes, record.deleted, record.hash))
+    });
+    if let Some(survivor) = survivor {
+        if let Err(error) = replication::delete_all(&touched, &path, timeout).await {
+            eprintln!("failed write of {name:?}: cleanup left new copies: {error}");
+        }
+        if let Err(error) = app.store.put(key, &survivor) {
+            eprintln!("failed write of {name:?}: cannot restore its prior record: {error}");
+        }
+        return;
+    }
+    match replication::delete_all(entries, &path, timeout).await {
+        Ok(()) if !settled.contains(&Settled::Unknown) => {
+            if let Err(error) = app.store.remove(key) {
+                eprintln!("failed write of {name:?}: cannot drop its record: {error}");
+            }
+        }
+        Ok(()) => eprintln!("failed write of {name:?}: a replica did not answer; the record stays deleted"),
+        Err(error) => eprintln!("failed write of {name:?}: cleanup left copies: {error}"),
+    }
+}
