@@ -61,6 +61,11 @@ struct Args {
     /// Listen port.
     #[arg(long, default_value_t = 3000)]
     port: u16,
+    /// A second port where every request is S3 (for anonymous S3 clients,
+    /// whose requests carry nothing that tells them from native ones). S3
+    /// requests on --port are recognised by their AWS headers and queries.
+    #[arg(long = "s3-port")]
+    s3_port: Option<u16>,
     /// Copies of each value.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -143,6 +148,7 @@ pub struct Config {
     pub db: PathBuf,
     pub volumes: Vec<String>,
     pub port: u16,
+    pub s3_port: Option<u16>,
     pub replicas: usize,
     pub subvolumes: u32,
     pub fallback: Option<String>,
@@ -205,6 +211,7 @@ const LONG_FLAGS: &[&str] = &[
     "db",
     "volumes",
     "port",
+    "s3-port",
     "replicas",
     "subvolumes",
     "fallback",
@@ -313,6 +320,12 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
     if args.body_timeout.is_zero() {
         return invalid("--body-timeout must be more than zero".into());
     }
+    if args.s3_port == Some(args.port) {
+        return invalid(format!(
+            "--s3-port {} is -port too: the S3 port must be another",
+            args.port
+        ));
+    }
     if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
         return invalid(format!(
             "--concurrency must be 1..={CONCURRENCY_MAX}, got {}",
@@ -324,6 +337,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         db,
         volumes,
         port: args.port,
+        s3_port: args.s3_port,
         replicas: args.replicas,
         subvolumes: args.subvolumes,
         fallback: args.fallback,

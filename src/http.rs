@@ -97,6 +97,9 @@ pub struct RequestHead {
     pub http10: bool,
     /// Bytes the head took, including the blank line.
     pub head_bytes: usize,
+    /// A header only S3 clients send: an AWS `Authorization` or any
+    /// `x-amz-*` (the request goes to the S3 API).
+    pub s3: bool,
 }
 
 impl RequestHead {
@@ -213,6 +216,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<RequestHead>, HttpError> {
         keep_alive: if http10 { KeepAlive::Close } else { KeepAlive::Open },
         http10,
         head_bytes,
+        s3: false,
     };
     read_headers(request.headers, &mut head)?;
     Ok(Some(head))
@@ -245,6 +249,8 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
                     head.keep_alive = KeepAlive::Open10;
                 }
             }
+        } else if is_s3_header(name, value) {
+            head.s3 = true;
         } else if name.eq_ignore_ascii_case(b"expect") {
             if !value.eq_ignore_ascii_case(b"100-continue") {
                 return Err(HttpError::ExpectationFailed);
@@ -262,6 +268,14 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
         (None, false) => BodyFraming::None,
     };
     Ok(())
+}
+
+/// Whether a header is one only S3 clients send: `x-amz-*`, or an
+/// `Authorization` of an AWS signature (V4 or V2).
+fn is_s3_header(name: &[u8], value: &[u8]) -> bool {
+    const AMZ: &[u8] = b"x-amz-";
+    let amz = name.len() > AMZ.len() && name[..AMZ.len()].eq_ignore_ascii_case(AMZ);
+    amz || (name.eq_ignore_ascii_case(b"authorization") && (value.starts_with(b"AWS4-") || value.starts_with(b"AWS ")))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -533,7 +547,9 @@ pub fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         204 => "No Content",
+        206 => "Partial Content",
         302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -543,6 +559,8 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        412 => "Precondition Failed",
+        416 => "Range Not Satisfiable",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -17,7 +17,10 @@
 //! - `placement`: key2path / key2volume, bit-compatible with the original.
 //! - `health`: the volumes and their health flags (the probe thread).
 //! - `volume`: the HTTP client to nginx volumes (pool, uploads, downloads).
+//! - `write`: the write protocol (record deleted, bytes to every replica,
+//!   record live with its metadata; undo on failure).
 //! - `replication`: PUT bodies streamed to all replicas at once.
+//! - `meta`: object metadata beside the record (size, mtime, type, ETag).
 //! - `rebuild`: regrow the index from the volumes' directory listings.
 //! - `rebalance`: move values where placement wants them (one key, or all).
 //! - `progress`: what the maintenance commands show the operator.
@@ -34,12 +37,15 @@ pub mod http;
 pub mod index;
 pub mod listing;
 pub mod locks;
+pub mod meta;
 pub mod placement;
 pub mod progress;
 pub mod rebalance;
 pub mod rebuild;
 pub mod record;
 pub mod replication;
+pub mod s3;
 pub mod server;
 pub mod store;
 pub mod volume;
+pub mod write;

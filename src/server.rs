@@ -39,6 +39,7 @@ use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
 use crate::http::{self, write_text, KeepAlive, Method};
+use crate::s3;
 
 /// Open client connections per reactor at most, whatever the fd limit.
 pub const CONNECTIONS_PER_REACTOR_MAX: usize = 16 * 1024;
@@ -118,6 +119,10 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     // Every reactor binds with SO_REUSEPORT, which would happily share the
     // port with another mkv; one plain bind first turns that into an error.
     StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(app.config.port, error))?;
+    if let Some(s3_port) = app.config.s3_port {
+        StdTcpListener::bind(SocketAddr::new(address.ip(), s3_port))
+            .map_err(|error| ServerError::PortInUse(s3_port, error))?;
+    }
     let fd_limit = fd_limits().map_or(u64::MAX, |(soft, _)| soft);
     let clients_max = clients_per_reactor(fd_limit, app.config.threads, app.config.replicas);
     let (ready_sender, ready) = mpsc::channel();
@@ -149,8 +154,13 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
         volumes.check_forever(interval, timeout)
     })
     .map_err(ServerError::Health)?;
+    let s3_port = app
+        .config
+        .s3_port
+        .map(|port| format!(", S3 on :{port}"))
+        .unwrap_or_default();
     eprintln!(
-        "mkv listening on :{} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
+        "mkv listening on :{}{s3_port} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
         app.config.port, app.config.threads
     );
     // Our own sender stays alive, so this waits until a thread ends.
@@ -303,8 +313,21 @@ fn run_reactor(
                 return;
             }
         };
+        let clients = Rc::new(Clients::new(clients_max));
+        if let Some(s3_port) = app.config.s3_port {
+            let s3_address = SocketAddr::new(address.ip(), s3_port);
+            match TcpListener::bind_with_config(s3_address, &options) {
+                Ok(s3_listener) => {
+                    monoio::spawn(accept_loop(id, app.clone(), s3_listener, clients.clone(), true));
+                }
+                Err(error) => {
+                    let _ = ready.send(Err(ServerError::PortInUse(s3_port, error)));
+                    return;
+                }
+            }
+        }
         let _ = ready.send(Ok(()));
-        accept_loop(id, app, listener, clients_max).await;
+        accept_loop(id, app, listener, clients, false).await;
     });
 }
 
@@ -489,8 +512,9 @@ impl AcceptBackoff {
     }
 }
 
-async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients_max: usize) {
-    let clients = Rc::new(Clients::new(clients_max));
+/// Accept and serve connections; on the S3 port (`s3_only`) every request
+/// is an S3 one. Both listeners of a reactor share its client cap.
+async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients: Rc<Clients>, s3_only: bool) {
     let mut backoff = AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
@@ -517,6 +541,7 @@ async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients_ma
         let (app, clients) = (app.clone(), clients.clone());
         monoio::spawn(async move {
             let mut connection = Connection::new(stream);
+            connection.s3_only = s3_only;
             let mut request = RequestInFlight::default();
             let serving = serve_connection(&app, &mut connection, &clients, &client, &mut request);
             let served = AssertUnwindSafe(serving).catch_unwind().await;
@@ -635,7 +660,19 @@ async fn serve_requests(
                     let path = request_start + head.path.start..request_start + head.path.end;
                     request.note(head.method, path, connection.moves);
                     connection.start += head.head_bytes;
-                    if !handlers::handle(app, connection, &head, request_start).await {
+                    let query = head
+                        .query
+                        .clone()
+                        .map(|query| request_start + query.start..request_start + query.end);
+                    let is_s3 = connection.s3_only
+                        || head.s3
+                        || query.is_some_and(|query| s3::is_s3_query(&connection.input[query]));
+                    let open = if is_s3 {
+                        s3::handle(app, connection, &head, request_start).await
+                    } else {
+                        handlers::handle(app, connection, &head, request_start).await
+                    };
+                    if !open {
                         return Closing::Lingering;
                     }
                     if connection.output.len() >= OUTPUT_FLUSH_BYTES && connection.flush().await.is_err() {

@@ -1,0 +1,378 @@
+//! The S3 API: path-style S3 requests served over the same index, volumes
+//! and write protocol as the native API.
+//!
+//! An S3 request is told from a native one by what only S3 clients send:
+//! an AWS `Authorization`, an `x-amz-*` header (the codec flags both while
+//! it parses), an S3 sub-resource or presigned-URL parameter in the query
+//! (`is_s3_query`); on `--s3-port` every request is S3. The first path
+//! segment is the bucket; object `k` of bucket `b` is the native key
+//! `/b/k`, so native and S3 clients see the same values.
+//!
+//! Unlike the native API, S3 reads are answered by the master itself: S3
+//! clients do not follow (or mishandle) a 302, so GET streams the value
+//! from a replica. Writes go through `write`, the native write protocol,
+//! with overwrite allowed. What S3 needs beyond the record (size, mtime,
+//! content type, multipart ETag) is the key's `Meta`; buckets and
+//! multipart uploads are `state`.
+//!
+//! - `request`: parsing (sans-IO): bucket, key, query, headers, ranges.
+//! - `chunked`: the `aws-chunked` body decoder (sans-IO).
+//! - `xml`: response documents and request bodies (sans-IO, quick-xml).
+//! - `auth`: where request signatures would be checked (accepts all).
+//! - `object`, `bucket`, `list`, `multipart`: the operations.
+//! - `state`: buckets and uploads in the index.
+
+pub mod auth;
+pub mod bucket;
+pub mod chunked;
+pub mod list;
+pub mod multipart;
+pub mod object;
+pub mod request;
+pub mod state;
+pub mod xml;
+
+use std::fmt::Write as _;
+
+use crate::app::App;
+use crate::connection::{drain_body, Connection};
+use crate::error::Error;
+use crate::http::{write_connection, write_status_line, KeepAlive, Method, RequestHead};
+use crate::index::IndexError;
+use crate::volume::VolumeError;
+use crate::write::WriteError;
+
+pub use request::is_s3_query;
+use request::S3Request;
+
+/// An S3 request that failed: its status, S3 error code and message.
+#[derive(Debug)]
+pub struct S3Error {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl S3Error {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> S3Error {
+        S3Error {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_argument(message: &str) -> S3Error {
+        S3Error::new(400, "InvalidArgument", message)
+    }
+
+    pub fn invalid_bucket_name() -> S3Error {
+        S3Error::new(400, "InvalidBucketName", "The specified bucket is not valid.")
+    }
+
+    pub fn no_such_bucket() -> S3Error {
+        S3Error::new(404, "NoSuchBucket", "The specified bucket does not exist")
+    }
+
+    pub fn no_such_key() -> S3Error {
+        S3Error::new(404, "NoSuchKey", "The specified key does not exist.")
+    }
+
+    pub fn no_such_upload() -> S3Error {
+        S3Error::new(
+            404,
+            "NoSuchUpload",
+            "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        )
+    }
+
+    pub fn not_implemented() -> S3Error {
+        S3Error::new(
+            501,
+            "NotImplemented",
+            "A header or query you provided implies functionality that is not implemented.",
+        )
+    }
+
+    pub fn malformed_xml(message: impl Into<String>) -> S3Error {
+        S3Error::new(400, "MalformedXML", message)
+    }
+
+    pub fn busy() -> S3Error {
+        S3Error::new(
+            409,
+            "OperationAborted",
+            "A conflicting operation on this key is in progress. Please try again.",
+        )
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> S3Error {
+        S3Error::new(500, "InternalError", message.to_string())
+    }
+
+    pub fn unavailable(message: impl std::fmt::Display) -> S3Error {
+        S3Error::new(503, "ServiceUnavailable", message.to_string())
+    }
+}
+
+impl From<IndexError> for S3Error {
+    fn from(error: IndexError) -> Self {
+        S3Error::internal(error)
+    }
+}
+
+impl From<VolumeError> for S3Error {
+    fn from(error: VolumeError) -> Self {
+        S3Error::unavailable(error)
+    }
+}
+
+impl From<Error> for S3Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Locked => S3Error::busy(),
+            Error::Unavailable => S3Error::unavailable(error),
+            Error::Volume(error) => error.into(),
+            Error::Index(error) => error.into(),
+            Error::Client(status, message) => S3Error::new(status, "InvalidRequest", message),
+        }
+    }
+}
+
+impl From<WriteError> for S3Error {
+    fn from(error: WriteError) -> Self {
+        use crate::connection::BodyError;
+        use crate::replication::ReplicationError;
+        match error {
+            WriteError::Exists => S3Error::internal("the key exists"),
+            WriteError::Index(error) => error.into(),
+            WriteError::Replication(error) => match error {
+                ReplicationError::BadDigest => S3Error::new(
+                    400,
+                    "BadDigest",
+                    "The Content-MD5 you specified did not match what we received.",
+                ),
+                ReplicationError::Empty => S3Error::new(400, "IncompleteBody", "The request body is empty."),
+                ReplicationError::Body(BodyError::Timeout) => S3Error::new(
+                    400,
+                    "RequestTimeout",
+                    "Your socket connection to the server was not read from or written to within the timeout period.",
+                ),
+                ReplicationError::Body(BodyError::Malformed(what)) => S3Error::new(400, "InvalidRequest", what),
+                ReplicationError::Body(BodyError::TooLong) => {
+                    S3Error::new(400, "InvalidRequest", "the body is longer than its declared length")
+                }
+                ReplicationError::Body(_) => S3Error::new(
+                    400,
+                    "IncompleteBody",
+                    "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+                ),
+                ReplicationError::Volume(error) => error.into(),
+                ReplicationError::Source(error) => error.into(),
+            },
+        }
+    }
+}
+
+/// A response to write: status, header lines, body.
+pub struct Reply {
+    pub status: u16,
+    /// Header lines, each ending in CRLF (no Content-Length: it is added).
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// An empty answer.
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: String::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// An XML document.
+    pub fn xml(status: u16, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: "Content-Type: application/xml\r\n".into(),
+            body,
+        }
+    }
+
+    /// Add a header line.
+    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> Reply {
+        let _ = write!(self.headers, "{name}: {value}\r\n");
+        self
+    }
+
+    /// Append the response; a HEAD gets the headers only, with the length
+    /// the body would have.
+    pub fn write(&self, output: &mut Vec<u8>, keep_alive: KeepAlive, head_only: bool) {
+        write_head(output, self.status, &self.headers, self.body.len() as u64, keep_alive);
+        if !head_only {
+            output.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// Append a status line, `headers`, `Content-Length` and the connection
+/// header.
+pub fn write_head(output: &mut Vec<u8>, status: u16, headers: &str, length: u64, keep_alive: KeepAlive) {
+    write_status_line(output, status);
+    output.extend_from_slice(headers.as_bytes());
+    if status != 304 && status != 204 {
+        output.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+    }
+    write_connection(output, keep_alive);
+    output.extend_from_slice(b"\r\n");
+}
+
+/// What an operation sent.
+pub struct Sent {
+    pub status: u16,
+    /// The connection cannot serve another request (a streamed body was
+    /// cut short).
+    pub close: bool,
+}
+
+impl Sent {
+    pub fn status(status: u16) -> Sent {
+        Sent { status, close: false }
+    }
+}
+
+/// Handle an S3 request whose head is `head`, its bytes at `request_start`
+/// in the connection's input (the head already consumed). Returns whether
+/// the connection may serve another request.
+pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
+    connection.body_touched = false;
+    let request = &connection.input[request_start..request_start + head.head_bytes];
+    let parsed = S3Request::parse(request, head).and_then(|request| {
+        auth::check(&request)?;
+        Ok(request)
+    });
+    let result = match parsed {
+        Ok(request) => dispatch(app, connection, head, &request).await,
+        Err(error) => Err(error),
+    };
+    let framing_lost = matches!(&result, Err(error) if error.status == 400) && connection.body_touched;
+    let mut keep_alive = head.keep_alive.unless(framing_lost);
+    if let Ok(sent) = &result {
+        keep_alive = keep_alive.unless(sent.close);
+    }
+    if keep_alive.is_open() && head.has_body() && result.is_err() {
+        let drained = !head.expect_continue
+            && !connection.body_touched
+            && drain_body(connection, head.body, app.config.body_limits).await;
+        keep_alive = keep_alive.unless(!drained);
+    }
+    let status = match &result {
+        Ok(sent) => sent.status,
+        Err(error) => error.status,
+    };
+    if let Err(error) = &result {
+        let body = xml::error(error.code, &error.message, "", "mkv");
+        let reply = Reply::xml(error.status, body);
+        reply.write(&mut connection.output, keep_alive, head.method == Method::Head);
+    }
+    if app.config.verbose {
+        eprintln!("S3 {:?} {status}", head.method);
+    }
+    keep_alive.is_open()
+}
+
+async fn dispatch(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    if request.bucket.is_empty() {
+        return match head.method {
+            Method::Get => bucket::list_buckets(app, connection, head),
+            _ => Err(S3Error::new(
+                405,
+                "MethodNotAllowed",
+                "The specified method is not allowed against this resource.",
+            )),
+        };
+    }
+    if request.key.is_empty() {
+        return bucket_operation(app, connection, head, request).await;
+    }
+    object_operation(app, connection, head, request).await
+}
+
+/// Sub-resources of a bucket or object that mkv does not implement.
+const UNSUPPORTED: &[&str] = &[
+    "acl",
+    "tagging",
+    "policy",
+    "cors",
+    "lifecycle",
+    "encryption",
+    "object-lock",
+    "website",
+    "replication",
+    "logging",
+    "notification",
+    "retention",
+    "legal-hold",
+    "torrent",
+    "restore",
+    "select",
+    "attributes",
+];
+
+async fn bucket_operation(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    if UNSUPPORTED.iter().any(|name| request.has(name)) {
+        return Err(S3Error::not_implemented());
+    }
+    match head.method {
+        Method::Put if request.query.is_empty() => bucket::create(app, connection, head, request).await,
+        Method::Head => bucket::head(app, connection, head, request),
+        Method::Delete if request.query.is_empty() => bucket::delete(app, connection, head, request),
+        Method::Get if request.has("location") => bucket::location(app, connection, head, request),
+        Method::Get if request.has("versioning") => bucket::versioning(app, connection, head, request),
+        Method::Get if request.has("uploads") => multipart::list_uploads(app, connection, head, request),
+        Method::Get if request.has("versions") => list::list(app, connection, head, request, list::Flavour::Versions),
+        Method::Get if request.param("list-type") == Some(b"2") => {
+            list::list(app, connection, head, request, list::Flavour::V2)
+        }
+        Method::Get => list::list(app, connection, head, request, list::Flavour::V1),
+        Method::Post if request.has("delete") => object::delete_objects(app, connection, head, request).await,
+        _ => Err(S3Error::not_implemented()),
+    }
+}
+
+async fn object_operation(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    if UNSUPPORTED.iter().any(|name| request.has(name)) {
+        return Err(S3Error::not_implemented());
+    }
+    let upload = request.has("uploadId");
+    match head.method {
+        Method::Put if upload && request.headers.copy_source.is_some() => Err(S3Error::not_implemented()),
+        Method::Put if upload => multipart::upload_part(app, connection, head, request).await,
+        Method::Put if request.headers.copy_source.is_some() => object::copy(app, connection, head, request).await,
+        Method::Put => object::put(app, connection, head, request).await,
+        Method::Get if upload => multipart::list_parts(app, connection, head, request),
+        Method::Get | Method::Head => object::get(app, connection, head, request).await,
+        Method::Delete if upload => multipart::abort(app, connection, head, request).await,
+        Method::Delete => object::delete(app, connection, head, request).await,
+        Method::Post if request.has("uploads") => multipart::create(app, connection, head, request),
+        Method::Post if upload => multipart::complete(app, connection, head, request).await,
+        _ => Err(S3Error::not_implemented()),
+    }
+}

@@ -1,0 +1,505 @@
+//! Multipart uploads, durable: parts on the volumes, state in the index.
+//!
+//! Each part is written like a value (to every replica placement names for
+//! the final key, md5 on the way) at `/mkv-parts/<upload id>/<part>` and
+//! recorded in the index's S3 state, so an upload survives a master
+//! restart and its memory is bounded whatever its size. Completion streams
+//! the listed parts, in order, from a replica of each into one value on the
+//! key's replicas through the write protocol (`write::store_value`): the
+//! result is an ordinary value in the original layout (native GET, rebuild
+//! and rebalance see one file), its record's md5 the md5 of the whole
+//! value, its ETag S3's `md5(part md5s)-N` kept in the key's metadata. The
+//! record goes live and the upload's state goes away in one atomic write;
+//! the part files are removed after.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+
+use crate::app::App;
+use crate::connection::Connection;
+use crate::http::RequestHead;
+use crate::index::Change;
+use crate::meta::{now_ms, Meta};
+use crate::placement::{entry_host, hex_lower};
+use crate::replication::{self, entry_path, PieceSource, ReplicationError, Target, VOLUME_IO_TIMEOUT};
+use crate::volume::{Download, Settled, VolumeError};
+use crate::write::{self, Plan};
+
+use super::object::{checked_key, content_md5, read_small_body, request_body};
+use super::request::S3Request;
+use super::state::{self, Part, Upload};
+use super::{bucket, xml, Reply, S3Error, Sent};
+
+/// Highest part number (S3's).
+const PART_NUMBER_MAX: u32 = 10_000;
+/// Smallest part but the last (S3's rule; clients size parts by it).
+const PART_BYTES_MIN: u64 = 5 * 1024 * 1024;
+/// Most parts or uploads one listing returns.
+const LIST_ENTRIES_MAX: u64 = 1000;
+/// Uploads looked at for one ListMultipartUploads: abandoned uploads are
+/// few, and a listing must not scan without end.
+const UPLOADS_SCAN_MAX: usize = 100_000;
+
+/// The upload a request names, which must be of its bucket and key.
+fn named_upload(app: &App, request: &S3Request) -> Result<(String, Upload), S3Error> {
+    let id = request
+        .param_text("uploadId")
+        .filter(|id| state::is_upload_id(id))
+        .ok_or_else(S3Error::no_such_upload)?;
+    let upload = state::upload(app.store.index(), id)?
+        .filter(|upload| upload.bucket == request.bucket && upload.key == request.key)
+        .ok_or_else(S3Error::no_such_upload)?;
+    Ok((id.to_owned(), upload))
+}
+
+/// The lock that keeps Complete and Abort of one upload apart.
+fn upload_lock_key(id: &str) -> Vec<u8> {
+    format!("\0mkv-upload/{id}").into_bytes()
+}
+
+pub fn create(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    checked_key(request)?;
+    bucket::check_exists(app, &request.bucket)?;
+    let id = state::new_upload_id();
+    let upload = Upload {
+        bucket: request.bucket.clone(),
+        key: request.key.clone(),
+        content_type: request.headers.content_type.clone(),
+        initiated_ms: now_ms(),
+    };
+    state::put_upload(app.store.index(), &id, &upload)?;
+    let body = xml::initiate_multipart(&request.bucket, &request.key, &id);
+    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+pub async fn upload_part(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let number = request.param_number("partNumber", 0)?;
+    let number = u32::try_from(number)
+        .ok()
+        .filter(|number| (1..=PART_NUMBER_MAX).contains(number))
+        .ok_or_else(|| S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive"))?;
+    let (id, _) = named_upload(app, request)?;
+    let key = checked_key(request)?;
+    let expected_md5 = content_md5(request)?;
+    let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
+    let _guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
+    let entries = app.store.placement().place(&key);
+    let path = state::part_path(&id, number);
+    let keep_alive = head.keep_alive;
+    let (mut body, declared) = request_body(app, connection, head, request)?;
+    let target = Target {
+        entries: &entries,
+        key_path: &path,
+        declared,
+        with_md5: true,
+        expected_md5,
+        allow_empty: true,
+        connect_timeout: app.config.volume_timeout,
+    };
+    let written = replication::replicate(&mut body, &target).await;
+    drop(body);
+    let timeout = app.config.volume_timeout;
+    let written = match written {
+        Ok(written) => written,
+        Err(failed) => {
+            // Copies of this part that took new bytes no longer hold an
+            // earlier upload of the same part: forget it.
+            let touched: Vec<String> = entries
+                .iter()
+                .zip(&failed.settled)
+                .filter(|(_, settled)| **settled != Settled::NotTaken)
+                .map(|(entry, _)| entry.clone())
+                .collect();
+            if !touched.is_empty() {
+                state::delete_part(app.store.index(), &id, number)?;
+                let _ = replication::delete_all(&touched, &path, timeout).await;
+            }
+            return Err(write::WriteError::Replication(failed.error).into());
+        }
+    };
+    let md5 = written.md5.expect("parts are hashed");
+    let part = Part {
+        size: written.bytes,
+        md5: String::from_utf8_lossy(&hex_lower(&md5)).into_owned(),
+        mtime_ms: now_ms(),
+        volumes: entries.clone(),
+    };
+    // An upload completed or aborted while this part was on its way takes
+    // no more parts: this one is removed again.
+    if state::upload(app.store.index(), &id)?.is_none() {
+        let _ = replication::delete_all(&entries, &path, timeout).await;
+        return Err(S3Error::no_such_upload());
+    }
+    state::put_part(app.store.index(), &id, number, &part)?;
+    Reply::empty(200)
+        .header("ETag", format_args!("\"{}\"", part.md5))
+        .write(&mut connection.output, keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+pub fn list_parts(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let (id, _) = named_upload(app, request)?;
+    let marker = u32::try_from(request.param_number("part-number-marker", 0)?).unwrap_or(u32::MAX);
+    let max_parts = request
+        .param_number("max-parts", LIST_ENTRIES_MAX)?
+        .min(LIST_ENTRIES_MAX) as usize;
+    let mut parts = state::parts(app.store.index(), &id, marker, max_parts + 1)?;
+    let truncated = parts.len() > max_parts;
+    parts.truncate(max_parts);
+    let entries: Vec<xml::PartEntry> = parts
+        .iter()
+        .map(|(number, part)| xml::PartEntry {
+            number: *number,
+            etag: part.md5.clone(),
+            size: part.size,
+            last_modified_ms: part.mtime_ms,
+        })
+        .collect();
+    let body = xml::list_parts(&xml::ListParts {
+        bucket: &request.bucket,
+        key: &request.key,
+        upload_id: &id,
+        part_number_marker: marker,
+        next_part_number_marker: entries.last().map_or(0, |part| part.number),
+        max_parts,
+        is_truncated: truncated,
+        parts: &entries,
+    });
+    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+pub fn list_uploads(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    bucket::check_exists(app, &request.bucket)?;
+    let prefix = request.param("prefix").unwrap_or(b"");
+    let key_marker = request.param("key-marker").unwrap_or(b"");
+    let id_marker = request.param_text("upload-id-marker").unwrap_or("");
+    let max_uploads = request
+        .param_number("max-uploads", LIST_ENTRIES_MAX)?
+        .min(LIST_ENTRIES_MAX) as usize;
+    let mut uploads: Vec<xml::UploadEntry> = state::uploads(app.store.index(), "", UPLOADS_SCAN_MAX)?
+        .into_iter()
+        .filter(|(_, upload)| upload.bucket == request.bucket && upload.key.starts_with(prefix))
+        .map(|(id, upload)| xml::UploadEntry {
+            key: upload.key,
+            upload_id: id,
+            initiated_ms: upload.initiated_ms,
+        })
+        .filter(|upload| {
+            (upload.key.as_slice(), upload.upload_id.as_str()) > (key_marker, id_marker) || key_marker.is_empty()
+        })
+        .collect();
+    uploads.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+    let truncated = uploads.len() > max_uploads;
+    uploads.truncate(max_uploads);
+    let last = uploads.last().filter(|_| truncated);
+    let body = xml::list_uploads(&xml::ListUploads {
+        bucket: &request.bucket,
+        prefix,
+        key_marker,
+        upload_id_marker: id_marker,
+        next_key_marker: last.map(|upload| upload.key.as_slice()),
+        next_upload_id_marker: last.map(|upload| upload.upload_id.as_str()),
+        max_uploads,
+        is_truncated: truncated,
+        uploads: &uploads,
+    });
+    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// Delete the files of `parts` on their volumes; the first error, if any.
+async fn delete_part_files(app: &App, id: &str, parts: &[(u32, Part)]) -> Result<(), VolumeError> {
+    let mut failure = None;
+    for (number, part) in parts {
+        let path = state::part_path(id, *number);
+        if let Err(error) = replication::delete_all(&part.volumes, &path, app.config.volume_timeout).await {
+            failure.get_or_insert(error);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Every part of upload `id`.
+fn all_parts(app: &App, id: &str) -> Result<Vec<(u32, Part)>, S3Error> {
+    Ok(state::parts(app.store.index(), id, 0, PART_NUMBER_MAX as usize + 1)?)
+}
+
+pub async fn abort(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let (id, _) = named_upload(app, request)?;
+    let lock_key = upload_lock_key(&id);
+    let _guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
+    let parts = all_parts(app, &id)?;
+    // Files first: if a volume cannot be reached the upload stays, and an
+    // abort retried later removes what is left.
+    delete_part_files(app, &id, &parts).await?;
+    let upload_key = state::upload_key(&id);
+    let part_keys: Vec<Vec<u8>> = parts.iter().map(|(number, _)| state::part_key(&id, *number)).collect();
+    let mut changes = vec![Change::StateDelete(&upload_key)];
+    changes.extend(part_keys.iter().map(|key| Change::StateDelete(key)));
+    app.store.index().apply(&changes)?;
+    Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(204))
+}
+
+/// The parts a CompleteMultipartUpload lists, checked against those
+/// uploaded: order, ETags, sizes.
+fn checked_parts(listed: &[(u32, String)], uploaded: &[(u32, Part)]) -> Result<Vec<(u32, Part)>, S3Error> {
+    if listed.is_empty() {
+        return Err(S3Error::malformed_xml("the upload lists no parts"));
+    }
+    if listed.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+        return Err(S3Error::new(
+            400,
+            "InvalidPartOrder",
+            "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
+        ));
+    }
+    let by_number: HashMap<u32, &Part> = uploaded.iter().map(|(number, part)| (*number, part)).collect();
+    let invalid = || {
+        S3Error::new(
+            400,
+            "InvalidPart",
+            "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.",
+        )
+    };
+    let mut chosen = Vec::with_capacity(listed.len());
+    for (position, (number, etag)) in listed.iter().enumerate() {
+        let part = by_number.get(number).ok_or_else(invalid)?;
+        if !part.md5.eq_ignore_ascii_case(etag) {
+            return Err(invalid());
+        }
+        if position + 1 < listed.len() && part.size < PART_BYTES_MIN {
+            return Err(S3Error::new(
+                400,
+                "EntityTooSmall",
+                "Your proposed upload is smaller than the minimum allowed object size.",
+            ));
+        }
+        chosen.push((*number, (*part).clone()));
+    }
+    Ok(chosen)
+}
+
+/// S3's ETag of a multipart value: the md5 of the parts' binary md5s, and
+/// their count.
+fn multipart_etag(parts: &[(u32, Part)]) -> String {
+    let mut md5 = Md5::new();
+    for (_, part) in parts {
+        let digest: Vec<u8> = (0..part.md5.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&part.md5[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        md5.update(&digest);
+    }
+    let digest: [u8; 16] = md5.finalize().into();
+    format!("{}-{}", String::from_utf8_lossy(&hex_lower(&digest)), parts.len())
+}
+
+pub async fn complete(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let (id, upload) = named_upload(app, request)?;
+    let key = checked_key(request)?;
+    let lock_key = upload_lock_key(&id);
+    let _upload_guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
+    let body = read_small_body(app, connection, head).await?;
+    let listed = xml::parse_complete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let uploaded = all_parts(app, &id)?;
+    let parts = checked_parts(&listed, &uploaded)?;
+    let etag = multipart_etag(&parts);
+    let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
+    let _key_guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let upload_key = state::upload_key(&id);
+    let part_keys: Vec<Vec<u8>> = uploaded
+        .iter()
+        .map(|(number, _)| state::part_key(&id, *number))
+        .collect();
+    let mut changes = vec![Change::StateDelete(&upload_key)];
+    changes.extend(part_keys.iter().map(|key| Change::StateDelete(key)));
+    let plan = Plan {
+        overwrite: true,
+        declared: Some(total),
+        with_md5: true,
+        expected_md5: None,
+        allow_empty: true,
+        meta: Meta {
+            etag: Some(etag.clone()),
+            content_type: upload.content_type.clone(),
+            ..Meta::default()
+        },
+        changes: &changes,
+    };
+    let mut source = PartsSource {
+        app,
+        id: &id,
+        parts: &parts,
+        next: 0,
+        download: None,
+        delivered: 0,
+    };
+    write::store_value(app, &key, &mut source, plan).await?;
+    if let Some(download) = source.download.take() {
+        download.finish();
+    }
+    if let Err(error) = delete_part_files(app, &id, &uploaded).await {
+        eprintln!("multipart upload {id} completed; some part files are left: {error}");
+    }
+    let location = format!("/{}/{}", request.bucket, String::from_utf8_lossy(&request.key));
+    let body = xml::complete_multipart(&location, &request.bucket, &request.key, &etag);
+    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// The listed parts of an upload, read in order from a replica of each.
+struct PartsSource<'a> {
+    app: &'a App,
+    id: &'a str,
+    parts: &'a [(u32, Part)],
+    /// The next part to open.
+    next: usize,
+    download: Option<Download>,
+    delivered: u64,
+}
+
+impl PartsSource<'_> {
+    /// Open the next part from the first replica that has it whole.
+    async fn open_next(&mut self) -> Result<Option<Download>, ReplicationError> {
+        let Some((number, part)) = self.parts.get(self.next) else {
+            return Ok(None);
+        };
+        self.next += 1;
+        let path = state::part_path(self.id, *number);
+        let mut failure = None;
+        for entry in &part.volumes {
+            let file = entry_path(entry, &path);
+            let begun = Download::begin(
+                entry_host(entry),
+                &file,
+                self.app.config.volume_timeout,
+                VOLUME_IO_TIMEOUT,
+            )
+            .await;
+            match begun {
+                Ok(Some(download)) if download.length() == Some(part.size) => return Ok(Some(download)),
+                Ok(_) => {
+                    failure = Some(VolumeError::Protocol(
+                        entry.clone(),
+                        "a part's copy is missing or has the wrong length",
+                    ))
+                }
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(ReplicationError::Source(failure.unwrap_or_else(|| {
+            VolumeError::Protocol(String::new(), "a part has no replica")
+        })))
+    }
+}
+
+impl PieceSource for PartsSource<'_> {
+    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
+        loop {
+            if self.download.is_none() {
+                match self.open_next().await? {
+                    Some(download) => self.download = Some(download),
+                    None => return Ok(None),
+                }
+            }
+            let download = self.download.as_mut().expect("opened above");
+            match download.next(bytes_max).await.map_err(ReplicationError::Source)? {
+                Some(piece) => {
+                    self.delivered += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
+                None => {
+                    if let Some(download) = self.download.take() {
+                        download.finish();
+                    }
+                }
+            }
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(md5: &str, size: u64) -> Part {
+        Part {
+            size,
+            md5: md5.to_owned(),
+            mtime_ms: 0,
+            volumes: vec!["v:1".into()],
+        }
+    }
+
+    #[test]
+    fn completion_checks_order_etags_and_sizes() {
+        let big = PART_BYTES_MIN;
+        let uploaded = vec![(1, part("aa", big)), (2, part("bb", 1)), (3, part("cc", big))];
+        let listed = |items: &[(u32, &str)]| -> Vec<(u32, String)> {
+            items.iter().map(|(number, etag)| (*number, etag.to_string())).collect()
+        };
+        assert!(checked_parts(&listed(&[(1, "aa"), (2, "bb")]), &uploaded).is_ok());
+        assert!(checked_parts(&listed(&[(1, "aa"), (3, "cc")]), &uploaded).is_ok());
+        let code = |items: &[(u32, &str)]| checked_parts(&listed(items), &uploaded).unwrap_err().code;
+        assert_eq!(code(&[(2, "bb"), (1, "aa")]), "InvalidPartOrder");
+        assert_eq!(code(&[(1, "aa"), (1, "aa")]), "InvalidPartOrder");
+        assert_eq!(code(&[(1, "ab")]), "InvalidPart");
+        assert_eq!(code(&[(4, "dd")]), "InvalidPart");
+        assert_eq!(code(&[(2, "bb"), (3, "cc")]), "EntityTooSmall");
+        assert_eq!(code(&[]), "MalformedXML");
+    }
+
+    #[test]
+    fn multipart_etag_is_the_md5_of_the_part_md5s() {
+        let parts = vec![
+            (1, part("0123456789abcdef0123456789abcdef", 1)),
+            (2, part("fedcba9876543210fedcba9876543210", 1)),
+        ];
+        let mut md5 = Md5::new();
+        md5.update([
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc,
+            0xba, 0x98, 0x76, 0x54, 0x32, 0x10, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10,
+        ]);
+        let digest: [u8; 16] = md5.finalize().into();
+        let expected = format!("{}-2", String::from_utf8_lossy(&hex_lower(&digest)));
+        assert_eq!(multipart_etag(&parts), expected);
+    }
+}

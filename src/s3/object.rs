@@ -1,0 +1,664 @@
+//! Object operations: PutObject, GetObject/HeadObject (streamed by the
+//! master), CopyObject, DeleteObject, DeleteObjects.
+//!
+//! Writes go through `write::store_value`, the native write protocol with
+//! overwrite allowed: the record is `DELETED` while the new bytes go out
+//! and live again only when every replica holds them, so a key is never
+//! live while its replicas disagree; a failed overwrite leaves the prior
+//! value readable wherever no replica took the new one.
+//!
+//! GET streams the value from one replica (a healthy one first; another
+//! if one fails before the first byte) in pieces of `PIECE_BYTES`, reading
+//! the next piece from the volume while the last goes to the client: at
+//! most two pieces in memory.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+
+use crate::app::App;
+use crate::connection::{BodyError, BodyReader, Connection};
+use crate::http::{BodyFraming, Method, RequestHead};
+use crate::meta::{now_ms, Meta, CONTENT_TYPE_BYTES_MAX};
+use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
+use crate::record::Record;
+use crate::replication::{entry_path, ClientBody, PieceSource, ReplicationError, PIECE_BYTES, VOLUME_IO_TIMEOUT};
+use crate::store::random_below;
+use crate::volume::{self, Download};
+use crate::write::{self, Plan};
+
+use super::chunked::AwsChunkedDecoder;
+use super::list::{etag_hex, etag_of};
+use super::request::{native_key, parse_range, ByteRange, RangeAsk, S3Request};
+use super::{bucket, write_head, xml, Reply, S3Error, Sent};
+
+/// Largest XML request body read (DeleteObjects of 1000 long keys,
+/// CompleteMultipartUpload of 10,000 parts).
+pub const XML_BODY_BYTES_MAX: u64 = 2 * 1024 * 1024;
+/// Content type of a value stored without one.
+const CONTENT_TYPE_DEFAULT: &str = "binary/octet-stream";
+
+/// The native key of the request's object, refused if it cannot be stored.
+pub fn checked_key(request: &S3Request) -> Result<Vec<u8>, S3Error> {
+    let key = request.native_key();
+    if key.len() > KEY_BYTES_MAX {
+        return Err(S3Error::new(
+            400,
+            "KeyTooLongError",
+            format!("Your key is too long: /bucket/key may be at most {KEY_BYTES_MAX} bytes"),
+        ));
+    }
+    if !path_is_own(&key) {
+        return Err(S3Error::invalid_argument(
+            "this key cannot be stored: its base64 file name has a leading, trailing or doubled '/'",
+        ));
+    }
+    Ok(key)
+}
+
+/// The md5 a `Content-MD5` header names.
+pub fn content_md5(request: &S3Request) -> Result<Option<[u8; 16]>, S3Error> {
+    let Some(text) = request.headers.content_md5.as_deref() else {
+        return Ok(None);
+    };
+    let bytes = STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+    match bytes {
+        Some(md5) => Ok(Some(md5)),
+        None => Err(S3Error::new(
+            400,
+            "InvalidDigest",
+            "The Content-MD5 you specified was invalid.",
+        )),
+    }
+}
+
+/// A request body, decoded from `aws-chunked` when it is so encoded.
+pub enum RequestBody<'a> {
+    Plain(ClientBody<'a>),
+    AwsChunked {
+        body: ClientBody<'a>,
+        decoder: AwsChunkedDecoder,
+        /// `x-amz-decoded-content-length`.
+        declared: Option<u64>,
+    },
+}
+
+impl PieceSource for RequestBody<'_> {
+    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
+        let (body, decoder, declared) = match self {
+            RequestBody::Plain(body) => return body.next_piece(bytes_max).await,
+            RequestBody::AwsChunked {
+                body,
+                decoder,
+                declared,
+            } => (body, decoder, *declared),
+        };
+        let malformed = |what| ReplicationError::Body(BodyError::Malformed(what));
+        loop {
+            if decoder.is_done() {
+                if declared.is_some_and(|declared| declared != decoder.decoded_bytes()) {
+                    return Err(malformed("the decoded body is not x-amz-decoded-content-length bytes"));
+                }
+                return Ok(None);
+            }
+            let Some(encoded) = body.next_piece(bytes_max).await? else {
+                decoder
+                    .finish()
+                    .map_err(|super::chunked::AwsChunkedError::Malformed(what)| malformed(what))?;
+                continue;
+            };
+            let mut decoded = Vec::with_capacity(encoded.len());
+            decoder
+                .feed(&encoded, &mut decoded)
+                .map_err(|super::chunked::AwsChunkedError::Malformed(what)| malformed(what))?;
+            if declared.is_some_and(|declared| decoder.decoded_bytes() > declared) {
+                return Err(malformed(
+                    "the decoded body is longer than x-amz-decoded-content-length",
+                ));
+            }
+            if !decoded.is_empty() {
+                return Ok(Some(Bytes::from(decoded)));
+            }
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        match self {
+            RequestBody::Plain(body) => body.delivered(),
+            RequestBody::AwsChunked { decoder, .. } => decoder.decoded_bytes(),
+        }
+    }
+}
+
+/// The body of a request that carries a value, and its length when known.
+pub fn request_body<'a>(
+    app: &App,
+    connection: &'a mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<(RequestBody<'a>, Option<u64>), S3Error> {
+    let body = ClientBody {
+        connection,
+        body: BodyReader::new(head.body, app.config.body_limits),
+        continue_pending: head.expect_continue,
+    };
+    if !request.headers.is_aws_chunked() {
+        let declared = match head.body {
+            BodyFraming::Length(length) => Some(length),
+            BodyFraming::None => Some(0),
+            BodyFraming::Chunked => None,
+        };
+        return Ok((RequestBody::Plain(body), declared));
+    }
+    let declared = match request.headers.decoded_length.as_deref() {
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| S3Error::invalid_argument("x-amz-decoded-content-length is not a number"))?,
+        ),
+        None => None,
+    };
+    let body = RequestBody::AwsChunked {
+        body,
+        decoder: AwsChunkedDecoder::new(),
+        declared,
+    };
+    Ok((body, declared))
+}
+
+/// The content type to store, from the request.
+fn content_type(request: &S3Request) -> Result<Option<String>, S3Error> {
+    match request.headers.content_type.as_deref() {
+        Some(text) if text.len() > CONTENT_TYPE_BYTES_MAX => Err(S3Error::invalid_argument("Content-Type is too long")),
+        Some(text) => Ok(Some(text.to_owned())),
+        None => Ok(None),
+    }
+}
+
+pub async fn put(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let key = checked_key(request)?;
+    bucket::check_exists(app, &request.bucket)?;
+    let expected_md5 = content_md5(request)?;
+    let meta = Meta {
+        content_type: content_type(request)?,
+        ..Meta::default()
+    };
+    let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let keep_alive = head.keep_alive;
+    let (mut body, declared) = request_body(app, connection, head, request)?;
+    let plan = Plan {
+        overwrite: true,
+        declared,
+        with_md5: true,
+        expected_md5,
+        allow_empty: true,
+        meta,
+        changes: &[],
+    };
+    let stored = write::store_value(app, &key, &mut body, plan).await?;
+    drop(body);
+    let etag = stored.md5.as_ref().map(etag_hex).unwrap_or_default();
+    Reply::empty(200)
+        .header("ETag", format_args!("\"{etag}\""))
+        .write(&mut connection.output, keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// Read a small request body (XML) whole.
+pub async fn read_small_body(app: &App, connection: &mut Connection, head: &RequestHead) -> Result<Vec<u8>, S3Error> {
+    let too_large = || S3Error::new(400, "MaxMessageLengthExceeded", "Your request was too big.");
+    if matches!(head.body, BodyFraming::Length(length) if length > XML_BODY_BYTES_MAX) {
+        return Err(too_large());
+    }
+    if head.expect_continue && connection.send_continue().await.is_err() {
+        return Err(S3Error::new(400, "IncompleteBody", "the client went away"));
+    }
+    let mut reader = BodyReader::new(head.body, app.config.body_limits);
+    let mut body = Vec::new();
+    loop {
+        match reader.next(connection, PIECE_BYTES).await {
+            Ok(Some(piece)) => {
+                body.extend_from_slice(&piece);
+                if body.len() as u64 > XML_BODY_BYTES_MAX {
+                    return Err(too_large());
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(S3Error::new(400, "IncompleteBody", "the request body was cut short")),
+        }
+    }
+}
+
+/// A live object: its record and what S3 says about it.
+pub struct Object {
+    pub record: Record,
+    pub size: u64,
+    pub mtime_ms: u64,
+    pub etag: String,
+    pub content_type: String,
+}
+
+/// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
+pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, S3Error> {
+    let Some(record) = app.store.get(key)?.filter(Record::is_live) else {
+        bucket::check_exists(app, bucket_name)?;
+        return Err(S3Error::no_such_key());
+    };
+    let meta = match app.store.meta(key)? {
+        Some(meta) => meta,
+        // Written by a master that kept no metadata: ask a replica.
+        None => probe_meta(app, key, &record).await?,
+    };
+    Ok(Object {
+        size: meta.size,
+        mtime_ms: meta.mtime_ms,
+        etag: etag_of(&record, meta.etag.as_deref()),
+        content_type: meta.content_type.unwrap_or_else(|| CONTENT_TYPE_DEFAULT.to_owned()),
+        record,
+    })
+}
+
+/// Size and mtime of a value without metadata, from a replica's HEAD.
+async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
+    let path = key2path(key);
+    for entry in replica_order(app, record) {
+        let file = entry_path(entry, &path);
+        let Ok(head) = volume::head(entry_host(entry), &file, app.config.volume_timeout).await else {
+            continue;
+        };
+        if let Some(head) = head {
+            return Ok(Meta {
+                size: head.length,
+                mtime_ms: head.last_modified_ms.unwrap_or(0),
+                ..Meta::default()
+            });
+        }
+    }
+    Err(S3Error::unavailable("no replica of this key answered"))
+}
+
+/// The replicas of `record` to read from, in order: from a random one on,
+/// those on volumes the health thread sees down last.
+fn replica_order<'a>(app: &App, record: &'a Record) -> Vec<&'a String> {
+    let count = record.volumes.len();
+    let start = random_below(count.max(1));
+    let mut order: Vec<&String> = (0..count).map(|step| &record.volumes[(start + step) % count]).collect();
+    order.sort_by_key(|entry| {
+        app.volumes
+            .id_of(entry_host(entry))
+            .is_some_and(|id| !app.volumes.is_healthy(id))
+    });
+    order
+}
+
+/// Whether an `If-Match`/`If-None-Match` list names `etag`.
+fn etag_listed(list: &str, etag: &str) -> bool {
+    list.split(',').any(|candidate| {
+        let candidate = candidate.trim();
+        let candidate = candidate.strip_prefix("W/").unwrap_or(candidate);
+        candidate == "*" || candidate.trim_matches('"') == etag
+    })
+}
+
+/// The status a conditional request gets instead of the value, if any.
+fn precondition(request: &S3Request, object: &Object) -> Option<u16> {
+    let headers = &request.headers;
+    let seconds = |ms: u64| ms / 1000;
+    let since = |text: &Option<String>| text.as_deref().and_then(xml::parse_http_date);
+    if let Some(list) = headers.if_match.as_deref() {
+        if !etag_listed(list, &object.etag) {
+            return Some(412);
+        }
+    } else if let Some(date) = since(&headers.if_unmodified_since) {
+        if seconds(object.mtime_ms) > seconds(date) {
+            return Some(412);
+        }
+    }
+    if let Some(list) = headers.if_none_match.as_deref() {
+        if etag_listed(list, &object.etag) {
+            return Some(304);
+        }
+    } else if let Some(date) = since(&headers.if_modified_since) {
+        if seconds(object.mtime_ms) <= seconds(date) {
+            return Some(304);
+        }
+    }
+    None
+}
+
+/// The headers every answer about an object carries.
+fn object_headers(object: &Object) -> Reply {
+    Reply::empty(200)
+        .header("ETag", format_args!("\"{}\"", object.etag))
+        .header("Last-Modified", xml::http_date(object.mtime_ms))
+        .header("Accept-Ranges", "bytes")
+}
+
+pub async fn get(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let key = request.native_key();
+    let object = object(app, &request.bucket, &key).await?;
+    let head_only = head.method == Method::Head;
+    match precondition(request, &object) {
+        Some(412) => {
+            return Err(S3Error::new(
+                412,
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+            ))
+        }
+        Some(status) => {
+            let mut reply = object_headers(&object);
+            reply.status = status;
+            reply.write(&mut connection.output, head.keep_alive, true);
+            return Ok(Sent::status(status));
+        }
+        None => {}
+    }
+    let range = match parse_range(request.headers.range.as_deref(), object.size) {
+        RangeAsk::Whole => None,
+        RangeAsk::Part(range) => Some(range),
+        RangeAsk::Unsatisfiable => {
+            return Err(S3Error::new(
+                416,
+                "InvalidRange",
+                "The requested range is not satisfiable",
+            ));
+        }
+    };
+    let mut reply = object_headers(&object).header("Content-Type", &object.content_type);
+    let length = match range {
+        Some(ByteRange { first, last }) => {
+            reply.status = 206;
+            reply = reply.header("Content-Range", format_args!("bytes {first}-{last}/{}", object.size));
+            last - first + 1
+        }
+        None => object.size,
+    };
+    if head_only || length == 0 {
+        write_head(
+            &mut connection.output,
+            reply.status,
+            &reply.headers,
+            length,
+            head.keep_alive,
+        );
+        return Ok(Sent::status(reply.status));
+    }
+    let mut download = open_download(app, &key, &object.record, range, length).await?;
+    write_head(
+        &mut connection.output,
+        reply.status,
+        &reply.headers,
+        length,
+        head.keep_alive,
+    );
+    let complete = stream(connection, &mut download, length).await;
+    if complete {
+        download.finish();
+    }
+    Ok(Sent {
+        status: reply.status,
+        close: !complete,
+    })
+}
+
+/// A download of `length` bytes (of `range`) of `key`'s value from the
+/// first replica that starts one.
+async fn open_download(
+    app: &App,
+    key: &[u8],
+    record: &Record,
+    range: Option<ByteRange>,
+    length: u64,
+) -> Result<Download, S3Error> {
+    let path = key2path(key);
+    let range = range.map(|range| (range.first, range.last));
+    let mut failure = None;
+    for entry in replica_order(app, record) {
+        let file = entry_path(entry, &path);
+        let begun = Download::begin_range(
+            entry_host(entry),
+            &file,
+            range,
+            app.config.volume_timeout,
+            VOLUME_IO_TIMEOUT,
+        )
+        .await;
+        match begun {
+            Ok(Some(download)) if download.length() == Some(length) => return Ok(download),
+            Ok(Some(_)) => failure = Some(format!("volume {entry}: the copy's length is not the recorded one")),
+            Ok(None) => failure = Some(format!("volume {entry}: the copy is missing")),
+            Err(error) => failure = Some(error.to_string()),
+        }
+    }
+    Err(S3Error::unavailable(
+        failure.unwrap_or_else(|| "the key has no replica".into()),
+    ))
+}
+
+/// Copy `length` bytes from `download` to the client, reading the next
+/// piece while the last is written. Returns whether all went out.
+async fn stream(connection: &mut Connection, download: &mut Download, length: u64) -> bool {
+    let mut sent = 0u64;
+    let mut piece = match download.next(PIECE_BYTES).await {
+        Ok(Some(piece)) => piece,
+        _ => return false,
+    };
+    loop {
+        sent += piece.len() as u64;
+        if sent >= length {
+            return connection.write_piece(piece).await.is_ok() && sent == length;
+        }
+        let (written, next) = monoio::join!(connection.write_piece(piece), download.next(PIECE_BYTES));
+        match (written, next) {
+            (Ok(()), Ok(Some(next))) => piece = next,
+            _ => return false,
+        }
+    }
+}
+
+pub async fn delete(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    delete_one(app, &request.bucket, &request.key).await?;
+    Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(204))
+}
+
+/// Delete one object; absent is success, as S3 has it.
+async fn delete_one(app: &App, bucket_name: &str, key: &[u8]) -> Result<(), S3Error> {
+    let key = native_key(bucket_name, key);
+    let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let Some(record) = app.store.get(&key)? else {
+        return Ok(());
+    };
+    if app.config.protect && record.is_live() {
+        return Err(S3Error::new(
+            403,
+            "AccessDenied",
+            "-protect is on: unlink the key first",
+        ));
+    }
+    write::delete_value(app, &key, &record).await?;
+    Ok(())
+}
+
+pub async fn delete_objects(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    bucket::check_exists(app, &request.bucket)?;
+    let body = read_small_body(app, connection, head).await?;
+    if let Some(expected) = content_md5(request)? {
+        use md5::{Digest, Md5};
+        if <[u8; 16]>::from(Md5::digest(&body)) != expected {
+            return Err(S3Error::new(
+                400,
+                "BadDigest",
+                "The Content-MD5 you specified did not match what we received.",
+            ));
+        }
+    }
+    let (quiet, keys) = xml::parse_delete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for key in keys {
+        match delete_one(app, &request.bucket, &key).await {
+            Ok(()) if quiet => {}
+            Ok(()) => deleted.push(key),
+            Err(error) => errors.push(xml::DeleteError {
+                key,
+                code: error.code.to_owned(),
+                message: error.message,
+            }),
+        }
+    }
+    Reply::xml(200, xml::delete_result(&deleted, &errors)).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// The bucket and key an `x-amz-copy-source` names.
+fn copy_source(request: &S3Request) -> Result<(String, Vec<u8>), S3Error> {
+    let text = request.headers.copy_source.as_deref().unwrap_or("");
+    let text = text.split_once("?versionId=").map_or(text, |(source, _)| source);
+    let mut decoded = Vec::new();
+    if !crate::http::percent_decode_into(text.as_bytes(), &mut decoded) {
+        return Err(S3Error::invalid_argument("x-amz-copy-source is not valid"));
+    }
+    let path = decoded.strip_prefix(b"/").unwrap_or(&decoded);
+    let slash = path.iter().position(|&byte| byte == b'/');
+    match slash {
+        Some(slash) if slash > 0 && slash + 1 < path.len() => {
+            let bucket_name = String::from_utf8(path[..slash].to_vec())
+                .map_err(|_| S3Error::invalid_argument("x-amz-copy-source names no bucket"))?;
+            Ok((bucket_name, path[slash + 1..].to_vec()))
+        }
+        _ => Err(S3Error::invalid_argument("x-amz-copy-source must be bucket/key")),
+    }
+}
+
+/// A value read from a replica of another key (CopyObject's source).
+pub struct CopySource {
+    download: Download,
+}
+
+impl PieceSource for CopySource {
+    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
+        self.download.next(bytes_max).await.map_err(ReplicationError::Source)
+    }
+
+    fn delivered(&self) -> u64 {
+        self.download.delivered()
+    }
+}
+
+pub async fn copy(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let key = checked_key(request)?;
+    bucket::check_exists(app, &request.bucket)?;
+    let (source_bucket, source_key) = copy_source(request)?;
+    let source_native = native_key(&source_bucket, &source_key);
+    let source = object(app, &source_bucket, &source_native).await?;
+    let replace = request.headers.metadata_directive.as_deref() == Some("REPLACE");
+    let content_type = if replace {
+        content_type(request)?
+    } else {
+        Some(source.content_type.clone())
+    };
+    let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let (etag, mtime_ms) = if source_native == key {
+        if !replace {
+            return Err(S3Error::new(
+                400,
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata.",
+            ));
+        }
+        // A copy onto itself changes only the metadata.
+        let meta = Meta {
+            size: source.size,
+            mtime_ms: now_ms(),
+            etag: app.store.meta(&key)?.and_then(|meta| meta.etag),
+            content_type,
+        };
+        app.store.put_with_meta(&key, &source.record, &meta, &[])?;
+        (source.etag, meta.mtime_ms)
+    } else {
+        let plan = Plan {
+            overwrite: true,
+            declared: Some(source.size),
+            with_md5: true,
+            expected_md5: None,
+            allow_empty: true,
+            meta: Meta {
+                content_type,
+                ..Meta::default()
+            },
+            changes: &[],
+        };
+        let stored = if source.size == 0 {
+            write::store_value(app, &key, &mut EmptySource, plan).await?
+        } else {
+            let download = open_download(app, &source_native, &source.record, None, source.size).await?;
+            let mut copied = CopySource { download };
+            let stored = write::store_value(app, &key, &mut copied, plan).await?;
+            copied.download.finish();
+            stored
+        };
+        (
+            stored.md5.as_ref().map(etag_hex).unwrap_or_default(),
+            stored.meta.mtime_ms,
+        )
+    };
+    Reply::xml(200, xml::copy_object(&etag, mtime_ms)).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// A source of no bytes (a copy of an empty value).
+struct EmptySource;
+
+impl PieceSource for EmptySource {
+    async fn next_piece(&mut self, _bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
+        Ok(None)
+    }
+
+    fn delivered(&self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::etag_listed;
+
+    #[test]
+    fn etag_lists_match_quoted_weak_and_star() {
+        assert!(etag_listed("\"abc\"", "abc"));
+        assert!(etag_listed("abc", "abc"));
+        assert!(etag_listed("W/\"abc\"", "abc"));
+        assert!(etag_listed("\"x\", \"abc\"", "abc"));
+        assert!(etag_listed("*", "abc"));
+        assert!(!etag_listed("\"abd\"", "abc"));
+    }
+}

@@ -1,0 +1,322 @@
+//! An S3 request, parsed (sans-IO) from the request head into what the
+//! operations need: the bucket and key of the path-style URL, the query's
+//! sub-resources and parameters, and the headers S3 gives meaning to.
+//!
+//! Everything is copied out of the connection's input buffer: reading the
+//! body moves that buffer, and S3 requests are not the hot path.
+
+use crate::http::{percent_decode_into, query_pairs, Method, RequestHead};
+
+use super::S3Error;
+
+/// Sub-resources that name an S3 operation (`?uploads`, `?delete`, ...):
+/// a request that carries one is S3 even without AWS headers.
+pub const SUB_RESOURCES: &[&[u8]] = &[
+    b"list-type",
+    b"uploads",
+    b"uploadId",
+    b"partNumber",
+    b"delete",
+    b"location",
+    b"versioning",
+    b"versions",
+    b"acl",
+    b"tagging",
+    b"policy",
+    b"cors",
+    b"lifecycle",
+    b"encryption",
+    b"object-lock",
+    b"X-Amz-Algorithm",
+    b"X-Amz-Credential",
+    b"X-Amz-Signature",
+    b"X-Amz-Date",
+    b"X-Amz-Expires",
+    b"X-Amz-SignedHeaders",
+    b"AWSAccessKeyId",
+    b"Signature",
+];
+
+/// The parts of a request an S3 operation reads.
+#[derive(Debug, Default)]
+pub struct S3Request {
+    pub method: Option<Method>,
+    /// The first path segment; empty for the service (`GET /`).
+    pub bucket: String,
+    /// The rest of the path after `bucket/`, percent-decoded.
+    pub key: Vec<u8>,
+    /// Query parameters, names as sent, values percent-decoded.
+    pub query: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
+}
+
+/// The headers S3 operations give meaning to.
+#[derive(Debug, Default)]
+pub struct Headers {
+    pub content_type: Option<String>,
+    pub content_md5: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_sha256: Option<String>,
+    pub decoded_length: Option<String>,
+    pub range: Option<String>,
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+    pub if_unmodified_since: Option<String>,
+    pub copy_source: Option<String>,
+    pub metadata_directive: Option<String>,
+    pub authorization: Option<String>,
+}
+
+impl S3Request {
+    /// Parse the head of the request whose bytes are `request` (the head
+    /// only), with the codec's `head` of it.
+    pub fn parse(request: &[u8], head: &RequestHead) -> Result<S3Request, S3Error> {
+        let mut path = Vec::new();
+        if !percent_decode_into(&request[head.path.clone()], &mut path) {
+            return Err(S3Error::invalid_argument("invalid percent-encoding in the path"));
+        }
+        let path = path.strip_prefix(b"/").unwrap_or(&path);
+        let (bucket, key) = match path.iter().position(|&byte| byte == b'/') {
+            Some(slash) => (&path[..slash], &path[slash + 1..]),
+            None => (path, &path[path.len()..]),
+        };
+        let bucket = String::from_utf8(bucket.to_vec()).map_err(|_| S3Error::invalid_bucket_name())?;
+        let mut query = Vec::new();
+        if let Some(range) = head.query.clone() {
+            for (name, value) in query_pairs(&request[range]) {
+                let mut decoded = Vec::new();
+                if !percent_decode_into(value, &mut decoded) {
+                    return Err(S3Error::invalid_argument("invalid percent-encoding in the query"));
+                }
+                query.push((String::from_utf8_lossy(name).into_owned(), decoded));
+            }
+        }
+        Ok(S3Request {
+            method: Some(head.method),
+            bucket,
+            key: key.to_vec(),
+            query,
+            headers: Headers::parse(request),
+        })
+    }
+
+    /// Whether the query names `name` (with or without a value: `?uploads`
+    /// and `?uploads=` alike).
+    pub fn has(&self, name: &str) -> bool {
+        self.query.iter().any(|(query_name, _)| query_name == name)
+    }
+
+    /// The value of query parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&[u8]> {
+        self.query
+            .iter()
+            .find(|(query_name, _)| query_name == name)
+            .map(|(_, value)| value.as_slice())
+    }
+
+    /// The value of `name` as UTF-8 text.
+    pub fn param_text(&self, name: &str) -> Option<&str> {
+        self.param(name).and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// The value of `name` as a number; `default` when absent.
+    pub fn param_number(&self, name: &str, default: u64) -> Result<u64, S3Error> {
+        match self.param_text(name) {
+            None => Ok(default),
+            Some(text) => text
+                .parse()
+                .map_err(|_| S3Error::invalid_argument("a numeric query parameter is not a number")),
+        }
+    }
+
+    /// The index key of this request's object: `/bucket/key`, as the
+    /// native API names it.
+    pub fn native_key(&self) -> Vec<u8> {
+        native_key(&self.bucket, &self.key)
+    }
+}
+
+/// The native key of object `key` in `bucket`.
+pub fn native_key(bucket: &str, key: &[u8]) -> Vec<u8> {
+    let mut native = Vec::with_capacity(bucket.len() + key.len() + 2);
+    native.push(b'/');
+    native.extend_from_slice(bucket.as_bytes());
+    native.push(b'/');
+    native.extend_from_slice(key);
+    native
+}
+
+impl Headers {
+    fn parse(request: &[u8]) -> Headers {
+        let mut raw = [httparse::EMPTY_HEADER; crate::http::HEADER_COUNT_MAX];
+        let mut parsed = httparse::Request::new(&mut raw);
+        // The codec already parsed this head: it is complete and valid.
+        let _ = parsed.parse(request);
+        let mut headers = Headers::default();
+        for header in parsed.headers.iter() {
+            let value = String::from_utf8_lossy(header.value).trim().to_owned();
+            let slot = match header.name.to_ascii_lowercase().as_str() {
+                "content-type" => &mut headers.content_type,
+                "content-md5" => &mut headers.content_md5,
+                "content-encoding" => &mut headers.content_encoding,
+                "x-amz-content-sha256" => &mut headers.content_sha256,
+                "x-amz-decoded-content-length" => &mut headers.decoded_length,
+                "range" => &mut headers.range,
+                "if-match" => &mut headers.if_match,
+                "if-none-match" => &mut headers.if_none_match,
+                "if-modified-since" => &mut headers.if_modified_since,
+                "if-unmodified-since" => &mut headers.if_unmodified_since,
+                "x-amz-copy-source" => &mut headers.copy_source,
+                "x-amz-metadata-directive" => &mut headers.metadata_directive,
+                "authorization" => &mut headers.authorization,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        headers
+    }
+
+    /// The body is `aws-chunked` (SigV4 streaming, signed or not).
+    pub fn is_aws_chunked(&self) -> bool {
+        let encoded = self
+            .content_encoding
+            .as_deref()
+            .is_some_and(|encoding| encoding.split(',').any(|token| token.trim() == "aws-chunked"));
+        let streaming = self
+            .content_sha256
+            .as_deref()
+            .is_some_and(|sha| sha.starts_with("STREAMING-"));
+        encoded || streaming
+    }
+}
+
+/// Whether a query string carries an S3 sub-resource or presigned-URL
+/// parameter.
+pub fn is_s3_query(query: &[u8]) -> bool {
+    query_pairs(query).any(|(name, _)| SUB_RESOURCES.contains(&name))
+}
+
+/// One byte range of a `Range: bytes=...` header, resolved against a value
+/// of `size` bytes: `first..=last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// What a `Range` header asks of a value of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// No range, or one this server ignores (several ranges, another unit):
+    /// the whole value.
+    Whole,
+    Part(ByteRange),
+    /// No byte of the range is in the value: 416.
+    Unsatisfiable,
+}
+
+/// Resolve a `Range` header against `size`.
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
+    let Some(spec) = header.and_then(|header| header.trim().strip_prefix("bytes=")) else {
+        return RangeAsk::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        // A suffix: the last n bytes.
+        let Ok(count) = last.parse::<u64>() else {
+            return RangeAsk::Whole;
+        };
+        if count == 0 || size == 0 {
+            return RangeAsk::Unsatisfiable;
+        }
+        ByteRange {
+            first: size.saturating_sub(count),
+            last: size - 1,
+        }
+    } else {
+        let Ok(first) = first.parse::<u64>() else {
+            return RangeAsk::Whole;
+        };
+        let last = if last.is_empty() {
+            u64::MAX
+        } else {
+            match last.parse::<u64>() {
+                Ok(last) if last >= first => last,
+                _ => return RangeAsk::Whole,
+            }
+        };
+        if first >= size {
+            return RangeAsk::Unsatisfiable;
+        }
+        ByteRange {
+            first,
+            last: last.min(size - 1),
+        }
+    };
+    RangeAsk::Part(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> S3Request {
+        let head = crate::http::parse_request(text.as_bytes()).unwrap().unwrap();
+        S3Request::parse(&text.as_bytes()[..head.head_bytes], &head).unwrap()
+    }
+
+    #[test]
+    fn path_style_bucket_key_and_query() {
+        let request = parsed(
+            "PUT /bkt/a%20b/c?partNumber=2&uploadId=x%2By HTTP/1.1\r\nHost: h\r\nContent-MD5: abc\r\n\
+             x-amz-decoded-content-length: 5\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(request.bucket, "bkt");
+        assert_eq!(request.key, b"a b/c");
+        assert_eq!(request.native_key(), b"/bkt/a b/c");
+        assert_eq!(request.param("uploadId"), Some(&b"x+y"[..]));
+        assert_eq!(request.param_number("partNumber", 0).unwrap(), 2);
+        assert_eq!(request.headers.content_md5.as_deref(), Some("abc"));
+        assert_eq!(request.headers.decoded_length.as_deref(), Some("5"));
+        let service = parsed("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((service.bucket.as_str(), service.key.len()), ("", 0));
+        let bucket = parsed("GET /bkt/?list-type=2&prefix= HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!((bucket.bucket.as_str(), bucket.key.len()), ("bkt", 0));
+        assert!(bucket.has("list-type") && bucket.has("prefix") && !bucket.has("delimiter"));
+    }
+
+    #[test]
+    fn s3_queries_are_recognised() {
+        assert!(is_s3_query(b"uploads"));
+        assert!(is_s3_query(b"uploads="));
+        assert!(is_s3_query(b"delete="));
+        assert!(is_s3_query(b"list-type=2&prefix=a"));
+        assert!(is_s3_query(b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0"));
+        assert!(!is_s3_query(b"list"));
+        assert!(!is_s3_query(b"unlinked&start=a"));
+    }
+
+    #[test]
+    fn ranges_resolve_against_the_size() {
+        let part = |first, last| RangeAsk::Part(ByteRange { first, last });
+        assert_eq!(parse_range(None, 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), part(0, 4));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), part(5, 9));
+        assert_eq!(parse_range(Some("bytes=5-100"), 10), part(5, 9));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), part(7, 9));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), part(0, 9));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=4-2"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeAsk::Whole);
+        assert_eq!(parse_range(Some("items=0-1"), 10), RangeAsk::Whole);
+    }
+}

@@ -1,0 +1,190 @@
+//! S3 state that is not a key's: buckets and multipart uploads, kept in
+//! the index's S3 column (`Index::state`), so they survive a restart.
+//!
+//! Layout (keys are bytes, values JSON):
+//!
+//! ```text
+//! b/<bucket>                      {"created_ms": ..}
+//! u/<upload id>                   Upload: bucket, key, content type, initiated
+//! p/<upload id>/<part, 5 digits>  Part: size, md5, mtime, volumes
+//! ```
+//!
+//! A part's bytes live on volumes at `/mkv-parts/<upload id>/<part>`
+//! (under the entry's subvolume), outside the `/hh/hh/` shard directories,
+//! so `rebuild` never takes them for keys.
+
+use serde::{Deserialize, Serialize};
+
+use crate::index::{Change, Index, IndexError};
+
+/// Where the parts of uploads live on a volume.
+pub const PARTS_DIRECTORY: &str = "/mkv-parts";
+
+#[derive(Serialize, Deserialize)]
+struct BucketState {
+    created_ms: u64,
+}
+
+/// A multipart upload in progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Upload {
+    pub bucket: String,
+    pub key: Vec<u8>,
+    pub content_type: Option<String>,
+    pub initiated_ms: u64,
+}
+
+/// One uploaded part.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Part {
+    pub size: u64,
+    /// Lower-case hex md5 of the part: its ETag.
+    pub md5: String,
+    pub mtime_ms: u64,
+    /// The volume entries holding the part.
+    pub volumes: Vec<String>,
+}
+
+fn corrupt(key: &[u8]) -> IndexError {
+    IndexError::Io(format!("S3 state entry {:?} is corrupt", String::from_utf8_lossy(key)))
+}
+
+pub fn bucket_key(bucket: &str) -> Vec<u8> {
+    format!("b/{bucket}").into_bytes()
+}
+
+pub fn upload_key(upload_id: &str) -> Vec<u8> {
+    format!("u/{upload_id}").into_bytes()
+}
+
+pub fn part_key(upload_id: &str, number: u32) -> Vec<u8> {
+    format!("p/{upload_id}/{number:05}").into_bytes()
+}
+
+fn parts_prefix(upload_id: &str) -> Vec<u8> {
+    format!("p/{upload_id}/").into_bytes()
+}
+
+/// The path of a part's file under a volume entry's prefix.
+pub fn part_path(upload_id: &str, number: u32) -> String {
+    format!("{PARTS_DIRECTORY}/{upload_id}/{number:05}")
+}
+
+/// When `bucket` was created, if it was.
+pub fn bucket_created(index: &Index, bucket: &str) -> Result<Option<u64>, IndexError> {
+    let key = bucket_key(bucket);
+    match index.state(&key)? {
+        None => Ok(None),
+        Some(bytes) => {
+            let state: BucketState = serde_json::from_slice(&bytes).map_err(|_| corrupt(&key))?;
+            Ok(Some(state.created_ms))
+        }
+    }
+}
+
+pub fn create_bucket(index: &Index, bucket: &str, created_ms: u64) -> Result<(), IndexError> {
+    let value = serde_json::to_vec(&BucketState { created_ms }).expect("serializable");
+    index.apply(&[Change::StatePut(&bucket_key(bucket), &value)])
+}
+
+pub fn delete_bucket(index: &Index, bucket: &str) -> Result<(), IndexError> {
+    index.apply(&[Change::StateDelete(&bucket_key(bucket))])
+}
+
+/// Every created bucket, by name, with its creation time.
+pub fn buckets(index: &Index) -> Result<Vec<(String, u64)>, IndexError> {
+    let mut found = Vec::new();
+    let mut failure = None;
+    index.scan_state(b"b/", b"", usize::MAX, |key, value| {
+        match serde_json::from_slice::<BucketState>(value) {
+            Ok(state) => found.push((String::from_utf8_lossy(&key[2..]).into_owned(), state.created_ms)),
+            Err(_) => failure = Some(corrupt(key)),
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(found), Err)
+}
+
+pub fn upload(index: &Index, upload_id: &str) -> Result<Option<Upload>, IndexError> {
+    let key = upload_key(upload_id);
+    match index.state(&key)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| corrupt(&key)),
+    }
+}
+
+pub fn put_upload(index: &Index, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
+    let value = serde_json::to_vec(upload).expect("serializable");
+    index.apply(&[Change::StatePut(&upload_key(upload_id), &value)])
+}
+
+pub fn put_part(index: &Index, upload_id: &str, number: u32, part: &Part) -> Result<(), IndexError> {
+    let value = serde_json::to_vec(part).expect("serializable");
+    index.apply(&[Change::StatePut(&part_key(upload_id, number), &value)])
+}
+
+pub fn delete_part(index: &Index, upload_id: &str, number: u32) -> Result<(), IndexError> {
+    index.apply(&[Change::StateDelete(&part_key(upload_id, number))])
+}
+
+/// Parts of an upload numbered above `after`, in order, at most `count_max`.
+pub fn parts(index: &Index, upload_id: &str, after: u32, count_max: usize) -> Result<Vec<(u32, Part)>, IndexError> {
+    let prefix = parts_prefix(upload_id);
+    let start = part_key(upload_id, after.saturating_add(1));
+    let mut found = Vec::new();
+    let mut failure = None;
+    index.scan_state(&prefix, &start, count_max, |key, value| {
+        let number = std::str::from_utf8(&key[prefix.len()..])
+            .ok()
+            .and_then(|digits| digits.parse().ok());
+        match (number, serde_json::from_slice::<Part>(value)) {
+            (Some(number), Ok(part)) => found.push((number, part)),
+            _ => failure = Some(corrupt(key)),
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(found), Err)
+}
+
+/// Uploads in progress, by upload id from `after` on (exclusive), at most
+/// `count_max` visited.
+pub fn uploads(index: &Index, after: &str, count_max: usize) -> Result<Vec<(String, Upload)>, IndexError> {
+    let start = if after.is_empty() {
+        b"u/".to_vec()
+    } else {
+        crate::index::key_after(&upload_key(after))
+    };
+    let mut found = Vec::new();
+    let mut failure = None;
+    index.scan_state(b"u/", &start, count_max, |key, value| {
+        match serde_json::from_slice::<Upload>(value) {
+            Ok(upload) => found.push((String::from_utf8_lossy(&key[2..]).into_owned(), upload)),
+            Err(_) => failure = Some(corrupt(key)),
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(found), Err)
+}
+
+/// A new upload id: 32 random hex digits.
+pub fn new_upload_id() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into `bytes`.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled != bytes.len() as isize {
+        // No kernel randomness: the clock and a counter still make ids unique.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+        bytes[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Whether `text` can be an upload id this master made.
+pub fn is_upload_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
