@@ -39,7 +39,8 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::index::{Index, IndexError};
+use crate::index::{Change, Index, IndexError};
+use crate::meta::Meta;
 use crate::placement::{entry_host, hex_lower, key2path, key2volume, FILE_NAME_BYTES_MAX};
 use crate::progress::Progress;
 use crate::record::{Record, HASH_HEX_BYTES};
@@ -62,6 +63,30 @@ struct Listed {
     name: String,
     #[serde(rename = "type")]
     kind: String,
+    /// A file's modification time (an HTTP date), which becomes its key's
+    /// mtime in the index's metadata.
+    #[serde(default)]
+    mtime: Option<String>,
+    /// A file's size in bytes.
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+impl Listed {
+    /// The metadata of the value this file holds, as the listing tells it.
+    fn meta(&self) -> Meta {
+        let mtime_ms = self
+            .mtime
+            .as_deref()
+            .and_then(|text| httpdate::parse_http_date(text).ok())
+            .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        Meta {
+            size: self.size.unwrap_or(0),
+            mtime_ms,
+            ..Meta::default()
+        }
+    }
 }
 
 /// Where a directory sits in a volume's layout.
@@ -611,7 +636,7 @@ fn found(
         Found::Directory(child) => queue.push(Task::List(child)),
         Found::Key(key) => {
             summary.files += 1;
-            if add_entry(index, config, &key, &directory.entry)? {
+            if add_entry(index, config, &key, &directory.entry, &listed.meta())? {
                 summary.keys += 1;
                 if config.md5 {
                     queue.push(Task::Hash {
@@ -636,8 +661,9 @@ fn found(
     Ok(())
 }
 
-/// Record that `entry` holds `key`. Returns whether the key is new.
-fn add_entry(index: &Index, config: &Config, key: &[u8], entry: &str) -> Result<bool, IndexError> {
+/// Record that `entry` holds `key` (whose value the listing describes as
+/// `meta`: a new key's metadata). Returns whether the key is new.
+fn add_entry(index: &Index, config: &Config, key: &[u8], entry: &str, meta: &Meta) -> Result<bool, IndexError> {
     let existing = index.get(key)?;
     let new = existing.is_none();
     let mut record = existing.unwrap_or_else(|| Record::new(Vec::new(), false, None));
@@ -647,7 +673,11 @@ fn add_entry(index: &Index, config: &Config, key: &[u8], entry: &str) -> Result<
     record.volumes.push(entry.to_owned());
     let placed = key2volume(key, &config.volumes, config.replicas, config.subvolumes);
     order_entries(&mut record.volumes, &placed);
-    index.put(key, &record)?;
+    if new {
+        index.apply(&[Change::Record(key, &record), Change::Meta(key, meta)])?;
+    } else {
+        index.put(key, &record)?;
+    }
     Ok(new)
 }
 
@@ -667,6 +697,8 @@ mod tests {
         Listed {
             name: name.to_owned(),
             kind: kind.to_owned(),
+            mtime: None,
+            size: None,
         }
     }
 
@@ -685,6 +717,8 @@ mod tests {
         assert_eq!(listing[0].name, "41");
         assert_eq!(listing[1].name, "we\"ird\\name");
         assert_eq!(listing[1].kind, "file");
+        let meta = listing[1].meta();
+        assert_eq!((meta.size, meta.mtime_ms), (5, 1_735_689_600_000));
     }
 
     #[test]

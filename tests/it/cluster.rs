@@ -319,6 +319,18 @@ pub fn request_with(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply 
     reply(request.call())
 }
 
+/// A request with headers and an optional body.
+pub fn request_full(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+    let mut request = agent().request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    reply(match body {
+        Some(body) => request.send_bytes(body),
+        None => request.call(),
+    })
+}
+
 /// PUT with a chunked body (ureq streams a reader without a length).
 pub fn put_chunked(url: &str, body: &[u8]) -> Reply {
     reply(agent().put(url).send(std::io::Cursor::new(body.to_vec())))

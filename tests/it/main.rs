@@ -10,6 +10,7 @@ mod durability;
 mod maintenance;
 mod protocol;
 mod resilience;
+mod s3;
 mod safety;
 mod startup;
 mod volume_client;

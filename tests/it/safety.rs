@@ -102,6 +102,32 @@ fn failed_put_over_an_unlinked_key_keeps_it_relinkable() {
     }
 }
 
+/// A PUT over an unlinked key that some replicas took before another
+/// failed: the old value survives on the replicas the new bytes never
+/// reached, and the key stays relinkable to it from them.
+#[test]
+fn failed_put_that_reached_some_replicas_keeps_the_unlinked_value_on_the_others() {
+    let mut cluster = Cluster::start(3, &["-replicas", "3"]);
+    let original = value(1000, 6);
+    let url = cluster.url("/partly");
+    assert_eq!(request("PUT", &url, Some(&original)).status, 201);
+    assert_eq!(request("UNLINK", &url, None).status, 204);
+    // One replica is down: the other two take the new value whole (one
+    // piece), then the PUT fails.
+    cluster.volumes[2].stop();
+    assert_eq!(request("PUT", &url, Some(&value(2000, 7))).status, 500);
+    cluster.volumes[2].restart();
+    assert_eq!(request("GET", &url, None).status, 404, "still unlinked");
+    assert!(
+        crate::cluster::eventually(Duration::from_secs(10), || request("RELINK", &url, None).status == 204),
+        "relinkable from the replica that kept the old value"
+    );
+    assert!(
+        crate::cluster::eventually(Duration::from_secs(10), || fetch(&url).body == original),
+        "the old value"
+    );
+}
+
 #[test]
 fn failed_put_leaves_no_file_on_any_volume() {
     let mut cluster = Cluster::start(3, &["-replicas", "3"]);
