@@ -109,6 +109,20 @@ pub async fn store_value<S: PieceSource>(
             };
             let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
             app.store.put_with_meta(key, &record, &meta, plan.changes)?;
+            // A prior value on volumes placement no longer names (it moved
+            // since that write) is named by no record now: remove it.
+            let stale: Vec<String> = prior
+                .map(|prior| prior.volumes)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|entry| !record.volumes.contains(entry))
+                .collect();
+            if let Err(error) = replication::delete_all(&stale, &path, app.config.volume_timeout).await {
+                eprintln!(
+                    "write of {:?}: an old copy is left: {error}",
+                    String::from_utf8_lossy(key)
+                );
+            }
             Ok(Stored { md5: written.md5, meta })
         }
         Err(Failed { error, settled }) => {

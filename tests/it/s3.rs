@@ -192,3 +192,36 @@ fn rebuild_skips_parts_and_restores_sizes() {
         "one value in the original layout"
     );
 }
+
+/// An overwrite after placement moved (a volume was added) writes where
+/// placement says now and removes the old copy, which no record names
+/// any more.
+#[test]
+fn an_overwrite_after_placement_moved_leaves_no_old_copy() {
+    let mut cluster = Cluster::start(3, &["-replicas", "1"]);
+    let all = cluster.volume_list();
+    let two: Vec<String> = all.split(',').take(2).map(str::to_owned).collect();
+    // Start over on two of the three volumes.
+    cluster.kill_master();
+    cluster.master = None;
+    let third = cluster.volumes.pop().unwrap();
+    cluster.start_master();
+    assert_eq!(cluster.volume_list(), two.join(","));
+    assert_eq!(put(&cluster, "/bkt", b""), 200);
+    let keys: Vec<String> = (0..30).map(|i| format!("/bkt/moved-{i}")).collect();
+    for key in &keys {
+        assert_eq!(put(&cluster, key, b"old"), 200);
+    }
+    cluster.kill_master();
+    cluster.master = None;
+    cluster.volumes.push(third);
+    cluster.start_master();
+    for key in &keys {
+        assert_eq!(put(&cluster, key, b"new"), 200);
+    }
+    let files: usize = (0..3).map(|volume| cluster.files_on(volume).len()).sum();
+    assert_eq!(files, keys.len(), "one copy per key, the old ones removed");
+    for key in &keys {
+        assert_eq!(get(&cluster, key), (200, b"new".to_vec()), "{key}");
+    }
+}
