@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! 0x01 | size u64 | mtime_ms u64 | etag_len u8 | etag | type_len u16 | content type
+//!      | user count u8 | (name_len u8 | name | value_len u16 | value) per user field
 //! ```
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +22,11 @@ pub const ETAG_BYTES_MAX: usize = 64;
 /// Longest content type kept; longer ones are refused at PUT (a header this
 /// long is not a media type).
 pub const CONTENT_TYPE_BYTES_MAX: usize = 1024;
+/// User metadata (`x-amz-meta-*` names and values) a value may carry, in all:
+/// S3's own limit.
+pub const USER_BYTES_MAX: usize = 2048;
+/// User metadata fields a value may carry.
+const USER_FIELDS_MAX: usize = 255;
 
 /// A value's metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +39,9 @@ pub struct Meta {
     pub etag: Option<String>,
     /// The `Content-Type` given at PUT.
     pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-NAME: VALUE`): names lower-case, without
+    /// the prefix.
+    pub user: Vec<(String, String)>,
 }
 
 /// Metadata bytes that do not decode.
@@ -62,7 +71,14 @@ impl Meta {
             mtime_ms: now_ms(),
             etag: None,
             content_type: None,
+            user: Vec::new(),
         }
+    }
+
+    /// Whether user metadata fits the limits.
+    pub fn user_fits(user: &[(String, String)]) -> bool {
+        let bytes: usize = user.iter().map(|(name, value)| name.len() + value.len()).sum();
+        bytes <= USER_BYTES_MAX && user.len() <= USER_FIELDS_MAX && user.iter().all(|(name, _)| name.len() <= 255)
     }
 
     /// The bytes stored in the index.
@@ -78,6 +94,14 @@ impl Meta {
         out.extend_from_slice(etag);
         out.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
         out.extend_from_slice(content_type);
+        debug_assert!(Meta::user_fits(&self.user));
+        out.push(self.user.len() as u8);
+        for (name, value) in &self.user {
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
         out
     }
 
@@ -93,6 +117,15 @@ impl Meta {
         let etag = reader.text(etag_bytes)?;
         let type_bytes = usize::from(u16::from_le_bytes(reader.array()?));
         let content_type = reader.text(type_bytes)?;
+        let fields = usize::from(reader.take(1)?[0]);
+        let mut user = Vec::with_capacity(fields);
+        for _ in 0..fields {
+            let name_bytes = usize::from(reader.take(1)?[0]);
+            let name = reader.text(name_bytes)?.unwrap_or_default();
+            let value_bytes = usize::from(u16::from_le_bytes(reader.array()?));
+            let value = reader.text(value_bytes)?.unwrap_or_default();
+            user.push((name, value));
+        }
         if !reader.bytes.is_empty() || etag_bytes > ETAG_BYTES_MAX || type_bytes > CONTENT_TYPE_BYTES_MAX {
             return Err(MetaError);
         }
@@ -101,6 +134,7 @@ impl Meta {
             mtime_ms,
             etag,
             content_type,
+            user,
         })
     }
 }
@@ -143,6 +177,7 @@ mod tests {
                 mtime_ms: 1_700_000_000_123,
                 etag: Some("0123456789abcdef0123456789abcdef-10000".into()),
                 content_type: Some("text/plain; charset=utf-8".into()),
+                user: vec![("colour".into(), "blue".into()), ("empty".into(), String::new())],
             },
         ];
         for meta in metas {

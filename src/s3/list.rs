@@ -103,7 +103,12 @@ pub fn list(
         keys_max,
     };
     let view = app.store.index().view();
-    let page = scan(&view, &query)?;
+    // max-keys=0 asks for nothing: an empty page, not a truncated one.
+    let page = if keys_max == 0 {
+        Page::default()
+    } else {
+        scan(&view, &query)?
+    };
     let truncated = page.resume.is_some();
     let body = match flavour {
         Flavour::V2 => {
@@ -137,14 +142,18 @@ pub fn list(
                 common_prefixes: &page.common_prefixes,
             })
         }
-        Flavour::Versions => xml::list_versions(
-            &request.bucket,
+        Flavour::Versions => xml::list_versions(&xml::ListVersions {
+            bucket: &request.bucket,
             prefix,
-            keys_max as usize,
-            &page.contents,
-            &page.common_prefixes,
+            key_marker: request.param("key-marker").unwrap_or(b""),
+            next_key_marker: truncated.then(|| last_item(&page)).flatten(),
             delimiter,
-        ),
+            max_keys: keys_max as usize,
+            is_truncated: truncated,
+            encoding_url,
+            contents: &page.contents,
+            common_prefixes: &page.common_prefixes,
+        }),
     };
     Reply::xml(200, body).write(&mut connection.output, head.keep_alive, head.method == Method::Head);
     Ok(Sent::status(200))

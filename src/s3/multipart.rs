@@ -27,7 +27,7 @@ use crate::replication::{self, entry_path, PieceSource, ReplicationError, Target
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
-use super::object::{checked_key, content_md5, read_small_body, request_body};
+use super::object::{checked_key, content_md5, read_small_body, request_body, user_metadata};
 use super::request::S3Request;
 use super::state::{self, Part, Upload};
 use super::{bucket, xml, Reply, S3Error, Sent};
@@ -72,6 +72,7 @@ pub fn create(
         bucket: request.bucket.clone(),
         key: request.key.clone(),
         content_type: request.headers.content_type.clone(),
+        user: user_metadata(request)?,
         initiated_ms: now_ms(),
     };
     state::put_upload(app.store.index(), &id, &upload)?;
@@ -309,18 +310,45 @@ fn checked_parts(listed: &[(u32, String)], uploaded: &[(u32, Part)]) -> Result<V
     Ok(chosen)
 }
 
-/// S3's ETag of a multipart value: the md5 of the parts' binary md5s, and
-/// their count.
-fn multipart_etag(parts: &[(u32, Part)]) -> String {
+/// S3's ETag of a multipart value: the md5 of the parts' binary md5s
+/// (given in hex), and their count.
+fn multipart_etag<'a>(part_md5s: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let count = part_md5s.len();
     let mut md5 = Md5::new();
-    for (_, part) in parts {
-        let digest: Vec<u8> = (0..part.md5.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&part.md5[2 * i..2 * i + 2], 16).ok())
+    for hex in part_md5s {
+        let digest: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
             .collect();
         md5.update(&digest);
     }
     let digest: [u8; 16] = md5.finalize().into();
-    format!("{}-{}", String::from_utf8_lossy(&hex_lower(&digest)), parts.len())
+    format!("{}-{count}", String::from_utf8_lossy(&hex_lower(&digest)))
+}
+
+/// A CompleteMultipartUpload of an upload that is gone: a retry of one
+/// that succeeded (its answer was lost) finds the key holding exactly the
+/// value those parts made, and gets the same answer; anything else is
+/// NoSuchUpload.
+async fn complete_again(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let body = read_small_body(app, connection, head).await?;
+    let listed = xml::parse_complete(&body).map_err(|_| S3Error::no_such_upload())?;
+    let lower: Vec<String> = listed.iter().map(|(_, etag)| etag.to_ascii_lowercase()).collect();
+    let etag = multipart_etag(lower.iter().map(String::as_str));
+    let key = request.native_key();
+    let live = app.store.get(&key)?.is_some_and(|record| record.is_live());
+    let meta_etag = app.store.meta(&key)?.and_then(|meta| meta.etag);
+    if !live || meta_etag.as_deref() != Some(etag.as_str()) {
+        return Err(S3Error::no_such_upload());
+    }
+    let location = format!("/{}/{}", request.bucket, String::from_utf8_lossy(&request.key));
+    let body = xml::complete_multipart(&location, &request.bucket, &request.key, &etag);
+    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
 }
 
 pub async fn complete(
@@ -329,7 +357,11 @@ pub async fn complete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (id, upload) = named_upload(app, request)?;
+    let (id, upload) = match named_upload(app, request) {
+        Ok(named) => named,
+        Err(error) if error.code == "NoSuchUpload" => return complete_again(app, connection, head, request).await,
+        Err(error) => return Err(error),
+    };
     let key = checked_key(request)?;
     let lock_key = upload_lock_key(&id);
     let _upload_guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
@@ -337,7 +369,7 @@ pub async fn complete(
     let listed = xml::parse_complete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let uploaded = all_parts(app, &id)?;
     let parts = checked_parts(&listed, &uploaded)?;
-    let etag = multipart_etag(&parts);
+    let etag = multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str()));
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
     let _key_guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
     let upload_key = state::upload_key(&id);
@@ -356,6 +388,7 @@ pub async fn complete(
         meta: Meta {
             etag: Some(etag.clone()),
             content_type: upload.content_type.clone(),
+            user: upload.user.clone(),
             ..Meta::default()
         },
         changes: &changes,
@@ -489,7 +522,7 @@ mod tests {
 
     #[test]
     fn multipart_etag_is_the_md5_of_the_part_md5s() {
-        let parts = vec![
+        let parts = [
             (1, part("0123456789abcdef0123456789abcdef", 1)),
             (2, part("fedcba9876543210fedcba9876543210", 1)),
         ];
@@ -500,6 +533,9 @@ mod tests {
         ]);
         let digest: [u8; 16] = md5.finalize().into();
         let expected = format!("{}-2", String::from_utf8_lossy(&hex_lower(&digest)));
-        assert_eq!(multipart_etag(&parts), expected);
+        assert_eq!(
+            multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str())),
+            expected
+        );
     }
 }

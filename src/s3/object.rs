@@ -168,6 +168,19 @@ pub fn request_body<'a>(
     Ok((body, declared))
 }
 
+/// The user metadata to store, from the request.
+pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Error> {
+    let user = request.headers.user.clone();
+    if !Meta::user_fits(&user) {
+        return Err(S3Error::new(
+            400,
+            "MetadataTooLarge",
+            "Your metadata headers exceed the maximum allowed metadata size.",
+        ));
+    }
+    Ok(user)
+}
+
 /// The content type to store, from the request.
 fn content_type(request: &S3Request) -> Result<Option<String>, S3Error> {
     match request.headers.content_type.as_deref() {
@@ -188,6 +201,7 @@ pub async fn put(
     let expected_md5 = content_md5(request)?;
     let meta = Meta {
         content_type: content_type(request)?,
+        user: user_metadata(request)?,
         ..Meta::default()
     };
     let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
@@ -243,6 +257,7 @@ pub struct Object {
     pub mtime_ms: u64,
     pub etag: String,
     pub content_type: String,
+    pub user: Vec<(String, String)>,
 }
 
 /// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
@@ -261,6 +276,7 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
         mtime_ms: meta.mtime_ms,
         etag: etag_of(&record, meta.etag.as_deref()),
         content_type: meta.content_type.unwrap_or_else(|| CONTENT_TYPE_DEFAULT.to_owned()),
+        user: meta.user,
         record,
     })
 }
@@ -307,25 +323,34 @@ fn etag_listed(list: &str, etag: &str) -> bool {
     })
 }
 
-/// The status a conditional request gets instead of the value, if any.
-fn precondition(request: &S3Request, object: &Object) -> Option<u16> {
-    let headers = &request.headers;
+/// The four conditional headers of a read (or of a copy's source).
+struct Conditions<'a> {
+    if_match: Option<&'a str>,
+    if_none_match: Option<&'a str>,
+    if_modified_since: Option<&'a str>,
+    if_unmodified_since: Option<&'a str>,
+}
+
+/// The status a conditional request gets instead of the value, if any:
+/// 412 when a match or unmodified condition fails, 304 when a none-match
+/// or modified-since one does.
+fn precondition(conditions: &Conditions<'_>, object: &Object) -> Option<u16> {
     let seconds = |ms: u64| ms / 1000;
-    let since = |text: &Option<String>| text.as_deref().and_then(xml::parse_http_date);
-    if let Some(list) = headers.if_match.as_deref() {
+    let since = |text: Option<&str>| text.and_then(xml::parse_http_date);
+    if let Some(list) = conditions.if_match {
         if !etag_listed(list, &object.etag) {
             return Some(412);
         }
-    } else if let Some(date) = since(&headers.if_unmodified_since) {
+    } else if let Some(date) = since(conditions.if_unmodified_since) {
         if seconds(object.mtime_ms) > seconds(date) {
             return Some(412);
         }
     }
-    if let Some(list) = headers.if_none_match.as_deref() {
+    if let Some(list) = conditions.if_none_match {
         if etag_listed(list, &object.etag) {
             return Some(304);
         }
-    } else if let Some(date) = since(&headers.if_modified_since) {
+    } else if let Some(date) = since(conditions.if_modified_since) {
         if seconds(object.mtime_ms) <= seconds(date) {
             return Some(304);
         }
@@ -333,12 +358,24 @@ fn precondition(request: &S3Request, object: &Object) -> Option<u16> {
     None
 }
 
+fn precondition_failed() -> S3Error {
+    S3Error::new(
+        412,
+        "PreconditionFailed",
+        "At least one of the pre-conditions you specified did not hold",
+    )
+}
+
 /// The headers every answer about an object carries.
 fn object_headers(object: &Object) -> Reply {
-    Reply::empty(200)
+    let mut reply = Reply::empty(200)
         .header("ETag", format_args!("\"{}\"", object.etag))
         .header("Last-Modified", xml::http_date(object.mtime_ms))
-        .header("Accept-Ranges", "bytes")
+        .header("Accept-Ranges", "bytes");
+    for (name, value) in &object.user {
+        reply = reply.header(&format!("x-amz-meta-{name}"), value);
+    }
+    reply
 }
 
 pub async fn get(
@@ -350,14 +387,15 @@ pub async fn get(
     let key = request.native_key();
     let object = object(app, &request.bucket, &key).await?;
     let head_only = head.method == Method::Head;
-    match precondition(request, &object) {
-        Some(412) => {
-            return Err(S3Error::new(
-                412,
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold",
-            ))
-        }
+    let headers = &request.headers;
+    let conditions = Conditions {
+        if_match: headers.if_match.as_deref(),
+        if_none_match: headers.if_none_match.as_deref(),
+        if_modified_since: headers.if_modified_since.as_deref(),
+        if_unmodified_since: headers.if_unmodified_since.as_deref(),
+    };
+    match precondition(&conditions, &object) {
+        Some(412) => return Err(precondition_failed()),
         Some(status) => {
             let mut reply = object_headers(&object);
             reply.status = status;
@@ -580,11 +618,22 @@ pub async fn copy(
     let (source_bucket, source_key) = copy_source(request)?;
     let source_native = native_key(&source_bucket, &source_key);
     let source = object(app, &source_bucket, &source_native).await?;
-    let replace = request.headers.metadata_directive.as_deref() == Some("REPLACE");
-    let content_type = if replace {
-        content_type(request)?
+    let headers = &request.headers;
+    let conditions = Conditions {
+        if_match: headers.copy_if_match.as_deref(),
+        if_none_match: headers.copy_if_none_match.as_deref(),
+        if_modified_since: headers.copy_if_modified_since.as_deref(),
+        if_unmodified_since: headers.copy_if_unmodified_since.as_deref(),
+    };
+    // A copy's failed source condition is 412, whichever kind it is.
+    if precondition(&conditions, &source).is_some() {
+        return Err(precondition_failed());
+    }
+    let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
+    let (content_type, user) = if replace {
+        (content_type(request)?, user_metadata(request)?)
     } else {
-        Some(source.content_type.clone())
+        (Some(source.content_type.clone()), source.user.clone())
     };
     let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
     let (etag, mtime_ms) = if source_native == key {
@@ -601,6 +650,7 @@ pub async fn copy(
             mtime_ms: now_ms(),
             etag: app.store.meta(&key)?.and_then(|meta| meta.etag),
             content_type,
+            user,
         };
         app.store.put_with_meta(&key, &source.record, &meta, &[])?;
         (source.etag, meta.mtime_ms)
@@ -613,6 +663,7 @@ pub async fn copy(
             allow_empty: true,
             meta: Meta {
                 content_type,
+                user,
                 ..Meta::default()
             },
             changes: &[],

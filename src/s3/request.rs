@@ -65,7 +65,14 @@ pub struct Headers {
     pub if_unmodified_since: Option<String>,
     pub copy_source: Option<String>,
     pub metadata_directive: Option<String>,
+    pub copy_if_match: Option<String>,
+    pub copy_if_none_match: Option<String>,
+    pub copy_if_modified_since: Option<String>,
+    pub copy_if_unmodified_since: Option<String>,
     pub authorization: Option<String>,
+    /// `x-amz-meta-NAME: VALUE` user metadata, names lower-case without
+    /// the prefix, in the order sent.
+    pub user: Vec<(String, String)>,
 }
 
 impl S3Request {
@@ -156,7 +163,12 @@ impl Headers {
         let mut headers = Headers::default();
         for header in parsed.headers.iter() {
             let value = String::from_utf8_lossy(header.value).trim().to_owned();
-            let slot = match header.name.to_ascii_lowercase().as_str() {
+            let name = header.name.to_ascii_lowercase();
+            if let Some(user_name) = name.strip_prefix("x-amz-meta-") {
+                headers.user.push((user_name.to_owned(), value));
+                continue;
+            }
+            let slot = match name.as_str() {
                 "content-type" => &mut headers.content_type,
                 "content-md5" => &mut headers.content_md5,
                 "content-encoding" => &mut headers.content_encoding,
@@ -169,6 +181,10 @@ impl Headers {
                 "if-unmodified-since" => &mut headers.if_unmodified_since,
                 "x-amz-copy-source" => &mut headers.copy_source,
                 "x-amz-metadata-directive" => &mut headers.metadata_directive,
+                "x-amz-copy-source-if-match" => &mut headers.copy_if_match,
+                "x-amz-copy-source-if-none-match" => &mut headers.copy_if_none_match,
+                "x-amz-copy-source-if-modified-since" => &mut headers.copy_if_modified_since,
+                "x-amz-copy-source-if-unmodified-since" => &mut headers.copy_if_unmodified_since,
                 "authorization" => &mut headers.authorization,
                 _ => continue,
             };
@@ -276,7 +292,7 @@ mod tests {
     fn path_style_bucket_key_and_query() {
         let request = parsed(
             "PUT /bkt/a%20b/c?partNumber=2&uploadId=x%2By HTTP/1.1\r\nHost: h\r\nContent-MD5: abc\r\n\
-             x-amz-decoded-content-length: 5\r\nContent-Length: 0\r\n\r\n",
+             x-amz-decoded-content-length: 5\r\nX-Amz-Meta-Colour: blue\r\nContent-Length: 0\r\n\r\n",
         );
         assert_eq!(request.bucket, "bkt");
         assert_eq!(request.key, b"a b/c");
@@ -285,6 +301,7 @@ mod tests {
         assert_eq!(request.param_number("partNumber", 0).unwrap(), 2);
         assert_eq!(request.headers.content_md5.as_deref(), Some("abc"));
         assert_eq!(request.headers.decoded_length.as_deref(), Some("5"));
+        assert_eq!(request.headers.user, [("colour".to_owned(), "blue".to_owned())]);
         let service = parsed("GET / HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!((service.bucket.as_str(), service.key.len()), ("", 0));
         let bucket = parsed("GET /bkt/?list-type=2&prefix= HTTP/1.1\r\nHost: h\r\n\r\n");

@@ -31,6 +31,9 @@ pub struct Upload {
     pub bucket: String,
     pub key: Vec<u8>,
     pub content_type: Option<String>,
+    /// `x-amz-meta-*` given at create, for the completed value.
+    #[serde(default)]
+    pub user: Vec<(String, String)>,
     pub initiated_ms: u64,
 }
 

@@ -328,27 +328,39 @@ pub fn list_v1(list: &ListV1) -> Vec<u8> {
     document.finish()
 }
 
-/// `ListVersionsResult` of current objects only: each is version "null" and the latest; never truncated.
-pub fn list_versions(
-    bucket: &str,
-    prefix: &[u8],
-    max_keys: usize,
-    contents: &[ObjectEntry],
-    common_prefixes: &[Vec<u8>],
-    delimiter: Option<&[u8]>,
-) -> Vec<u8> {
+/// A `ListVersionsResult` of current objects only.
+pub struct ListVersions<'a> {
+    pub bucket: &'a str,
+    pub prefix: &'a [u8],
+    pub key_marker: &'a [u8],
+    /// Where the next page starts (exclusive), when truncated.
+    pub next_key_marker: Option<&'a [u8]>,
+    pub delimiter: Option<&'a [u8]>,
+    pub max_keys: usize,
+    pub is_truncated: bool,
+    pub encoding_url: bool,
+    pub contents: &'a [ObjectEntry],
+    pub common_prefixes: &'a [Vec<u8>],
+}
+
+/// `ListVersionsResult` of current objects only: each is version "null" and the latest.
+pub fn list_versions(list: &ListVersions) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("ListVersionsResult");
-    document.element("Name", bucket);
-    document.key("Prefix", prefix, false);
-    document.element("KeyMarker", "");
+    document.element("Name", list.bucket);
+    document.key("Prefix", list.prefix, list.encoding_url);
+    document.key("KeyMarker", list.key_marker, list.encoding_url);
     document.element("VersionIdMarker", "");
-    document.value("MaxKeys", max_keys);
-    document.delimiter_and_encoding(delimiter, false);
-    document.value("IsTruncated", false);
-    for entry in contents {
+    if let Some(next) = list.next_key_marker {
+        document.key("NextKeyMarker", next, list.encoding_url);
+        document.element("NextVersionIdMarker", "null");
+    }
+    document.value("MaxKeys", list.max_keys);
+    document.delimiter_and_encoding(list.delimiter, list.encoding_url);
+    document.value("IsTruncated", list.is_truncated);
+    for entry in list.contents {
         document.open("Version");
-        document.key("Key", &entry.key, false);
+        document.key("Key", &entry.key, list.encoding_url);
         document.element("VersionId", "null");
         document.value("IsLatest", true);
         document.element("LastModified", &iso8601_ms(entry.last_modified_ms));
@@ -358,7 +370,7 @@ pub fn list_versions(
         document.element("StorageClass", "STANDARD");
         document.close("Version");
     }
-    document.common_prefixes(common_prefixes, false);
+    document.common_prefixes(list.common_prefixes, list.encoding_url);
     document.close("ListVersionsResult");
     document.finish()
 }
@@ -942,10 +954,27 @@ mod tests {
              <Owner><ID>mkv</ID><DisplayName>mkv</DisplayName></Owner><StorageClass>STANDARD</StorageClass></Version>\
              <CommonPrefixes><Prefix>d/</Prefix></CommonPrefixes>",
         );
-        assert_eq!(
-            text(list_versions("b", b"", 10, &contents, &prefixes, Some(b"/"))),
-            expected
-        );
+        let list = ListVersions {
+            bucket: "b",
+            prefix: b"",
+            key_marker: b"",
+            next_key_marker: None,
+            delimiter: Some(b"/"),
+            max_keys: 10,
+            is_truncated: false,
+            encoding_url: false,
+            contents: &contents,
+            common_prefixes: &prefixes,
+        };
+        assert_eq!(text(list_versions(&list)), expected);
+        let truncated = ListVersions {
+            next_key_marker: Some(b"k"),
+            is_truncated: true,
+            ..list
+        };
+        let rendered = text(list_versions(&truncated));
+        assert!(rendered.contains("<NextKeyMarker>k</NextKeyMarker><NextVersionIdMarker>null</NextVersionIdMarker>"));
+        assert!(rendered.contains("<IsTruncated>true</IsTruncated>"));
     }
 
     #[test]
