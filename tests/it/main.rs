@@ -12,5 +12,6 @@ mod protocol;
 mod resilience;
 mod safety;
 mod startup;
+mod verify;
 mod volume_client;
 mod volumes;
