@@ -544,6 +544,25 @@ mod tests {
     }
 
     #[test]
+    fn verify_flags_in_both_spellings() {
+        let plain = parse(argv("-db x -volumes a:1 -replicas 1 verify")).unwrap();
+        assert_eq!(plain.command, Command::Verify);
+        assert!(!plain.repair && plain.purge_unlinked.is_none());
+        assert_eq!(plain.orphan_grace, Duration::from_secs(3600));
+        let go = parse(argv(
+            "-db x -volumes a:1 -replicas 1 -repair -md5 -orphan-grace 10m -purge-unlinked 48h verify",
+        ))
+        .unwrap();
+        assert!(go.repair && go.md5);
+        assert_eq!(go.orphan_grace, Duration::from_secs(600));
+        assert_eq!(go.purge_unlinked, Some(Duration::from_secs(48 * 3600)));
+        assert!(matches!(
+            parse(argv("-db x -volumes a:1 -replicas 1 --purge-unlinked soon verify")),
+            Err(ConfigError::Usage(_))
+        ));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
