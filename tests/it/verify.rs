@@ -87,6 +87,8 @@ fn verify_repairs_missing_and_corrupt_replicas_byte_exact() {
     let (small, small_body) = &keys[5];
     let big_files = replica_files(&cluster, big);
     let small_files = replica_files(&cluster, small);
+    let (last, last_body) = &keys[7];
+    let last_files = replica_files(&cluster, last);
     cluster.kill_master();
     expect(&verify(&cluster, &[]), 0);
 
@@ -139,6 +141,24 @@ fn verify_repairs_missing_and_corrupt_replicas_byte_exact() {
     for (key, body) in &keys {
         assert!(fetch(&cluster.url(key)).body == *body, "{key}");
     }
+
+    // The only copy left is corrupt: a HEAD cannot tell, but the copy is
+    // checked against the recorded md5 on the way and never lands.
+    cluster.kill_master();
+    let mut rotten = last_body.clone();
+    rotten[0] ^= 0xff;
+    std::fs::write(&last_files[0], &rotten).unwrap();
+    std::fs::remove_file(&last_files[1]).unwrap();
+    let refused = expect(&verify(&cluster, &["--repair"]), 1);
+    assert!(
+        refused.contains("repair failed") && refused.contains("0 repaired"),
+        "{refused}"
+    );
+    assert!(!last_files[1].exists(), "a bad copy is never spread");
+    let refused = expect(&verify(&cluster, &["--md5", "--repair"]), 1);
+    assert!(refused.contains("1 keys with no good copy"), "{refused}");
+    assert!(refused.contains(&format!("{last:?}: no good copy")), "{refused}");
+    assert!(!last_files[1].exists() && std::fs::read(&last_files[0]).unwrap() == rotten);
 }
 
 #[test]
