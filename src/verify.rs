@@ -73,6 +73,7 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The settings `mkv verify`'s flags give.
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             md5: config.md5,
@@ -865,7 +866,7 @@ fn examine(
     let found = match within {
         Within::Layout => {
             let at_top = matches!(directory.level, Level::Root | Level::Subvolume);
-            if at_top && is_directory && format!("/{}", listed.name) == PARTS_DIRECTORY {
+            if at_top && is_directory && PARTS_DIRECTORY.strip_prefix('/') == Some(listed.name.as_str()) {
                 let parts = directory.child(&listed.name, directory.level);
                 return Ok(Some(Task::List(parts, Within::Parts)));
             }
