@@ -285,3 +285,57 @@ fn purge_unlinked_hard_deletes_only_keys_older_than_the_threshold() {
     assert_eq!(request("RELINK", &cluster.url("/p/young"), None).status, 204);
     assert_eq!(fetch(&cluster.url("/p/young")).body, b"young value");
 }
+
+#[test]
+fn verify_repair_killed_midway_converges_on_rerun() {
+    let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    let keys: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            let key = format!("/k/{i}");
+            let body = value(300_000 + i, i as u64);
+            assert_eq!(request("PUT", &cluster.url(&key), Some(&body)).status, 201);
+            (key, body)
+        })
+        .collect();
+    let lost: Vec<PathBuf> = keys
+        .iter()
+        .map(|(key, _)| replica_files(&cluster, key)[0].clone())
+        .collect();
+    cluster.kill_master();
+    for file in &lost {
+        std::fs::remove_file(file).unwrap();
+    }
+
+    // Killed once the first replica is back, then run again.
+    let mut run = mkv()
+        .args([
+            "-db",
+            &cluster.db().display().to_string(),
+            "-volumes",
+            &cluster.volume_list(),
+        ])
+        .args(&cluster.extra)
+        .args(["--concurrency", "1", "--repair", "verify"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !lost.iter().any(|file| file.exists()) && std::time::Instant::now() < deadline {
+        assert!(run.try_wait().unwrap().is_none(), "verify ended before it was killed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(run.try_wait().unwrap().is_none(), "verify ended before it was killed");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert!(!lost.iter().all(|file| file.exists()), "killed before the end");
+
+    let rerun = expect(&verify(&cluster, &["--repair"]), 0);
+    assert!(!rerun.contains(" 0 repaired"), "{rerun}");
+    for ((key, body), file) in keys.iter().zip(&lost) {
+        assert!(std::fs::read(file).unwrap() == *body, "{key}");
+    }
+    let clean = expect(&verify(&cluster, &["--md5"]), 0);
+    assert!(clean.contains("80 ok, 0 missing, 0 wrong size, 0 corrupt"), "{clean}");
+}
