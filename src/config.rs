@@ -21,6 +21,10 @@ pub const THREADS_MAX: usize = 256;
 /// The most rebuild/rebalance requests in flight: each rebalance in flight
 /// may hold a 1 MiB piece per new copy.
 pub const CONCURRENCY_MAX: usize = 1024;
+/// Default for `--orphan-grace`: a file younger than this may be a PUT (or
+/// a rebalance copy) whose record is not written yet, so it is no orphan.
+/// An hour is far beyond any PUT's life under the body timeouts.
+const ORPHAN_GRACE_DEFAULT: &str = "1h";
 /// Default for `--body-timeout`: a body read that makes no progress for this
 /// long fails the request (and the same time is the body's grace allowance,
 /// see `BodyLimits`).
@@ -41,6 +45,9 @@ pub enum Command {
     Rebuild,
     /// Move values to the volumes placement chooses for them now.
     Rebalance,
+    /// Check every replica of every live key, find orphan files; with
+    /// --repair, restore bad replicas from good ones and remove orphans.
+    Verify,
     /// Write live records for synthetic keys straight into the index
     /// (benchmarks: a GET never touches the volumes).
     Seed,
@@ -118,10 +125,11 @@ struct Args {
     /// request fails with 408. 0 turns the rate check off.
     #[arg(long = "body-rate-min", default_value_t = BODY_RATE_MIN_DEFAULT_BYTES_PER_SECOND)]
     body_rate_min: u64,
-    /// rebuild/rebalance: requests in flight at once.
+    /// rebuild/rebalance/verify: requests in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// rebuild: read every value back and store its md5.
+    /// rebuild: read every value back and store its md5. verify: read every
+    /// copy back and compare it with the recorded md5.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     md5: bool,
     /// rebuild: go on when a volume does not answer (its copies are left out of the index).
@@ -130,6 +138,18 @@ struct Args {
     /// rebalance: print what would move, change nothing.
     #[arg(long = "dry-run", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     dry_run: bool,
+    /// verify: restore missing, short or corrupt replicas from a good copy,
+    /// and delete orphan files.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    repair: bool,
+    /// verify: a file no record names is an orphan only once it is older
+    /// than this (Go duration), so writes in flight are left alone.
+    #[arg(long = "orphan-grace", default_value = ORPHAN_GRACE_DEFAULT, value_parser = parse_duration)]
+    orphan_grace: Duration,
+    /// verify: hard-delete soft-deleted (UNLINKed) keys written longer ago
+    /// than this (Go duration): their copies, then their records.
+    #[arg(long = "purge-unlinked", value_parser = parse_duration)]
+    purge_unlinked: Option<Duration>,
     /// seed: how many keys.
     #[arg(long, default_value_t = 1000)]
     count: u64,
@@ -167,6 +187,9 @@ pub struct Config {
     pub md5: bool,
     pub allow_down_volumes: bool,
     pub dry_run: bool,
+    pub repair: bool,
+    pub orphan_grace: Duration,
+    pub purge_unlinked: Option<Duration>,
     pub seed_count: u64,
     pub seed_prefix: String,
 }
@@ -229,6 +252,9 @@ const LONG_FLAGS: &[&str] = &[
     "concurrency",
     "md5",
     "dry-run",
+    "repair",
+    "orphan-grace",
+    "purge-unlinked",
     "count",
     "prefix",
 ];
@@ -359,6 +385,9 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         md5: args.md5,
         allow_down_volumes: args.allow_down_volumes,
         dry_run: args.dry_run,
+        repair: args.repair,
+        orphan_grace: args.orphan_grace,
+        purge_unlinked: args.purge_unlinked,
         seed_count: args.count,
         seed_prefix: args.prefix,
     })
@@ -512,6 +541,25 @@ mod tests {
         }
         let distinct = parse(argv("-db x -volumes a:1,a:2,b:1 -replicas 2 server")).unwrap();
         assert_eq!(distinct.volumes, ["a:1", "a:2", "b:1"]);
+    }
+
+    #[test]
+    fn verify_flags_in_both_spellings() {
+        let plain = parse(argv("-db x -volumes a:1 -replicas 1 verify")).unwrap();
+        assert_eq!(plain.command, Command::Verify);
+        assert!(!plain.repair && plain.purge_unlinked.is_none());
+        assert_eq!(plain.orphan_grace, Duration::from_secs(3600));
+        let go = parse(argv(
+            "-db x -volumes a:1 -replicas 1 -repair -md5 -orphan-grace 10m -purge-unlinked 48h verify",
+        ))
+        .unwrap();
+        assert!(go.repair && go.md5);
+        assert_eq!(go.orphan_grace, Duration::from_secs(600));
+        assert_eq!(go.purge_unlinked, Some(Duration::from_secs(48 * 3600)));
+        assert!(matches!(
+            parse(argv("-db x -volumes a:1 -replicas 1 --purge-unlinked soon verify")),
+            Err(ConfigError::Usage(_))
+        ));
     }
 
     #[test]

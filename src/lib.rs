@@ -23,6 +23,7 @@
 //! - `meta`: object metadata beside the record (size, mtime, type, ETag).
 //! - `rebuild`: regrow the index from the volumes' directory listings.
 //! - `rebalance`: move values where placement wants them (one key, or all).
+//! - `verify`: check every replica, find orphans, repair (`mkv verify`).
 //! - `progress`: what the maintenance commands show the operator.
 //! - `config`: flags in Go and GNU spelling.
 
@@ -47,5 +48,6 @@ pub mod replication;
 pub mod s3;
 pub mod server;
 pub mod store;
+pub mod verify;
 pub mod volume;
 pub mod write;

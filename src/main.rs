@@ -80,10 +80,23 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let summary = maintenance_runtime()?.block_on(mkv::rebalance::run(&index, &config))?;
             Ok(exit_code(summary.failures()))
         }
+        Command::Verify => {
+            // The state a master shares, so verify's per-key work is the
+            // same code a running master would call.
+            let volumes = Arc::new(Volumes::new(&config.volumes));
+            let store = Store::new(index, placement, volumes.clone(), MAINTENANCE_CACHE_BYTES, 1);
+            let app = App { config, store, volumes };
+            let summary = maintenance_runtime()?.block_on(mkv::verify::run(&app))?;
+            Ok(exit_code(summary.failures()))
+        }
     }
 }
 
-/// One monoio runtime on this thread for rebuild and rebalance: their work
+/// Record cache of an offline maintenance command: it reads each record
+/// about once, so a cache would only cost memory.
+const MAINTENANCE_CACHE_BYTES: usize = 1 << 20;
+
+/// One monoio runtime on this thread for rebuild, rebalance and verify: their work
 /// is waiting on volumes, and `--concurrency` requests in flight on one
 /// thread keep them busy.
 fn maintenance_runtime() -> anyhow::Result<mkv::server::Runtime> {

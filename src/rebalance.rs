@@ -436,7 +436,7 @@ async fn rebalance_record(
 }
 
 /// Every record in key order, read in batches.
-struct Records<'a> {
+pub(crate) struct Records<'a> {
     index: &'a Index,
     batch: VecDeque<(Vec<u8>, Result<Record, RecordError>)>,
     /// Where the next batch starts; None once the index is exhausted.
@@ -444,7 +444,7 @@ struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
-    fn new(index: &'a Index) -> Records<'a> {
+    pub(crate) fn new(index: &'a Index) -> Records<'a> {
         Records {
             index,
             batch: VecDeque::with_capacity(SCAN_BATCH_RECORDS),

@@ -59,14 +59,14 @@ const REPAIR_CANDIDATES_MAX: usize = 256;
 
 /// One entry of nginx's JSON autoindex.
 #[derive(Debug, Deserialize)]
-struct Listed {
-    name: String,
+pub(crate) struct Listed {
+    pub(crate) name: String,
     #[serde(rename = "type")]
-    kind: String,
-    /// A file's modification time (an HTTP date), which becomes its key's
-    /// mtime in the index's metadata.
+    pub(crate) kind: String,
+    /// A file's modification time (an HTTP date): its key's mtime in the
+    /// index's metadata, and `verify`'s orphan age.
     #[serde(default)]
-    mtime: Option<String>,
+    pub(crate) mtime: Option<String>,
     /// A file's size in bytes.
     #[serde(default)]
     size: Option<u64>,
@@ -91,7 +91,7 @@ impl Listed {
 
 /// Where a directory sits in a volume's layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
+pub(crate) enum Level {
     /// The volume's root: shard directories or `svXX` subvolumes.
     Root,
     /// `/svXX/`: shard directories.
@@ -106,14 +106,14 @@ enum Level {
 
 /// A directory to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Directory {
+pub(crate) struct Directory {
     /// Position of the volume in `-volumes`.
-    host: usize,
+    pub(crate) host: usize,
     /// The entry its files belong to: `host:port` or `host:port/svXX`.
-    entry: String,
+    pub(crate) entry: String,
     /// URL path, ending in `/`.
-    path: String,
-    level: Level,
+    pub(crate) path: String,
+    pub(crate) level: Level,
     /// The shard bytes (`xx`, `yy`) of the files below, from `Second` down.
     shard: [u8; 2],
     /// In `Nested`: the part of the base64 name the directories spell.
@@ -121,7 +121,7 @@ struct Directory {
 }
 
 impl Directory {
-    fn root(host: usize, volume: &str) -> Directory {
+    pub(crate) fn root(host: usize, volume: &str) -> Directory {
         Directory {
             host,
             entry: volume.to_owned(),
@@ -132,7 +132,7 @@ impl Directory {
         }
     }
 
-    fn child(&self, name: &str, level: Level) -> Directory {
+    pub(crate) fn child(&self, name: &str, level: Level) -> Directory {
         Directory {
             host: self.host,
             entry: self.entry.clone(),
@@ -146,7 +146,7 @@ impl Directory {
 
 /// What one listed entry is.
 #[derive(Debug, PartialEq, Eq)]
-enum Found {
+pub(crate) enum Found {
     Directory(Directory),
     Key(Vec<u8>),
     /// Not part of the layout (nginx's own state, `lost+found`): ignored.
@@ -156,7 +156,7 @@ enum Found {
 }
 
 /// Classify one entry of `parent`'s listing.
-fn classify(parent: &Directory, listed: &Listed) -> Found {
+pub(crate) fn classify(parent: &Directory, listed: &Listed) -> Found {
     let is_directory = listed.kind == "directory";
     let is_file = listed.kind == "file";
     let name = listed.name.as_str();
@@ -329,7 +329,7 @@ pub fn order_entries(entries: &mut [String], placed: &[String]) {
 
 /// Why a directory could not be listed.
 #[derive(Debug)]
-enum ListingError {
+pub(crate) enum ListingError {
     Volume(VolumeError),
     Status(u16),
     Json(serde_json::Error),
@@ -345,7 +345,7 @@ impl fmt::Display for ListingError {
     }
 }
 
-async fn list(host: &str, path: &str) -> Result<Vec<Listed>, ListingError> {
+pub(crate) async fn list(host: &str, path: &str) -> Result<Vec<Listed>, ListingError> {
     let (status, body) = volume::simple_request("GET", host, path, LISTING_TIMEOUT, LISTING_BYTES_MAX)
         .await
         .map_err(ListingError::Volume)?;
@@ -618,7 +618,7 @@ pub async fn run(index: &Index, config: &Config) -> Result<Summary, RebuildError
 }
 
 /// The `host:port` a directory's path is relative to.
-fn volume_of(directory: &Directory) -> &str {
+pub(crate) fn volume_of(directory: &Directory) -> &str {
     entry_host(&directory.entry)
 }
 

@@ -13,5 +13,6 @@ mod resilience;
 mod s3;
 mod safety;
 mod startup;
+mod verify;
 mod volume_client;
 mod volumes;

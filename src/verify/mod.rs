@@ -1,0 +1,284 @@
+//! Verify: scrub the store, and with `--repair` mend what it finds.
+//!
+//! For every live key (`verify_key`), every replica its record names is
+//! HEADed: it must be there with the value's size (the size in the key's
+//! metadata; for a key without metadata, the size most replicas agree on).
+//! With `--md5` each copy that passes is read back and its md5 compared
+//! with the record's (without one, with the md5 most copies agree on). A
+//! volume that does not answer, or answers with an error, makes its replica
+//! "unreachable": a timeout is never "missing", and nothing is repaired on
+//! that evidence. With `--repair`, each missing, short or corrupt replica is
+//! copied over from a good one (one that passed every check made, and
+//! whose bytes hash to the record's md5 on the way through: a bad source
+//! never reaches the target, its body is abandoned before the last piece),
+//! under the key's write lock, and HEADed again. A key with no good copy is
+//! reported and left alone.
+//!
+//! Soft-deleted keys are not checked (their bytes are kept for RELINK and
+//! may be a failed PUT's leftovers); `--purge-unlinked AGE` hard-deletes
+//! those written longer ago than AGE (`purge_unlinked`).
+//!
+//! Then the volumes are walked (nginx's JSON autoindex, as `rebuild` walks
+//! them) for orphans (`orphan_of`): a file at a key's path that no record
+//! names on that volume entry (a record in any state, soft-deleted
+//! included, keeps its files), or an S3 part file whose upload is gone,
+//! older than `--orphan-grace` so writes in flight are left alone. With
+//! `--repair` orphans are deleted (after checking again under the key's
+//! lock); otherwise they are reported.
+//!
+//! Everything a key needs is in `verify_key`, `purge_unlinked` and
+//! `remove_orphan`, over the shared `App`, so a running master can call them
+//! too. One bad key, replica or directory is reported and counted, and only
+//! the exit code shows it; only an index failure ends the run. Each repair
+//! copies the same bytes to the same place and each removal deletes a file
+//! that stays an orphan, so a run killed anywhere and run again converges.
+
+mod orphans;
+mod replicas;
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::index::IndexError;
+use crate::progress::Progress;
+use crate::rebalance::Records;
+use crate::record::{Record, RecordError};
+
+pub use orphans::{remove_orphan, Orphan};
+pub use replicas::{purge_unlinked, verify_key, KeyReport, NotRepaired, Purge, Replica};
+
+/// What a verify run does besides looking.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Read every copy back and check its md5.
+    pub md5: bool,
+    /// Restore bad replicas, delete orphans.
+    pub repair: bool,
+    /// Files younger than this are never orphans.
+    pub orphan_grace: Duration,
+    /// Hard-delete soft-deleted keys written longer ago than this.
+    pub purge_unlinked: Option<Duration>,
+    /// Connect timeout for volume requests (`-voltimeout`).
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// The settings `mkv verify`'s flags give.
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            md5: config.md5,
+            repair: config.repair,
+            orphan_grace: config.orphan_grace,
+            purge_unlinked: config.purge_unlinked,
+            timeout: config.volume_timeout,
+        }
+    }
+}
+
+/// The counts of a verify run.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Live keys checked.
+    pub keys: u64,
+    pub replicas_ok: u64,
+    pub missing: u64,
+    pub wrong_size: u64,
+    pub corrupt: u64,
+    pub unreachable: u64,
+    /// Replicas restored and confirmed.
+    pub repaired: u64,
+    /// Bad replicas left as they were (repair off, failed, or refused).
+    pub unrepaired: u64,
+    /// Keys with bad replicas and no good copy.
+    pub no_good_copy: u64,
+    /// Records that do not decode.
+    pub corrupt_records: u64,
+    pub orphans: u64,
+    pub orphans_removed: u64,
+    /// Files no record names that are younger than the grace: left alone.
+    pub orphans_young: u64,
+    /// Files outside the layout, or names that are no key's.
+    pub strays: u64,
+    /// Directories that could not be listed.
+    pub unlisted: u64,
+    pub purged: u64,
+    /// Soft-deleted keys that could not be purged.
+    pub purge_failed: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    /// Problems the exit code should show: anything unhealthy left as it is.
+    pub fn failures(&self) -> u64 {
+        self.unrepaired
+            + self.unreachable
+            + self.no_good_copy
+            + self.corrupt_records
+            + (self.orphans - self.orphans_removed)
+            + self.strays
+            + self.unlisted
+            + self.purge_failed
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "{} keys, {} bad replicas, {} repaired, {} unreachable, {} orphans",
+            self.keys,
+            self.missing + self.wrong_size + self.corrupt,
+            self.repaired,
+            self.unreachable,
+            self.orphans
+        )
+    }
+
+    fn add(&mut self, report: &KeyReport) {
+        self.keys += 1;
+        for (_, replica) in &report.replicas {
+            match replica {
+                Replica::Ok => self.replicas_ok += 1,
+                Replica::Missing => self.missing += 1,
+                Replica::WrongSize { .. } => self.wrong_size += 1,
+                Replica::Corrupt => self.corrupt += 1,
+                Replica::Unreachable(_) => self.unreachable += 1,
+            }
+        }
+        let bad = report.replicas.iter().filter(|(_, replica)| replica.is_bad()).count();
+        self.repaired += report.repaired.len() as u64;
+        self.unrepaired += (bad - report.repaired.len()) as u64;
+        self.no_good_copy += u64::from(report.not_repaired == Some(NotRepaired::NoGoodCopy));
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "{} keys checked; replicas: {} ok, {} missing, {} wrong size, {} corrupt, {} unreachable; \
+             {} repaired, {} keys with no good copy; orphans: {} found, {} removed ({} younger than the \
+             grace left alone); {} unlinked keys purged; errors: {} corrupt records, {} stray files, \
+             {} unreadable directories, {} failed purges; {:.1}s",
+            self.keys,
+            self.replicas_ok,
+            self.missing,
+            self.wrong_size,
+            self.corrupt,
+            self.unreachable,
+            self.repaired,
+            self.no_good_copy,
+            self.orphans,
+            self.orphans_removed,
+            self.orphans_young,
+            self.purged,
+            self.corrupt_records,
+            self.strays,
+            self.unlisted,
+            self.purge_failed,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// What the run did with one record.
+enum Outcome {
+    Checked(KeyReport),
+    Purge(Purge),
+    /// Soft-deleted and not being purged: not checked.
+    Unlinked,
+    CorruptRecord(RecordError),
+}
+
+async fn check_record(
+    app: &App,
+    settings: &Settings,
+    key: &[u8],
+    record: Result<Record, RecordError>,
+) -> Result<Outcome, IndexError> {
+    let record = match record {
+        Ok(record) => record,
+        Err(error) => return Ok(Outcome::CorruptRecord(error)),
+    };
+    if record.is_live() {
+        return Ok(Outcome::Checked(verify_key(app, settings, key, &record).await?));
+    }
+    match settings.purge_unlinked {
+        Some(older_than) => Ok(Outcome::Purge(
+            purge_unlinked(app, settings, key, &record, older_than).await?,
+        )),
+        None => Ok(Outcome::Unlinked),
+    }
+}
+
+/// `mkv verify`: check every key, then look for orphans. Per-item problems
+/// are counted in the summary; an index failure ends the run.
+pub async fn run(app: &App) -> Result<Summary, IndexError> {
+    let settings = Settings::from_config(&app.config);
+    let index = app.store.index();
+    let mut total = 0u64;
+    index.view().scan(b"", b"", |_, _| {
+        total += 1;
+        true
+    })?;
+    let progress = Progress::new("verify", "keys", Some(total));
+    let mut summary = Summary::default();
+    let settings = &settings;
+    let outcomes = stream::iter(Records::new(index))
+        .map(|item| async move {
+            let (key, record) = item?;
+            let outcome = check_record(app, settings, &key, record).await?;
+            Ok::<_, IndexError>((key, outcome))
+        })
+        .buffer_unordered(app.config.concurrency);
+    let mut outcomes = std::pin::pin!(outcomes);
+    while let Some(item) = outcomes.next().await {
+        let (key, outcome) = item?;
+        tally(&String::from_utf8_lossy(&key), outcome, &mut summary, &progress);
+        progress.advance(1, || summary.status());
+    }
+    progress.finish(&format!("{}; looking for orphans", summary.status()));
+    let progress = Progress::new("verify", "directories", None);
+    orphans::find_orphans(app, settings, &mut summary, &progress).await?;
+    summary.elapsed = progress.elapsed();
+    progress.finish(&summary.to_string());
+    Ok(summary)
+}
+
+/// Count one record's outcome and report its problems.
+fn tally(key: &str, outcome: Outcome, summary: &mut Summary, progress: &Progress) {
+    match outcome {
+        Outcome::Checked(report) => {
+            summary.add(&report);
+            for (entry, replica) in &report.replicas {
+                if *replica != Replica::Ok {
+                    progress.report(&format!("{key:?} on {entry}: {replica}"));
+                }
+            }
+            for (entry, source) in &report.repaired {
+                progress.report(&format!("{key:?} on {entry}: repaired from {source}"));
+            }
+            for (entry, error) in &report.failed {
+                progress.report(&format!("{key:?} on {entry}: repair failed: {error}"));
+            }
+            if let Some(why) = report.not_repaired {
+                progress.report(&format!("{key:?}: {why}"));
+            }
+        }
+        Outcome::Purge(Purge::Purged) => summary.purged += 1,
+        Outcome::Purge(Purge::Young) | Outcome::Unlinked => {}
+        Outcome::Purge(Purge::Busy) => {
+            summary.purge_failed += 1;
+            progress.report(&format!("{key:?}: not purged: another write of the key is in progress"));
+        }
+        Outcome::Purge(Purge::Failed(error)) => {
+            summary.purge_failed += 1;
+            progress.report(&format!("{key:?}: not purged: {error}"));
+        }
+        Outcome::CorruptRecord(error) => {
+            summary.corrupt_records += 1;
+            progress.report(&format!("{key:?}: the record is corrupt: {error}"));
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Orphans: files on the volumes that no record names, found by walking
+//! nginx's JSON autoindex as `rebuild` does, and removed (`--repair`) only
+//! when old and still orphans under the key's lock.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+use crate::app::App;
+use crate::index::IndexError;
+use crate::placement::entry_host;
+use crate::progress::Progress;
+use crate::rebuild::{classify, list, volume_of, Directory, Found, Level, Listed, ListingError};
+use crate::record::Record;
+use crate::s3::state::{is_upload_id, upload, PARTS_DIRECTORY};
+use crate::volume::{self, VolumeError};
+
+use super::{Settings, Summary};
+
+/// A file on a volume that nothing in the index names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Orphan {
+    /// A file at `key`'s path on `entry` that no record names there.
+    Key { key: Vec<u8>, entry: String },
+    /// A part of S3 multipart upload `upload_id`, which no longer exists.
+    Part { upload_id: String },
+}
+
+/// Whether a file found at a key's path on `entry` is an orphan, judged by
+/// the key's record: none, or one that names other entries only. A record
+/// naming a host that `-volumes` does not list keeps the file (the same
+/// server may be spelled two ways: nothing is deleted on a guess).
+fn key_file_is_orphan(record: Option<&Record>, entry: &str, volumes: &[String]) -> bool {
+    let Some(record) = record else { return true };
+    let listed = |named: &String| volumes.iter().any(|volume| volume == entry_host(named));
+    record.volumes.iter().all(|named| named != entry && listed(named))
+}
+
+/// Whether `orphan` is still one (checked again just before it is removed).
+fn still_orphan(app: &App, orphan: &Orphan) -> Result<bool, IndexError> {
+    match orphan {
+        Orphan::Key { key, entry } => match app.store.get(key) {
+            Ok(record) => Ok(key_file_is_orphan(record.as_ref(), entry, &app.config.volumes)),
+            // A record that does not decode names who knows what: keep.
+            Err(IndexError::Corrupt { .. }) => Ok(false),
+            Err(error) => Err(error),
+        },
+        // A state entry that does not decode may be a live upload: keep.
+        Orphan::Part { upload_id } => Ok(matches!(upload(app.store.index(), upload_id), Ok(None))),
+    }
+}
+
+/// Delete the orphan file at `path` on volume `host`, if it still is one
+/// (under its key's lock). Returns whether it was deleted.
+pub async fn remove_orphan(
+    app: &App,
+    orphan: &Orphan,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Result<bool, VolumeError>, IndexError> {
+    let _guard = match orphan {
+        Orphan::Key { key, .. } => match app.store.try_lock(key) {
+            Some(guard) => Some(guard),
+            None => return Ok(Ok(false)),
+        },
+        Orphan::Part { .. } => None,
+    };
+    if !still_orphan(app, orphan)? {
+        return Ok(Ok(false));
+    }
+    Ok(volume::delete(host, path, timeout).await.map(|()| true))
+}
+/// Where a listed directory sits: the key layout (`rebuild`'s levels), or
+/// the S3 parts directory.
+#[derive(Clone, Debug)]
+enum Within {
+    Layout,
+    /// `/mkv-parts/`: one directory per upload.
+    Parts,
+    /// `/mkv-parts/<upload id>/`: the upload's part files.
+    Upload(String),
+}
+
+/// One request of the orphan walk.
+enum Task {
+    List(Directory, Within),
+    Remove { orphan: Orphan, host: String, path: String },
+}
+
+enum Done {
+    Listed(Directory, Within, Result<Vec<Listed>, ListingError>),
+    Removed {
+        path: String,
+        host: String,
+        result: Result<bool, VolumeError>,
+    },
+}
+
+async fn perform(app: &App, task: Task, timeout: Duration) -> Result<Done, IndexError> {
+    match task {
+        Task::List(directory, within) => {
+            let listing = list(volume_of(&directory), &directory.path).await;
+            Ok(Done::Listed(directory, within, listing))
+        }
+        Task::Remove { orphan, host, path } => {
+            let result = remove_orphan(app, &orphan, &host, &path, timeout).await?;
+            Ok(Done::Removed { path, host, result })
+        }
+    }
+}
+
+/// Walk every volume and count (and with `--repair`, remove) orphans. At
+/// most `--concurrency` requests in flight, depth first.
+pub(super) async fn find_orphans(
+    app: &App,
+    settings: &Settings,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<(), IndexError> {
+    let mut pending: Vec<Task> = app
+        .config
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(host, volume)| Task::List(Directory::root(host, volume), Within::Layout))
+        .collect();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < app.config.concurrency {
+            let Some(task) = pending.pop() else { break };
+            running.push(perform(app, task, settings.timeout));
+        }
+        let Some(done) = running.next().await else { break };
+        match done? {
+            Done::Listed(directory, within, Ok(listing)) => {
+                for listed in &listing {
+                    let task = examine(app, settings, &directory, &within, listed, summary, progress)?;
+                    pending.extend(task);
+                }
+                progress.advance(1, || summary.status());
+            }
+            Done::Listed(directory, _, Err(error)) => {
+                summary.unlisted += 1;
+                progress.report(&format!("{}{}: {error}", volume_of(&directory), directory.path));
+            }
+            Done::Removed { result: Ok(true), .. } => summary.orphans_removed += 1,
+            Done::Removed {
+                result: Ok(false),
+                host,
+                path,
+            } => {
+                progress.report(&format!("{host}{path}: no longer an orphan; kept"));
+                // Not an orphan after all: nothing is left to fix.
+                summary.orphans -= 1;
+            }
+            Done::Removed {
+                result: Err(error),
+                host,
+                path,
+            } => progress.report(&format!("{host}{path}: cannot remove the orphan: {error}")),
+        }
+    }
+    Ok(())
+}
+
+/// Act on one entry of a listing: a directory to list next, an orphan to
+/// remove, or nothing.
+fn examine(
+    app: &App,
+    settings: &Settings,
+    directory: &Directory,
+    within: &Within,
+    listed: &Listed,
+    summary: &mut Summary,
+    progress: &Progress,
+) -> Result<Option<Task>, IndexError> {
+    let is_directory = listed.kind == "directory";
+    let found = match within {
+        Within::Layout => {
+            let at_top = matches!(directory.level, Level::Root | Level::Subvolume);
+            if at_top && is_directory && PARTS_DIRECTORY.strip_prefix('/') == Some(listed.name.as_str()) {
+                let parts = directory.child(&listed.name, directory.level);
+                return Ok(Some(Task::List(parts, Within::Parts)));
+            }
+            match classify(directory, listed) {
+                Found::Directory(child) => return Ok(Some(Task::List(child, Within::Layout))),
+                Found::Skip => return Ok(None),
+                Found::Stray(what) => {
+                    summary.strays += 1;
+                    progress.report(&format!(
+                        "{}{}{}: {what}",
+                        volume_of(directory),
+                        directory.path,
+                        listed.name
+                    ));
+                    return Ok(None);
+                }
+                Found::Key(key) => {
+                    let record = match app.store.get(&key) {
+                        Ok(record) => record,
+                        Err(IndexError::Corrupt { .. }) => return Ok(None),
+                        Err(error) => return Err(error),
+                    };
+                    if !key_file_is_orphan(record.as_ref(), &directory.entry, &app.config.volumes) {
+                        return Ok(None);
+                    }
+                    Orphan::Key {
+                        key,
+                        entry: directory.entry.clone(),
+                    }
+                }
+            }
+        }
+        Within::Parts if is_directory && is_upload_id(&listed.name) => {
+            let upload_id = listed.name.clone();
+            let child = directory.child(&listed.name, directory.level);
+            return Ok(Some(Task::List(child, Within::Upload(upload_id))));
+        }
+        Within::Upload(upload_id) if listed.kind == "file" => {
+            if !matches!(upload(app.store.index(), upload_id), Ok(None)) {
+                return Ok(None);
+            }
+            Orphan::Part {
+                upload_id: upload_id.clone(),
+            }
+        }
+        Within::Parts | Within::Upload(_) => return Ok(None),
+    };
+    let host = volume_of(directory).to_owned();
+    let path = format!("{}{}", directory.path, listed.name);
+    if !older_than(listed.mtime.as_deref(), settings.orphan_grace) {
+        summary.orphans_young += 1;
+        return Ok(None);
+    }
+    summary.orphans += 1;
+    if !settings.repair {
+        progress.report(&format!("{host}{path}: orphan (no record names it)"));
+        return Ok(None);
+    }
+    Ok(Some(Task::Remove {
+        orphan: found,
+        host,
+        path,
+    }))
+}
+
+/// Whether a listing's `mtime` (an HTTP date) is more than `grace` ago. A
+/// missing or unreadable date is taken as now: nothing is deleted on a guess.
+fn older_than(mtime: Option<&str>, grace: Duration) -> bool {
+    let Some(modified) = mtime.and_then(|text| httpdate::parse_http_date(text).ok()) else {
+        return false;
+    };
+    SystemTime::now().duration_since(modified).unwrap_or_default() > grace
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn orphans_are_files_no_record_names() {
+        let volumes = entries(&["a:1", "b:1"]);
+        assert!(key_file_is_orphan(None, "a:1/sv01", &volumes));
+        let record = Record::new(entries(&["a:1/sv01"]), false, None);
+        assert!(!key_file_is_orphan(Some(&record), "a:1/sv01", &volumes));
+        assert!(key_file_is_orphan(Some(&record), "a:1/sv02", &volumes));
+        assert!(key_file_is_orphan(Some(&record), "b:1/sv01", &volumes));
+        // Soft-deleted records keep their files for RELINK.
+        let unlinked = Record::new(entries(&["b:1/sv01"]), true, None);
+        assert!(!key_file_is_orphan(Some(&unlinked), "b:1/sv01", &volumes));
+        // A host -volumes does not list may be one of ours spelled otherwise.
+        let foreign = Record::new(entries(&["localhost:1/sv01"]), false, None);
+        assert!(!key_file_is_orphan(Some(&foreign), "a:1/sv01", &volumes));
+    }
+
+    #[test]
+    fn only_old_files_are_orphans() {
+        let hour = Duration::from_secs(3600);
+        assert!(older_than(Some("Wed, 01 Jan 2025 00:00:00 GMT"), hour));
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        assert!(!older_than(Some(&now), hour));
+        assert!(!older_than(None, hour));
+        assert!(!older_than(Some("yesterday"), hour));
+    }
+}
