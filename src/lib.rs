@@ -24,6 +24,7 @@
 //! - `rebuild`: regrow the index from the volumes' directory listings.
 //! - `rebalance`: move values where placement wants them (one key, or all).
 //! - `progress`: what the maintenance commands show the operator.
+//! - `metrics`: per-reactor counters, summed for Prometheus on scrape.
 //! - `config`: flags in Go and GNU spelling.
 
 pub mod app;
@@ -38,6 +39,7 @@ pub mod index;
 pub mod listing;
 pub mod locks;
 pub mod meta;
+pub mod metrics;
 pub mod placement;
 pub mod progress;
 pub mod rebalance;
