@@ -248,7 +248,10 @@ impl Drop for RequestCount {
                 (Method::Get | Method::Head, CacheRead::Miss) => reactor.get_misses.observe(elapsed),
                 (Method::Put, _) => {
                     reactor.puts.observe(elapsed);
-                    bump(&reactor.puts_in_flight, u64::MAX); // wraps: minus one
+                    let in_flight = reactor.puts_in_flight.load(Ordering::Relaxed);
+                    reactor
+                        .puts_in_flight
+                        .store(in_flight.saturating_sub(1), Ordering::Relaxed);
                 }
                 _ => {}
             }
@@ -357,11 +360,9 @@ impl Scrape {
             reactor.index_writes.add_to(&mut scrape.index_writes);
             scrape.bytes_in += reactor.bytes_in.load(Ordering::Relaxed);
             scrape.bytes_out += reactor.bytes_out.load(Ordering::Relaxed);
-            // Per reactor it may be momentarily -1 (wrapped) or +1 as seen from
-            // here; the sum is read as a signed figure and floored at 0.
-            scrape.puts_in_flight = scrape
-                .puts_in_flight
-                .wrapping_add(reactor.puts_in_flight.load(Ordering::Relaxed));
+            // Each reactor's figure is its own starts minus ends, written in
+            // order by one thread: never below zero.
+            scrape.puts_in_flight += reactor.puts_in_flight.load(Ordering::Relaxed);
             scrape.replica_failures += reactor.replica_failures.load(Ordering::Relaxed);
             let connections = reactor.connections.load(Ordering::Relaxed);
             scrape.connections.push((reactor.reactor, connections));
@@ -541,8 +542,12 @@ impl Scrape {
             self.bytes_in,
         )?;
         encode_counter(encoder, "mkv_sent_bytes", "Bytes sent to clients.", self.bytes_out)?;
-        let puts_in_flight = (self.puts_in_flight as i64).max(0);
-        encode_gauge(encoder, "mkv_puts_in_flight", "PUTs being handled.", puts_in_flight)?;
+        encode_gauge(
+            encoder,
+            "mkv_puts_in_flight",
+            "PUTs being handled.",
+            self.puts_in_flight as i64,
+        )?;
         encode_counter(
             encoder,
             "mkv_replica_write_failures",

@@ -93,6 +93,11 @@ pub const EXIT_THREAD_ENDED: i32 = 70;
 /// their failure path (delete the copies written, drop the record) before
 /// the process exits anyway: a few volume round trips.
 const SHUTDOWN_CLEANUP_GRACE: Duration = Duration::from_secs(5);
+/// Shutting down, how long a connection accepted before the signal may take
+/// to send its first request: a client that just connected has its request
+/// on the way (closing would cut a request the master never read), one that
+/// connected to hold a connection open must not delay the exit.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// RocksDB properties exposed as metrics: (metric, property, help).
 const INDEX_PROPERTIES: [(&str, &str, &str); 4] = [
     (
@@ -521,8 +526,15 @@ fn run_reactor(
 /// client fails, a PUT through the write protocol's failure path, which
 /// still talks to the volumes) and wait for them to close.
 async fn finish_connections(clients: &Clients, limit: Duration) {
+    let deadline = Instant::now() + limit;
     let closed = pin!(clients.all_closed());
-    if let Either::Right((_, closed)) = select(closed, pin!(monoio::time::sleep(limit))).await {
+    let grace = pin!(monoio::time::sleep(FIRST_REQUEST_GRACE.min(limit)));
+    let Either::Right((_, closed)) = select(closed, grace).await else {
+        return;
+    };
+    clients.close_idle(true);
+    let rest = pin!(monoio::time::sleep(deadline.saturating_duration_since(Instant::now())));
+    if let Either::Right((_, closed)) = select(closed, rest).await {
         clients.stop_receiving();
         closed.await;
     }
@@ -614,6 +626,9 @@ struct Client {
     idle_since: Cell<Option<u64>>,
     /// Set by the accept loop: close at once.
     evicted: Cell<bool>,
+    /// No request has arrived yet: shutting down, it gets
+    /// `FIRST_REQUEST_GRACE` for one rather than being closed as idle.
+    fresh: Cell<bool>,
     /// The connection's task, waiting for a request.
     waker: Cell<Option<Waker>>,
 }
@@ -639,6 +654,7 @@ impl Clients {
             position: Cell::new(open.len()),
             idle_since: Cell::new(None),
             evicted: Cell::new(false),
+            fresh: Cell::new(true),
             waker: Cell::new(None),
         });
         open.push(client.clone());
@@ -676,10 +692,11 @@ impl Clients {
         true
     }
 
-    /// Close every idle connection (shutting down).
-    fn close_idle(&self) {
+    /// Close every idle connection (shutting down); those that have not
+    /// sent a request yet only if `fresh_too`.
+    fn close_idle(&self, fresh_too: bool) {
         for client in self.open.borrow().iter() {
-            if client.idle_since.get().is_some() {
+            if client.idle_since.get().is_some() && (fresh_too || !client.fresh.get()) {
                 client.evicted.set(true);
                 if let Some(waker) = client.waker.take() {
                     waker.wake();
@@ -810,7 +827,7 @@ async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients: R
             clients.release(&client);
         });
     }
-    clients.close_idle();
+    clients.close_idle(false);
 }
 
 /// The request a connection is serving, for the log line of a contained
@@ -916,6 +933,7 @@ async fn serve_requests(
             match parsed {
                 Ok(Some(head)) => {
                     head_started = None;
+                    client.fresh.set(false);
                     let request_start = connection.start;
                     let path = request_start + head.path.start..request_start + head.path.end;
                     request.note(head.method, path, connection.moves);
@@ -954,7 +972,9 @@ async fn serve_requests(
                 }
             }
         }
-        if connection.flush().await.is_err() || shutting_down() {
+        // Shutting down, a connection between requests closes; one that
+        // has not sent its first yet waits for it (`FIRST_REQUEST_GRACE`).
+        if connection.flush().await.is_err() || (shutting_down() && !client.fresh.get()) {
             return Closing::Now;
         }
         let partial_head = !connection.buffered().is_empty();
@@ -1001,7 +1021,7 @@ async fn read_unless_evicted(
     let tick = clients.tick.get() + 1;
     clients.tick.set(tick);
     client.idle_since.set(Some(tick));
-    if shutting_down() {
+    if shutting_down() && !client.fresh.get() {
         // `close_idle` may have run before this connection became idle.
         client.idle_since.set(None);
         return None;

@@ -140,3 +140,33 @@ fn a_put_cut_by_the_shutdown_limit_fails_cleanly_and_leaves_no_live_key_or_stray
         );
     }
 }
+
+#[test]
+fn a_connection_accepted_before_sigterm_gets_its_first_request_answered() {
+    let mut cluster = Cluster::start(3, &[]);
+    let port = cluster.port();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(EXIT_WAIT)).unwrap();
+    // Accepted by now, but silent: not an idle keep-alive connection yet.
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(&mut cluster);
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(b"GET /absent HTTP/1.1\r\nHost: mkv\r\n\r\n").unwrap();
+    assert_eq!(read_status(&mut stream), "HTTP/1.1 404 Not Found");
+    let status = exit_within(&mut cluster, EXIT_WAIT).expect("the master exits");
+    assert_eq!(status.code(), Some(0), "{}", cluster.master_log());
+}
+
+#[test]
+fn a_silent_connection_does_not_hold_the_shutdown_to_its_limit() {
+    let mut cluster = Cluster::start(3, &["--shutdown-timeout", "60s"]);
+    let port = cluster.port();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    terminate(&mut cluster);
+    let status = exit_within(&mut cluster, EXIT_WAIT).expect("the master exits before its 60 s limit");
+    assert_eq!(status.code(), Some(0), "{}", cluster.master_log());
+    let mut rest = Vec::new();
+    silent.set_read_timeout(Some(EXIT_WAIT)).unwrap();
+    assert_eq!(silent.read_to_end(&mut rest).unwrap(), 0);
+}
