@@ -139,7 +139,9 @@ impl HistogramTotals {
     }
 }
 
-/// One reactor's counters; only that reactor's thread writes them.
+/// One reactor's counters; only that reactor's thread writes them. Aligned
+/// past a cache line pair so two reactors' counters never share one.
+#[repr(align(128))]
 struct ReactorMetrics {
     reactor: usize,
     requests: [[AtomicU64; STATUS_OTHER + 1]; METHODS.len()],
