@@ -8,8 +8,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
 use md5::{Digest, Md5};
 use mkv::health::Volumes;
-use mkv::http::{parse_request, KeepAlive};
+use mkv::http::{parse_request, KeepAlive, Method};
 use mkv::index::{Index, IndexOptions};
+use mkv::metrics::{self, CacheRead, RequestCount};
 use mkv::placement::{hex_lower, key2path_into, key2volume};
 use mkv::record::Record;
 use mkv::store::{Placement, Store};
@@ -138,5 +139,22 @@ fn store(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, http, placement, record, store);
+/// What a GET hit adds for metrics: the server's count around the handler
+/// (two clock reads, the status and the histogram), the store's hit note,
+/// the status line's note and the connection's byte counts.
+fn metrics(c: &mut Criterion) {
+    metrics::enter_reactor(0);
+    c.bench_function("metrics/count one GET hit", |b| {
+        b.iter(|| {
+            let counted = RequestCount::start(black_box(Method::Get));
+            metrics::note_cache_read(CacheRead::Hit);
+            metrics::note_status(black_box(302));
+            metrics::count_bytes_in(black_box(80));
+            metrics::count_bytes_out(black_box(250));
+            drop(counted);
+        })
+    });
+}
+
+criterion_group!(benches, http, placement, record, store, metrics);
 criterion_main!(benches);

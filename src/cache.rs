@@ -159,6 +159,8 @@ struct Shard<V> {
     bytes: usize,
     bytes_max: usize,
     epoch: u64,
+    /// Entries evicted for room since start (metrics).
+    evictions: u64,
     /// The cache's hasher (seeded once per cache), to rehash keys on eviction.
     hasher: hashbrown::DefaultHashBuilder,
 }
@@ -198,6 +200,7 @@ impl<V: Weigh> Cache<V> {
                     bytes: 0,
                     bytes_max: shard_bytes_max,
                     epoch: 0,
+                    evictions: 0,
                     hasher: hasher.clone(),
                 })
             })
@@ -278,6 +281,11 @@ impl<V: Weigh> Cache<V> {
         }
     }
 
+    /// Entries evicted for room since start, over all shards (metrics).
+    pub fn evictions(&self) -> u64 {
+        (0..self.shards.len()).map(|index| self.shard(index).evictions).sum()
+    }
+
     /// Entries and charged bytes over all shards (tests and metrics).
     pub fn usage(&self) -> (usize, usize) {
         (0..self.shards.len()).fold((0, 0), |(entries, bytes), index| {
@@ -311,6 +319,7 @@ impl<V: Weigh> Shard<V> {
             }
             while self.bytes + weight > self.bytes_max && !self.slots.is_empty() {
                 self.evict_one();
+                self.evictions += 1;
             }
             let slot = u32::try_from(self.slots.len()).expect("shard holds fewer than 2^32 entries");
             self.slots.push(new);

@@ -35,6 +35,10 @@ const BODY_TIMEOUT_DEFAULT: &str = "30s";
 /// hold a key's lock and a piece buffer for an hour instead of one byte
 /// every 29 seconds.
 const BODY_RATE_MIN_DEFAULT_BYTES_PER_SECOND: u64 = 64 * 1024;
+/// Default for `--shutdown-timeout`: long enough for a PUT of a few GiB at
+/// the speeds volumes write, short enough for a supervisor's stop timeout
+/// (systemd's default is 90 s).
+const SHUTDOWN_TIMEOUT_DEFAULT: &str = "30s";
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -73,6 +77,16 @@ struct Args {
     /// requests on --port are recognised by their AWS headers and queries.
     #[arg(long = "s3-port")]
     s3_port: Option<u16>,
+    /// Serve Prometheus metrics on this port (`GET /metrics`); off when absent.
+    #[arg(long = "metrics-port")]
+    metrics_port: Option<u16>,
+    /// Address the metrics port binds to: loopback unless told otherwise.
+    #[arg(long = "metrics-bind", default_value = "127.0.0.1")]
+    metrics_bind: std::net::IpAddr,
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish
+    /// before the master exits anyway (Go duration).
+    #[arg(long = "shutdown-timeout", default_value = SHUTDOWN_TIMEOUT_DEFAULT, value_parser = parse_duration)]
+    shutdown_timeout: Duration,
     /// Copies of each value.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -169,6 +183,9 @@ pub struct Config {
     pub volumes: Vec<String>,
     pub port: u16,
     pub s3_port: Option<u16>,
+    pub metrics_port: Option<u16>,
+    pub metrics_bind: std::net::IpAddr,
+    pub shutdown_timeout: Duration,
     pub replicas: usize,
     pub subvolumes: u32,
     pub fallback: Option<String>,
@@ -235,6 +252,9 @@ const LONG_FLAGS: &[&str] = &[
     "volumes",
     "port",
     "s3-port",
+    "metrics-port",
+    "metrics-bind",
+    "shutdown-timeout",
     "replicas",
     "subvolumes",
     "fallback",
@@ -352,6 +372,14 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
             args.port
         ));
     }
+    if let Some(metrics_port) = args
+        .metrics_port
+        .filter(|&port| port == args.port || Some(port) == args.s3_port)
+    {
+        return invalid(format!(
+            "--metrics-port {metrics_port} is a serving port too: the metrics port must be another"
+        ));
+    }
     if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
         return invalid(format!(
             "--concurrency must be 1..={CONCURRENCY_MAX}, got {}",
@@ -364,6 +392,9 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         volumes,
         port: args.port,
         s3_port: args.s3_port,
+        metrics_port: args.metrics_port,
+        metrics_bind: args.metrics_bind,
+        shutdown_timeout: args.shutdown_timeout,
         replicas: args.replicas,
         subvolumes: args.subvolumes,
         fallback: args.fallback,

@@ -100,6 +100,7 @@ impl Connection {
         let stream = &mut self.stream;
         match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(output)).await {
             Ok((result, mut output)) => {
+                crate::metrics::count_bytes_out(output.len());
                 output.clear();
                 self.output = output;
                 result.map(drop)
@@ -116,7 +117,10 @@ impl Connection {
         self.flush().await?;
         let stream = &mut self.stream;
         match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(piece)).await {
-            Ok((result, _)) => result.map(drop),
+            Ok((result, piece)) => {
+                crate::metrics::count_bytes_out(piece.len());
+                result.map(drop)
+            }
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client did not read its response",
@@ -141,6 +145,7 @@ impl Connection {
         match monoio::time::timeout(timeout, stream.read(input.slice_mut(length..))).await {
             Ok((result, input)) => {
                 self.input = input.into_inner();
+                crate::metrics::count_bytes_in(*result.as_ref().unwrap_or(&0));
                 result
             }
             // The cancelled read keeps the buffer; the caller closes the connection.
@@ -304,6 +309,7 @@ async fn read_length(
             .await?
             .map_err(|_| BodyError::Timeout)?;
         piece = slice.into_inner();
+        crate::metrics::count_bytes_in(*result.as_ref().unwrap_or(&0));
         read_error(result)?;
     }
     *remaining -= piece.len() as u64;

@@ -6,8 +6,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::http::parse_decimal;
 use crate::volume::resolve;
@@ -19,6 +19,8 @@ const PROBES_IN_FLIGHT_MAX: usize = 64;
 pub struct Volumes {
     hosts: Vec<String>,
     healthy: Box<[AtomicBool]>,
+    /// How long each volume's last probe took, in microseconds (metrics).
+    probe_micros: Box<[AtomicU64]>,
 }
 
 impl Volumes {
@@ -27,6 +29,7 @@ impl Volumes {
         Volumes {
             hosts: hosts.to_vec(),
             healthy: hosts.iter().map(|_| AtomicBool::new(true)).collect(),
+            probe_micros: hosts.iter().map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -45,19 +48,29 @@ impl Volumes {
         self.healthy[usize::from(id)].load(Ordering::Relaxed)
     }
 
+    /// How long the last probe of volume `id` took.
+    pub fn probe_time(&self, id: u16) -> Duration {
+        Duration::from_micros(self.probe_micros[usize::from(id)].load(Ordering::Relaxed))
+    }
+
     /// Probe every volume once, in parallel; logs changes. Returns how many are up.
     pub fn probe_all(&self, timeout: Duration) -> usize {
         let mut up = 0;
         for (batch_start, batch) in self.hosts.chunks(PROBES_IN_FLIGHT_MAX).enumerate() {
-            let results: Vec<bool> = std::thread::scope(|scope| {
+            let results: Vec<(bool, Duration)> = std::thread::scope(|scope| {
                 let probes: Vec<_> = batch
                     .iter()
-                    .map(|host| scope.spawn(move || probe(host, timeout)))
+                    .map(|host| scope.spawn(move || timed_probe(host, timeout)))
                     .collect();
-                probes.into_iter().map(|probe| probe.join().unwrap_or(false)).collect()
+                probes
+                    .into_iter()
+                    .map(|probe| probe.join().unwrap_or_default())
+                    .collect()
             });
-            for (offset, healthy) in results.into_iter().enumerate() {
+            for (offset, (healthy, took)) in results.into_iter().enumerate() {
                 let id = batch_start * PROBES_IN_FLIGHT_MAX + offset;
+                let took_micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                self.probe_micros[id].store(took_micros, Ordering::Relaxed);
                 let was = self.healthy[id].swap(healthy, Ordering::Relaxed);
                 if was != healthy {
                     eprintln!("volume {} is {}", self.hosts[id], if healthy { "up" } else { "DOWN" });
@@ -76,6 +89,12 @@ impl Volumes {
             self.probe_all(timeout);
         }
     }
+}
+
+/// A probe and how long it took.
+fn timed_probe(host: &str, timeout: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    (probe(host, timeout), started.elapsed())
 }
 
 /// One blocking health probe: any HTTP answer below 500 to `HEAD /` is up.

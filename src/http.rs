@@ -572,6 +572,7 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Append a status line.
 pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
+    crate::metrics::note_status(status);
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut digits = itoa_buffer();
     out.extend_from_slice(format_u64(u64::from(status), &mut digits));

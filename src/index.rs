@@ -250,6 +250,16 @@ impl Index {
         self.db.write_opt(batch, &self.write_options).map_err(io_error)
     }
 
+    /// RocksDB's integer property `name` (`rocksdb.cur-size-all-mem-tables`,
+    /// ...) summed over the column families (metrics); `None` when the
+    /// engine does not know it.
+    pub fn property(&self, name: &str) -> Option<u64> {
+        let default = self.db.property_int_value(name).ok()??;
+        let columns = [META_COLUMN, STATE_COLUMN].into_iter();
+        let others = columns.filter_map(|column| self.db.property_int_value_cf(self.column(column), name).ok()?);
+        Some(default + others.sum::<u64>())
+    }
+
     /// Compact the whole index: after a bulk load, so reads meet a settled
     /// tree instead of competing with background compaction.
     pub fn compact(&self) {

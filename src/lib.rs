@@ -25,6 +25,7 @@
 //! - `rebalance`: move values where placement wants them (one key, or all).
 //! - `verify`: check every replica, find orphans, repair (`mkv verify`).
 //! - `progress`: what the maintenance commands show the operator.
+//! - `metrics`: per-reactor counters, summed for Prometheus on scrape.
 //! - `config`: flags in Go and GNU spelling.
 
 pub mod app;
@@ -39,6 +40,7 @@ pub mod index;
 pub mod listing;
 pub mod locks;
 pub mod meta;
+pub mod metrics;
 pub mod placement;
 pub mod progress;
 pub mod rebalance;

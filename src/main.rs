@@ -65,7 +65,8 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let up = volumes.probe_all(config.volume_timeout);
             eprintln!("{up} of {} volumes answer", config.volumes.len());
             let store = Store::new(index, placement, volumes.clone(), config.cache_bytes, config.threads);
-            // Serving never ends: a thread that ends exits the process.
+            // Serving returns only if it cannot start: the process exits from
+            // within it, 0 after SIGTERM/SIGINT, 70 when a thread ends.
             match server::serve(Arc::new(App { config, store, volumes })).context("server")? {}
         }
         Command::Seed => {

@@ -250,6 +250,7 @@ pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> R
         }
     }
     if let Some(error) = failure {
+        crate::metrics::count_replica_failure(true);
         return Err(Failed {
             error: ReplicationError::Volume(error),
             settled,
@@ -263,6 +264,7 @@ pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> R
 
 /// Settle every upload still open after `error` (see `Upload::settle`).
 async fn abandon(uploads: Vec<Option<Upload>>, error: ReplicationError) -> Failed {
+    crate::metrics::count_replica_failure(matches!(error, ReplicationError::Volume(_)));
     let settles = uploads.into_iter().map(|upload| async move {
         match upload {
             Some(upload) => upload.settle().await,

@@ -8,6 +8,13 @@
 //! the health thread that ends, for any reason, ends the process with
 //! `EXIT_THREAD_ENDED` so a supervisor restarts it.
 //!
+//! Shutdown (ARCHITECTURE.md, "Shutdown"): SIGTERM or SIGINT sets a flag
+//! every reactor reads and shuts the listeners down (which wakes their
+//! accepts); each reactor then closes its idle connections, lets those in a
+//! request finish (reads end at `--shutdown-timeout`) and ends. When every
+//! reactor has ended the process exits 0; at the limit, plus a grace for
+//! cut writes to clean up, it exits anyway.
+//!
 //! File descriptors: `main` raises the soft limit to the hard one
 //! (`raise_fd_limit`), and each reactor admits at most `clients_per_reactor`
 //! client connections, so volume connections and the index always find a
@@ -22,10 +29,11 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -39,6 +47,7 @@ use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
 use crate::http::{self, write_text, KeepAlive, Method};
+use crate::metrics::{self, Gauges, VolumeGauge};
 use crate::s3;
 
 /// Open client connections per reactor at most, whatever the fd limit.
@@ -80,6 +89,46 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// (`EX_SOFTWARE`, sysexits.h).
 pub const EXIT_THREAD_ENDED: i32 = 70;
 
+/// After the shutdown limit, how long writes cut by it get to go through
+/// their failure path (delete the copies written, drop the record) before
+/// the process exits anyway: a few volume round trips.
+const SHUTDOWN_CLEANUP_GRACE: Duration = Duration::from_secs(5);
+/// Shutting down, how long a connection accepted before the signal may take
+/// to send its first request: a client that just connected has its request
+/// on the way (closing would cut a request the master never read), one that
+/// connected to hold a connection open must not delay the exit.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// RocksDB properties exposed as metrics: (metric, property, help).
+const INDEX_PROPERTIES: [(&str, &str, &str); 4] = [
+    (
+        "mkv_index_memtable_bytes",
+        "rocksdb.cur-size-all-mem-tables",
+        "Bytes in the index's memtables.",
+    ),
+    (
+        "mkv_index_sst_bytes",
+        "rocksdb.total-sst-files-size",
+        "Bytes of the index's table files.",
+    ),
+    (
+        "mkv_index_pending_compaction_bytes",
+        "rocksdb.estimate-pending-compaction-bytes",
+        "Bytes RocksDB estimates compaction still has to rewrite.",
+    ),
+    (
+        "mkv_index_keys_estimate",
+        "rocksdb.estimate-num-keys",
+        "Keys in the index, as RocksDB estimates them (records, metadata, state).",
+    ),
+];
+
+/// Set once on SIGTERM or SIGINT: reactors stop accepting and serving.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::SeqCst)
+}
+
 /// Panics in request handling caught and confined to their connection.
 static PANICS_CONTAINED: AtomicU64 = AtomicU64::new(0);
 
@@ -97,6 +146,8 @@ pub enum ServerError {
     Reactor(usize, std::io::Error),
     /// The health thread could not start.
     Health(std::io::Error),
+    /// The metrics or signal thread could not start.
+    Thread(&'static str, std::io::Error),
 }
 
 impl fmt::Display for ServerError {
@@ -105,15 +156,18 @@ impl fmt::Display for ServerError {
             ServerError::PortInUse(port, error) => write!(formatter, "cannot listen on port {port}: {error}"),
             ServerError::Reactor(id, error) => write!(formatter, "reactor {id} failed to start: {error}"),
             ServerError::Health(error) => write!(formatter, "the health thread failed to start: {error}"),
+            ServerError::Thread(name, error) => write!(formatter, "the {name} thread failed to start: {error}"),
         }
     }
 }
 
 impl std::error::Error for ServerError {}
 
-/// Start one reactor per configured thread and the health thread, and serve
-/// until the process ends: if any of them ends, the process exits with
-/// `EXIT_THREAD_ENDED`.
+/// Start one reactor per configured thread, the health thread, the signal
+/// thread and (with `--metrics-port`) the metrics thread, and serve until
+/// the process ends: if a reactor or the health thread ends, the process
+/// exits with `EXIT_THREAD_ENDED`; on SIGTERM or SIGINT it shuts down
+/// (`shut_down`) and exits 0.
 pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     let address = SocketAddr::from(([0, 0, 0, 0], app.config.port));
     // Every reactor binds with SO_REUSEPORT, which would happily share the
@@ -123,22 +177,28 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
         StdTcpListener::bind(SocketAddr::new(address.ip(), s3_port))
             .map_err(|error| ServerError::PortInUse(s3_port, error))?;
     }
+    let (events_sender, events) = mpsc::channel();
+    // Before the reactors, so a signal during start already shuts down.
+    spawn_signal_thread(&events_sender)?;
+    if let Some(port) = app.config.metrics_port {
+        spawn_metrics_thread(&app, port)?;
+    }
     let fd_limit = fd_limits().map_or(u64::MAX, |(soft, _)| soft);
     let clients_max = clients_per_reactor(fd_limit, app.config.threads, app.config.replicas);
     let (ready_sender, ready) = mpsc::channel();
-    let (ended_sender, ended) = mpsc::channel();
     for id in 0..app.config.threads {
         let app = app.clone();
         let ready_sender = ready_sender.clone();
-        spawn_watched(format!("mkv-reactor-{id}"), &ended_sender, move || {
+        spawn_watched(format!("{REACTOR_THREAD_PREFIX}{id}"), &events_sender, move || {
             run_reactor(id, app, address, clients_max, ready_sender)
         })
         .map_err(|error| ServerError::Reactor(id, error))?;
     }
     drop(ready_sender);
+    let mut listeners = Vec::new();
     for _ in 0..app.config.threads {
         match ready.recv() {
-            Ok(Ok(())) => {}
+            Ok(Ok(reactor_listeners)) => listeners.extend(reactor_listeners),
             Ok(Err(error)) => return Err(error),
             Err(_) => {
                 return Err(ServerError::Reactor(
@@ -150,7 +210,7 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     }
     let volumes = app.volumes.clone();
     let (interval, timeout) = (app.config.health_interval, app.config.volume_timeout);
-    spawn_watched("mkv-health".into(), &ended_sender, move || {
+    spawn_watched("mkv-health".into(), &events_sender, move || {
         volumes.check_forever(interval, timeout)
     })
     .map_err(ServerError::Health)?;
@@ -159,16 +219,141 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
         .s3_port
         .map(|port| format!(", S3 on :{port}"))
         .unwrap_or_default();
+    let metrics = app
+        .config
+        .metrics_port
+        .map(|port| format!(", metrics on {}:{port}", app.config.metrics_bind))
+        .unwrap_or_default();
     eprintln!(
-        "mkv listening on :{}{s3_port} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
+        "mkv listening on :{}{s3_port}{metrics} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
         app.config.port, app.config.threads
     );
-    // Our own sender stays alive, so this waits until a thread ends.
-    let name = ended.recv().unwrap_or_default();
+    // Our own sender stays alive, so this waits for an event.
+    match events.recv() {
+        Ok(Event::Signal(signal)) => shut_down(signal, listeners, &events, &app),
+        Ok(Event::Ended(name)) => thread_ended(&name),
+        Err(_) => thread_ended("(unknown)"),
+    }
+}
+
+/// Reactor threads are named this, then their number.
+const REACTOR_THREAD_PREFIX: &str = "mkv-reactor-";
+
+/// What the main thread waits for.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// A watched thread ended, by return or by panic.
+    Ended(String),
+    /// SIGTERM or SIGINT arrived.
+    Signal(i32),
+}
+
+/// A thread the master cannot serve without ended: exit so a supervisor
+/// restarts it.
+fn thread_ended(name: &str) -> ! {
     eprintln!(
         "mkv: thread {name} ended; exiting with status {EXIT_THREAD_ENDED} (a supervisor should restart the master)"
     );
     exit_now(EXIT_THREAD_ENDED)
+}
+
+/// The orderly end: stop accepting (shut the listeners down, which wakes
+/// every reactor's accept), let the requests in flight finish within
+/// `--shutdown-timeout`, exit 0 once every reactor has ended. At the limit
+/// every read from a client fails (a PUT whose body is still arriving goes
+/// through the write protocol's failure path) and after
+/// `SHUTDOWN_CLEANUP_GRACE` the process exits anyway, as a killed master
+/// would (ARCHITECTURE.md, "Shutdown"). A second signal exits at once.
+fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<Event>, app: &App) -> ! {
+    let limit = app.config.shutdown_timeout;
+    eprintln!("mkv: signal {signal}: closing the listeners, finishing requests in flight (at most {limit:?})");
+    let started = Instant::now();
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    for listener in &listeners {
+        // SAFETY: `listener` is an open descriptor this thread owns (a dup
+        // of a reactor's listener, so its number cannot be reused meanwhile).
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+    drop(listeners);
+    let exit_by = started + limit + SHUTDOWN_CLEANUP_GRACE;
+    let mut reactors_left = app.config.threads;
+    loop {
+        let left = exit_by.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Ended(name)) if name.starts_with(REACTOR_THREAD_PREFIX) => {
+                reactors_left -= 1;
+                if reactors_left == 0 {
+                    eprintln!("mkv: every request finished in {:?}; exiting", started.elapsed());
+                    exit_now(0);
+                }
+            }
+            Ok(Event::Ended(name)) => thread_ended(&name),
+            Ok(Event::Signal(signal)) => {
+                eprintln!("mkv: signal {signal} again: exiting at once");
+                exit_now(128 + signal);
+            }
+            Err(_) => {
+                eprintln!(
+                    "mkv: requests still in flight after {:?}; exiting (a cut write leaves at most a deleted record and stray copies, as a killed master does)",
+                    started.elapsed()
+                );
+                exit_now(0);
+            }
+        }
+    }
+}
+
+/// The signal thread: SIGTERM and SIGINT become events for the main thread.
+fn spawn_signal_thread(events: &mpsc::Sender<Event>) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| ServerError::Thread("signal", error))?;
+    let events = events.clone();
+    std::thread::Builder::new()
+        .name("mkv-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let _ = events.send(Event::Signal(signal));
+            }
+        })
+        .map_err(|error| ServerError::Thread("signal", error))?;
+    Ok(())
+}
+
+/// The metrics thread: `GET /metrics` on `--metrics-bind`:`port`.
+fn spawn_metrics_thread(app: &Arc<App>, port: u16) -> Result<(), ServerError> {
+    let address = SocketAddr::new(app.config.metrics_bind, port);
+    let listener = StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(port, error))?;
+    let app = app.clone();
+    std::thread::Builder::new()
+        .name("mkv-metrics".into())
+        .spawn(move || metrics::serve_forever(listener, || gauges(&app)))
+        .map_err(|error| ServerError::Thread("metrics", error))?;
+    Ok(())
+}
+
+/// What a scrape reads from the shared state.
+fn gauges(app: &App) -> Gauges {
+    let (cache_entries, cache_bytes, cache_evictions) = app.store.cache_figures();
+    let volumes = (0..app.volumes.hosts().len() as u16)
+        .map(|id| VolumeGauge {
+            host: app.volumes.hosts()[usize::from(id)].clone(),
+            up: app.volumes.is_healthy(id),
+            probe: app.volumes.probe_time(id),
+        })
+        .collect();
+    let index = INDEX_PROPERTIES
+        .iter()
+        .filter_map(|&(name, property, help)| Some((name, help, app.store.index().property(property)?)))
+        .collect();
+    Gauges {
+        cache_entries: cache_entries as u64,
+        cache_bytes: cache_bytes as u64,
+        cache_evictions,
+        volumes,
+        index,
+        panics_contained: panics_contained(),
+    }
 }
 
 /// End the process at once with `status`. `_exit` skips atexit handlers and
@@ -183,12 +368,12 @@ fn exit_now(status: i32) -> ! {
 /// (unwinding drops it too).
 struct Ending {
     name: String,
-    ended: mpsc::Sender<String>,
+    ended: mpsc::Sender<Event>,
 }
 
 impl Drop for Ending {
     fn drop(&mut self) {
-        let _ = self.ended.send(std::mem::take(&mut self.name));
+        let _ = self.ended.send(Event::Ended(std::mem::take(&mut self.name)));
     }
 }
 
@@ -196,7 +381,7 @@ impl Drop for Ending {
 /// when it ends, however it ends.
 fn spawn_watched(
     name: String,
-    ended: &mpsc::Sender<String>,
+    ended: &mpsc::Sender<Event>,
     body: impl FnOnce() + Send + 'static,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let ending = Ending {
@@ -289,7 +474,7 @@ fn run_reactor(
     app: Arc<App>,
     address: SocketAddr,
     clients_max: usize,
-    ready: mpsc::Sender<Result<(), ServerError>>,
+    ready: mpsc::Sender<Result<Vec<OwnedFd>, ServerError>>,
 ) {
     let runtime = build_runtime();
     let mut runtime = match runtime {
@@ -304,6 +489,7 @@ fn run_reactor(
         monoio::FusionRuntime::Legacy(_) => "epoll",
     };
     eprintln!("reactor {id}: driver {driver}");
+    metrics::enter_reactor(id);
     runtime.block_on(async move {
         let options = ListenerOpts::new().reuse_port(true).backlog(LISTEN_BACKLOG);
         let listener = match TcpListener::bind_with_config(address, &options) {
@@ -314,10 +500,12 @@ fn run_reactor(
             }
         };
         let clients = Rc::new(Clients::new(clients_max));
+        let mut listeners = vec![listener.as_raw_fd()];
         if let Some(s3_port) = app.config.s3_port {
             let s3_address = SocketAddr::new(address.ip(), s3_port);
             match TcpListener::bind_with_config(s3_address, &options) {
                 Ok(s3_listener) => {
+                    listeners.push(s3_listener.as_raw_fd());
                     monoio::spawn(accept_loop(id, app.clone(), s3_listener, clients.clone(), true));
                 }
                 Err(error) => {
@@ -326,9 +514,47 @@ fn run_reactor(
                 }
             }
         }
-        let _ = ready.send(Ok(()));
-        accept_loop(id, app, listener, clients, false).await;
+        let _ = ready.send(duplicate_all(&listeners).map_err(|error| ServerError::Reactor(id, error)));
+        let limit = app.config.shutdown_timeout;
+        accept_loop(id, app, listener, clients.clone(), false).await;
+        finish_connections(&clients, limit).await;
     });
+}
+
+/// Shutting down: wait for the connections still in a request, at most
+/// `limit`; then stop receiving on every one (a request waiting on its
+/// client fails, a PUT through the write protocol's failure path, which
+/// still talks to the volumes) and wait for them to close.
+async fn finish_connections(clients: &Clients, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let closed = pin!(clients.all_closed());
+    let grace = pin!(monoio::time::sleep(FIRST_REQUEST_GRACE.min(limit)));
+    let Either::Right((_, closed)) = select(closed, grace).await else {
+        return;
+    };
+    clients.close_idle(true);
+    let rest = pin!(monoio::time::sleep(deadline.saturating_duration_since(Instant::now())));
+    if let Either::Right((_, closed)) = select(closed, rest).await {
+        clients.stop_receiving();
+        closed.await;
+    }
+}
+
+/// Copies of `fds` for the main thread, which shuts the listeners down on
+/// a signal: its own descriptors, whose numbers stay taken until it closes
+/// them, however soon a reactor closes its listener.
+fn duplicate_all(fds: &[i32]) -> io::Result<Vec<OwnedFd>> {
+    fds.iter()
+        .map(|&fd| {
+            // SAFETY: `fd` is an open listener of the calling reactor.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `copy` was just opened and is owned by nobody else.
+            Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+        })
+        .collect()
 }
 
 /// A reactor's runtime: io_uring, or epoll where io_uring is unavailable.
@@ -391,6 +617,8 @@ struct Clients {
 
 /// A client connection's standing, shared by its task and the accept loop.
 struct Client {
+    /// Its socket, to stop receiving on shutdown.
+    fd: i32,
     /// Its position in `Clients::open`.
     position: Cell<usize>,
     /// The tick at which it began waiting for a new request; `None` while it
@@ -398,6 +626,9 @@ struct Client {
     idle_since: Cell<Option<u64>>,
     /// Set by the accept loop: close at once.
     evicted: Cell<bool>,
+    /// No request has arrived yet: shutting down, it gets
+    /// `FIRST_REQUEST_GRACE` for one rather than being closed as idle.
+    fresh: Cell<bool>,
     /// The connection's task, waiting for a request.
     waker: Cell<Option<Waker>>,
 }
@@ -416,15 +647,18 @@ impl Clients {
         self.open.borrow().len()
     }
 
-    fn admit(&self) -> Rc<Client> {
+    fn admit(&self, fd: i32) -> Rc<Client> {
         let mut open = self.open.borrow_mut();
         let client = Rc::new(Client {
+            fd,
             position: Cell::new(open.len()),
             idle_since: Cell::new(None),
             evicted: Cell::new(false),
+            fresh: Cell::new(true),
             waker: Cell::new(None),
         });
         open.push(client.clone());
+        metrics::set_connections(open.len());
         client
     }
 
@@ -435,6 +669,7 @@ impl Clients {
         if let Some(moved) = open.get(position) {
             moved.position.set(position);
         }
+        metrics::set_connections(open.len());
         drop(open);
         if let Some(waker) = self.accept_waker.take() {
             waker.wake();
@@ -455,6 +690,42 @@ impl Clients {
             waker.wake();
         }
         true
+    }
+
+    /// Close every idle connection (shutting down); those that have not
+    /// sent a request yet only if `fresh_too`.
+    fn close_idle(&self, fresh_too: bool) {
+        for client in self.open.borrow().iter() {
+            if client.idle_since.get().is_some() && (fresh_too || !client.fresh.get()) {
+                client.evicted.set(true);
+                if let Some(waker) = client.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Stop receiving on every connection (the shutdown limit passed): a
+    /// pending read ends as if the client had closed.
+    fn stop_receiving(&self) {
+        for client in self.open.borrow().iter() {
+            // SAFETY: shutdown takes no pointers; the descriptor is open as
+            // long as its client is in `open` (this reactor's thread closes
+            // it, after `release`).
+            unsafe { libc::shutdown(client.fd, libc::SHUT_RD) };
+        }
+    }
+
+    /// Wait until every connection has closed (shutting down).
+    async fn all_closed(&self) {
+        poll_fn(|context| {
+            if self.count() == 0 {
+                return Poll::Ready(());
+            }
+            self.accept_waker.set(Some(context.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
     /// Wait until fewer than `max` connections are open.
@@ -512,13 +783,18 @@ impl AcceptBackoff {
     }
 }
 
-/// Accept and serve connections; on the S3 port (`s3_only`) every request
-/// is an S3 one. Both listeners of a reactor share its client cap.
+/// Accept and serve connections until the master shuts down; on the S3
+/// port (`s3_only`) every request is an S3 one. Both listeners of a reactor
+/// share its client cap. On shutdown the main thread shuts the listener
+/// down, which ends a pending accept with an error under both drivers; the
+/// loop then closes the idle connections and returns (dropping, so closing,
+/// the listener).
 async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients: Rc<Clients>, s3_only: bool) {
     let mut backoff = AcceptBackoff::default();
-    loop {
+    while !shutting_down() {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
+            Err(_) if shutting_down() => break,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
                 monoio::time::sleep(backoff.failed(id, &error)).await;
@@ -537,7 +813,7 @@ async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients: R
             clients.below_max().await;
         }
         let _ = stream.set_nodelay(true);
-        let client = clients.admit();
+        let client = clients.admit(stream.as_raw_fd());
         let (app, clients) = (app.clone(), clients.clone());
         monoio::spawn(async move {
             let mut connection = Connection::new(stream);
@@ -551,6 +827,7 @@ async fn accept_loop(id: usize, app: Arc<App>, listener: TcpListener, clients: R
             clients.release(&client);
         });
     }
+    clients.close_idle(false);
 }
 
 /// The request a connection is serving, for the log line of a contained
@@ -656,6 +933,7 @@ async fn serve_requests(
             match parsed {
                 Ok(Some(head)) => {
                     head_started = None;
+                    client.fresh.set(false);
                     let request_start = connection.start;
                     let path = request_start + head.path.start..request_start + head.path.end;
                     request.note(head.method, path, connection.moves);
@@ -667,11 +945,13 @@ async fn serve_requests(
                     let is_s3 = connection.s3_only
                         || head.s3
                         || query.is_some_and(|query| s3::is_s3_query(&connection.input[query]));
+                    let counted = metrics::RequestCount::start(head.method);
                     let open = if is_s3 {
                         s3::handle(app, connection, &head, request_start).await
                     } else {
                         handlers::handle(app, connection, &head, request_start).await
                     };
+                    drop(counted);
                     if !open {
                         return Closing::Lingering;
                     }
@@ -692,7 +972,9 @@ async fn serve_requests(
                 }
             }
         }
-        if connection.flush().await.is_err() {
+        // Shutting down, a connection between requests closes; one that
+        // has not sent its first yet waits for it (`FIRST_REQUEST_GRACE`).
+        if connection.flush().await.is_err() || (shutting_down() && !client.fresh.get()) {
             return Closing::Now;
         }
         let partial_head = !connection.buffered().is_empty();
@@ -739,6 +1021,11 @@ async fn read_unless_evicted(
     let tick = clients.tick.get() + 1;
     clients.tick.set(tick);
     client.idle_since.set(Some(tick));
+    if shutting_down() && !client.fresh.get() {
+        // `close_idle` may have run before this connection became idle.
+        client.idle_since.set(None);
+        return None;
+    }
     let read = pin!(connection.read_more(timeout));
     let evicted = pin!(client.evicted());
     let outcome = match select(read, evicted).await {
@@ -781,7 +1068,11 @@ mod tests {
         let (sender, ended) = mpsc::channel();
         spawn_watched("returns".into(), &sender, || {}).unwrap();
         spawn_watched("panics".into(), &sender, || panic!("a watched thread panics")).unwrap();
-        let mut names = [ended.recv().unwrap(), ended.recv().unwrap()];
+        let name = |event| match event {
+            Event::Ended(name) => name,
+            Event::Signal(signal) => panic!("signal {signal}"),
+        };
+        let mut names = [name(ended.recv().unwrap()), name(ended.recv().unwrap())];
         names.sort();
         assert_eq!(names, ["panics", "returns"]);
     }

@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::cache::{Cache, Lookup, Weigh};
 use crate::health::Volumes;
@@ -18,6 +19,7 @@ use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::{Change, Index, IndexError};
 use crate::locks::{KeyGuard, KeyLocks};
 use crate::meta::Meta;
+use crate::metrics::{self, CacheRead};
 use crate::placement::{
     entry_host, entry_prefix, hex_lower, key2path_into, key2volume, needs_rebalance, parse_subvolume, path_hash,
     push_path, push_subvolume,
@@ -371,12 +373,19 @@ impl Store {
             .cache
             .lookup(key, |answer| answer.write(key, out, keep_alive, volumes))
         {
-            Lookup::Hit(outcome) => Ok(outcome),
+            Lookup::Hit(outcome) => {
+                metrics::note_cache_read(CacheRead::Hit);
+                Ok(outcome)
+            }
             Lookup::Miss(ticket) => {
+                metrics::note_cache_read(CacheRead::Miss);
                 // A miss allocates (the decoded record, the placement it is
                 // checked against); it is paid once per key while the key
                 // stays cached.
-                let answer = self.answer(key, self.index.get(key)?.as_ref());
+                let started = Instant::now();
+                let record = self.index.get(key)?;
+                metrics::observe_index_read(started.elapsed());
+                let answer = self.answer(key, record.as_ref());
                 let outcome = answer.write(key, out, keep_alive, volumes);
                 // Misses are not cached: a stream of random missing keys would
                 // only evict live ones, and a miss is a bloom-filter check.
@@ -424,7 +433,9 @@ impl Store {
 
     /// Write `record` under `key`: index first, then cache.
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
+        let started = Instant::now();
         self.index.put(key, record)?;
+        metrics::observe_index_write(started.elapsed());
         self.cache.put(key, self.answer(key, Some(record)));
         Ok(())
     }
@@ -441,7 +452,9 @@ impl Store {
         let mut changes = Vec::with_capacity(2 + more.len());
         changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
         changes.extend_from_slice(more);
+        let started = Instant::now();
         self.index.apply(&changes)?;
+        metrics::observe_index_write(started.elapsed());
         self.cache.put(key, self.answer(key, Some(record)));
         Ok(())
     }
@@ -453,11 +466,19 @@ impl Store {
 
     /// Remove `key`'s record: index first, then cache.
     pub fn remove(&self, key: &[u8]) -> Result<(), IndexError> {
+        let started = Instant::now();
         self.index.delete(key)?;
+        metrics::observe_index_write(started.elapsed());
         // Forgotten rather than cached as gone: a removed key is rarely read
         // again, and a read of it costs a bloom-filter check.
         self.cache.invalidate(key);
         Ok(())
+    }
+
+    /// The record cache's entries, charged bytes and evictions (metrics).
+    pub fn cache_figures(&self) -> (usize, usize, u64) {
+        let (entries, bytes) = self.cache.usage();
+        (entries, bytes, self.cache.evictions())
     }
 
     /// Take `key`'s write lock, or None if another write holds it.

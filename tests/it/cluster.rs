@@ -218,6 +218,12 @@ impl Cluster {
         }
     }
 
+    /// The master's process: for signals and its exit status.
+    pub fn master_process(&mut self) -> &mut Child {
+        let master = self.master.as_mut().expect("master running");
+        master.child.as_mut().expect("master not killed")
+    }
+
     pub fn port(&self) -> u16 {
         self.master.as_ref().expect("master running").port
     }
