@@ -393,7 +393,7 @@ pub async fn delete_all(entries: &[String], key_path: &str, timeout: Duration) -
 
 /// The md5 (lower-case hex) of the file at `key_path` on `entry`, read
 /// through; None when the volume has no such file.
-async fn copy_md5(entry: &str, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
+pub async fn copy_md5(entry: &str, key_path: &str, timeout: Duration) -> Result<Option<[u8; 32]>, VolumeError> {
     let path = entry_path(entry, key_path);
     let download = Download::begin(entry_host(entry), &path, timeout, VOLUME_IO_TIMEOUT);
     let Some(mut download) = download.await? else {

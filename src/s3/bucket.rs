@@ -122,25 +122,17 @@ pub fn list_buckets(app: &App, connection: &mut Connection, head: &RequestHead) 
     Ok(Sent::status(200))
 }
 
-pub fn location(
+/// GetBucketLocation and GetBucketVersioning: fixed answers for a bucket
+/// that exists (us-east-1; versioning never enabled).
+pub fn fixed_answer(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
+    document: Vec<u8>,
 ) -> Result<Sent, S3Error> {
     check_exists(app, &request.bucket)?;
-    Reply::xml(200, xml::location()).write(&mut connection.output, head.keep_alive, false);
-    Ok(Sent::status(200))
-}
-
-pub fn versioning(
-    app: &App,
-    connection: &mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<Sent, S3Error> {
-    check_exists(app, &request.bucket)?;
-    Reply::xml(200, xml::versioning()).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, document).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 

@@ -339,8 +339,10 @@ async fn bucket_operation(
         Method::Put if request.query.is_empty() => bucket::create(app, connection, head, request).await,
         Method::Head => bucket::head(app, connection, head, request),
         Method::Delete if request.query.is_empty() => bucket::delete(app, connection, head, request),
-        Method::Get if request.has("location") => bucket::location(app, connection, head, request),
-        Method::Get if request.has("versioning") => bucket::versioning(app, connection, head, request),
+        Method::Get if request.has("location") => bucket::fixed_answer(app, connection, head, request, xml::location()),
+        Method::Get if request.has("versioning") => {
+            bucket::fixed_answer(app, connection, head, request, xml::versioning())
+        }
         Method::Get if request.has("uploads") => multipart::list_uploads(app, connection, head, request),
         Method::Get if request.has("versions") => list::list(app, connection, head, request, list::Flavour::Versions),
         Method::Get if request.param("list-type") == Some(b"2") => {

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::index::IndexError;
 use crate::placement::{entry_host, hex_lower, key2path, path_is_own};
 use crate::record::{Record, HASH_HEX_BYTES};
-use crate::replication::{entry_path, PIECE_BYTES, VOLUME_IO_TIMEOUT};
+use crate::replication::{copy_md5, entry_path, PIECE_BYTES, VOLUME_IO_TIMEOUT};
 use crate::volume::{self, Download, Upload, VolumeError};
 use crate::write::delete_value;
 
@@ -157,21 +157,6 @@ async fn head_all(entries: &[String], path: &str, timeout: Duration) -> Vec<Resu
     join_all(heads).await
 }
 
-/// The md5 of the file at `path` on `entry`, read through; None on 404.
-async fn read_md5(entry: &str, path: &str, timeout: Duration) -> Result<Option<Md5Hex>, VolumeError> {
-    let path = entry_path(entry, path);
-    let download = Download::begin(entry_host(entry), &path, timeout, VOLUME_IO_TIMEOUT);
-    let Some(mut download) = download.await? else {
-        return Ok(None);
-    };
-    let mut md5 = Md5::new();
-    while let Some(piece) = download.next(PIECE_BYTES).await? {
-        md5.update(&piece);
-    }
-    download.finish();
-    Ok(Some(hex_lower(&md5.finalize().into())))
-}
-
 /// Read back every replica judged Ok and mark those whose md5 is not the
 /// value's Corrupt. Returns the md5 the value has, when known.
 async fn check_md5s(
@@ -183,7 +168,7 @@ async fn check_md5s(
 ) -> Option<Md5Hex> {
     let reads = entries.iter().zip(replicas.iter()).map(|(entry, replica)| async move {
         match replica {
-            Replica::Ok => Some(read_md5(entry, path, timeout).await),
+            Replica::Ok => Some(copy_md5(entry, path, timeout).await),
             _ => None,
         }
     });
