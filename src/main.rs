@@ -65,8 +65,14 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let up = volumes.probe_all(config.volume_timeout);
             eprintln!("{up} of {} volumes answer", config.volumes.len());
             let store = Store::new(index, placement, volumes.clone(), config.cache_bytes, config.threads);
+            let app = Arc::new(App { config, store, volumes });
+            let warming = app.clone();
+            std::thread::Builder::new()
+                .name("mkv-warm".into())
+                .spawn(move || warming.store.warm())
+                .context("cannot start the warm fill")?;
             // Serving never ends: a thread that ends exits the process.
-            match server::serve(Arc::new(App { config, store, volumes })).context("server")? {}
+            match server::serve(app).context("server")? {}
         }
         Command::Seed => {
             seed(&index, &placement, &config)?;
