@@ -41,9 +41,6 @@ const SUBVOLUME_NONE: u8 = u8::MAX;
 /// epochs: a write to a shard while a batch runs makes the rest of the batch
 /// skip that shard, and a snapshot held for long pins the index's memtables.
 const WARM_BATCH_RECORDS: usize = 4096;
-/// The warm fill's nice value: the lowest priority, so it never slows a
-/// reactor that needs the core (measured: PERF.md, "Warm start").
-const WARM_NICE: i32 = 19;
 /// Heap bytes the allocator adds to each allocation of a `Redirect`, charged
 /// so the cache's byte budget stays an honest bound on its memory.
 const ALLOCATION_OVERHEAD_BYTES: usize = 16;
@@ -406,10 +403,6 @@ impl Store {
     /// snapshot taken after noting the shards' epochs, so a value a writer
     /// changed or removed meanwhile is never cached (as in `read`).
     pub fn warm(&self) {
-        // Background work: on a machine whose cores the reactors keep busy,
-        // the fill takes only what they leave (Linux nice is per thread).
-        // SAFETY: setpriority takes no pointers; 0 names the calling thread.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WARM_NICE) };
         let started = Instant::now();
         let mut start = Vec::new();
         let (mut loaded, mut full) = (0u64, false);
