@@ -10,6 +10,12 @@
 //! the epoch in a `Ticket` before reading the index and `fill`s only if no
 //! write touched the shard since, so a stale read can never overwrite a newer
 //! write (read-your-writes across cores).
+//!
+//! The warm fill at start (`Store::warm`) does the same for a batch of keys
+//! read from one index snapshot: it notes every shard's epoch (`Epochs`)
+//! before taking the snapshot, and `fill_warm` keeps a value only if its
+//! shard saw no write since, the key is not cached yet, and the shard has
+//! room without evicting anything a reactor cached.
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -173,6 +179,22 @@ pub struct Ticket {
     epoch: u64,
 }
 
+/// Every shard's epoch at one moment: a `Ticket` for each key of a batch
+/// read from an index snapshot taken after it.
+pub struct Epochs(Box<[u64]>);
+
+/// Result of `Cache::fill_warm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmFill {
+    /// The value was cached.
+    Filled,
+    /// Not cached: the key already is, or a write touched its shard since
+    /// the epochs were taken.
+    Skipped,
+    /// Not cached: its shard has no room left without evicting.
+    Full,
+}
+
 /// Result of `Cache::lookup`.
 pub enum Lookup<R> {
     Hit(R),
@@ -257,6 +279,32 @@ impl<V: Weigh> Cache<V> {
         }
     }
 
+    /// Every shard's epoch now, for `fill_warm`.
+    pub fn epochs(&self) -> Epochs {
+        Epochs((0..self.shards.len()).map(|index| self.shard(index).epoch).collect())
+    }
+
+    /// Insert a value read from an index snapshot taken after `epochs`,
+    /// unless a write has touched its shard since, the key is cached
+    /// already, or the shard would have to evict to make room.
+    pub fn fill_warm(&self, epochs: &Epochs, key: &[u8], value: V) -> WarmFill {
+        let (index, hash) = self.locate(key);
+        let mut shard = self.shard(index);
+        if shard.epoch != epochs.0[index] || shard.find(hash, key).is_some() {
+            return WarmFill::Skipped;
+        }
+        let new = Slot {
+            key: StoredKey::new(key),
+            value,
+            visited: false,
+        };
+        if shard.bytes + new.weight() > shard.bytes_max {
+            return WarmFill::Full;
+        }
+        shard.insert(hash, new);
+        WarmFill::Filled
+    }
+
     /// Store the value a writer just wrote to the index.
     pub fn put(&self, key: &[u8], value: V) {
         let (index, hash) = self.locate(key);
@@ -271,13 +319,8 @@ impl<V: Weigh> Cache<V> {
         let (index, hash) = self.locate(key);
         let mut shard = self.shard(index);
         shard.epoch += 1;
-        let slots = &shard.slots;
-        let found = shard
-            .table
-            .find(hash, |&slot| slots[slot as usize].key.as_bytes() == key)
-            .copied();
-        if let Some(slot) = found {
-            shard.remove_at(slot as usize);
+        if let Some(slot) = shard.find(hash, key) {
+            shard.remove_at(slot);
         }
     }
 
@@ -296,13 +339,17 @@ impl<V: Weigh> Cache<V> {
 }
 
 impl<V: Weigh> Shard<V> {
-    fn upsert(&mut self, hash: u64, key: &[u8], value: V) {
-        let slots = &mut self.slots;
-        if let Some(&slot) = self
-            .table
+    /// The slot holding `key`, if any.
+    fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
+        let slots = &self.slots;
+        self.table
             .find(hash, |&slot| slots[slot as usize].key.as_bytes() == key)
-        {
-            let slot = &mut self.slots[slot as usize];
+            .map(|&slot| slot as usize)
+    }
+
+    fn upsert(&mut self, hash: u64, key: &[u8], value: V) {
+        if let Some(slot) = self.find(hash, key) {
+            let slot = &mut self.slots[slot];
             self.bytes -= slot.weight();
             slot.value = value;
             slot.visited = true;
@@ -321,13 +368,19 @@ impl<V: Weigh> Shard<V> {
                 self.evict_one();
                 self.evictions += 1;
             }
-            let slot = u32::try_from(self.slots.len()).expect("shard holds fewer than 2^32 entries");
-            self.slots.push(new);
-            let (slots, hasher) = (&self.slots, &self.hasher);
-            self.table
-                .insert_unique(hash, slot, |&slot| hasher.hash_one(slots[slot as usize].key.as_bytes()));
-            self.bytes += weight;
+            self.insert(hash, new);
         }
+    }
+
+    /// Add a slot for a key the shard does not hold.
+    fn insert(&mut self, hash: u64, new: Slot<V>) {
+        let weight = new.weight();
+        let slot = u32::try_from(self.slots.len()).expect("shard holds fewer than 2^32 entries");
+        self.slots.push(new);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table
+            .insert_unique(hash, slot, |&slot| hasher.hash_one(slots[slot as usize].key.as_bytes()));
+        self.bytes += weight;
     }
 
     /// The table stores slot numbers, not hashes: rehash the slot's key.
@@ -432,6 +485,39 @@ mod tests {
         };
         cache.fill(ticket, b"j", 7);
         assert_eq!(get(&cache, b"j"), Some(7));
+    }
+
+    #[test]
+    fn warm_fill_never_overwrites_never_evicts_and_loses_to_writes() {
+        let cache = Cache::new(SHARD_BYTES_MIN, 1);
+        cache.put(b"written", 1);
+        let epochs = cache.epochs();
+        assert_eq!(cache.fill_warm(&epochs, b"written", 0), WarmFill::Skipped);
+        assert_eq!(get(&cache, b"written"), Some(1));
+        assert_eq!(cache.fill_warm(&epochs, b"new", 2), WarmFill::Filled);
+        assert_eq!(get(&cache, b"new"), Some(2));
+        cache.invalidate(b"new");
+        assert_eq!(
+            cache.fill_warm(&epochs, b"new", 2),
+            WarmFill::Skipped,
+            "a fill from before a delete"
+        );
+        assert_eq!(get(&cache, b"new"), None);
+        let epochs = cache.epochs();
+        let mut filled = 0u64;
+        while cache.fill_warm(&epochs, format!("key-{filled}").as_bytes(), filled) == WarmFill::Filled {
+            filled += 1;
+        }
+        assert!(filled > 100, "{filled}");
+        assert_eq!(
+            get(&cache, b"written"),
+            Some(1),
+            "the warm fill evicted a written entry"
+        );
+        assert_eq!(get(&cache, b"key-0"), Some(0));
+        let (entries, bytes) = cache.usage();
+        assert_eq!(entries as u64, filled + 1);
+        assert!(bytes <= SHARD_BYTES_MIN, "{bytes}");
     }
 
     #[test]

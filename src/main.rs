@@ -65,9 +65,15 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let up = volumes.probe_all(config.volume_timeout);
             eprintln!("{up} of {} volumes answer", config.volumes.len());
             let store = Store::new(index, placement, volumes.clone(), config.cache_bytes, config.threads);
+            let app = Arc::new(App { config, store, volumes });
+            let warming = app.clone();
+            std::thread::Builder::new()
+                .name("mkv-warm".into())
+                .spawn(move || warming.store.warm())
+                .context("cannot start the warm fill")?;
             // Serving returns only if it cannot start: the process exits from
             // within it, 0 after SIGTERM/SIGINT, 70 when a thread ends.
-            match server::serve(Arc::new(App { config, store, volumes })).context("server")? {}
+            match server::serve(app).context("server")? {}
         }
         Command::Seed => {
             seed(&index, &placement, &config)?;

@@ -8,12 +8,16 @@
 //! small so the cache holds many keys: volume ids instead of host names, the
 //! md5 as 16 bytes, the path's two hash bytes. A hit renders the 302 from it
 //! into the connection's buffer with a few memcpys and no allocation.
+//!
+//! At start, `Store::warm` fills the cache from the index in key order on a
+//! thread of its own, up to the cache's budget, so the first reads after a
+//! restart hit it too; it never overwrites what a reactor cached meanwhile.
 
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cache::{Cache, Lookup, Weigh};
+use crate::cache::{Cache, Lookup, WarmFill, Weigh};
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::{Change, Index, IndexError};
@@ -34,6 +38,10 @@ const VOLUME_UNKNOWN: u16 = u16::MAX;
 const COMPACT_REPLICAS_MAX: usize = 3;
 /// `Compact::subvolumes` value for an entry without a `/svXX` suffix.
 const SUBVOLUME_NONE: u8 = u8::MAX;
+/// Records the warm fill reads from one index snapshot, under one set of
+/// epochs: a write to a shard while a batch runs makes the rest of the batch
+/// skip that shard, and a snapshot held for long pins the index's memtables.
+const WARM_BATCH_RECORDS: usize = 4096;
 /// Heap bytes the allocator adds to each allocation of a `Redirect`, charged
 /// so the cache's byte budget stays an honest bound on its memory.
 const ALLOCATION_OVERHEAD_BYTES: usize = 16;
@@ -395,6 +403,45 @@ impl Store {
                 Ok(outcome)
             }
         }
+    }
+
+    /// Fill the cache from the index in key order until its budget is
+    /// reached (the first shard with no room left) or the index ends; log
+    /// what was loaded. Runs beside the reactors: each batch is read from a
+    /// snapshot taken after noting the shards' epochs, so a value a writer
+    /// changed or removed meanwhile is never cached (as in `read`).
+    pub fn warm(&self) {
+        let started = Instant::now();
+        let mut start = Vec::new();
+        let (mut loaded, mut full) = (0u64, false);
+        let ended = loop {
+            let epochs = self.cache.epochs();
+            let view = self.index.view();
+            let next = view.scan_bounded(b"", &start, WARM_BATCH_RECORDS, |key, record| {
+                // A record that does not decode is left to `read` to report.
+                let Ok(record) = record else { return true };
+                let answer = self.answer(key, Some(&record));
+                if matches!(answer, Answer::Gone) {
+                    return true;
+                }
+                match self.cache.fill_warm(&epochs, key, answer) {
+                    WarmFill::Filled => loaded += 1,
+                    WarmFill::Skipped => {}
+                    WarmFill::Full => full = true,
+                }
+                !full
+            });
+            match next {
+                Err(error) => break format!("stopped by an index error: {error}"),
+                Ok(_) if full => break "the cache is full".to_string(),
+                Ok(None) => break "the index ended".to_string(),
+                Ok(Some(key)) => start = key,
+            }
+        };
+        eprintln!(
+            "warm fill: {loaded} keys loaded into the record cache in {:.1}s; {ended}",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     /// Append the 302 that sends a GET of `key` to replica `replica` of
