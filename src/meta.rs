@@ -40,7 +40,9 @@ pub struct Meta {
     /// The `Content-Type` given at PUT.
     pub content_type: Option<String>,
     /// User metadata (`x-amz-meta-NAME: VALUE`): names lower-case, without
-    /// the prefix.
+    /// the prefix. A name starting with `:` is a standard header stored
+    /// with the value and sent back on reads (`:cache-control`,
+    /// `:content-disposition`, ...): no `x-amz-meta-` name can start so.
     pub user: Vec<(String, String)>,
 }
 

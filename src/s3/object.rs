@@ -168,9 +168,25 @@ pub fn request_body<'a>(
     Ok((body, declared))
 }
 
-/// The user metadata to store, from the request.
+/// The user metadata and stored headers to keep with the value, from the
+/// request (`Content-Encoding` less the upload's own `aws-chunked`).
 pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Error> {
-    let user = request.headers.user.clone();
+    let mut user = request.headers.user.clone();
+    for (name, value) in &request.headers.stored {
+        let value = if name == ":content-encoding" {
+            let tokens: Vec<&str> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|token| !token.is_empty() && *token != "aws-chunked")
+                .collect();
+            tokens.join(",")
+        } else {
+            value.clone()
+        };
+        if !value.is_empty() {
+            user.push((name.clone(), value));
+        }
+    }
     if !Meta::user_fits(&user) {
         return Err(S3Error::new(
             400,
@@ -205,6 +221,9 @@ pub async fn put(
         ..Meta::default()
     };
     let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    // Conditional writes are decided under the key's lock: no other write
+    // of the key can come between the check and the write.
+    write_precondition(app, request, &key)?;
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
     let plan = Plan {
@@ -223,6 +242,36 @@ pub async fn put(
         .header("ETag", format_args!("\"{etag}\""))
         .write(&mut connection.output, keep_alive, false);
     Ok(Sent::status(200))
+}
+
+/// A conditional PUT: `If-None-Match: *` writes only a new key, `If-Match`
+/// only over the named ETag (412 otherwise; If-Match of a missing key is
+/// NoSuchKey). The caller holds the key's lock.
+fn write_precondition(app: &App, request: &S3Request, key: &[u8]) -> Result<(), S3Error> {
+    let headers = &request.headers;
+    if headers.if_match.is_none() && headers.if_none_match.is_none() {
+        return Ok(());
+    }
+    let current = match app.store.get(key)?.filter(Record::is_live) {
+        Some(record) => {
+            let meta_etag = app.store.meta(key)?.and_then(|meta| meta.etag);
+            Some(etag_of(&record, meta_etag.as_deref()))
+        }
+        None => None,
+    };
+    if let Some(list) = headers.if_match.as_deref() {
+        match &current {
+            None => return Err(S3Error::no_such_key()),
+            Some(etag) if !etag_listed(list, etag) => return Err(precondition_failed()),
+            Some(_) => {}
+        }
+    }
+    if let (Some(list), Some(etag)) = (headers.if_none_match.as_deref(), &current) {
+        if etag_listed(list, etag) {
+            return Err(precondition_failed());
+        }
+    }
+    Ok(())
 }
 
 /// Read a small request body (XML) whole.
@@ -373,7 +422,10 @@ fn object_headers(object: &Object) -> Reply {
         .header("Last-Modified", xml::http_date(object.mtime_ms))
         .header("Accept-Ranges", "bytes");
     for (name, value) in &object.user {
-        reply = reply.header(&format!("x-amz-meta-{name}"), value);
+        reply = match name.strip_prefix(':') {
+            Some(stored) => reply.header(stored, value),
+            None => reply.header(&format!("x-amz-meta-{name}"), value),
+        };
     }
     reply
 }

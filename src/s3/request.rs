@@ -55,7 +55,6 @@ pub struct S3Request {
 pub struct Headers {
     pub content_type: Option<String>,
     pub content_md5: Option<String>,
-    pub content_encoding: Option<String>,
     pub content_sha256: Option<String>,
     pub decoded_length: Option<String>,
     pub range: Option<String>,
@@ -73,7 +72,20 @@ pub struct Headers {
     /// `x-amz-meta-NAME: VALUE` user metadata, names lower-case without
     /// the prefix, in the order sent.
     pub user: Vec<(String, String)>,
+    /// Standard headers S3 stores with a value and sends back on reads,
+    /// names as `:name` (see `Meta::user`).
+    pub stored: Vec<(String, String)>,
 }
+
+/// Headers a PUT may give that S3 keeps with the value and returns on
+/// GET/HEAD (`Content-Encoding` too, less the `aws-chunked` of the upload).
+const STORED_HEADERS: &[&str] = &[
+    "cache-control",
+    "content-disposition",
+    "content-language",
+    "expires",
+    "content-encoding",
+];
 
 impl S3Request {
     /// Parse the head of the request whose bytes are `request` (the head
@@ -168,10 +180,13 @@ impl Headers {
                 headers.user.push((user_name.to_owned(), value));
                 continue;
             }
+            if STORED_HEADERS.contains(&name.as_str()) {
+                headers.stored.push((format!(":{name}"), value));
+                continue;
+            }
             let slot = match name.as_str() {
                 "content-type" => &mut headers.content_type,
                 "content-md5" => &mut headers.content_md5,
-                "content-encoding" => &mut headers.content_encoding,
                 "x-amz-content-sha256" => &mut headers.content_sha256,
                 "x-amz-decoded-content-length" => &mut headers.decoded_length,
                 "range" => &mut headers.range,
@@ -195,10 +210,9 @@ impl Headers {
 
     /// The body is `aws-chunked` (SigV4 streaming, signed or not).
     pub fn is_aws_chunked(&self) -> bool {
-        let encoded = self
-            .content_encoding
-            .as_deref()
-            .is_some_and(|encoding| encoding.split(',').any(|token| token.trim() == "aws-chunked"));
+        let encoded = self.stored.iter().any(|(name, value)| {
+            name == ":content-encoding" && value.split(',').any(|token| token.trim() == "aws-chunked")
+        });
         let streaming = self
             .content_sha256
             .as_deref()

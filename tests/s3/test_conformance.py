@@ -98,3 +98,39 @@ def test_copy_source_conditions(s3, bucket):
         assert error_code(raised.value) == (412, "PreconditionFailed")
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="refused")
+
+
+def test_standard_headers_are_kept_with_the_value(s3, bucket):
+    s3.put_object(
+        Bucket=bucket,
+        Key="styled",
+        Body=b"x",
+        CacheControl="max-age=60",
+        ContentDisposition='attachment; filename="a.txt"',
+        ContentLanguage="en",
+        ContentEncoding="identity",
+        Expires="Wed, 21 Oct 2037 07:28:00 GMT",
+    )
+    head = s3.head_object(Bucket=bucket, Key="styled")
+    assert head["CacheControl"] == "max-age=60"
+    assert head["ContentDisposition"] == 'attachment; filename="a.txt"'
+    assert head["ContentLanguage"] == "en"
+    assert head["ContentEncoding"] == "identity"
+    assert head["ResponseMetadata"]["HTTPHeaders"]["expires"] == "Wed, 21 Oct 2037 07:28:00 GMT"
+    assert head["Metadata"] == {}
+
+
+def test_conditional_puts(s3, bucket):
+    first = s3.put_object(Bucket=bucket, Key="cond", Body=b"one", IfNoneMatch="*")
+    with pytest.raises(ClientError) as raised:
+        s3.put_object(Bucket=bucket, Key="cond", Body=b"two", IfNoneMatch="*")
+    assert error_code(raised.value) == (412, "PreconditionFailed")
+    with pytest.raises(ClientError) as raised:
+        s3.put_object(Bucket=bucket, Key="cond", Body=b"two", IfMatch='"00000000000000000000000000000000"')
+    assert error_code(raised.value) == (412, "PreconditionFailed")
+    assert s3.get_object(Bucket=bucket, Key="cond")["Body"].read() == b"one"
+    s3.put_object(Bucket=bucket, Key="cond", Body=b"three", IfMatch=first["ETag"])
+    assert s3.get_object(Bucket=bucket, Key="cond")["Body"].read() == b"three"
+    with pytest.raises(ClientError) as raised:
+        s3.put_object(Bucket=bucket, Key="absent", Body=b"x", IfMatch=first["ETag"])
+    assert error_code(raised.value) == (404, "NoSuchKey")
