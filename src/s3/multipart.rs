@@ -27,7 +27,7 @@ use crate::replication::{self, entry_path, PieceSource, ReplicationError, Target
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
-use super::object::{checked_key, content_md5, read_small_body, request_body, user_metadata};
+use super::object::{checked_key, content_md5, read_small_body, request_body, user_metadata, write_precondition};
 use super::request::S3Request;
 use super::state::{self, Part, Upload};
 use super::{bucket, xml, Reply, S3Error, Sent};
@@ -372,6 +372,7 @@ pub async fn complete(
     let etag = multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str()));
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
     let _key_guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    write_precondition(app, request, &key)?;
     let upload_key = state::upload_key(&id);
     let part_keys: Vec<Vec<u8>> = uploaded
         .iter()

@@ -247,7 +247,7 @@ pub async fn put(
 /// A conditional PUT: `If-None-Match: *` writes only a new key, `If-Match`
 /// only over the named ETag (412 otherwise; If-Match of a missing key is
 /// NoSuchKey). The caller holds the key's lock.
-fn write_precondition(app: &App, request: &S3Request, key: &[u8]) -> Result<(), S3Error> {
+pub fn write_precondition(app: &App, request: &S3Request, key: &[u8]) -> Result<(), S3Error> {
     let headers = &request.headers;
     if headers.if_match.is_none() && headers.if_none_match.is_none() {
         return Ok(());

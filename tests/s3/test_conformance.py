@@ -134,3 +134,23 @@ def test_conditional_puts(s3, bucket):
     with pytest.raises(ClientError) as raised:
         s3.put_object(Bucket=bucket, Key="absent", Body=b"x", IfMatch=first["ETag"])
     assert error_code(raised.value) == (404, "NoSuchKey")
+
+
+def test_conditional_complete_multipart_upload(s3, bucket):
+    def upload(**condition):
+        created = s3.create_multipart_upload(Bucket=bucket, Key="condmp")
+        part = s3.upload_part(Bucket=bucket, Key="condmp", UploadId=created["UploadId"], PartNumber=1, Body=b"p")
+        parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+        return s3.complete_multipart_upload(
+            Bucket=bucket, Key="condmp", UploadId=created["UploadId"], MultipartUpload=parts, **condition
+        )
+
+    done = upload(IfNoneMatch="*")
+    with pytest.raises(ClientError) as raised:
+        upload(IfNoneMatch="*")
+    assert error_code(raised.value) == (412, "PreconditionFailed")
+    upload(IfMatch=done["ETag"])
+    s3.delete_object(Bucket=bucket, Key="condmp")
+    with pytest.raises(ClientError) as raised:
+        upload(IfMatch=done["ETag"])
+    assert error_code(raised.value) == (404, "NoSuchKey")
