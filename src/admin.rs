@@ -278,7 +278,7 @@ mod tests {
     use super::*;
 
     fn config(line: &str) -> Config {
-        let args = format!("mkv -db /tmp/x -volumes a:1,b:2 {line}");
+        let args = format!("mkv -db /tmp/x -volumes a:1,b:2,c:3 {line}");
         crate::config::parse(args.split_whitespace().map(str::to_owned)).unwrap()
     }
 
