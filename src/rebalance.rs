@@ -21,6 +21,12 @@
 //! behind is an extra copy of a moved key on an old volume (killed between
 //! the record rewrite and the delete); a `rebuild` would list it and the
 //! next `rebalance` would remove it.
+//!
+//! A running master does the same walk beside its traffic (`run_online`,
+//! asked for through `admin`): each key under its write lock, its record
+//! re-read under the lock, written through the store, and its old copies
+//! deleted only `STALE_COPY_GRACE` after the rewrite, so a GET always
+//! redirects to a copy that exists.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
