@@ -11,6 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mkv::placement::{entry_host, entry_prefix, key2path};
 
@@ -108,16 +109,43 @@ fn online_rebalance_beside_writes_and_reads_moves_every_key_and_loses_no_read() 
         .filter(|(key, _)| request("HEAD", &cluster.url(key), None).header("key-balance") == Some("unbalanced"))
         .count();
     assert!(unbalanced > 50, "5 volumes move most of 3's keys: {unbalanced}");
+    let plan = maintenance(&cluster, &["--dry-run"], "rebalance");
+    let stderr = expect(&plan, 0);
+    assert!(stderr.contains(&format!(" {unbalanced} would move")), "{stderr}");
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    assert_eq!(
+        plan.lines().count(),
+        unbalanced,
+        "one plan line per key on stdout: {plan}"
+    );
+    assert!(plan
+        .lines()
+        .all(|line| line.starts_with("/old/key-") && line.contains(" -> ")));
 
+    // The last key the walk moves: its old copies must outlive its new record.
+    let watched = old
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| request("HEAD", &cluster.url(key), None).header("key-balance") == Some("unbalanced"))
+        .max()
+        .unwrap()
+        .clone();
     let stop = Arc::new(AtomicBool::new(false));
     let port = cluster.port();
-    let (written, failures, output) = std::thread::scope(|scope| {
-        let during = scope.spawn(|| traffic(|key| format!("http://127.0.0.1:{port}{key}"), &old, &stop));
+    let url = |key: &str| format!("http://127.0.0.1:{port}{key}");
+    let (written, failures, output, stale_found) = std::thread::scope(|scope| {
+        let during = scope.spawn(|| traffic(url, &old, &stop));
+        let watch = scope.spawn(|| old_copies_after_the_move(&url(&watched), &watched, &stop));
         let output = maintenance(&cluster, &["--concurrency", "8"], "rebalance");
         stop.store(true, Ordering::Relaxed);
         let (written, failures) = during.join().unwrap();
-        (written, failures, output)
+        (written, failures, output, watch.join().unwrap())
     });
+    assert!(
+        stale_found.iter().all(|status| *status == 200),
+        "{watched}'s old copies, read just after its record changed: {stale_found:?}"
+    );
+    assert!(!stale_found.is_empty(), "{watched} moved off some volume");
     let stderr = expect(&output, 0);
     assert!(stderr.contains("the master at"), "{stderr}");
     assert!(stderr.contains(&format!(" {unbalanced} moved, 0 failed")), "{stderr}");
@@ -136,6 +164,37 @@ fn online_rebalance_beside_writes_and_reads_moves_every_key_and_loses_no_read() 
         .map(|volume| cluster.files_on(volume).len())
         .sum();
     assert_eq!(files, 2 * (old.len() + written.len()));
+}
+
+/// How long after a key's record changed a slow reader of an old redirect
+/// comes to the old copy: well inside the master's 2 s grace, so only a
+/// grace that is not kept fails the check, however loaded the machine.
+const SLOW_READER_DELAY: Duration = Duration::from_millis(200);
+
+/// Poll `key`'s record until its volumes change, then, as a slow reader of
+/// a redirect given just before would, GET each copy the new record no
+/// longer names: the statuses (200: still there).
+fn old_copies_after_the_move(url: &str, key: &str, stop: &AtomicBool) -> Vec<u16> {
+    let volumes = |reply: &crate::cluster::Reply| reply.header("key-volumes").unwrap_or_default().to_owned();
+    let before = volumes(&request("HEAD", url, None));
+    let mut after = before.clone();
+    while after == before && !stop.load(Ordering::Relaxed) {
+        after = volumes(&request("HEAD", url, None));
+    }
+    std::thread::sleep(SLOW_READER_DELAY);
+    before
+        .split(',')
+        .filter(|entry| !after.split(',').any(|kept| kept == *entry))
+        .map(|entry| {
+            let copy = format!(
+                "http://{}{}{}",
+                entry_host(entry),
+                entry_prefix(entry),
+                key2path(key.as_bytes())
+            );
+            request("GET", &copy, None).status
+        })
+        .collect()
 }
 
 /// Where volume entry `entry` keeps the file of `key`.
