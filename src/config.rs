@@ -77,7 +77,8 @@ struct Args {
     /// requests on --port are recognised by their AWS headers and queries.
     #[arg(long = "s3-port")]
     s3_port: Option<u16>,
-    /// Serve Prometheus metrics on this port (`GET /metrics`); off when absent.
+    /// Serve Prometheus metrics (`GET /metrics`) and the maintenance jobs
+    /// (`POST /admin/rebalance`, `/admin/verify`) on this port; off when absent.
     #[arg(long = "metrics-port")]
     metrics_port: Option<u16>,
     /// Address the metrics port binds to: loopback unless told otherwise.

@@ -25,9 +25,11 @@
 //! - `rebalance`: move values where placement wants them (one key, or all).
 //! - `verify`: check every replica, find orphans, repair (`mkv verify`).
 //! - `progress`: what the maintenance commands show the operator.
+//! - `admin`: rebalance and verify run by a live master for an operator.
 //! - `metrics`: per-reactor counters, summed for Prometheus on scrape.
 //! - `config`: flags in Go and GNU spelling.
 
+pub mod admin;
 pub mod app;
 pub mod cache;
 pub mod config;

@@ -9,10 +9,11 @@ use mimalloc::MiMalloc;
 use mkv::app::App;
 use mkv::config::{self, Command, Config, ConfigError};
 use mkv::health::Volumes;
-use mkv::index::{Index, IndexOptions, BATCH_RECORDS_MAX};
+use mkv::index::{Index, IndexError, IndexOptions, BATCH_RECORDS_MAX};
 use mkv::record::Record;
 use mkv::server;
 use mkv::store::{Placement, Store};
+use mkv::verify::Settings;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -47,13 +48,18 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         Ok(limit) => eprintln!("{limit}"),
         Err(error) => eprintln!("cannot raise the fd limit: {error}"),
     }
-    let index = Index::open(
+    let opened = Index::open(
         &config.db,
         &IndexOptions {
             block_cache_bytes: config.block_cache_bytes,
             sync: config.sync,
         },
-    )?;
+    );
+    let index = match opened {
+        Ok(index) => index,
+        Err(IndexError::Locked(path)) => return locked(&config, IndexError::Locked(path)),
+        Err(error) => return Err(error.into()),
+    };
     let placement = Placement {
         volumes: config.volumes.clone(),
         replicas: config.replicas,
@@ -93,9 +99,30 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let volumes = Arc::new(Volumes::new(&config.volumes));
             let store = Store::new(index, placement, volumes.clone(), MAINTENANCE_CACHE_BYTES, 1);
             let app = App { config, store, volumes };
-            let summary = maintenance_runtime()?.block_on(mkv::verify::run(&app))?;
+            let settings = Settings::from_config(&app.config);
+            let summary = maintenance_runtime()?.block_on(mkv::verify::run(&app, &settings, None))?;
             Ok(exit_code(summary.failures()))
         }
+    }
+}
+
+/// The index is held by another process (`error`): a running master does
+/// rebalance and verify for us when told its `--metrics-port`; rebuild
+/// empties the index, so it runs only with the master stopped.
+fn locked(config: &Config, error: IndexError) -> anyhow::Result<ExitCode> {
+    let job = match config.command {
+        Command::Rebalance => "rebalance",
+        Command::Verify => "verify",
+        Command::Rebuild => {
+            anyhow::bail!("{error}; rebuild empties the index, so it runs only with the master stopped")
+        }
+        Command::Server | Command::Seed => return Err(error.into()),
+    };
+    match config.metrics_port {
+        Some(port) => Ok(ExitCode::from(mkv::admin::request_job(config, job, port)?)),
+        None => anyhow::bail!(
+            "{error}; to have the running master do the {job}, pass its --metrics-port (and --metrics-bind if not loopback)"
+        ),
     }
 }
 
@@ -103,14 +130,10 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
 /// about once, so a cache would only cost memory.
 const MAINTENANCE_CACHE_BYTES: usize = 1 << 20;
 
-/// One monoio runtime on this thread for rebuild, rebalance and verify: their work
-/// is waiting on volumes, and `--concurrency` requests in flight on one
-/// thread keep them busy.
+/// One monoio runtime on this thread for rebuild, rebalance and verify
+/// (`admin::runtime`).
 fn maintenance_runtime() -> anyhow::Result<mkv::server::Runtime> {
-    monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-        .context("cannot start the I/O runtime")
+    mkv::admin::runtime().context("cannot start the I/O runtime")
 }
 
 /// 0 when every item went through, 1 when some failed (each was reported).

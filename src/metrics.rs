@@ -453,17 +453,35 @@ const SCRAPE_HEAD_BYTES_MAX: usize = 4096;
 
 /// Answer scrapes on `listener`, one at a time, forever (the calling thread
 /// is the metrics thread). `GET /metrics` answers the page with `gather`'s
-/// gauges; anything else 404. Blocking and on its own thread, so a scrape
-/// takes no reactor's time and no key path of the native API.
-pub fn serve_forever(listener: std::net::TcpListener, gather: impl Fn() -> Gauges) {
+/// gauges; `POST /admin/...` is handed to `admin` with its path (it must
+/// return at once: `admin::start`); anything else 404. Blocking and on its
+/// own thread, so a scrape takes no reactor's time and no key path of the
+/// native API.
+pub fn serve_forever(
+    listener: std::net::TcpListener,
+    gather: impl Fn() -> Gauges,
+    admin: impl Fn(&str, std::net::TcpStream),
+) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        let _ = answer_scrape(&mut stream, &gather);
+        let line = match read_request_line(&mut stream) {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => continue,
+        };
+        let mut words = line.split(' ');
+        match (words.next(), words.next()) {
+            (Some("POST"), Some(path)) if path.starts_with(crate::admin::ADMIN_PREFIX) => admin(path, stream),
+            _ => {
+                let _ = answer_scrape(&mut stream, &line, &gather);
+            }
+        }
     }
 }
 
-fn answer_scrape(stream: &mut std::net::TcpStream, gather: &impl Fn() -> Gauges) -> std::io::Result<()> {
-    use std::io::{Read, Write};
+/// The request line of the head on `stream` (the rest of the head is
+/// read and ignored); `None` if the client went away first.
+fn read_request_line(stream: &mut std::net::TcpStream) -> std::io::Result<Option<String>> {
+    use std::io::Read;
     stream.set_read_timeout(Some(SCRAPE_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(SCRAPE_IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(SCRAPE_HEAD_BYTES_MAX);
@@ -471,18 +489,23 @@ fn answer_scrape(stream: &mut std::net::TcpStream, gather: &impl Fn() -> Gauges)
     while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < SCRAPE_HEAD_BYTES_MAX {
         let read = stream.read(&mut buffer)?;
         if read == 0 {
-            return Ok(());
+            return Ok(None);
         }
         head.extend_from_slice(&buffer[..read]);
     }
     let line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
-    let (status, content_type, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+    Ok(Some(String::from_utf8_lossy(line).into_owned()))
+}
+
+fn answer_scrape(stream: &mut std::net::TcpStream, line: &str, gather: &impl Fn() -> Gauges) -> std::io::Result<()> {
+    use std::io::Write;
+    let (status, content_type, body) = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
         ("200 OK", CONTENT_TYPE, render(gather()))
     } else {
         (
             "404 Not Found",
             "text/plain",
-            "only GET /metrics is served here\n".to_string(),
+            "only GET /metrics and POST /admin/{rebalance,verify} are served here\n".to_string(),
         )
     };
     let response = format!(

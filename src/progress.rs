@@ -4,11 +4,15 @@
 //! summary.
 //!
 //! Everything goes to stderr, so stdout stays free for output meant for
-//! scripts (`rebalance --dry-run` prints its plan there).
+//! scripts (`rebalance --dry-run` prints its plan there). A job a running
+//! master does for an operator (`admin`) gives a `Sink` instead: every line,
+//! plan lines included, goes there, and from there to the operator's
+//! connection.
 
 use std::cell::Cell;
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
@@ -19,11 +23,17 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a plain status line is printed when stderr is not a terminal.
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Where an online job's lines go instead of stderr and stdout. A send to
+/// a receiver that went away (the operator's command ended) is ignored: the
+/// job goes on.
+pub type Sink = Sender<String>;
+
 /// The display of one run.
 pub struct Progress {
-    /// Hidden when stderr is not a terminal.
+    /// Hidden when stderr is not a terminal or there is a sink.
     bar: ProgressBar,
     terminal: bool,
+    sink: Option<Sink>,
     /// What is running, as the first word of every line.
     command: &'static str,
     /// What `position` counts (`keys`, `directories`).
@@ -38,7 +48,13 @@ pub struct Progress {
 impl Progress {
     /// A display for `command` counting `unit`s, out of `total` when known.
     pub fn new(command: &'static str, unit: &'static str, total: Option<u64>) -> Progress {
-        let terminal = std::io::stderr().is_terminal();
+        Progress::with_sink(command, unit, total, None)
+    }
+
+    /// A display that, given a `sink`, sends every line there as plain
+    /// periodic lines (no bar), and prints nothing.
+    pub fn with_sink(command: &'static str, unit: &'static str, total: Option<u64>, sink: Option<Sink>) -> Progress {
+        let terminal = sink.is_none() && std::io::stderr().is_terminal();
         let bar = if terminal {
             let (bar, template) = match total {
                 Some(total) => (
@@ -67,6 +83,7 @@ impl Progress {
         Progress {
             bar,
             terminal,
+            sink,
             command,
             unit,
             total,
@@ -93,13 +110,13 @@ impl Progress {
         } else if now.duration_since(self.last_log.get()) >= LOG_INTERVAL {
             self.last_log.set(now);
             let of_total = self.total.map(|total| format!("/{total}")).unwrap_or_default();
-            eprintln!(
+            self.line(&format!(
                 "{}: {}{of_total} {}, {status}, {:.0}s",
                 self.command,
                 self.position.get(),
                 self.unit,
                 self.started.elapsed().as_secs_f64()
-            );
+            ));
         }
     }
 
@@ -109,13 +126,32 @@ impl Progress {
         if self.terminal {
             self.bar.println(format!("{}: {line}", self.command));
         } else {
-            eprintln!("{}: {line}", self.command);
+            self.line(&format!("{}: {line}", self.command));
         }
     }
 
-    /// Run `print` (which writes to stdout) without tearing the bar.
-    pub fn suspend<T>(&self, print: impl FnOnce() -> T) -> T {
-        self.bar.suspend(print)
+    /// A line meant for scripts (a dry run's plan): to stdout without
+    /// tearing the bar, or to the sink. A reader that went away (`| head`)
+    /// is not an error of the run.
+    pub fn output(&self, line: &str) {
+        match &self.sink {
+            Some(sink) => {
+                let _ = sink.send(line.to_owned());
+            }
+            None => {
+                let _ = self.bar.suspend(|| writeln!(std::io::stdout().lock(), "{line}"));
+            }
+        }
+    }
+
+    /// A whole line to the sink, or to stderr.
+    fn line(&self, line: &str) {
+        match &self.sink {
+            Some(sink) => {
+                let _ = sink.send(line.to_owned());
+            }
+            None => eprintln!("{line}"),
+        }
     }
 
     /// Time since the run started.
@@ -126,6 +162,6 @@ impl Progress {
     /// Remove the bar and print the run's summary.
     pub fn finish(&self, summary: &str) {
         self.bar.finish_and_clear();
-        eprintln!("{}: {summary}", self.command);
+        self.line(&format!("{}: {summary}", self.command));
     }
 }

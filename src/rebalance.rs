@@ -21,20 +21,29 @@
 //! behind is an extra copy of a moved key on an old volume (killed between
 //! the record rewrite and the delete); a `rebuild` would list it and the
 //! next `rebalance` would remove it.
+//!
+//! A running master does the same walk beside its traffic (`run_online`,
+//! asked for through `admin`): each key under its write lock, its record
+//! re-read under the lock, written through the store, and its old copies
+//! deleted only `STALE_COPY_GRACE` after the rewrite, so a GET always
+//! redirects to a copy that exists.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use futures_util::stream::{self, StreamExt};
 use md5::{Digest, Md5};
+use monoio::task::JoinHandle;
 
+use crate::app::App;
 use crate::config::Config;
 use crate::index::{key_after, Index, IndexError};
+use crate::locks::KeyGuard;
 use crate::placement::{entry_host, hex_lower, key2path, key2volume, path_is_own};
-use crate::progress::Progress;
+use crate::progress::{Progress, Sink};
 use crate::record::{Record, RecordError, HASH_HEX_BYTES};
 use crate::replication::{entry_path, PIECE_BYTES, VOLUME_IO_TIMEOUT};
 use crate::store::Store;
@@ -165,6 +174,7 @@ pub async fn rebalance_key(
 
 /// Move `key` (recorded as `record`) to the `placed` entries; `write` stores
 /// the new record, and is called only once every placed entry holds the value.
+/// The old copies are deleted right after the write.
 pub async fn move_key(
     key: &[u8],
     record: &Record,
@@ -172,8 +182,38 @@ pub async fn move_key(
     timeout: Duration,
     write: impl FnOnce(&Record) -> Result<(), IndexError>,
 ) -> Result<Moved, RebalanceError> {
-    if record.volumes == placed {
+    let Some(relocated) = relocate(key, record, placed, timeout, write).await? else {
         return Ok(Moved::AlreadyPlaced);
+    };
+    let leftovers = delete_copies(&key2path(key), &relocated.stale, timeout).await;
+    Ok(Moved::Moved {
+        bytes: relocated.bytes,
+        leftovers,
+    })
+}
+
+/// A key copied to its placed entries and recorded there, whose old copies
+/// are still to be deleted.
+#[derive(Debug)]
+pub struct Relocated {
+    /// Bytes copied between volumes.
+    pub bytes: u64,
+    /// Entries the record no longer names that hold a copy.
+    pub stale: Vec<String>,
+}
+
+/// `move_key` without the deletes: `None` when already placed, otherwise
+/// the old copies, for the caller to delete when no reader can still be on
+/// its way to them (`run_online` waits out `STALE_COPY_GRACE`).
+pub async fn relocate(
+    key: &[u8],
+    record: &Record,
+    placed: &[String],
+    timeout: Duration,
+    write: impl FnOnce(&Record) -> Result<(), IndexError>,
+) -> Result<Option<Relocated>, RebalanceError> {
+    if record.volumes == placed {
+        return Ok(None);
     }
     if !path_is_own(key) {
         return Err(RebalanceError::SharedPath);
@@ -200,14 +240,21 @@ pub async fn move_key(
         bytes += copied?;
     }
     write(&Record::new(placed.to_vec(), record.deleted, record.hash)).map_err(RebalanceError::Index)?;
-    // The placed copies are confirmed and recorded; a failed delete only
-    // leaves an orphan behind.
-    let deletes = plan.stale.iter().map(|entry| async move {
+    Ok(Some(Relocated {
+        bytes,
+        stale: plan.stale,
+    }))
+}
+
+/// Delete the file at `path` from each of `entries`; the ones that could
+/// not be deleted, with why. The placed copies are confirmed and recorded,
+/// so a failed delete only leaves an orphan behind.
+pub async fn delete_copies(path: &str, entries: &[String], timeout: Duration) -> Vec<(String, VolumeError)> {
+    let deletes = entries.iter().map(|entry| async move {
         let result = volume::delete(entry_host(entry), &entry_path(entry, path), timeout).await;
         result.err().map(|error| (entry.clone(), error))
     });
-    let leftovers = join_all(deletes).await.into_iter().flatten().collect();
-    Ok(Moved::Moved { bytes, leftovers })
+    join_all(deletes).await.into_iter().flatten().collect()
 }
 
 /// Copy the file at `path` to `target` from the first source that works.
@@ -293,6 +340,8 @@ pub struct Summary {
     pub failed: u64,
     /// Old copies that could not be deleted after a move.
     pub leftovers: u64,
+    /// Keys another write held locked through every try (online only): not moved.
+    pub busy: u64,
     /// Bytes copied between volumes.
     pub bytes: u64,
     pub elapsed: Duration,
@@ -302,14 +351,14 @@ pub struct Summary {
 impl Summary {
     /// Problems the exit code should show.
     pub fn failures(&self) -> u64 {
-        self.failed + self.leftovers
+        self.failed + self.leftovers + self.busy
     }
 
     fn status(&self) -> String {
         format!(
             "{} moved, {} failed, {:.1} MB copied",
             self.moved,
-            self.failed + self.leftovers,
+            self.failures(),
             self.bytes as f64 / 1e6
         )
     }
@@ -330,77 +379,246 @@ impl fmt::Display for Summary {
             self.leftovers,
             self.bytes,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if self.busy > 0 {
+            write!(
+                formatter,
+                "; {} keys busy (another write held them), skipped",
+                self.busy
+            )?;
+        }
+        Ok(())
     }
 }
 
 /// What the bulk command did with one record.
 enum Outcome {
     Placed,
-    WouldMove { from: Vec<String>, to: Vec<String> },
+    WouldMove {
+        from: Vec<String>,
+        to: Vec<String>,
+    },
     Moved(Moved),
     Skipped,
     Failed(String),
+    /// Online: another write held the key's lock through every try.
+    Busy,
+}
+
+/// How a bulk rebalance runs: `--concurrency`, `--dry-run`.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Keys in flight at most.
+    pub concurrency: usize,
+    /// Print the plan, move nothing.
+    pub dry_run: bool,
 }
 
 /// `mkv rebalance`: move every record that placement over `-volumes` wants
 /// elsewhere. Per-key failures are counted in the summary; an index failure
 /// ends the run.
 pub async fn run(index: &Index, config: &Config) -> Result<Summary, IndexError> {
+    let options = Options {
+        concurrency: config.concurrency,
+        dry_run: config.dry_run,
+    };
+    let progress = Progress::new("rebalance", "keys", Some(count_records(index)?));
+    let rebalance = |key: Vec<u8>, record| async move {
+        let outcome = rebalance_record(index, config, &key, record).await?;
+        Ok((key, outcome))
+    };
+    let mut summary = walk(index, &options, &progress, rebalance).await?;
+    summary.elapsed = progress.elapsed();
+    progress.finish(&summary.to_string());
+    Ok(summary)
+}
+
+/// Records in the index now.
+fn count_records(index: &Index) -> Result<u64, IndexError> {
     let mut total = 0u64;
     index.view().scan(b"", b"", |_, _| {
         total += 1;
         true
     })?;
-    let progress = Progress::new("rebalance", "keys", Some(total));
+    Ok(total)
+}
+
+/// Walk every record with at most `options.concurrency` of `rebalance` in
+/// flight, counting and reporting their outcomes.
+async fn walk<Rebalance, Done>(
+    index: &Index,
+    options: &Options,
+    progress: &Progress,
+    rebalance: Rebalance,
+) -> Result<Summary, IndexError>
+where
+    Rebalance: Fn(Vec<u8>, Result<Record, RecordError>) -> Done,
+    Done: std::future::Future<Output = Result<(Vec<u8>, Outcome), IndexError>>,
+{
     let mut summary = Summary {
-        dry_run: config.dry_run,
+        dry_run: options.dry_run,
         ..Summary::default()
     };
     let outcomes = stream::iter(Records::new(index))
-        .map(|item| async move {
+        .map(|item| async {
             let (key, record) = item?;
-            let outcome = rebalance_record(index, config, &key, record).await?;
-            Ok::<_, IndexError>((key, outcome))
+            rebalance(key, record).await
         })
-        .buffer_unordered(config.concurrency);
+        .buffer_unordered(options.concurrency);
     let mut outcomes = std::pin::pin!(outcomes);
     while let Some(item) = outcomes.next().await {
         let (key, outcome) = item?;
-        let key = String::from_utf8_lossy(&key);
-        summary.keys += 1;
-        match outcome {
-            Outcome::Placed => summary.placed += 1,
-            Outcome::WouldMove { from, to } => {
-                summary.moved += 1;
-                // The plan goes to stdout, for scripts; a reader that went
-                // away (`| head`) is not an error of the rebalance.
-                let line = format!("{key}\t{} -> {}\n", from.join(","), to.join(","));
-                let _ = progress.suspend(|| std::io::stdout().lock().write_all(line.as_bytes()));
-            }
-            Outcome::Moved(Moved::AlreadyPlaced) => summary.placed += 1,
-            Outcome::Moved(Moved::Moved { bytes, leftovers, .. }) => {
-                summary.moved += 1;
-                summary.bytes += bytes;
-                for (entry, error) in leftovers {
-                    summary.leftovers += 1;
-                    progress.report(&format!("{key:?}: moved, but the old copy on {entry} remains: {error}"));
-                }
-            }
-            Outcome::Skipped => {
-                summary.skipped += 1;
-                progress.report(&format!("{key:?}: soft-deleted and no copy exists; left as is"));
-            }
-            Outcome::Failed(error) => {
-                summary.failed += 1;
-                progress.report(&format!("{key:?}: {error}"));
+        tally(&String::from_utf8_lossy(&key), outcome, &mut summary, progress);
+        progress.advance(1, || summary.status());
+    }
+    Ok(summary)
+}
+
+/// Count one record's outcome and report its problems (and, in a dry run,
+/// its plan: to stdout, for scripts).
+fn tally(key: &str, outcome: Outcome, summary: &mut Summary, progress: &Progress) {
+    summary.keys += 1;
+    match outcome {
+        Outcome::Placed | Outcome::Moved(Moved::AlreadyPlaced) => summary.placed += 1,
+        Outcome::WouldMove { from, to } => {
+            summary.moved += 1;
+            progress.output(&format!("{key}\t{} -> {}", from.join(","), to.join(",")));
+        }
+        Outcome::Moved(Moved::Moved { bytes, leftovers, .. }) => {
+            summary.moved += 1;
+            summary.bytes += bytes;
+            for (entry, error) in leftovers {
+                summary.leftovers += 1;
+                progress.report(&format!("{key:?}: moved, but the old copy on {entry} remains: {error}"));
             }
         }
-        progress.advance(1, || summary.status());
+        Outcome::Skipped => {
+            summary.skipped += 1;
+            progress.report(&format!("{key:?}: soft-deleted and no copy exists; left as is"));
+        }
+        Outcome::Failed(error) => {
+            summary.failed += 1;
+            progress.report(&format!("{key:?}: {error}"));
+        }
+        Outcome::Busy => {
+            summary.busy += 1;
+            progress.report(&format!("{key:?}: another write held the key throughout; not moved"));
+        }
+    }
+}
+
+/// How long a moved key's old copies outlive its new record: a GET answered
+/// from the old record just before the rewrite sent its client to an old
+/// copy, and that client's request to the volume must still find the file.
+/// A redirect is followed within milliseconds; seconds leave a wide margin.
+pub const STALE_COPY_GRACE: Duration = Duration::from_secs(2);
+/// Tries at a key whose lock another write holds before it counts as busy:
+/// a PUT or DELETE holds a key for milliseconds, so a few tries a short
+/// delay apart get most keys, and a key written without pause is skipped
+/// rather than holding up the walk.
+const LOCK_TRIES: u32 = 5;
+/// Wait between two tries at a busy key's lock.
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// Old copies being deleted once their grace is over: the key and the
+/// copies that could not be deleted.
+type DeferredDeletes = RefCell<Vec<JoinHandle<(Vec<u8>, Vec<(String, VolumeError)>)>>>;
+
+/// A running master's rebalance (`admin`), beside its traffic: each key
+/// placement wants elsewhere is moved under its write lock (a concurrent
+/// PUT or DELETE of it gets 409; a key locked through `LOCK_TRIES` is
+/// skipped and counted busy), from its record as re-read under the lock, the
+/// new record written through the store (so the cache follows at once), and
+/// its old copies deleted only `STALE_COPY_GRACE` later: a GET always
+/// redirects to a copy that exists. Ends once the last grace is out.
+pub async fn run_online(app: &App, options: &Options, sink: Option<Sink>) -> Result<Summary, IndexError> {
+    let index = app.store.index();
+    let progress = Progress::with_sink("rebalance", "keys", Some(count_records(index)?), sink);
+    let deletes: DeferredDeletes = RefCell::new(Vec::new());
+    let deletes = &deletes;
+    let rebalance = |key: Vec<u8>, record| async move {
+        let outcome = rebalance_online(app, options, &key, record, deletes).await?;
+        Ok((key, outcome))
+    };
+    let mut summary = walk(index, options, &progress, rebalance).await?;
+    for delete in deletes.take() {
+        let (key, leftovers) = delete.await;
+        for (entry, error) in leftovers {
+            summary.leftovers += 1;
+            let key = String::from_utf8_lossy(&key);
+            progress.report(&format!("{key:?}: moved, but the old copy on {entry} remains: {error}"));
+        }
     }
     summary.elapsed = progress.elapsed();
     progress.finish(&summary.to_string());
     Ok(summary)
+}
+
+/// Rebalance one record under its key's lock, leaving the old copies to
+/// `deletes`.
+async fn rebalance_online(
+    app: &App,
+    options: &Options,
+    key: &[u8],
+    record: Result<Record, RecordError>,
+    deletes: &DeferredDeletes,
+) -> Result<Outcome, IndexError> {
+    let record = match record {
+        Ok(record) => record,
+        Err(error) => return Ok(Outcome::Failed(format!("the record is corrupt: {error}"))),
+    };
+    let placed = app.store.placement().place(key);
+    if record.volumes == placed {
+        return Ok(Outcome::Placed);
+    }
+    if options.dry_run {
+        return Ok(Outcome::WouldMove {
+            from: record.volumes,
+            to: placed,
+        });
+    }
+    let Some(_guard) = lock_key(app, key).await else {
+        return Ok(Outcome::Busy);
+    };
+    // A write may have changed the key since the scan read it; a key
+    // removed since has nothing to move.
+    let Some(record) = app.store.get(key)? else {
+        return Ok(Outcome::Placed);
+    };
+    let timeout = app.config.volume_timeout;
+    match relocate(key, &record, &placed, timeout, |record| app.store.put(key, record)).await {
+        Ok(None) => Ok(Outcome::Placed),
+        Ok(Some(Relocated { bytes, stale })) => {
+            let key = key.to_vec();
+            let due = Instant::now() + STALE_COPY_GRACE;
+            deletes.borrow_mut().push(monoio::spawn(async move {
+                monoio::time::sleep(due.saturating_duration_since(Instant::now())).await;
+                let leftovers = delete_copies(&key2path(&key), &stale, timeout).await;
+                (key, leftovers)
+            }));
+            Ok(Outcome::Moved(Moved::Moved {
+                bytes,
+                leftovers: Vec::new(),
+            }))
+        }
+        Err(RebalanceError::NoCopy) if record.deleted => Ok(Outcome::Skipped),
+        Err(RebalanceError::Index(error)) => Err(error),
+        Err(error) => Ok(Outcome::Failed(error.to_string())),
+    }
+}
+
+/// The key's write lock, tried `LOCK_TRIES` times; `None` if another write
+/// held it throughout.
+async fn lock_key<'a>(app: &'a App, key: &[u8]) -> Option<KeyGuard<'a>> {
+    for attempt in 1..=LOCK_TRIES {
+        if let Some(guard) = app.store.try_lock(key) {
+            return Some(guard);
+        }
+        if attempt < LOCK_TRIES {
+            monoio::time::sleep(LOCK_RETRY_DELAY).await;
+        }
+    }
+    None
 }
 
 /// Rebalance (or, in a dry run, plan) one record.

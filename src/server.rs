@@ -320,14 +320,21 @@ fn spawn_signal_thread(events: &mpsc::Sender<Event>) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// The metrics thread: `GET /metrics` on `--metrics-bind`:`port`.
+/// The metrics thread: `GET /metrics` and the maintenance jobs (`admin`) on
+/// `--metrics-bind`:`port`.
 fn spawn_metrics_thread(app: &Arc<App>, port: u16) -> Result<(), ServerError> {
     let address = SocketAddr::new(app.config.metrics_bind, port);
     let listener = StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(port, error))?;
     let app = app.clone();
     std::thread::Builder::new()
         .name("mkv-metrics".into())
-        .spawn(move || metrics::serve_forever(listener, || gauges(&app)))
+        .spawn(move || {
+            metrics::serve_forever(
+                listener,
+                || gauges(&app),
+                |path, stream| crate::admin::start(&app, path, stream),
+            )
+        })
         .map_err(|error| ServerError::Thread("metrics", error))?;
     Ok(())
 }

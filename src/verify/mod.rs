@@ -44,7 +44,7 @@ use futures_util::stream::{self, StreamExt};
 use crate::app::App;
 use crate::config::Config;
 use crate::index::IndexError;
-use crate::progress::Progress;
+use crate::progress::{Progress, Sink};
 use crate::rebalance::Records;
 use crate::record::{Record, RecordError};
 
@@ -64,6 +64,8 @@ pub struct Settings {
     pub purge_unlinked: Option<Duration>,
     /// Connect timeout for volume requests (`-voltimeout`).
     pub timeout: Duration,
+    /// Keys in flight at most (`--concurrency`).
+    pub concurrency: usize,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             orphan_grace: config.orphan_grace,
             purge_unlinked: config.purge_unlinked,
             timeout: config.volume_timeout,
+            concurrency: config.concurrency,
         }
     }
 }
@@ -213,25 +216,24 @@ async fn check_record(
 }
 
 /// `mkv verify`: check every key, then look for orphans. Per-item problems
-/// are counted in the summary; an index failure ends the run.
-pub async fn run(app: &App) -> Result<Summary, IndexError> {
-    let settings = Settings::from_config(&app.config);
+/// are counted in the summary; an index failure ends the run. The lines go
+/// to `sink` when given (a running master's job, `admin`), else to stderr.
+pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<Summary, IndexError> {
     let index = app.store.index();
     let mut total = 0u64;
     index.view().scan(b"", b"", |_, _| {
         total += 1;
         true
     })?;
-    let progress = Progress::new("verify", "keys", Some(total));
+    let progress = Progress::with_sink("verify", "keys", Some(total), sink.clone());
     let mut summary = Summary::default();
-    let settings = &settings;
     let outcomes = stream::iter(Records::new(index))
         .map(|item| async move {
             let (key, record) = item?;
             let outcome = check_record(app, settings, &key, record).await?;
             Ok::<_, IndexError>((key, outcome))
         })
-        .buffer_unordered(app.config.concurrency);
+        .buffer_unordered(settings.concurrency);
     let mut outcomes = std::pin::pin!(outcomes);
     while let Some(item) = outcomes.next().await {
         let (key, outcome) = item?;
@@ -239,7 +241,7 @@ pub async fn run(app: &App) -> Result<Summary, IndexError> {
         progress.advance(1, || summary.status());
     }
     progress.finish(&format!("{}; looking for orphans", summary.status()));
-    let progress = Progress::new("verify", "directories", None);
+    let progress = Progress::with_sink("verify", "directories", None, sink);
     orphans::find_orphans(app, settings, &mut summary, &progress).await?;
     summary.elapsed = progress.elapsed();
     progress.finish(&summary.to_string());

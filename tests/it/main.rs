@@ -9,6 +9,7 @@ mod cluster;
 mod durability;
 mod maintenance;
 mod metrics;
+mod online;
 mod protocol;
 mod resilience;
 mod s3;

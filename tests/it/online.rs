@@ -1,0 +1,308 @@
+//! Maintenance while serving: with the index held by a running master,
+//! `mkv rebalance` and `mkv verify` given the master's `--metrics-port`
+//! have the master run the job (`POST /admin/<job>`) and stream its lines
+//! back. A rebalance beside writes and reads moves every key where
+//! placement wants it, and every GET during it redirects to a copy that
+//! exists; verify repairs a deleted replica; a second job while one runs is
+//! refused with 409; without the flag the locked index names it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mkv::placement::{entry_host, entry_prefix, key2path};
+
+use crate::cluster::{fetch, free_port, mkv, request, value, Cluster};
+
+/// `mkv <the cluster's master flags> <args> <command>`, the master running.
+fn maintenance(cluster: &Cluster, args: &[&str], command: &str) -> Output {
+    mkv()
+        .args([
+            "-db",
+            &cluster.db().display().to_string(),
+            "-volumes",
+            &cluster.volume_list(),
+        ])
+        .args(&cluster.extra)
+        .args(args)
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The run's stderr, after checking its exit code.
+fn expect(output: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// PUT `count` keys named `prefix-i` of mixed sizes (one larger than a copy piece).
+fn write_keys(cluster: &Cluster, prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let size = if i == 0 { 1_300_000 } else { 1 + i * 53 % 4000 };
+            let key = format!("{prefix}-{i}");
+            let body = value(size, i as u64 + prefix.len() as u64 * 1000);
+            assert_eq!(request("PUT", &cluster.url(&key), Some(&body)).status, 201, "{key}");
+            (key, body)
+        })
+        .collect()
+}
+
+/// Traffic beside a job: PUT new keys and GET old ones (following each
+/// redirect) until told to stop. Returns the keys written and the failures.
+fn traffic(
+    url: impl Fn(&str) -> String,
+    old: &[(String, Vec<u8>)],
+    stop: &AtomicBool,
+) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let mut written = Vec::new();
+    let mut failures = Vec::new();
+    let mut round = 0usize;
+    while !stop.load(Ordering::Relaxed) || round == 0 {
+        let key = format!("/during/key-{round}");
+        let body = value(100 + round % 2000, 7_000 + round as u64);
+        match request("PUT", &url(&key), Some(&body)).status {
+            201 => written.push((key, body)),
+            status => failures.push(format!("PUT {key}: {status}")),
+        }
+        for (key, body) in old.iter().skip(round % 7).step_by(7).take(4) {
+            let redirect = request("GET", &url(key), None);
+            if redirect.status != 302 {
+                failures.push(format!("GET {key}: {}", redirect.status));
+                continue;
+            }
+            let location = redirect.header("location").unwrap();
+            let copy = request("GET", location, None);
+            if copy.status != 200 || copy.body != *body {
+                failures.push(format!("GET {key} -> {location}: {}", copy.status));
+            }
+        }
+        round += 1;
+    }
+    (written, failures)
+}
+
+#[test]
+fn online_rebalance_beside_writes_and_reads_moves_every_key_and_loses_no_read() {
+    let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    let old = write_keys(&cluster, "/old/key", 200);
+    let metrics_port = free_port();
+    cluster
+        .extra
+        .extend(["--metrics-port".to_string(), metrics_port.to_string()]);
+    cluster.kill_master();
+    cluster.master = None;
+    for i in 3..5 {
+        let dir = cluster.dir.path().join(format!("volume{i}"));
+        cluster.volumes.push(crate::cluster::Volume::start(dir, free_port()));
+    }
+    cluster.start_master();
+    let unbalanced = old
+        .iter()
+        .filter(|(key, _)| request("HEAD", &cluster.url(key), None).header("key-balance") == Some("unbalanced"))
+        .count();
+    assert!(unbalanced > 50, "5 volumes move most of 3's keys: {unbalanced}");
+    let plan = maintenance(&cluster, &["--dry-run"], "rebalance");
+    let stderr = expect(&plan, 0);
+    assert!(stderr.contains(&format!(" {unbalanced} would move")), "{stderr}");
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    assert_eq!(
+        plan.lines().count(),
+        unbalanced,
+        "one plan line per key on stdout: {plan}"
+    );
+    assert!(plan
+        .lines()
+        .all(|line| line.starts_with("/old/key-") && line.contains(" -> ")));
+
+    // The last key the walk moves: its old copies must outlive its new record.
+    let watched = old
+        .iter()
+        .map(|(key, _)| key)
+        .filter(|key| request("HEAD", &cluster.url(key), None).header("key-balance") == Some("unbalanced"))
+        .max()
+        .unwrap()
+        .clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = cluster.port();
+    let url = |key: &str| format!("http://127.0.0.1:{port}{key}");
+    let (written, failures, output, stale_found) = std::thread::scope(|scope| {
+        let during = scope.spawn(|| traffic(url, &old, &stop));
+        let watch = scope.spawn(|| old_copies_after_the_move(&url(&watched), &watched, &stop));
+        let output = maintenance(&cluster, &["--concurrency", "8"], "rebalance");
+        stop.store(true, Ordering::Relaxed);
+        let (written, failures) = during.join().unwrap();
+        (written, failures, output, watch.join().unwrap())
+    });
+    assert!(
+        stale_found.iter().all(|status| *status == 200),
+        "{watched}'s old copies, read just after its record changed: {stale_found:?}"
+    );
+    assert!(!stale_found.is_empty(), "{watched} moved off some volume");
+    let stderr = expect(&output, 0);
+    assert!(stderr.contains("the master at"), "{stderr}");
+    assert!(stderr.contains(&format!(" {unbalanced} moved, 0 failed")), "{stderr}");
+    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    assert!(!written.is_empty());
+
+    for (key, body) in old.iter().chain(&written) {
+        let head = request("HEAD", &cluster.url(key), None);
+        assert_eq!(head.header("key-balance"), Some("balanced"), "{key}");
+        let fetched = fetch(&cluster.url(key));
+        assert_eq!(fetched.status, 200, "{key}");
+        assert!(fetched.body == *body, "{key}: the value changed");
+    }
+    // The old copies went after their grace: two files per key.
+    let files: usize = (0..cluster.volumes.len())
+        .map(|volume| cluster.files_on(volume).len())
+        .sum();
+    assert_eq!(files, 2 * (old.len() + written.len()));
+}
+
+/// How long after a key's record changed a slow reader of an old redirect
+/// comes to the old copy: well inside the master's 2 s grace, so only a
+/// grace that is not kept fails the check, however loaded the machine.
+const SLOW_READER_DELAY: Duration = Duration::from_millis(200);
+
+/// Poll `key`'s record until its volumes change, then, as a slow reader of
+/// a redirect given just before would, GET each copy the new record no
+/// longer names: the statuses (200: still there).
+fn old_copies_after_the_move(url: &str, key: &str, stop: &AtomicBool) -> Vec<u16> {
+    let volumes = |reply: &crate::cluster::Reply| reply.header("key-volumes").unwrap_or_default().to_owned();
+    let before = volumes(&request("HEAD", url, None));
+    let mut after = before.clone();
+    while after == before && !stop.load(Ordering::Relaxed) {
+        after = volumes(&request("HEAD", url, None));
+    }
+    std::thread::sleep(SLOW_READER_DELAY);
+    before
+        .split(',')
+        .filter(|entry| !after.split(',').any(|kept| kept == *entry))
+        .map(|entry| {
+            let copy = format!(
+                "http://{}{}{}",
+                entry_host(entry),
+                entry_prefix(entry),
+                key2path(key.as_bytes())
+            );
+            request("GET", &copy, None).status
+        })
+        .collect()
+}
+
+/// Where volume entry `entry` keeps the file of `key`.
+fn file_at(cluster: &Cluster, entry: &str, key: &str) -> std::path::PathBuf {
+    let volume = cluster
+        .volumes
+        .iter()
+        .find(|volume| volume.host() == entry_host(entry))
+        .expect("a volume of the cluster");
+    let relative = format!("{}{}", entry_prefix(entry), key2path(key.as_bytes()));
+    volume.dir.join(&relative[1..])
+}
+
+#[test]
+fn online_verify_finds_a_deleted_replica_and_repair_restores_it_while_serving() {
+    let metrics_port = free_port().to_string();
+    let cluster = Cluster::start(3, &["-replicas", "2", "--metrics-port", &metrics_port]);
+    let keys = write_keys(&cluster, "/v/key", 10);
+    let (key, body) = &keys[0];
+    let entries = request("HEAD", &cluster.url(key), None)
+        .header("key-volumes")
+        .unwrap()
+        .to_owned();
+    let lost = file_at(&cluster, entries.split(',').nth(1).unwrap(), key);
+    std::fs::remove_file(&lost).unwrap();
+
+    let found = expect(&maintenance(&cluster, &[], "verify"), 1);
+    assert!(
+        found.contains(&format!("verify: {key:?} on ")) && found.contains("missing"),
+        "{found}"
+    );
+    assert!(found.contains("19 ok, 1 missing"), "{found}");
+    assert!(!lost.exists(), "verify without --repair changes nothing");
+    let repaired = expect(&maintenance(&cluster, &["--repair"], "verify"), 0);
+    assert!(repaired.contains("1 repaired"), "{repaired}");
+    assert!(std::fs::read(&lost).unwrap() == *body, "restored byte-exact");
+    let clean = expect(&maintenance(&cluster, &[], "verify"), 0);
+    assert!(clean.contains("20 ok, 0 missing"), "{clean}");
+    assert_eq!(fetch(&cluster.url(key)).body, *body);
+}
+
+/// POST a job on the admin port; the connection, its head read.
+fn post_job(metrics_port: u16, path: &str) -> (String, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 2 {
+        line.clear();
+    }
+    (status, reader)
+}
+
+#[test]
+fn a_second_job_while_one_runs_is_refused_with_409() {
+    let metrics_port = free_port();
+    let mut cluster = Cluster::start(
+        2,
+        &[
+            "-replicas",
+            "1",
+            "--metrics-port",
+            &metrics_port.to_string(),
+            "-voltimeout",
+            "60s",
+        ],
+    );
+    write_keys(&cluster, "/busy/key", 4);
+    // A volume that takes connections and never answers: the job's HEAD of
+    // it waits until the test lets go, so the job is running throughout.
+    let held_port = cluster.volumes[1].port;
+    cluster.volumes[1].stop();
+    let listener = TcpListener::bind(("127.0.0.1", held_port)).unwrap();
+
+    let (first, mut first_body) = post_job(metrics_port, "/admin/verify?concurrency=1");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let (second, _) = post_job(metrics_port, "/admin/rebalance");
+    assert!(second.starts_with("HTTP/1.1 409"), "{second}");
+    let (bad, _) = post_job(metrics_port, "/admin/verify?repair=maybe");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+
+    drop(listener);
+    cluster.volumes[1].restart();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut first_body, &mut rest).unwrap();
+    assert!(
+        rest.trim_end().ends_with("exit 1") || rest.trim_end().ends_with("exit 0"),
+        "{rest}"
+    );
+    let (third, mut third_body) = post_job(metrics_port, "/admin/verify");
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut third_body, &mut rest).unwrap();
+    assert!(rest.trim_end().ends_with("exit 0"), "{rest}");
+}
+
+#[test]
+fn without_metrics_port_a_locked_index_names_the_flag() {
+    let cluster = Cluster::start(2, &["-replicas", "1"]);
+    for command in ["rebalance", "verify"] {
+        let stderr = expect(&maintenance(&cluster, &[], command), 1);
+        assert!(
+            stderr.contains("locked") && stderr.contains("--metrics-port"),
+            "{stderr}"
+        );
+    }
+    let stderr = expect(&maintenance(&cluster, &[], "rebuild"), 1);
+    assert!(stderr.contains("only with the master stopped"), "{stderr}");
+}
