@@ -113,7 +113,8 @@ pub enum Change<'a> {
 /// The persistent index, in one of its engines.
 pub enum Index {
     Rocks(rocks::Rocks),
-    Postgres(pg::Postgres),
+    /// Boxed: its connection settings are large, and the index is made once.
+    Postgres(Box<pg::Postgres>),
 }
 
 /// Whether `-db` names a PostgreSQL database rather than a directory.
@@ -128,7 +129,7 @@ impl Index {
     pub fn open(db: &Path, options: &IndexOptions) -> Result<Index, IndexError> {
         if is_postgres_url(db) {
             let url = db.to_str().expect("a URL is text");
-            return pg::Postgres::open(url, options).map(Index::Postgres);
+            return pg::Postgres::open(url, options).map(|engine| Index::Postgres(Box::new(engine)));
         }
         rocks::Rocks::open(db, options).map(Index::Rocks)
     }

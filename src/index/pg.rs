@@ -165,6 +165,9 @@ impl From<postgres::Error> for Failure {
     }
 }
 
+/// A key and its value, as a scan reads them.
+type Row = (Vec<u8>, Vec<u8>);
+
 /// What `listen` reports.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -426,7 +429,7 @@ impl Postgres {
         from: &[u8],
         end: Option<&[u8]>,
         rows_max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+    ) -> Result<Vec<Row>, IndexError> {
         let limit = rows_max as i64;
         let rows = self.with_connection(|client, statements| {
             let statement = if records {
