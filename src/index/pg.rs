@@ -70,6 +70,10 @@ const NOTIFY_PAYLOAD_MAX: usize = 7999;
 /// Advisory lock held shared by serving masters and exclusively by an
 /// offline command (`"mkv-role"` in ASCII).
 const ROLE_LOCK: i64 = 0x6d6b_762d_726f_6c65;
+/// How long opening waits for the role lock before reporting it held.
+const ROLE_WAIT: Duration = Duration::from_secs(2);
+/// Between attempts at the role lock.
+const ROLE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Advisory lock that serialises making the tables (`"mkv-tabl"`).
 const SCHEMA_LOCK: i64 = 0x6d6b_762d_7461_626c;
 
@@ -216,18 +220,22 @@ impl Postgres {
         // One simple query is one transaction: the lock is held to its end.
         let schema = format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {TABLES}");
         role.batch_execute(&schema).map_err(open_error)?;
-        let granted = match options.role {
-            Role::Serve => role
-                .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&ROLE_LOCK])
-                .map_err(open_error)?
-                .get::<_, bool>(0),
-            Role::Offline => role
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])
-                .map_err(open_error)?
-                .get::<_, bool>(0),
+        let take = match options.role {
+            Role::Serve => "SELECT pg_try_advisory_lock_shared($1)",
+            Role::Offline => "SELECT pg_try_advisory_lock($1)",
         };
-        if !granted {
-            return Err(IndexError::Locked(PathBuf::from(&name)));
+        // A master just stopped may hold it a moment longer: PostgreSQL
+        // notices its closed sessions within milliseconds.
+        let deadline = Instant::now() + ROLE_WAIT;
+        while !role
+            .query_one(take, &[&ROLE_LOCK])
+            .map_err(open_error)?
+            .get::<_, bool>(0)
+        {
+            if Instant::now() >= deadline {
+                return Err(IndexError::Locked(PathBuf::from(&name)));
+            }
+            std::thread::sleep(ROLE_RETRY_DELAY);
         }
         Ok(Postgres {
             config,
