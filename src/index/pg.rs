@@ -86,7 +86,46 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS mkv_records (key bytea PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_meta (key bytea PRIMARY KEY, meta bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_state (key bytea PRIMARY KEY, value bytea NOT NULL);
+    CREATE OR REPLACE FUNCTION mkv_apply(
+        ops text[], keys bytea[], vals bytea[],
+        lock_pids int[], lock_classes oid[], lock_objects oid[], payloads text[]
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        i int;
+        payload text;
+    BEGIN
+        FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
+            CASE ops[i]
+            WHEN 'record' THEN
+                INSERT INTO mkv_records VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record;
+            WHEN 'meta' THEN
+                INSERT INTO mkv_meta VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET meta = EXCLUDED.meta;
+            WHEN 'remove' THEN
+                DELETE FROM mkv_records WHERE key = keys[i];
+                DELETE FROM mkv_meta WHERE key = keys[i];
+            WHEN 'state' THEN
+                INSERT INTO mkv_state VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+            WHEN 'unstate' THEN
+                DELETE FROM mkv_state WHERE key = keys[i];
+            END CASE;
+        END LOOP;
+        FOR i IN 1 .. coalesce(array_length(lock_pids, 1), 0) LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                    AND pid = lock_pids[i] AND classid = lock_classes[i]
+                    AND objid = lock_objects[i] AND objsubid = 1) THEN
+                RAISE EXCEPTION 'mkv: a key lock was lost' USING ERRCODE = 'MKVLK';
+            END IF;
+        END LOOP;
+        FOREACH payload IN ARRAY payloads LOOP
+            PERFORM pg_notify('mkv', payload);
+        END LOOP;
+    END $$;
 ";
+/// The SQL state `mkv_apply` raises when a key's lock is gone.
+const LOCK_LOST_STATE: &str = "MKVLK";
 
 /// A pooled connection and its prepared statements.
 struct Connection {
@@ -98,26 +137,14 @@ struct Statements {
     get: Statement,
     meta: Statement,
     state: Statement,
-    put_record: Statement,
-    put_meta: Statement,
-    remove_record: Statement,
-    remove_meta: Statement,
-    put_state: Statement,
-    delete_state: Statement,
+    apply: Statement,
     notify: Statement,
-    lock_held: Statement,
     scan_records: Statement,
     scan_state: Statement,
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
-        let upsert = |table: &str, column: &str| {
-            format!(
-                "INSERT INTO {table} (key, {column}) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET {column} = EXCLUDED.{column}"
-            )
-        };
         let scan = |table: &str, column: &str| {
             format!(
                 "SELECT key, {column} FROM {table} WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) \
@@ -128,17 +155,8 @@ impl Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            put_record: client.prepare(&upsert("mkv_records", "record"))?,
-            put_meta: client.prepare(&upsert("mkv_meta", "meta"))?,
-            remove_record: client.prepare("DELETE FROM mkv_records WHERE key = $1")?,
-            remove_meta: client.prepare("DELETE FROM mkv_meta WHERE key = $1")?,
-            put_state: client.prepare(&upsert("mkv_state", "value"))?,
-            delete_state: client.prepare("DELETE FROM mkv_state WHERE key = $1")?,
+            apply: client.prepare("SELECT mkv_apply($1, $2, $3, $4, $5, $6, $7)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
-            lock_held: client.prepare(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                 AND pid = $1 AND classid = $2 AND objid = $3 AND objsubid = 1)",
-            )?,
             scan_records: client.prepare(&scan("mkv_records", "record"))?,
             scan_state: client.prepare(&scan("mkv_state", "value"))?,
         })
@@ -348,42 +366,35 @@ impl Postgres {
                 .collect()
         };
         let payloads = notifications(&self.origin, &changed);
+        let mut operations: Vec<&str> = Vec::with_capacity(changes.len());
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(changes.len());
+        let mut values: Vec<Vec<u8>> = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (operation, key, value) = match *change {
+                Change::Record(key, record) => ("record", key, record.encode()),
+                Change::Meta(key, meta) => ("meta", key, meta.encode()),
+                Change::Remove(key) => ("remove", key, Vec::new()),
+                Change::StatePut(key, value) => ("state", key, value.to_vec()),
+                Change::StateDelete(key) => ("unstate", key, Vec::new()),
+            };
+            operations.push(operation);
+            keys.push(key);
+            values.push(value);
+        }
+        let pids: Vec<i32> = locked.iter().map(|&(pid, _)| pid).collect();
+        let (classes, objects): (Vec<u32>, Vec<u32>) = locked.iter().map(|&(_, id)| lock_halves(id)).unzip();
+        // One statement, one round trip: a single function call is its own
+        // transaction, all of it or none.
         self.with_connection(|client, statements| {
-            let mut transaction = client.transaction()?;
-            for change in changes {
-                match *change {
-                    Change::Record(key, record) => {
-                        transaction.execute(&statements.put_record, &[&key, &record.encode()])?;
-                    }
-                    Change::Meta(key, meta) => {
-                        transaction.execute(&statements.put_meta, &[&key, &meta.encode()])?;
-                    }
-                    Change::Remove(key) => {
-                        transaction.execute(&statements.remove_record, &[&key])?;
-                        transaction.execute(&statements.remove_meta, &[&key])?;
-                    }
-                    Change::StatePut(key, value) => {
-                        transaction.execute(&statements.put_state, &[&key, &value])?;
-                    }
-                    Change::StateDelete(key) => {
-                        transaction.execute(&statements.delete_state, &[&key])?;
-                    }
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 7] =
+                [&operations, &keys, &values, &pids, &classes, &objects, &payloads];
+            match client.execute(&statements.apply, &parameters) {
+                Ok(_) => Ok(()),
+                Err(error) if error.code().is_some_and(|state| state.code() == LOCK_LOST_STATE) => {
+                    Err(Failure::LockLost)
                 }
+                Err(error) => Err(Failure::Database(error)),
             }
-            for (pid, id) in &locked {
-                let (class, object) = lock_halves(*id);
-                let held: bool = transaction
-                    .query_one(&statements.lock_held, &[pid, &class, &object])?
-                    .get(0);
-                if !held {
-                    return Err(Failure::LockLost);
-                }
-            }
-            for payload in &payloads {
-                transaction.execute(&statements.notify, &[&CHANNEL, payload])?;
-            }
-            transaction.commit()?;
-            Ok(())
         })
     }
 
