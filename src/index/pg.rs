@@ -283,8 +283,19 @@ impl Postgres {
         }
     }
 
+    /// Run the read `work` on a pooled connection; if that connection
+    /// turns out dead (the database restarted or failed over since it was
+    /// pooled), once more on a new one: a read can be repeated.
+    fn read<T>(&self, mut work: impl FnMut(&mut Client, &Statements) -> Result<T, Failure>) -> Result<T, IndexError> {
+        match self.with_connection(&mut work) {
+            Err(IndexError::Unavailable(_)) => self.with_connection(work),
+            result => result,
+        }
+    }
+
     /// Run `work` on a pooled connection (made if none is idle). A
-    /// connection that failed is dropped, not pooled.
+    /// connection that failed is dropped, not pooled; one that lost the
+    /// database drops the idle ones too, which lost it as well.
     fn with_connection<T>(
         &self,
         work: impl FnOnce(&mut Client, &Statements) -> Result<T, Failure>,
@@ -303,12 +314,13 @@ impl Postgres {
             Err(Failure::Database(error)) => unreachable(error) || connection.client.is_closed(),
             _ => connection.client.is_closed(),
         };
-        if !broken {
-            let mut idle = lock(&self.idle);
-            if idle.len() < POOL_IDLE_MAX {
-                idle.push(connection);
-            }
+        let mut idle = lock(&self.idle);
+        if broken {
+            idle.clear();
+        } else if idle.len() < POOL_IDLE_MAX {
+            idle.push(connection);
         }
+        drop(idle);
         result.map_err(|failure| match failure {
             Failure::Database(error) => self.error(&error),
             Failure::LockLost => {
@@ -319,15 +331,15 @@ impl Postgres {
 
     fn error(&self, error: &postgres::Error) -> IndexError {
         if unreachable(error) {
-            IndexError::Unavailable(format!("{}: {error}", self.name))
+            IndexError::Unavailable(format!("{}: {}", self.name, describe(error)))
         } else {
-            IndexError::Io(error.to_string())
+            IndexError::Io(describe(error))
         }
     }
 
     /// The record of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
-        let row = self.with_connection(|client, statements| Ok(client.query_opt(&statements.get, &[&key])?))?;
+        let row = self.read(|client, statements| Ok(client.query_opt(&statements.get, &[&key])?))?;
         row.map(|row| {
             Record::decode(row.get::<_, &[u8]>(0)).map_err(|error| IndexError::Corrupt {
                 key: key.to_vec(),
@@ -339,13 +351,13 @@ impl Postgres {
 
     /// The metadata of `key`, if any was recorded.
     pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
-        let row = self.with_connection(|client, statements| Ok(client.query_opt(&statements.meta, &[&key])?))?;
+        let row = self.read(|client, statements| Ok(client.query_opt(&statements.meta, &[&key])?))?;
         decode_meta(key, row.as_ref().map(|row| row.get::<_, &[u8]>(0)))
     }
 
     /// The S3 state entry at `key`.
     pub fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        let row = self.with_connection(|client, statements| Ok(client.query_opt(&statements.state, &[&key])?))?;
+        let row = self.read(|client, statements| Ok(client.query_opt(&statements.state, &[&key])?))?;
         Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
     }
 
@@ -450,7 +462,7 @@ impl Postgres {
         rows_max: usize,
     ) -> Result<Vec<Row>, IndexError> {
         let limit = rows_max as i64;
-        let rows = self.with_connection(|client, statements| {
+        let rows = self.read(|client, statements| {
             let statement = if records {
                 &statements.scan_records
             } else {
@@ -522,6 +534,15 @@ impl Postgres {
     /// no two of this master's writers ask for the same key.
     pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
         let mut session = lock(&self.locks);
+        match self.try_lock_in(&mut session, key) {
+            // The session was dead (the database restarted or failed over):
+            // its locks are gone with it, so a new session may take this one.
+            Err(IndexError::Unavailable(_)) => self.try_lock_in(&mut session, key),
+            result => result,
+        }
+    }
+
+    fn try_lock_in(&self, session: &mut LockSession, key: &[u8]) -> Result<bool, IndexError> {
         if session.client.as_ref().is_none_or(Client::is_closed) {
             let mut client = self.connect()?;
             let pid: i32 = client
@@ -696,6 +717,15 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
         .collect()
+}
+
+/// `error` with the server's message when there is one (the crate's own
+/// text for a server error is just "db error").
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 /// Whether `error` means the database is unreachable (rather than that a
