@@ -187,6 +187,17 @@ impl From<postgres::Error> for Failure {
     }
 }
 
+/// Changes ready for `Postgres::apply_batch`: `mkv_apply`'s arguments.
+pub struct Batch {
+    operations: Vec<&'static str>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    pids: Vec<i32>,
+    classes: Vec<u32>,
+    objects: Vec<u32>,
+    payloads: Vec<String>,
+}
+
 /// A key and its value, as a scan reads them.
 type Row = (Vec<u8>, Vec<u8>);
 
@@ -364,6 +375,12 @@ impl Postgres {
     /// Apply `changes` in one transaction, notifying the changed keys and
     /// checking that every locked key's lock is still held.
     pub fn apply(&self, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        self.apply_batch(self.prepare(changes))
+    }
+
+    /// `changes` as `apply_batch` sends them: owned, so the call can run on
+    /// another thread (`offload`), with the locks to check as of now.
+    pub fn prepare(&self, changes: &[Change<'_>]) -> Batch {
         let mut changed: Vec<&[u8]> = Vec::new();
         for change in changes {
             if let Change::Record(key, _) | Change::Remove(key) = *change {
@@ -377,10 +394,16 @@ impl Postgres {
                 .filter_map(|key| session.held.get(*key).map(|&pid| (pid, lock_id(key))))
                 .collect()
         };
-        let payloads = notifications(&self.origin, &changed);
-        let mut operations: Vec<&str> = Vec::with_capacity(changes.len());
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(changes.len());
-        let mut values: Vec<Vec<u8>> = Vec::with_capacity(changes.len());
+        let mut batch = Batch {
+            operations: Vec::with_capacity(changes.len()),
+            keys: Vec::with_capacity(changes.len()),
+            values: Vec::with_capacity(changes.len()),
+            pids: locked.iter().map(|&(pid, _)| pid).collect(),
+            classes: Vec::with_capacity(locked.len()),
+            objects: Vec::with_capacity(locked.len()),
+            payloads: notifications(&self.origin, &changed),
+        };
+        (batch.classes, batch.objects) = locked.iter().map(|&(_, id)| lock_halves(id)).unzip();
         for change in changes {
             let (operation, key, value) = match *change {
                 Change::Record(key, record) => ("record", key, record.encode()),
@@ -389,17 +412,26 @@ impl Postgres {
                 Change::StatePut(key, value) => ("state", key, value.to_vec()),
                 Change::StateDelete(key) => ("unstate", key, Vec::new()),
             };
-            operations.push(operation);
-            keys.push(key);
-            values.push(value);
+            batch.operations.push(operation);
+            batch.keys.push(key.to_vec());
+            batch.values.push(value);
         }
-        let pids: Vec<i32> = locked.iter().map(|&(pid, _)| pid).collect();
-        let (classes, objects): (Vec<u32>, Vec<u32>) = locked.iter().map(|&(_, id)| lock_halves(id)).unzip();
-        // One statement, one round trip: a single function call is its own
-        // transaction, all of it or none.
+        batch
+    }
+
+    /// Apply a prepared batch: one statement, one round trip (a single
+    /// function call is its own transaction, all of it or none).
+    pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
         self.with_connection(|client, statements| {
-            let parameters: [&(dyn postgres::types::ToSql + Sync); 7] =
-                [&operations, &keys, &values, &pids, &classes, &objects, &payloads];
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 7] = [
+                &batch.operations,
+                &batch.keys,
+                &batch.values,
+                &batch.pids,
+                &batch.classes,
+                &batch.objects,
+                &batch.payloads,
+            ];
             match client.execute(&statements.apply, &parameters) {
                 Ok(_) => Ok(()),
                 Err(error) if error.code().is_some_and(|state| state.code() == LOCK_LOST_STATE) => {

@@ -175,11 +175,13 @@ impl Cluster {
             self.volume_list(),
             "-port".to_string(),
             port.to_string(),
-            "--threads".to_string(),
-            "2".to_string(),
             "--health-interval".to_string(),
             "100ms".to_string(),
         ];
+        // Two reactors unless the test says how many.
+        if !self.extra.iter().any(|flag| flag == "--threads") {
+            args.extend(["--threads".to_string(), "2".to_string()]);
+        }
         args.extend(self.extra.iter().cloned());
         args
     }

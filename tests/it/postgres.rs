@@ -290,3 +290,32 @@ fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
         assert_eq!(read_through(&cluster.url(key)).as_ref(), Some(body), "{key}");
     }
 }
+
+#[test]
+fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
+    let Some(database) = database("offload") else { return };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
+    assert_eq!(request("PUT", &cluster.url("/hit"), Some(b"value")).status, 201);
+    assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
+    // Another session holds the records table against writes (reads go on):
+    // the next write's commit waits for it.
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("LOCK TABLE mkv_records IN EXCLUSIVE MODE")
+        .unwrap();
+    let url = cluster.url("/waiting");
+    let writer = std::thread::spawn(move || request("PUT", &url, Some(b"value")).status);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the write waits on the index");
+    // The master's only reactor still answers, from its cache and from the index.
+    let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let hit = crate::cluster::raw(cluster.port(), connection_close, Duration::from_secs(5));
+    assert!(hit.starts_with("HTTP/1.1 302"), "{hit:?}");
+    let miss = b"GET /absent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let missed = crate::cluster::raw(cluster.port(), miss, Duration::from_secs(5));
+    assert!(missed.starts_with("HTTP/1.1 404"), "{missed:?}");
+    transaction.commit().unwrap();
+    assert_eq!(writer.join().unwrap(), 201);
+    assert_eq!(read_through(&cluster.url("/waiting")), Some(b"value".to_vec()));
+}
