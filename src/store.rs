@@ -552,14 +552,12 @@ impl Store {
 
     /// `put`, awaited without blocking the reactor (`Index::apply_async`).
     pub async fn put_async(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
-        let started = Instant::now();
-        self.index.apply_async(&[Change::Record(key, record)]).await?;
-        metrics::observe_index_write(started.elapsed());
-        self.cache.put(key, self.answer(key, Some(record)));
-        Ok(())
+        self.write(key, Some(record), &[Change::Record(key, record)]).await
     }
 
-    /// `put_with_meta`, awaited without blocking the reactor.
+    /// Write the live (or soft-deleted) `record` of `key` with its `meta`,
+    /// and any `more` changes, in one atomic write; then the cache. Awaited
+    /// without blocking the reactor.
     pub async fn put_with_meta_async(
         &self,
         key: &[u8],
@@ -570,55 +568,32 @@ impl Store {
         let mut changes = Vec::with_capacity(2 + more.len());
         changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
         changes.extend_from_slice(more);
-        let started = Instant::now();
-        self.index.apply_async(&changes).await?;
-        metrics::observe_index_write(started.elapsed());
-        self.cache.put(key, self.answer(key, Some(record)));
-        Ok(())
+        self.write(key, Some(record), &changes).await
     }
 
-    /// `remove`, awaited without blocking the reactor.
+    /// Remove `key`'s record: index first, then cache (forgotten rather than
+    /// cached as gone: a removed key is rarely read again). Awaited without
+    /// blocking the reactor.
     pub async fn remove_async(&self, key: &[u8]) -> Result<(), IndexError> {
-        let started = Instant::now();
-        self.index.apply_async(&[Change::Remove(key)]).await?;
-        metrics::observe_index_write(started.elapsed());
-        self.cache.invalidate(key);
-        Ok(())
+        self.write(key, None, &[Change::Remove(key)]).await
     }
 
-    /// Write the live (or soft-deleted) `record` of `key` with its `meta`,
-    /// and any `more` changes, in one atomic write; then the cache.
-    pub fn put_with_meta(
-        &self,
-        key: &[u8],
-        record: &Record,
-        meta: &Meta,
-        more: &[Change<'_>],
-    ) -> Result<(), IndexError> {
-        let mut changes = Vec::with_capacity(2 + more.len());
-        changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
-        changes.extend_from_slice(more);
+    /// Apply `changes` to the index, then leave `key`'s `record` in the
+    /// cache (None: forget it).
+    async fn write(&self, key: &[u8], record: Option<&Record>, changes: &[Change<'_>]) -> Result<(), IndexError> {
         let started = Instant::now();
-        self.index.apply(&changes)?;
+        self.index.apply_async(changes).await?;
         metrics::observe_index_write(started.elapsed());
-        self.cache.put(key, self.answer(key, Some(record)));
+        match record {
+            Some(record) => self.cache.put(key, self.answer(key, Some(record))),
+            None => self.cache.invalidate(key),
+        }
         Ok(())
     }
 
     /// The metadata of `key`, straight from the index.
     pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
         self.index.meta(key)
-    }
-
-    /// Remove `key`'s record: index first, then cache.
-    pub fn remove(&self, key: &[u8]) -> Result<(), IndexError> {
-        let started = Instant::now();
-        self.index.delete(key)?;
-        metrics::observe_index_write(started.elapsed());
-        // Forgotten rather than cached as gone: a removed key is rarely read
-        // again, and a read of it costs a bloom-filter check.
-        self.cache.invalidate(key);
-        Ok(())
     }
 
     /// The record cache's entries, charged bytes and evictions (metrics).

@@ -280,19 +280,6 @@ impl RocksView<'_> {
         decode_meta(key, bytes.as_deref())
     }
 
-    /// Visit records with keys starting with `prefix`, from `start` (or the
-    /// prefix) in byte order, until `visit` returns false. Returns whether the
-    /// scan stopped early.
-    pub fn scan(
-        &self,
-        prefix: &[u8],
-        start: &[u8],
-        mut visit: impl FnMut(&[u8], Result<Record, RecordError>) -> bool,
-    ) -> Result<bool, IndexError> {
-        let stopped_at = self.scan_bounded(prefix, start, usize::MAX, |key, record| visit(key, record))?;
-        Ok(stopped_at.is_some())
-    }
-
     /// Visit at most `visits_max` records with keys starting with `prefix`,
     /// from `start` (or the prefix) in byte order, until `visit` returns
     /// false. Returns the key of the first record not visited (the one

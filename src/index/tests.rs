@@ -48,6 +48,24 @@ fn schema_url(url: &str, name: &str) -> String {
     format!("{url}{separator}options=-csearch_path%3D{schema}")
 }
 
+/// A fresh database `mkv_<name>_<pid>` on the server of `url`, and a
+/// session to administer it.
+fn own_database(url: &str, name: &str) -> (postgres::Client, String) {
+    let database = format!("mkv_{name}_{}", std::process::id());
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    (admin, database)
+}
+
+/// `url` with its database replaced by `database`.
+fn database_url(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{database}")
+}
+
 /// One index of each engine, named, for `name`'s test.
 fn engines(name: &str) -> Vec<(&'static str, Index, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
@@ -315,14 +333,8 @@ fn changes_reach_the_other_masters_listener_before_its_next_confirmation() {
 fn an_offline_command_is_refused_while_a_master_serves() {
     let Some(url) = postgres_url() else { return };
     // Roles are database-wide: a database of this test's own.
-    let database = format!("mkv_roles_{}", std::process::id());
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-        .unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{database}");
+    let (_admin, database) = own_database(&url, "roles");
+    let url = database_url(&url, &database);
     let serving = Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
     let offline = Index::open(Path::new(&url), &options(Role::Offline));
     assert!(matches!(offline, Err(IndexError::Locked(_))), "{:?}", offline.err());
@@ -337,14 +349,8 @@ fn an_offline_command_is_refused_while_a_master_serves() {
 fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     let Some(url) = postgres_url() else { return };
     // Sessions are ended database-wide: a database of this test's own.
-    let database = format!("mkv_restart_{}", std::process::id());
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-        .unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    let index = Index::open(Path::new(&format!("{base}/{database}")), &options(Role::Serve)).unwrap();
+    let (mut admin, database) = own_database(&url, "restart");
+    let index = Index::open(Path::new(&database_url(&url, &database)), &options(Role::Serve)).unwrap();
     index.put(b"/k", &live("v")).unwrap();
     assert!(index.try_lock_key(b"/locked").unwrap());
     // Pool several connections: concurrent readers.
