@@ -158,6 +158,20 @@ impl Cluster {
         cluster
     }
 
+    /// `mkv -db <the index> -volumes <the volumes> <the master's flags>
+    /// <args> <command>`, run to its end.
+    pub fn run_command(&self, args: &[&str], command: &str) -> std::process::Output {
+        let db = self.db_url.clone().unwrap_or_else(|| self.db().display().to_string());
+        mkv()
+            .args(["-db", &db, "-volumes", &self.volume_list()])
+            .args(&self.extra)
+            .args(args)
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     pub fn volume_list(&self) -> String {
         self.volumes.iter().map(Volume::host).collect::<Vec<_>>().join(",")
     }

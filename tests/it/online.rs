@@ -8,31 +8,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mkv::placement::{entry_host, entry_prefix, key2path};
 
-use crate::cluster::{fetch, free_port, mkv, request, value, Cluster};
-
-/// `mkv <the cluster's master flags> <args> <command>`, the master running.
-fn maintenance(cluster: &Cluster, args: &[&str], command: &str) -> Output {
-    mkv()
-        .args([
-            "-db",
-            &cluster.db().display().to_string(),
-            "-volumes",
-            &cluster.volume_list(),
-        ])
-        .args(&cluster.extra)
-        .args(args)
-        .arg(command)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
+use crate::cluster::{fetch, free_port, request, value, Cluster};
 
 /// The run's stderr, after checking its exit code.
 fn expect(output: &Output, code: i32) -> String {
@@ -109,7 +92,7 @@ fn online_rebalance_beside_writes_and_reads_moves_every_key_and_loses_no_read() 
         .filter(|(key, _)| request("HEAD", &cluster.url(key), None).header("key-balance") == Some("unbalanced"))
         .count();
     assert!(unbalanced > 50, "5 volumes move most of 3's keys: {unbalanced}");
-    let plan = maintenance(&cluster, &["--dry-run"], "rebalance");
+    let plan = cluster.run_command(&["--dry-run"], "rebalance");
     let stderr = expect(&plan, 0);
     assert!(stderr.contains(&format!(" {unbalanced} would move")), "{stderr}");
     let plan = String::from_utf8(plan.stdout).unwrap();
@@ -136,7 +119,7 @@ fn online_rebalance_beside_writes_and_reads_moves_every_key_and_loses_no_read() 
     let (written, failures, output, stale_found) = std::thread::scope(|scope| {
         let during = scope.spawn(|| traffic(url, &old, &stop));
         let watch = scope.spawn(|| old_copies_after_the_move(&url(&watched), &watched, &stop));
-        let output = maintenance(&cluster, &["--concurrency", "8"], "rebalance");
+        let output = cluster.run_command(&["--concurrency", "8"], "rebalance");
         stop.store(true, Ordering::Relaxed);
         let (written, failures) = during.join().unwrap();
         (written, failures, output, watch.join().unwrap())
@@ -221,17 +204,17 @@ fn online_verify_finds_a_deleted_replica_and_repair_restores_it_while_serving() 
     let lost = file_at(&cluster, entries.split(',').nth(1).unwrap(), key);
     std::fs::remove_file(&lost).unwrap();
 
-    let found = expect(&maintenance(&cluster, &[], "verify"), 1);
+    let found = expect(&cluster.run_command(&[], "verify"), 1);
     assert!(
         found.contains(&format!("verify: {key:?} on ")) && found.contains("missing"),
         "{found}"
     );
     assert!(found.contains("19 ok, 1 missing"), "{found}");
     assert!(!lost.exists(), "verify without --repair changes nothing");
-    let repaired = expect(&maintenance(&cluster, &["--repair"], "verify"), 0);
+    let repaired = expect(&cluster.run_command(&["--repair"], "verify"), 0);
     assert!(repaired.contains("1 repaired"), "{repaired}");
     assert!(std::fs::read(&lost).unwrap() == *body, "restored byte-exact");
-    let clean = expect(&maintenance(&cluster, &[], "verify"), 0);
+    let clean = expect(&cluster.run_command(&[], "verify"), 0);
     assert!(clean.contains("20 ok, 0 missing"), "{clean}");
     assert_eq!(fetch(&cluster.url(key)).body, *body);
 }
@@ -297,12 +280,12 @@ fn a_second_job_while_one_runs_is_refused_with_409() {
 fn without_metrics_port_a_locked_index_names_the_flag() {
     let cluster = Cluster::start(2, &["-replicas", "1"]);
     for command in ["rebalance", "verify"] {
-        let stderr = expect(&maintenance(&cluster, &[], command), 1);
+        let stderr = expect(&cluster.run_command(&[], command), 1);
         assert!(
             stderr.contains("locked") && stderr.contains("--metrics-port"),
             "{stderr}"
         );
     }
-    let stderr = expect(&maintenance(&cluster, &[], "rebuild"), 1);
+    let stderr = expect(&cluster.run_command(&[], "rebuild"), 1);
     assert!(stderr.contains("only with the master stopped"), "{stderr}");
 }

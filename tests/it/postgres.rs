@@ -238,23 +238,6 @@ fn with_the_index_unreachable_writes_answer_503_and_cached_reads_go_on() {
     );
 }
 
-/// `mkv -db <url> -volumes <the cluster's> <args> <command>`.
-fn command(cluster: &Cluster, args: &[&str], command: &str) -> std::process::Output {
-    mkv()
-        .args([
-            "-db",
-            cluster.db_url.as_deref().unwrap(),
-            "-volumes",
-            &cluster.volume_list(),
-        ])
-        .args(&cluster.extra)
-        .args(args)
-        .arg(command)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
     let Some(database) = database("maintenance") else {
@@ -273,16 +256,16 @@ fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
     assert_eq!(request("REBALANCE", &cluster.url(&keys[0].0), None).status, 204);
     // With a master serving, verify runs inside it (the index is shared,
     // not to be used offline).
-    let verified = command(&cluster, &[], "verify");
+    let verified = cluster.run_command(&[], "verify");
     let stderr = String::from_utf8_lossy(&verified.stderr);
     assert_eq!(verified.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("40 ok, 0 missing"), "{stderr}");
-    let rebuild = command(&cluster, &[], "rebuild");
+    let rebuild = cluster.run_command(&[], "rebuild");
     assert_ne!(rebuild.status.code(), Some(0), "rebuild refused under a serving master");
     assert!(String::from_utf8_lossy(&rebuild.stderr).contains("locked"));
     // Offline: rebuild regrows the index from the volumes.
     cluster.kill_master();
-    let rebuilt = command(&cluster, &[], "rebuild");
+    let rebuilt = cluster.run_command(&[], "rebuild");
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
     cluster.master = None;
     cluster.start_master();
