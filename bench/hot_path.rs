@@ -76,6 +76,7 @@ fn seeded_store(cache_bytes: usize) -> (tempfile::TempDir, Store, Vec<Vec<u8>>) 
         &IndexOptions {
             block_cache_bytes: 0,
             sync: false,
+            role: mkv::index::Role::Serve,
         },
     )
     .unwrap();
@@ -92,7 +93,15 @@ fn seeded_store(cache_bytes: usize) -> (tempfile::TempDir, Store, Vec<Vec<u8>>) 
             .put(key, &Record::new(placement.place(key), false, Some(hash)))
             .unwrap();
     }
-    let store = Store::new(index, placement, Arc::new(Volumes::new(&list)), cache_bytes, 1);
+    let volumes = Arc::new(Volumes::new(&list));
+    let store = Store::new(
+        index,
+        placement,
+        volumes,
+        cache_bytes,
+        1,
+        mkv::coherence::Coherence::owned(),
+    );
     (dir, store, keys)
 }
 

@@ -324,6 +324,19 @@ impl<V: Weigh> Cache<V> {
         }
     }
 
+    /// Forget every entry (another master's changes may have been missed);
+    /// no fill that started before can bring one back.
+    pub fn clear(&self) {
+        for index in 0..self.shards.len() {
+            let mut shard = self.shard(index);
+            shard.epoch += 1;
+            shard.table.clear();
+            shard.slots = Slots::new();
+            shard.hand = 0;
+            shard.bytes = 0;
+        }
+    }
+
     /// Entries evicted for room since start, over all shards (metrics).
     pub fn evictions(&self) -> u64 {
         (0..self.shards.len()).map(|index| self.shard(index).evictions).sum()

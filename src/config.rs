@@ -63,7 +63,9 @@ struct Args {
     /// What to run.
     #[arg(value_enum)]
     command: Command,
-    /// Index directory (RocksDB).
+    /// The index: a directory (RocksDB, the default: one master), or a
+    /// PostgreSQL URL (`postgres://user@host1:5432,host2:5432/mkv`: many
+    /// masters over one replicated index).
     #[arg(long)]
     db: Option<PathBuf>,
     /// Volume servers, host:port, comma separated.
@@ -126,6 +128,12 @@ struct Args {
     /// cache already holds the index's blocks.
     #[arg(long = "block-cache-mb", default_value_t = 0)]
     block_cache_mb: usize,
+    /// With a PostgreSQL index: a cached record is served only while every
+    /// other master's change up to this many milliseconds ago is known to
+    /// this master; past that, reads go to the index. 0: no record cache
+    /// (every GET reads the index: strict read-after-delete across masters).
+    #[arg(long = "coherence-ms", default_value_t = 1000)]
+    coherence_ms: u64,
     /// How often the background health check probes every volume (Go duration).
     #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]
     health_interval: Duration,
@@ -199,6 +207,7 @@ pub struct Config {
     pub sync: bool,
     pub cache_bytes: usize,
     pub block_cache_bytes: usize,
+    pub coherence: Duration,
     pub health_interval: Duration,
     pub body_limits: BodyLimits,
     pub concurrency: usize,
@@ -250,6 +259,7 @@ impl std::error::Error for ConfigError {}
 /// Flags of more than one letter that the original spells with one dash.
 const LONG_FLAGS: &[&str] = &[
     "db",
+    "coherence-ms",
     "volumes",
     "port",
     "s3-port",
@@ -408,6 +418,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         sync: args.sync,
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         block_cache_bytes: args.block_cache_mb.saturating_mul(1 << 20),
+        coherence: Duration::from_millis(args.coherence_ms),
         health_interval: args.health_interval,
         body_limits: BodyLimits {
             read_timeout: args.body_timeout,

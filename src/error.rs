@@ -27,15 +27,15 @@ impl Error {
         match self {
             Error::Client(status, _) => *status,
             Error::Locked => 409,
+            Error::Unavailable | Error::Index(IndexError::Unavailable(_)) => 503,
             Error::Volume(_) | Error::Index(_) => 500,
-            Error::Unavailable => 503,
         }
     }
 
     /// Extra response headers.
     pub fn headers(&self) -> &'static [u8] {
         match self {
-            Error::Unavailable => b"Retry-After: 1\r\n",
+            Error::Unavailable | Error::Index(IndexError::Unavailable(_)) => b"Retry-After: 1\r\n",
             _ => b"",
         }
     }

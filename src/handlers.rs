@@ -9,11 +9,11 @@ use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
 use crate::http::{self, query_pairs, write_empty, write_text, BodyFraming, KeepAlive, Method, RequestHead};
 use crate::listing;
-use crate::locks::KeyGuard;
 use crate::meta::Meta;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ClientBody, ReplicationError};
+use crate::store::KeyGuard;
 use crate::store::{self, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
@@ -228,7 +228,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
     // Writes are not the hot path: an owned key keeps the input buffer free
     // for reading the body.
     let key = key.to_vec();
-    let _guard = app.store.try_lock(&key).ok_or(Error::Locked)?;
+    let _guard = app.store.try_lock(&key)?.ok_or(Error::Locked)?;
     let mut source = ClientBody {
         connection: &mut *connection,
         body: BodyReader::new(head.body, app.config.body_limits),
@@ -264,7 +264,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
 }
 
 async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let _guard = app.store.try_lock(key).ok_or(Error::Locked)?;
+    let _guard = app.store.try_lock(key)?.ok_or(Error::Locked)?;
     let Some(record) = app.store.get(key)? else {
         return Err(Error::Client(404, "not found"));
     };
@@ -279,7 +279,7 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
 /// Take `key`'s write lock and read its record, which must be live (`live`)
 /// or soft-deleted (`!live`); otherwise 404. The guard holds the lock.
 fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>, Record), Error> {
-    let guard = app.store.try_lock(key).ok_or(Error::Locked)?;
+    let guard = app.store.try_lock(key)?.ok_or(Error::Locked)?;
     match app.store.get(key)? {
         Some(record) if record.is_live() == live => Ok((guard, record)),
         _ => Err(Error::Client(404, "not found")),

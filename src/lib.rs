@@ -32,6 +32,7 @@
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod coherence;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -23,7 +23,7 @@ pub struct KeyLocks {
 }
 
 /// Holds a key's lock; dropping it unlocks.
-pub struct KeyGuard<'a> {
+pub struct LocalGuard<'a> {
     locks: &'a KeyLocks,
     shard: usize,
     key: Box<[u8]>,
@@ -40,13 +40,13 @@ impl Default for KeyLocks {
 
 impl KeyLocks {
     /// Lock `key`, or `None` if another request holds it.
-    pub fn try_lock(&self, key: &[u8]) -> Option<KeyGuard<'_>> {
+    pub fn try_lock(&self, key: &[u8]) -> Option<LocalGuard<'_>> {
         let shard = self.hasher.hash_one(key) as usize % SHARD_COUNT;
         // Allocation is deliberate: writes are not the hot path.
         let key: Box<[u8]> = key.into();
         let inserted = self.lock_shard(shard).insert(key.clone());
         // Lazily: a guard built and dropped on failure would unlock the holder.
-        inserted.then(|| KeyGuard {
+        inserted.then(|| LocalGuard {
             locks: self,
             shard,
             key,
@@ -65,7 +65,7 @@ impl KeyLocks {
     }
 }
 
-impl Drop for KeyGuard<'_> {
+impl Drop for LocalGuard<'_> {
     fn drop(&mut self) {
         let removed = self.locks.lock_shard(self.shard).remove(&self.key);
         debug_assert!(removed, "a held key is in its shard");

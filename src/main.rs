@@ -7,9 +7,10 @@ use anyhow::Context;
 use mimalloc::MiMalloc;
 
 use mkv::app::App;
+use mkv::coherence::Coherence;
 use mkv::config::{self, Command, Config, ConfigError};
 use mkv::health::Volumes;
-use mkv::index::{Index, IndexError, IndexOptions, BATCH_RECORDS_MAX};
+use mkv::index::{Index, IndexError, IndexOptions, Role, BATCH_RECORDS_MAX};
 use mkv::record::Record;
 use mkv::server;
 use mkv::store::{Placement, Store};
@@ -53,6 +54,10 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         &IndexOptions {
             block_cache_bytes: config.block_cache_bytes,
             sync: config.sync,
+            role: match config.command {
+                Command::Server => Role::Serve,
+                _ => Role::Offline,
+            },
         },
     );
     let index = match opened {
@@ -70,8 +75,22 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             let volumes = Arc::new(Volumes::new(&config.volumes));
             let up = volumes.probe_all(config.volume_timeout);
             eprintln!("{up} of {} volumes answer", config.volumes.len());
-            let store = Store::new(index, placement, volumes.clone(), config.cache_bytes, config.threads);
+            let coherence = match index.postgres() {
+                Some(_) => Coherence::bounded(config.coherence),
+                None => Coherence::owned(),
+            };
+            let store = Store::new(
+                index,
+                placement,
+                volumes.clone(),
+                config.cache_bytes,
+                config.threads,
+                coherence,
+            );
             let app = Arc::new(App { config, store, volumes });
+            if app.store.index().postgres().is_some() {
+                mkv::coherence::follow(app.clone()).context("cannot start following the index")?;
+            }
             let warming = app.clone();
             std::thread::Builder::new()
                 .name("mkv-warm".into())
@@ -97,7 +116,14 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             // The state a master shares, so verify's per-key work is the
             // same code a running master would call.
             let volumes = Arc::new(Volumes::new(&config.volumes));
-            let store = Store::new(index, placement, volumes.clone(), MAINTENANCE_CACHE_BYTES, 1);
+            let store = Store::new(
+                index,
+                placement,
+                volumes.clone(),
+                MAINTENANCE_CACHE_BYTES,
+                1,
+                Coherence::owned(),
+            );
             let app = App { config, store, volumes };
             let settings = Settings::from_config(&app.config);
             let summary = maintenance_runtime()?.block_on(mkv::verify::run(&app, &settings, None))?;

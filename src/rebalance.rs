@@ -41,11 +41,11 @@ use monoio::task::JoinHandle;
 use crate::app::App;
 use crate::config::Config;
 use crate::index::{key_after, Index, IndexError};
-use crate::locks::KeyGuard;
 use crate::placement::{entry_host, hex_lower, key2path, key2volume, path_is_own};
 use crate::progress::{Progress, Sink};
 use crate::record::{Record, RecordError, HASH_HEX_BYTES};
 use crate::replication::{entry_path, PIECE_BYTES, VOLUME_IO_TIMEOUT};
+use crate::store::KeyGuard;
 use crate::store::Store;
 use crate::volume::{self, Download, Upload, VolumeError};
 
@@ -577,7 +577,7 @@ async fn rebalance_online(
             to: placed,
         });
     }
-    let Some(_guard) = lock_key(app, key).await else {
+    let Some(_guard) = lock_key(app, key).await? else {
         return Ok(Outcome::Busy);
     };
     // A write may have changed the key since the scan read it; a key
@@ -609,16 +609,16 @@ async fn rebalance_online(
 
 /// The key's write lock, tried `LOCK_TRIES` times; `None` if another write
 /// held it throughout.
-async fn lock_key<'a>(app: &'a App, key: &[u8]) -> Option<KeyGuard<'a>> {
+async fn lock_key<'a>(app: &'a App, key: &[u8]) -> Result<Option<KeyGuard<'a>>, IndexError> {
     for attempt in 1..=LOCK_TRIES {
-        if let Some(guard) = app.store.try_lock(key) {
-            return Some(guard);
+        if let Some(guard) = app.store.try_lock(key)? {
+            return Ok(Some(guard));
         }
         if attempt < LOCK_TRIES {
             monoio::time::sleep(LOCK_RETRY_DELAY).await;
         }
     }
-    None
+    Ok(None)
 }
 
 /// Rebalance (or, in a dry run, plan) one record.

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::{Cache, Lookup, WarmFill, Weigh};
+use crate::coherence::Coherence;
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
+use crate::index::Event;
 use crate::index::{Change, Index, IndexError};
-use crate::locks::{KeyGuard, KeyLocks};
+use crate::locks::{KeyLocks, LocalGuard};
 use crate::meta::Meta;
 use crate::metrics::{self, CacheRead};
 use crate::placement::{
@@ -350,12 +352,42 @@ pub struct Store {
     locks: KeyLocks,
     placement: Placement,
     volumes: Arc<Volumes>,
+    /// Whether a cached record may be served (`coherence`).
+    coherence: Coherence,
+}
+
+/// A key's write lock, within this process and, on PostgreSQL, across
+/// masters; dropping it unlocks both.
+pub struct KeyGuard<'a> {
+    /// The index holds the key's lock too (PostgreSQL).
+    shared: Option<(&'a Index, Box<[u8]>)>,
+    _local: LocalGuard<'a>,
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        // Before the local lock (fields drop after this): no writer of this
+        // process can ask the index for the key while it still holds it.
+        if let Some((index, key)) = &self.shared {
+            index.unlock_key(key);
+        }
+    }
 }
 
 impl Store {
     /// A store over an open index.
-    pub fn new(index: Index, placement: Placement, volumes: Arc<Volumes>, cache_bytes: usize, threads: usize) -> Store {
+    /// A store over an open index, whose cached records are served as
+    /// `coherence` allows.
+    pub fn new(
+        index: Index,
+        placement: Placement,
+        volumes: Arc<Volumes>,
+        cache_bytes: usize,
+        threads: usize,
+        coherence: Coherence,
+    ) -> Store {
         Store {
+            coherence,
             index,
             cache: Cache::new(cache_bytes, threads * CACHE_SHARDS_PER_THREAD),
             locks: KeyLocks::default(),
@@ -377,6 +409,9 @@ impl Store {
     /// Answer a GET/HEAD: append a 302 for a live key to `out`.
     pub fn read(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive) -> Result<ReadOutcome, IndexError> {
         let volumes = &*self.volumes;
+        if !self.coherence.fresh() {
+            return self.read_uncached(key, out, keep_alive);
+        }
         match self
             .cache
             .lookup(key, |answer| answer.write(key, out, keep_alive, volumes))
@@ -403,6 +438,33 @@ impl Store {
                 Ok(outcome)
             }
         }
+    }
+
+    /// `read` straight from the index: the cache may be stale (other
+    /// masters' changes are not confirmed recently enough).
+    #[cold]
+    fn read_uncached(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive) -> Result<ReadOutcome, IndexError> {
+        metrics::note_cache_read(CacheRead::Miss);
+        let started = Instant::now();
+        let record = self.index.get(key)?;
+        metrics::observe_index_read(started.elapsed());
+        Ok(self
+            .answer(key, record.as_ref())
+            .write(key, out, keep_alive, &self.volumes))
+    }
+
+    /// Take in what the index reports of other masters' changes.
+    pub fn observe(&self, event: Event) {
+        match event {
+            Event::Changed(key) => self.cache.invalidate(&key),
+            Event::Everything => self.cache.clear(),
+            Event::Confirmed(sent) => self.coherence.confirm(sent),
+        }
+    }
+
+    /// How cached records may be served.
+    pub fn coherence(&self) -> &Coherence {
+        &self.coherence
     }
 
     /// Fill the cache from the index in key order until its budget is
@@ -528,9 +590,22 @@ impl Store {
         (entries, bytes, self.cache.evictions())
     }
 
-    /// Take `key`'s write lock, or None if another write holds it.
-    pub fn try_lock(&self, key: &[u8]) -> Option<KeyGuard<'_>> {
-        self.locks.try_lock(key)
+    /// Take `key`'s write lock, or None if another write holds it (in this
+    /// master or, on PostgreSQL, in another).
+    pub fn try_lock(&self, key: &[u8]) -> Result<Option<KeyGuard<'_>>, IndexError> {
+        let Some(local) = self.locks.try_lock(key) else {
+            return Ok(None);
+        };
+        if self.index.postgres().is_none() {
+            return Ok(Some(KeyGuard {
+                shared: None,
+                _local: local,
+            }));
+        }
+        Ok(self.index.try_lock_key(key)?.then(|| KeyGuard {
+            shared: Some((&self.index, key.into())),
+            _local: local,
+        }))
     }
 }
 

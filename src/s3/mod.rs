@@ -117,7 +117,10 @@ impl S3Error {
 
 impl From<IndexError> for S3Error {
     fn from(error: IndexError) -> Self {
-        S3Error::internal(error)
+        match error {
+            IndexError::Unavailable(_) => S3Error::unavailable(error),
+            _ => S3Error::internal(error),
+        }
     }
 }
 

@@ -96,7 +96,7 @@ pub async fn upload_part(
     let key = checked_key(request)?;
     let expected_md5 = content_md5(request)?;
     let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
-    let _guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
+    let _guard = app.store.try_lock(&lock_key)?.ok_or_else(S3Error::busy)?;
     let entries = app.store.placement().place(&key);
     let path = state::part_path(&id, number);
     let keep_alive = head.keep_alive;
@@ -257,7 +257,7 @@ pub async fn abort(
 ) -> Result<Sent, S3Error> {
     let (id, _) = named_upload(app, request)?;
     let lock_key = upload_lock_key(&id);
-    let _guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
+    let _guard = app.store.try_lock(&lock_key)?.ok_or_else(S3Error::busy)?;
     let parts = all_parts(app, &id)?;
     // Files first: if a volume cannot be reached the upload stays, and an
     // abort retried later removes what is left.
@@ -364,14 +364,14 @@ pub async fn complete(
     };
     let key = checked_key(request)?;
     let lock_key = upload_lock_key(&id);
-    let _upload_guard = app.store.try_lock(&lock_key).ok_or_else(S3Error::busy)?;
+    let _upload_guard = app.store.try_lock(&lock_key)?.ok_or_else(S3Error::busy)?;
     let body = read_small_body(app, connection, head).await?;
     let listed = xml::parse_complete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let uploaded = all_parts(app, &id)?;
     let parts = checked_parts(&listed, &uploaded)?;
     let etag = multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str()));
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
-    let _key_guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let _key_guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
     write_precondition(app, request, &key)?;
     let upload_key = state::upload_key(&id);
     let part_keys: Vec<Vec<u8>> = uploaded

@@ -220,7 +220,7 @@ pub async fn put(
         user: user_metadata(request)?,
         ..Meta::default()
     };
-    let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
     // Conditional writes are decided under the key's lock: no other write
     // of the key can come between the check and the write.
     write_precondition(app, request, &key)?;
@@ -573,7 +573,7 @@ pub async fn delete(
 /// Delete one object; absent is success, as S3 has it.
 async fn delete_one(app: &App, bucket_name: &str, key: &[u8]) -> Result<(), S3Error> {
     let key = native_key(bucket_name, key);
-    let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
     let Some(record) = app.store.get(&key)? else {
         return Ok(());
     };
@@ -687,7 +687,7 @@ pub async fn copy(
     } else {
         (Some(source.content_type.clone()), source.user.clone())
     };
-    let _guard = app.store.try_lock(&key).ok_or_else(S3Error::busy)?;
+    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
     let (etag, mtime_ms) = if source_native == key {
         if !replace {
             return Err(S3Error::new(

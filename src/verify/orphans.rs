@@ -60,7 +60,7 @@ pub async fn remove_orphan(
     timeout: Duration,
 ) -> Result<Result<bool, VolumeError>, IndexError> {
     let _guard = match orphan {
-        Orphan::Key { key, .. } => match app.store.try_lock(key) {
+        Orphan::Key { key, .. } => match app.store.try_lock(key)? {
             Some(guard) => Some(guard),
             None => return Ok(Ok(false)),
         },

@@ -223,7 +223,7 @@ pub async fn verify_key(app: &App, settings: &Settings, key: &[u8], record: &Rec
         report.not_repaired = Some(NotRepaired::SharedPath);
         return Ok(report);
     }
-    let Some(_guard) = app.store.try_lock(key) else {
+    let Some(_guard) = app.store.try_lock(key)? else {
         report.not_repaired = Some(NotRepaired::Busy);
         return Ok(report);
     };
@@ -390,7 +390,7 @@ pub async fn purge_unlinked(
     if crate::meta::now_ms().saturating_sub(written_ms) < older_than.as_millis() as u64 {
         return Ok(Purge::Young);
     }
-    let Some(_guard) = app.store.try_lock(key) else {
+    let Some(_guard) = app.store.try_lock(key)? else {
         return Ok(Purge::Busy);
     };
     if app.store.get(key)?.as_ref() != Some(record) {

@@ -1,4 +1,4 @@
-//! The index: key -> `Record`, persisted in RocksDB.
+//! The RocksDB engine of the index: the embedded default.
 //!
 //! This is the only module that imports `rocksdb`. Records are stored in the
 //! original master's encoding (see `record`) so the database stays readable by
@@ -7,15 +7,15 @@
 //! a snapshot. A write returns once it is in RocksDB's write-ahead log, which
 //! survives `kill -9` of the master; with `sync` it is also fsynced.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DataBlockIndexType, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
-use crate::meta::{Meta, MetaError};
+use super::{decode_meta, key_after, prefix_end, Change, IndexError, IndexOptions};
+use crate::meta::Meta;
 use crate::record::{Record, RecordError};
 
 /// Column family of records' metadata (`meta`), keyed like the records.
@@ -29,64 +29,13 @@ const BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// Data block size: a point lookup that misses the block cache reads one
 /// block, so small blocks keep that read short (the block index grows).
 const BLOCK_BYTES: usize = 4096;
-/// Records per write batch when filling the index in bulk.
-pub const BATCH_RECORDS_MAX: usize = 10_000;
-
-/// How to open the index.
-#[derive(Clone, Debug)]
-pub struct IndexOptions {
-    pub block_cache_bytes: usize,
-    /// fsync the write-ahead log on every write.
-    pub sync: bool,
-}
-
-/// What went wrong in the index.
-#[derive(Debug)]
-pub enum IndexError {
-    /// Another process (a running master?) holds the index's lock.
-    Locked(PathBuf),
-    /// RocksDB refused to open the directory.
-    Open(PathBuf, String),
-    /// A read or write failed.
-    Io(String),
-    /// A stored record does not decode.
-    Corrupt { key: Vec<u8>, error: RecordError },
-    /// Stored metadata does not decode.
-    CorruptMeta { key: Vec<u8>, error: MetaError },
-}
-
-impl fmt::Display for IndexError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IndexError::Locked(path) => write!(
-                formatter,
-                "index {} is locked by another process (is a master or another mkv command running on it?)",
-                path.display()
-            ),
-            IndexError::Open(path, message) => write!(formatter, "cannot open index {}: {message}", path.display()),
-            IndexError::Io(message) => write!(formatter, "index error: {message}"),
-            IndexError::Corrupt { key, error } => {
-                write!(
-                    formatter,
-                    "record of key {:?} is corrupt: {error}",
-                    String::from_utf8_lossy(key)
-                )
-            }
-            IndexError::CorruptMeta { key, error } => {
-                write!(formatter, "{error} for key {:?}", String::from_utf8_lossy(key))
-            }
-        }
-    }
-}
-
-impl std::error::Error for IndexError {}
 
 fn io_error(error: rocksdb::Error) -> IndexError {
     IndexError::Io(error.into_string())
 }
 
-/// The persistent index.
-pub struct Index {
+/// The index in an embedded RocksDB.
+pub struct Rocks {
     db: DB,
     write_options: WriteOptions,
     /// Made once: `DB::get_pinned` would allocate and free a C++
@@ -94,9 +43,9 @@ pub struct Index {
     read_options: ReadOptions,
 }
 
-impl Index {
+impl Rocks {
     /// Open (creating if missing) the index at `path`.
-    pub fn open(path: &Path, options: &IndexOptions) -> Result<Index, IndexError> {
+    pub fn open(path: &Path, options: &IndexOptions) -> Result<Rocks, IndexError> {
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
         if options.block_cache_bytes == 0 {
@@ -142,7 +91,7 @@ impl Index {
         })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.sync);
-        Ok(Index {
+        Ok(Rocks {
             db,
             write_options,
             read_options: ReadOptions::default(),
@@ -188,13 +137,8 @@ impl Index {
         let mut batch = WriteBatch::default();
         for change in changes {
             match *change {
-                Change::Record(key, record) => {
-                    record.validate().map_err(|error| IndexError::Corrupt {
-                        key: key.to_vec(),
-                        error,
-                    })?;
-                    batch.put(key, record.encode());
-                }
+                // Validated by `Index::apply`.
+                Change::Record(key, record) => batch.put(key, record.encode()),
                 Change::Meta(key, meta) => batch.put_cf(self.column(META_COLUMN), key, meta.encode()),
                 Change::Remove(key) => {
                     batch.delete(key);
@@ -311,47 +255,21 @@ impl Index {
     }
 
     /// A consistent view for scans that take more than one pass.
-    pub fn view(&self) -> View<'_> {
-        View {
+    pub fn view(&self) -> RocksView<'_> {
+        RocksView {
             index: self,
             snapshot: self.db.snapshot(),
         }
     }
 }
 
-/// One change of an atomic write (`Index::apply`).
-#[derive(Clone, Copy)]
-pub enum Change<'a> {
-    /// Store a record.
-    Record(&'a [u8], &'a Record),
-    /// Store a record's metadata.
-    Meta(&'a [u8], &'a Meta),
-    /// Remove a record and its metadata.
-    Remove(&'a [u8]),
-    /// Store an S3 state entry.
-    StatePut(&'a [u8], &'a [u8]),
-    /// Remove an S3 state entry.
-    StateDelete(&'a [u8]),
-}
-
-fn decode_meta(key: &[u8], bytes: Option<&[u8]>) -> Result<Option<Meta>, IndexError> {
-    bytes
-        .map(|bytes| {
-            Meta::decode(bytes).map_err(|error| IndexError::CorruptMeta {
-                key: key.to_vec(),
-                error,
-            })
-        })
-        .transpose()
-}
-
 /// A point-in-time view of the index.
-pub struct View<'a> {
-    index: &'a Index,
+pub struct RocksView<'a> {
+    index: &'a Rocks,
     snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
 }
 
-impl View<'_> {
+impl RocksView<'_> {
     /// The metadata of `key` as of the view.
     pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
         let column = self.index.column(META_COLUMN);
@@ -414,44 +332,20 @@ impl View<'_> {
     }
 }
 
-/// The smallest key after `key`: where a scan resumes after reading `key`.
-pub fn key_after(key: &[u8]) -> Vec<u8> {
-    let mut next = Vec::with_capacity(key.len() + 1);
-    next.extend_from_slice(key);
-    next.push(0);
-    next
-}
-
-/// The smallest key greater than every key starting with `prefix` (None:
-/// there is none, the prefix is all 0xff).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn open(dir: &Path) -> Index {
-        Index::open(
+    fn open(dir: &Path) -> Rocks {
+        Rocks::open(
             dir,
             &IndexOptions {
                 block_cache_bytes: 1 << 20,
                 sync: false,
+                role: crate::index::Role::Serve,
             },
         )
         .unwrap()
-    }
-
-    fn live(volume: &str) -> Record {
-        Record::new(vec![volume.to_owned()], false, None)
     }
 
     #[test]
@@ -474,81 +368,14 @@ mod tests {
     fn second_open_reports_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let _index = open(dir.path());
-        let second = Index::open(
+        let second = Rocks::open(
             dir.path(),
             &IndexOptions {
                 block_cache_bytes: 1 << 20,
                 sync: false,
+                role: crate::index::Role::Serve,
             },
         );
         assert!(matches!(second, Err(IndexError::Locked(_))), "{:?}", second.err());
-    }
-
-    #[test]
-    fn scan_is_bounded_by_prefix_and_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        for key in ["/a/1", "/a/2", "/a/3", "/b/1"] {
-            index.put(key.as_bytes(), &live("v")).unwrap();
-        }
-        let mut seen = Vec::new();
-        let view = index.view();
-        view.scan(b"/a/", b"/a/2", |key, _| {
-            seen.push(String::from_utf8(key.to_vec()).unwrap());
-            true
-        })
-        .unwrap();
-        assert_eq!(seen, ["/a/2", "/a/3"]);
-        assert_eq!(index.clear().unwrap(), 4);
-        assert_eq!(index.get(b"/b/1").unwrap(), None);
-    }
-
-    #[test]
-    fn clear_removes_every_record_and_new_ones_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        assert_eq!(index.clear().unwrap(), 0, "an empty index");
-        // More than a write batch, and keys at both ends of the byte order.
-        let count = 3 * BATCH_RECORDS_MAX + 7;
-        let mut keys: Vec<Vec<u8>> = (0..count).map(|i| format!("/k/{i}").into_bytes()).collect();
-        keys.extend([
-            b"".to_vec(),
-            b"\x00".to_vec(),
-            b"\xff".to_vec(),
-            b"\xff\xff\xff".to_vec(),
-        ]);
-        let record = live("v");
-        for chunk in keys.chunks(BATCH_RECORDS_MAX) {
-            index
-                .put_batch(chunk.iter().map(|key| (key.as_slice(), &record)))
-                .unwrap();
-        }
-        assert_eq!(index.clear().unwrap(), keys.len() as u64);
-        for key in &keys {
-            assert_eq!(index.get(key).unwrap(), None, "{key:?}");
-        }
-        let mut left = 0;
-        index
-            .view()
-            .scan(b"", b"", |_, _| {
-                left += 1;
-                true
-            })
-            .unwrap();
-        assert_eq!(left, 0);
-        assert_eq!(index.clear().unwrap(), 0, "cleared twice");
-        // Records written after a clear are kept.
-        index.put(b"/k/1", &record).unwrap();
-        index.put(b"\xff\xff\xff\xff", &record).unwrap();
-        assert_eq!(index.get(b"/k/1").unwrap(), Some(record.clone()));
-        assert_eq!(index.clear().unwrap(), 2);
-        assert_eq!(index.get(b"\xff\xff\xff\xff").unwrap(), None);
-    }
-
-    #[test]
-    fn prefix_end_skips_max_bytes() {
-        assert_eq!(prefix_end(b"/a"), Some(b"/b".to_vec()));
-        assert_eq!(prefix_end(b"/a\xff"), Some(b"/b".to_vec()));
-        assert_eq!(prefix_end(b"\xff"), None);
     }
 }

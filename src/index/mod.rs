@@ -1,0 +1,354 @@
+//! The index: key -> `Record` (plus metadata and S3 state), behind one
+//! interface with two engines.
+//!
+//! - `rocks`: an embedded RocksDB, the default (`-db /path`): no setup, the
+//!   fastest path, one master.
+//! - `pg`: PostgreSQL (`-db postgres://...`): many masters over one index
+//!   that PostgreSQL replicates; it adds what many masters need, per-key
+//!   write locks that hold across masters and change notifications that keep
+//!   each master's record cache coherent (`coherence`).
+//!
+//! Only these modules talk to a database. Both store a record as the
+//! original master's bytes (SPEC.md) and its metadata beside it, written in
+//! one atomic change; both scan in key byte order. What each operation
+//! promises is what the code above relies on; the tests at the end of this
+//! file run against both engines.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::meta::{Meta, MetaError};
+use crate::record::{Record, RecordError};
+
+pub mod pg;
+mod rocks;
+
+pub use pg::Event;
+
+/// Records per write batch when filling the index in bulk.
+pub const BATCH_RECORDS_MAX: usize = 10_000;
+
+/// How to open the index.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// RocksDB's block cache.
+    pub block_cache_bytes: usize,
+    /// fsync the write-ahead log on every write (RocksDB; PostgreSQL's
+    /// durability is its own `synchronous_commit` setting).
+    pub sync: bool,
+    /// What the opener is: a serving master shares the index with other
+    /// masters (PostgreSQL), an offline command (rebuild, rebalance,
+    /// verify, seed) needs it to itself.
+    pub role: Role,
+}
+
+/// Who opens the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Offline,
+}
+
+/// What went wrong in the index.
+#[derive(Debug)]
+pub enum IndexError {
+    /// Another process (a running master?) holds the index's lock.
+    Locked(PathBuf),
+    /// RocksDB refused to open the directory.
+    Open(PathBuf, String),
+    /// A read or write failed.
+    Io(String),
+    /// The index cannot be reached now (PostgreSQL down or failing over);
+    /// a write answered so did not take effect or its outcome is unknown,
+    /// and a retry may succeed.
+    Unavailable(String),
+    /// A stored record does not decode.
+    Corrupt { key: Vec<u8>, error: RecordError },
+    /// Stored metadata does not decode.
+    CorruptMeta { key: Vec<u8>, error: MetaError },
+}
+
+impl fmt::Display for IndexError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IndexError::Locked(path) => write!(
+                formatter,
+                "index {} is locked by another process (is a master or another mkv command running on it?)",
+                path.display()
+            ),
+            IndexError::Open(path, message) => write!(formatter, "cannot open index {}: {message}", path.display()),
+            IndexError::Io(message) => write!(formatter, "index error: {message}"),
+            IndexError::Unavailable(message) => write!(formatter, "index unavailable: {message}"),
+            IndexError::Corrupt { key, error } => {
+                write!(
+                    formatter,
+                    "record of key {:?} is corrupt: {error}",
+                    String::from_utf8_lossy(key)
+                )
+            }
+            IndexError::CorruptMeta { key, error } => {
+                write!(formatter, "{error} for key {:?}", String::from_utf8_lossy(key))
+            }
+        }
+    }
+}
+
+impl std::error::Error for IndexError {}
+
+/// One change of an atomic write (`Index::apply`).
+#[derive(Clone, Copy)]
+pub enum Change<'a> {
+    /// Store a record.
+    Record(&'a [u8], &'a Record),
+    /// Store a record's metadata.
+    Meta(&'a [u8], &'a Meta),
+    /// Remove a record and its metadata.
+    Remove(&'a [u8]),
+    /// Store an S3 state entry.
+    StatePut(&'a [u8], &'a [u8]),
+    /// Remove an S3 state entry.
+    StateDelete(&'a [u8]),
+}
+
+/// The persistent index, in one of its engines.
+pub enum Index {
+    Rocks(rocks::Rocks),
+    Postgres(pg::Postgres),
+}
+
+/// Whether `-db` names a PostgreSQL database rather than a directory.
+pub fn is_postgres_url(db: &Path) -> bool {
+    db.to_str()
+        .is_some_and(|text| text.starts_with("postgres://") || text.starts_with("postgresql://"))
+}
+
+impl Index {
+    /// Open the index `db` names: a PostgreSQL URL, or a RocksDB directory
+    /// (created if missing).
+    pub fn open(db: &Path, options: &IndexOptions) -> Result<Index, IndexError> {
+        if is_postgres_url(db) {
+            let url = db.to_str().expect("a URL is text");
+            return pg::Postgres::open(url, options).map(Index::Postgres);
+        }
+        rocks::Rocks::open(db, options).map(Index::Rocks)
+    }
+
+    /// The PostgreSQL engine, if that is the one.
+    pub fn postgres(&self) -> Option<&pg::Postgres> {
+        match self {
+            Index::Postgres(engine) => Some(engine),
+            Index::Rocks(_) => None,
+        }
+    }
+
+    /// The record of `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
+        match self {
+            Index::Rocks(engine) => engine.get(key),
+            Index::Postgres(engine) => engine.get(key),
+        }
+    }
+
+    /// Store `record` under `key` (durable on return).
+    pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
+        self.apply(&[Change::Record(key, record)])
+    }
+
+    /// Remove `key`'s record and metadata (hard delete).
+    pub fn delete(&self, key: &[u8]) -> Result<(), IndexError> {
+        self.apply(&[Change::Remove(key)])
+    }
+
+    /// The metadata of `key`, if any was recorded.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
+        match self {
+            Index::Rocks(engine) => engine.meta(key),
+            Index::Postgres(engine) => engine.meta(key),
+        }
+    }
+
+    /// Apply `changes` in one atomic write.
+    pub fn apply(&self, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        for change in changes {
+            if let Change::Record(key, record) = change {
+                record.validate().map_err(|error| IndexError::Corrupt {
+                    key: key.to_vec(),
+                    error,
+                })?;
+            }
+        }
+        match self {
+            Index::Rocks(engine) => engine.apply(changes),
+            Index::Postgres(engine) => engine.apply(changes),
+        }
+    }
+
+    /// The S3 state entry at `key`.
+    pub fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        match self {
+            Index::Rocks(engine) => engine.state(key),
+            Index::Postgres(engine) => engine.state(key),
+        }
+    }
+
+    /// Visit S3 state entries starting with `prefix`, from `start` on, in
+    /// byte order, until `visit` returns false or `visits_max` were seen.
+    pub fn scan_state(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visits_max: usize,
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), IndexError> {
+        match self {
+            Index::Rocks(engine) => engine.scan_state(prefix, start, visits_max, visit),
+            Index::Postgres(engine) => engine.scan_state(prefix, start, visits_max, visit),
+        }
+    }
+
+    /// Store many records in one atomic write.
+    pub fn put_batch<'a>(&self, records: impl IntoIterator<Item = (&'a [u8], &'a Record)>) -> Result<(), IndexError> {
+        match self {
+            Index::Rocks(engine) => engine.put_batch(records),
+            Index::Postgres(engine) => engine.put_batch(records),
+        }
+    }
+
+    /// The engine's integer property `name` (RocksDB's
+    /// `rocksdb.cur-size-all-mem-tables`, ...) for metrics; `None` when the
+    /// engine does not know it.
+    pub fn property(&self, name: &str) -> Option<u64> {
+        match self {
+            Index::Rocks(engine) => engine.property(name),
+            Index::Postgres(_) => None,
+        }
+    }
+
+    /// Settle the index after a bulk load (RocksDB compacts, PostgreSQL
+    /// refreshes the planner's statistics).
+    pub fn compact(&self) {
+        match self {
+            Index::Rocks(engine) => engine.compact(),
+            Index::Postgres(engine) => engine.analyze(),
+        }
+    }
+
+    /// Remove every record and its metadata (rebuild starts from nothing).
+    /// Returns how many records.
+    pub fn clear(&self) -> Result<u64, IndexError> {
+        match self {
+            Index::Rocks(engine) => engine.clear(),
+            Index::Postgres(engine) => engine.clear(),
+        }
+    }
+
+    /// A view for scans that take more than one pass: a point-in-time
+    /// snapshot on RocksDB; on PostgreSQL each batch of a scan is its own
+    /// query (no long transaction pins old row versions), so a scan sees a
+    /// key's latest record as of when its batch was read.
+    pub fn view(&self) -> View<'_> {
+        match self {
+            Index::Rocks(engine) => View::Rocks(engine.view()),
+            Index::Postgres(engine) => View::Postgres(engine),
+        }
+    }
+
+    /// Take `key`'s write lock across masters (PostgreSQL); always granted
+    /// by RocksDB, which one master holds alone. `Ok(false)`: another
+    /// master holds it.
+    pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
+        match self {
+            Index::Rocks(_) => Ok(true),
+            Index::Postgres(engine) => engine.try_lock_key(key),
+        }
+    }
+
+    /// Release a lock `try_lock_key` granted.
+    pub fn unlock_key(&self, key: &[u8]) {
+        if let Index::Postgres(engine) = self {
+            engine.unlock_key(key);
+        }
+    }
+}
+
+/// A view of the index for scans (`Index::view`).
+pub enum View<'a> {
+    Rocks(rocks::RocksView<'a>),
+    Postgres(&'a pg::Postgres),
+}
+
+impl View<'_> {
+    /// The metadata of `key` as of the view.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
+        match self {
+            View::Rocks(view) => view.meta(key),
+            View::Postgres(engine) => engine.meta(key),
+        }
+    }
+
+    /// Visit records with keys starting with `prefix`, from `start` (or the
+    /// prefix) in byte order, until `visit` returns false. Returns whether the
+    /// scan stopped early.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], Result<Record, RecordError>) -> bool,
+    ) -> Result<bool, IndexError> {
+        let stopped_at = self.scan_bounded(prefix, start, usize::MAX, |key, record| visit(key, record))?;
+        Ok(stopped_at.is_some())
+    }
+
+    /// Visit at most `visits_max` records with keys starting with `prefix`,
+    /// from `start` (or the prefix) in byte order, until `visit` returns
+    /// false. Returns the key of the first record not visited (the one
+    /// `visit` declined, or the first one past `visits_max`): where a scan
+    /// resumes. `None` when no record is left.
+    pub fn scan_bounded(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        visits_max: usize,
+        visit: impl FnMut(&[u8], Result<Record, RecordError>) -> bool,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        match self {
+            View::Rocks(view) => view.scan_bounded(prefix, start, visits_max, visit),
+            View::Postgres(engine) => engine.scan_bounded(prefix, start, visits_max, visit),
+        }
+    }
+}
+
+fn decode_meta(key: &[u8], bytes: Option<&[u8]>) -> Result<Option<Meta>, IndexError> {
+    bytes
+        .map(|bytes| {
+            Meta::decode(bytes).map_err(|error| IndexError::CorruptMeta {
+                key: key.to_vec(),
+                error,
+            })
+        })
+        .transpose()
+}
+
+/// The smallest key after `key`: where a scan resumes after reading `key`.
+pub fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
+/// The smallest key greater than every key starting with `prefix` (None:
+/// there is none, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

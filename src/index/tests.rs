@@ -1,0 +1,334 @@
+//! The index seam's behaviour, the same tests against both engines.
+//!
+//! PostgreSQL comes from `MKV_TEST_POSTGRES` (a URL; `scripts/test` starts a
+//! throwaway server and sets it, with `MKV_TEST_REQUIRE_POSTGRES=1` so that
+//! a missing server fails the run instead of skipping). Each test works in
+//! a schema of its own.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+
+fn options(role: Role) -> IndexOptions {
+    IndexOptions {
+        block_cache_bytes: 1 << 20,
+        sync: false,
+        role,
+    }
+}
+
+/// The PostgreSQL URL of the tests, if any.
+fn postgres_url() -> Option<String> {
+    match std::env::var("MKV_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let required = std::env::var("MKV_TEST_REQUIRE_POSTGRES").is_ok_and(|value| value == "1");
+            assert!(
+                !required,
+                "MKV_TEST_REQUIRE_POSTGRES=1 but MKV_TEST_POSTGRES is not set"
+            );
+            eprintln!("MKV_TEST_POSTGRES is not set: the PostgreSQL half of this test is skipped");
+            None
+        }
+    }
+}
+
+/// `url` working in a fresh schema `name` (dropped first if left over).
+fn schema_url(url: &str, name: &str) -> String {
+    let schema = format!("t_{name}_{}", std::process::id());
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
+/// One index of each engine, named, for `name`'s test.
+fn engines(name: &str) -> Vec<(&'static str, Index, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = Index::open(dir.path(), &options(Role::Serve)).unwrap();
+    let mut engines = vec![("rocksdb", rocks, Some(dir))];
+    if let Some(url) = postgres_url() {
+        let url = schema_url(&url, name);
+        let index = Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+        engines.push(("postgres", index, None));
+    }
+    engines
+}
+
+fn live(volume: &str) -> Record {
+    Record::new(vec![volume.to_owned()], false, None)
+}
+
+fn keys_of(view: &View<'_>, prefix: &[u8], start: &[u8]) -> Vec<Vec<u8>> {
+    let mut seen = Vec::new();
+    view.scan(prefix, start, |key, _| {
+        seen.push(key.to_vec());
+        true
+    })
+    .unwrap();
+    seen
+}
+
+#[test]
+fn records_and_metadata_change_together() {
+    for (engine, index, _dir) in engines("atomic") {
+        let record = Record::new(vec!["v1".into()], false, Some(*b"5d41402abc4b2a76b9719d911017c592"));
+        let meta = Meta {
+            size: 5,
+            mtime_ms: 7,
+            ..Meta::default()
+        };
+        index
+            .apply(&[
+                Change::Record(b"/k", &record),
+                Change::Meta(b"/k", &meta),
+                Change::StatePut(b"u/1", b"upload"),
+            ])
+            .unwrap();
+        assert_eq!(index.get(b"/k").unwrap(), Some(record.clone()), "{engine}");
+        assert_eq!(index.meta(b"/k").unwrap(), Some(meta.clone()), "{engine}");
+        assert_eq!(
+            index.state(b"u/1").unwrap().as_deref(),
+            Some(&b"upload"[..]),
+            "{engine}"
+        );
+        // A batch with an invalid record changes nothing.
+        let invalid = Record::new(vec![String::new()], false, None);
+        assert!(index
+            .apply(&[Change::StateDelete(b"u/1"), Change::Record(b"/k", &invalid)])
+            .is_err());
+        assert!(
+            index.state(b"u/1").unwrap().is_some(),
+            "{engine}: nothing of a refused batch"
+        );
+        index
+            .apply(&[Change::Remove(b"/k"), Change::StateDelete(b"u/1")])
+            .unwrap();
+        assert_eq!(index.get(b"/k").unwrap(), None, "{engine}");
+        assert_eq!(
+            index.meta(b"/k").unwrap(),
+            None,
+            "{engine}: metadata goes with its record"
+        );
+        assert_eq!(index.state(b"u/1").unwrap(), None, "{engine}");
+        assert_eq!(index.get(b"/never").unwrap(), None, "{engine}");
+    }
+}
+
+#[test]
+fn scans_run_in_byte_order_within_prefix_and_start() {
+    for (engine, index, _dir) in engines("scan") {
+        let keys: [&[u8]; 8] = [
+            b"/a/1",
+            b"/a/2",
+            b"/a/3",
+            b"/a/\xff",
+            b"/a\x00",
+            b"/b/1",
+            b"\x00",
+            b"\xff\xff",
+        ];
+        for key in keys {
+            index.put(key, &live("v")).unwrap();
+        }
+        let view = index.view();
+        assert_eq!(
+            keys_of(&view, b"/a/", b"/a/2"),
+            [&b"/a/2"[..], b"/a/3", b"/a/\xff"],
+            "{engine}"
+        );
+        let all = keys_of(&view, b"", b"");
+        let mut sorted: Vec<Vec<u8>> = keys.iter().map(|key| key.to_vec()).collect();
+        sorted.sort();
+        assert_eq!(all, sorted, "{engine}: byte order");
+        // Bounded: where the scan resumes.
+        let mut visited = 0;
+        let next = view
+            .scan_bounded(b"/a/", b"", 2, |_, _| {
+                visited += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!((visited, next.as_deref()), (2, Some(&b"/a/3"[..])), "{engine}");
+        let declined = view
+            .scan_bounded(b"", b"", usize::MAX, |key, _| key < &b"/b"[..])
+            .unwrap();
+        assert_eq!(declined.as_deref(), Some(&b"/b/1"[..]), "{engine}: the declined key");
+        let end = view.scan_bounded(b"/b/", b"", 5, |_, _| true).unwrap();
+        assert_eq!(end, None, "{engine}: nothing left");
+        assert_eq!(
+            keys_of(&view, b"\xff", b""),
+            [b"\xff\xff".to_vec()],
+            "{engine}: an all-0xff prefix"
+        );
+    }
+}
+
+#[test]
+fn scans_cross_batch_boundaries() {
+    for (engine, index, _dir) in engines("batches") {
+        let count = 2 * BATCH_RECORDS_MAX / 10 + 3;
+        let keys: Vec<Vec<u8>> = (0..count).map(|i| format!("/k/{i:06}").into_bytes()).collect();
+        let record = live("v");
+        index
+            .put_batch(keys.iter().map(|key| (key.as_slice(), &record)))
+            .unwrap();
+        let view = index.view();
+        assert_eq!(keys_of(&view, b"/k/", b""), keys, "{engine}");
+        let next = view.scan_bounded(b"/k/", b"", 1500, |_, _| true).unwrap();
+        assert_eq!(next, Some(keys[1500].clone()), "{engine}");
+        let mut states = Vec::new();
+        for i in 0..1203 {
+            index
+                .apply(&[Change::StatePut(format!("p/{i:05}").as_bytes(), b"x")])
+                .unwrap();
+        }
+        index
+            .scan_state(b"p/", b"p/00100", 1100, |key, _| {
+                states.push(key.to_vec());
+                true
+            })
+            .unwrap();
+        assert_eq!(states.len(), 1100, "{engine}");
+        assert_eq!(states[0], b"p/00100", "{engine}");
+        assert_eq!(states[1099], b"p/01199", "{engine}");
+    }
+}
+
+#[test]
+fn clear_removes_every_record_and_new_ones_stay() {
+    for (engine, index, _dir) in engines("clear") {
+        assert_eq!(index.clear().unwrap(), 0, "{engine}: an empty index");
+        // More than a write batch, and keys at both ends of the byte order.
+        let count = 3 * BATCH_RECORDS_MAX + 7;
+        let mut keys: Vec<Vec<u8>> = (0..count).map(|i| format!("/k/{i}").into_bytes()).collect();
+        keys.extend([
+            b"".to_vec(),
+            b"\x00".to_vec(),
+            b"\xff".to_vec(),
+            b"\xff\xff\xff".to_vec(),
+        ]);
+        let record = live("v");
+        for chunk in keys.chunks(BATCH_RECORDS_MAX) {
+            index
+                .put_batch(chunk.iter().map(|key| (key.as_slice(), &record)))
+                .unwrap();
+        }
+        index.apply(&[Change::Meta(b"/k/1", &Meta::default())]).unwrap();
+        assert_eq!(index.clear().unwrap(), keys.len() as u64, "{engine}");
+        for key in [&keys[0], &keys[count], &keys[count + 3]] {
+            assert_eq!(index.get(key).unwrap(), None, "{engine} {key:?}");
+        }
+        assert_eq!(index.meta(b"/k/1").unwrap(), None, "{engine}: metadata cleared too");
+        assert!(keys_of(&index.view(), b"", b"").is_empty(), "{engine}");
+        assert_eq!(index.clear().unwrap(), 0, "{engine}: cleared twice");
+        // Records written after a clear are kept.
+        index.put(b"/k/1", &record).unwrap();
+        index.put(b"\xff\xff\xff\xff", &record).unwrap();
+        assert_eq!(index.get(b"/k/1").unwrap(), Some(record.clone()), "{engine}");
+        assert_eq!(index.clear().unwrap(), 2, "{engine}");
+    }
+}
+
+#[test]
+fn prefix_end_skips_max_bytes() {
+    assert_eq!(prefix_end(b"/a"), Some(b"/b".to_vec()));
+    assert_eq!(prefix_end(b"/a\xff"), Some(b"/b".to_vec()));
+    assert_eq!(prefix_end(b"\xff"), None);
+}
+
+/// Two masters (two opens of one database) over PostgreSQL.
+fn two_masters(name: &str) -> Option<(Index, Index)> {
+    let url = schema_url(&postgres_url()?, name);
+    let open = || Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+    Some((open(), open()))
+}
+
+#[test]
+fn key_locks_hold_across_masters_and_die_with_their_session() {
+    let Some((a, b)) = two_masters("locks") else { return };
+    assert!(a.try_lock_key(b"/k").unwrap());
+    assert!(!b.try_lock_key(b"/k").unwrap(), "held by the other master");
+    assert!(b.try_lock_key(b"/other").unwrap(), "other keys are free");
+    a.unlock_key(b"/k");
+    assert!(b.try_lock_key(b"/k").unwrap(), "released");
+    // A lock lost with its session (a failover) is never written through.
+    let url = postgres_url().unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let (class, object) = pg_lock_halves(b"/k");
+    let ended = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+             AND classid = $1 AND objid = $2 AND objsubid = 1",
+            &[&class, &object],
+        )
+        .unwrap();
+    assert_eq!(ended, 1, "one session held the lock");
+    let written = b.put(b"/k", &live("v"));
+    assert!(
+        matches!(written, Err(IndexError::Unavailable(_))),
+        "a write under a lost lock: {written:?}"
+    );
+    assert_eq!(b.get(b"/k").unwrap(), None, "nothing was written");
+    assert!(b.put(b"/unlocked", &live("v")).is_ok(), "keys not locked are written");
+}
+
+fn pg_lock_halves(key: &[u8]) -> (u32, u32) {
+    use md5::{Digest, Md5};
+    let id = u64::from_be_bytes(Md5::digest(key)[..8].try_into().unwrap());
+    ((id >> 32) as u32, id as u32)
+}
+
+#[test]
+fn changes_reach_the_other_masters_listener_before_its_next_confirmation() {
+    let Some((a, b)) = two_masters("listen") else { return };
+    let (sender, events) = mpsc::channel();
+    std::thread::spawn(move || {
+        b.postgres().unwrap().listen(Duration::from_millis(20), |event| {
+            let _ = sender.send(event);
+        })
+    });
+    let next = || events.recv_timeout(Duration::from_secs(10)).expect("an event");
+    assert_eq!(next(), Event::Everything, "a new listener forgets everything first");
+    assert!(matches!(next(), Event::Confirmed(_)));
+    a.put(b"/changed", &live("v")).unwrap();
+    a.delete(b"/gone").unwrap();
+    let committed = std::time::Instant::now();
+    let mut changed = Vec::new();
+    loop {
+        match next() {
+            Event::Changed(key) => changed.push(key),
+            Event::Confirmed(sent) if sent > committed => break,
+            _ => {}
+        }
+    }
+    assert_eq!(changed, [b"/changed".to_vec(), b"/gone".to_vec()]);
+}
+
+#[test]
+fn an_offline_command_is_refused_while_a_master_serves() {
+    let Some(url) = postgres_url() else { return };
+    // Roles are database-wide: a database of this test's own.
+    let database = format!("mkv_roles_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{database}");
+    let serving = Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+    let offline = Index::open(Path::new(&url), &options(Role::Offline));
+    assert!(matches!(offline, Err(IndexError::Locked(_))), "{:?}", offline.err());
+    drop(serving);
+    let offline = Index::open(Path::new(&url), &options(Role::Offline)).unwrap();
+    let serving = Index::open(Path::new(&url), &options(Role::Serve));
+    assert!(matches!(serving, Err(IndexError::Locked(_))), "{:?}", serving.err());
+    drop(offline);
+}
