@@ -130,7 +130,7 @@ async fn route(
         Method::Get | Method::Head => get(app, connection, head, key, request_start).await,
         Method::Put => put(app, connection, head, key).await,
         Method::Delete => delete(app, &mut connection.output, head, key).await,
-        Method::Unlink => unlink(app, &mut connection.output, head, key),
+        Method::Unlink => unlink(app, &mut connection.output, head, key).await,
         Method::Relink => relink(app, &mut connection.output, head, key).await,
         Method::Rebalance => rebalance(app, &mut connection.output, head, key).await,
         Method::Post => Err(Error::Client(403, "POST is only for S3 requests")),
@@ -286,9 +286,9 @@ fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>
     }
 }
 
-fn unlink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
+async fn unlink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
     let (_guard, record) = lock_record(app, key, true)?;
-    app.store.put(key, &record.with_deleted(true))?;
+    app.store.put_async(key, &record.with_deleted(true)).await?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
 }
@@ -309,7 +309,9 @@ async fn relink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
         ));
     };
     let hash = record.hash.or(app.config.md5sum.then_some(md5));
-    app.store.put(key, &Record::new(record.volumes.clone(), false, hash))?;
+    app.store
+        .put_async(key, &Record::new(record.volumes.clone(), false, hash))
+        .await?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
 }

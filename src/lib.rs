@@ -44,6 +44,7 @@ pub mod listing;
 pub mod locks;
 pub mod meta;
 pub mod metrics;
+pub mod offload;
 pub mod placement;
 pub mod progress;
 pub mod rebalance;

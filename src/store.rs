@@ -347,7 +347,8 @@ impl Redirect {
 
 /// The index, its read cache and the key locks.
 pub struct Store {
-    index: Index,
+    /// Shared with offloaded writes (`Index::apply_async`).
+    index: Arc<Index>,
     cache: Cache<Answer>,
     locks: KeyLocks,
     placement: Placement,
@@ -388,7 +389,7 @@ impl Store {
     ) -> Store {
         Store {
             coherence,
-            index,
+            index: Arc::new(index),
             cache: Cache::new(cache_bytes, threads * CACHE_SHARDS_PER_THREAD),
             locks: KeyLocks::default(),
             placement,
@@ -546,6 +547,42 @@ impl Store {
         self.index.put(key, record)?;
         metrics::observe_index_write(started.elapsed());
         self.cache.put(key, self.answer(key, Some(record)));
+        Ok(())
+    }
+
+    /// `put`, awaited without blocking the reactor (`Index::apply_async`).
+    pub async fn put_async(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
+        let started = Instant::now();
+        self.index.apply_async(&[Change::Record(key, record)]).await?;
+        metrics::observe_index_write(started.elapsed());
+        self.cache.put(key, self.answer(key, Some(record)));
+        Ok(())
+    }
+
+    /// `put_with_meta`, awaited without blocking the reactor.
+    pub async fn put_with_meta_async(
+        &self,
+        key: &[u8],
+        record: &Record,
+        meta: &Meta,
+        more: &[Change<'_>],
+    ) -> Result<(), IndexError> {
+        let mut changes = Vec::with_capacity(2 + more.len());
+        changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
+        changes.extend_from_slice(more);
+        let started = Instant::now();
+        self.index.apply_async(&changes).await?;
+        metrics::observe_index_write(started.elapsed());
+        self.cache.put(key, self.answer(key, Some(record)));
+        Ok(())
+    }
+
+    /// `remove`, awaited without blocking the reactor.
+    pub async fn remove_async(&self, key: &[u8]) -> Result<(), IndexError> {
+        let started = Instant::now();
+        self.index.apply_async(&[Change::Remove(key)]).await?;
+        metrics::observe_index_write(started.elapsed());
+        self.cache.invalidate(key);
         Ok(())
     }
 

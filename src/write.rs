@@ -85,10 +85,14 @@ pub async fn store_value<S: PieceSource>(
     match prior.as_ref() {
         Some(record) if record.volumes == entries => {
             if record.is_live() {
-                app.store.put(key, &record.with_deleted(true))?;
+                app.store.put_async(key, &record.with_deleted(true)).await?;
             }
         }
-        _ => app.store.put(key, &Record::new(entries.clone(), true, None))?,
+        _ => {
+            app.store
+                .put_async(key, &Record::new(entries.clone(), true, None))
+                .await?
+        }
     }
     let path = key2path(key);
     let target = Target {
@@ -108,7 +112,7 @@ pub async fn store_value<S: PieceSource>(
                 ..plan.meta
             };
             let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
-            app.store.put_with_meta(key, &record, &meta, plan.changes)?;
+            app.store.put_with_meta_async(key, &record, &meta, plan.changes).await?;
             // A prior value on volumes placement no longer names (it moved
             // since that write) is named by no record now: remove it.
             let stale: Vec<String> = prior
@@ -137,7 +141,7 @@ pub async fn store_value<S: PieceSource>(
 /// A failure leaves the record deleted, so a later DELETE finishes it.
 pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), Error> {
     if record.is_live() {
-        app.store.put(key, &record.with_deleted(true))?;
+        app.store.put_async(key, &record.with_deleted(true)).await?;
     }
     let path = key2path(key);
     let timeout = app.config.volume_timeout;
@@ -150,7 +154,7 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
         replication::copies_holding(record, &path, timeout).await?
     };
     replication::delete_all(&copies, &path, timeout).await?;
-    app.store.remove(key)?;
+    app.store.remove_async(key).await?;
     Ok(())
 }
 
@@ -186,14 +190,14 @@ async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, 
         if let Err(error) = replication::delete_all(&touched, &path, timeout).await {
             eprintln!("failed write of {name:?}: cleanup left new copies: {error}");
         }
-        if let Err(error) = app.store.put(key, &survivor) {
+        if let Err(error) = app.store.put_async(key, &survivor).await {
             eprintln!("failed write of {name:?}: cannot restore its prior record: {error}");
         }
         return;
     }
     match replication::delete_all(entries, &path, timeout).await {
         Ok(()) if !settled.contains(&Settled::Unknown) => {
-            if let Err(error) = app.store.remove(key) {
+            if let Err(error) = app.store.remove_async(key).await {
                 eprintln!("failed write of {name:?}: cannot drop its record: {error}");
             }
         }

@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::meta::{Meta, MetaError};
 use crate::record::{Record, RecordError};
@@ -113,7 +114,8 @@ pub enum Change<'a> {
 /// The persistent index, in one of its engines.
 pub enum Index {
     Rocks(rocks::Rocks),
-    Postgres(pg::Postgres),
+    /// Boxed: its connection settings are large, and the index is made once.
+    Postgres(Box<pg::Postgres>),
 }
 
 /// Whether `-db` names a PostgreSQL database rather than a directory.
@@ -128,7 +130,7 @@ impl Index {
     pub fn open(db: &Path, options: &IndexOptions) -> Result<Index, IndexError> {
         if is_postgres_url(db) {
             let url = db.to_str().expect("a URL is text");
-            return pg::Postgres::open(url, options).map(Index::Postgres);
+            return pg::Postgres::open(url, options).map(|engine| Index::Postgres(Box::new(engine)));
         }
         rocks::Rocks::open(db, options).map(Index::Rocks)
     }
@@ -169,17 +171,29 @@ impl Index {
 
     /// Apply `changes` in one atomic write.
     pub fn apply(&self, changes: &[Change<'_>]) -> Result<(), IndexError> {
-        for change in changes {
-            if let Change::Record(key, record) = change {
-                record.validate().map_err(|error| IndexError::Corrupt {
-                    key: key.to_vec(),
-                    error,
-                })?;
-            }
-        }
+        validate(changes)?;
         match self {
             Index::Rocks(engine) => engine.apply(changes),
             Index::Postgres(engine) => engine.apply(changes),
+        }
+    }
+
+    /// `apply`, awaited without blocking the reactor where the engine's
+    /// write waits on the network (PostgreSQL: `offload`); RocksDB's write
+    /// is a WAL append and runs here.
+    pub async fn apply_async(self: &Arc<Index>, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        validate(changes)?;
+        match &**self {
+            Index::Rocks(engine) => engine.apply(changes),
+            Index::Postgres(engine) => {
+                let batch = engine.prepare(changes);
+                let index = self.clone();
+                crate::offload::run(move || match &*index {
+                    Index::Postgres(engine) => engine.apply_batch(batch),
+                    Index::Rocks(_) => unreachable!("the engine does not change"),
+                })
+                .await
+            }
         }
     }
 
@@ -316,6 +330,20 @@ impl View<'_> {
             View::Postgres(engine) => engine.scan_bounded(prefix, start, visits_max, visit),
         }
     }
+}
+
+/// Every record of `changes` encodes (a write never stores what it
+/// could not read back).
+fn validate(changes: &[Change<'_>]) -> Result<(), IndexError> {
+    for change in changes {
+        if let Change::Record(key, record) = change {
+            record.validate().map_err(|error| IndexError::Corrupt {
+                key: key.to_vec(),
+                error,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn decode_meta(key: &[u8], bytes: Option<&[u8]>) -> Result<Option<Meta>, IndexError> {

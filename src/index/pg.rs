@@ -70,6 +70,10 @@ const NOTIFY_PAYLOAD_MAX: usize = 7999;
 /// Advisory lock held shared by serving masters and exclusively by an
 /// offline command (`"mkv-role"` in ASCII).
 const ROLE_LOCK: i64 = 0x6d6b_762d_726f_6c65;
+/// How long opening waits for the role lock before reporting it held.
+const ROLE_WAIT: Duration = Duration::from_secs(2);
+/// Between attempts at the role lock.
+const ROLE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Advisory lock that serialises making the tables (`"mkv-tabl"`).
 const SCHEMA_LOCK: i64 = 0x6d6b_762d_7461_626c;
 
@@ -82,7 +86,46 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS mkv_records (key bytea PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_meta (key bytea PRIMARY KEY, meta bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_state (key bytea PRIMARY KEY, value bytea NOT NULL);
+    CREATE OR REPLACE FUNCTION mkv_apply(
+        ops text[], keys bytea[], vals bytea[],
+        lock_pids int[], lock_classes oid[], lock_objects oid[], payloads text[]
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        i int;
+        payload text;
+    BEGIN
+        FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
+            CASE ops[i]
+            WHEN 'record' THEN
+                INSERT INTO mkv_records VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record;
+            WHEN 'meta' THEN
+                INSERT INTO mkv_meta VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET meta = EXCLUDED.meta;
+            WHEN 'remove' THEN
+                DELETE FROM mkv_records WHERE key = keys[i];
+                DELETE FROM mkv_meta WHERE key = keys[i];
+            WHEN 'state' THEN
+                INSERT INTO mkv_state VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+            WHEN 'unstate' THEN
+                DELETE FROM mkv_state WHERE key = keys[i];
+            END CASE;
+        END LOOP;
+        FOR i IN 1 .. coalesce(array_length(lock_pids, 1), 0) LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                    AND pid = lock_pids[i] AND classid = lock_classes[i]
+                    AND objid = lock_objects[i] AND objsubid = 1) THEN
+                RAISE EXCEPTION 'mkv: a key lock was lost' USING ERRCODE = 'MKVLK';
+            END IF;
+        END LOOP;
+        FOREACH payload IN ARRAY payloads LOOP
+            PERFORM pg_notify('mkv', payload);
+        END LOOP;
+    END $$;
 ";
+/// The SQL state `mkv_apply` raises when a key's lock is gone.
+const LOCK_LOST_STATE: &str = "MKVLK";
 
 /// A pooled connection and its prepared statements.
 struct Connection {
@@ -94,26 +137,14 @@ struct Statements {
     get: Statement,
     meta: Statement,
     state: Statement,
-    put_record: Statement,
-    put_meta: Statement,
-    remove_record: Statement,
-    remove_meta: Statement,
-    put_state: Statement,
-    delete_state: Statement,
+    apply: Statement,
     notify: Statement,
-    lock_held: Statement,
     scan_records: Statement,
     scan_state: Statement,
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
-        let upsert = |table: &str, column: &str| {
-            format!(
-                "INSERT INTO {table} (key, {column}) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET {column} = EXCLUDED.{column}"
-            )
-        };
         let scan = |table: &str, column: &str| {
             format!(
                 "SELECT key, {column} FROM {table} WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) \
@@ -124,17 +155,8 @@ impl Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            put_record: client.prepare(&upsert("mkv_records", "record"))?,
-            put_meta: client.prepare(&upsert("mkv_meta", "meta"))?,
-            remove_record: client.prepare("DELETE FROM mkv_records WHERE key = $1")?,
-            remove_meta: client.prepare("DELETE FROM mkv_meta WHERE key = $1")?,
-            put_state: client.prepare(&upsert("mkv_state", "value"))?,
-            delete_state: client.prepare("DELETE FROM mkv_state WHERE key = $1")?,
+            apply: client.prepare("SELECT mkv_apply($1, $2, $3, $4, $5, $6, $7)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
-            lock_held: client.prepare(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                 AND pid = $1 AND classid = $2 AND objid = $3 AND objsubid = 1)",
-            )?,
             scan_records: client.prepare(&scan("mkv_records", "record"))?,
             scan_state: client.prepare(&scan("mkv_state", "value"))?,
         })
@@ -164,6 +186,20 @@ impl From<postgres::Error> for Failure {
         Failure::Database(error)
     }
 }
+
+/// Changes ready for `Postgres::apply_batch`: `mkv_apply`'s arguments.
+pub struct Batch {
+    operations: Vec<&'static str>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    pids: Vec<i32>,
+    classes: Vec<u32>,
+    objects: Vec<u32>,
+    payloads: Vec<String>,
+}
+
+/// A key and its value, as a scan reads them.
+type Row = (Vec<u8>, Vec<u8>);
 
 /// What `listen` reports.
 #[derive(Debug, PartialEq, Eq)]
@@ -213,18 +249,22 @@ impl Postgres {
         // One simple query is one transaction: the lock is held to its end.
         let schema = format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {TABLES}");
         role.batch_execute(&schema).map_err(open_error)?;
-        let granted = match options.role {
-            Role::Serve => role
-                .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&ROLE_LOCK])
-                .map_err(open_error)?
-                .get::<_, bool>(0),
-            Role::Offline => role
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])
-                .map_err(open_error)?
-                .get::<_, bool>(0),
+        let take = match options.role {
+            Role::Serve => "SELECT pg_try_advisory_lock_shared($1)",
+            Role::Offline => "SELECT pg_try_advisory_lock($1)",
         };
-        if !granted {
-            return Err(IndexError::Locked(PathBuf::from(&name)));
+        // A master just stopped may hold it a moment longer: PostgreSQL
+        // notices its closed sessions within milliseconds.
+        let deadline = Instant::now() + ROLE_WAIT;
+        while !role
+            .query_one(take, &[&ROLE_LOCK])
+            .map_err(open_error)?
+            .get::<_, bool>(0)
+        {
+            if Instant::now() >= deadline {
+                return Err(IndexError::Locked(PathBuf::from(&name)));
+            }
+            std::thread::sleep(ROLE_RETRY_DELAY);
         }
         Ok(Postgres {
             config,
@@ -254,8 +294,19 @@ impl Postgres {
         }
     }
 
+    /// Run the read `work` on a pooled connection; if that connection
+    /// turns out dead (the database restarted or failed over since it was
+    /// pooled), once more on a new one: a read can be repeated.
+    fn read<T>(&self, mut work: impl FnMut(&mut Client, &Statements) -> Result<T, Failure>) -> Result<T, IndexError> {
+        match self.with_connection(&mut work) {
+            Err(IndexError::Unavailable(_)) => self.with_connection(work),
+            result => result,
+        }
+    }
+
     /// Run `work` on a pooled connection (made if none is idle). A
-    /// connection that failed is dropped, not pooled.
+    /// connection that failed is dropped, not pooled; one that lost the
+    /// database drops the idle ones too, which lost it as well.
     fn with_connection<T>(
         &self,
         work: impl FnOnce(&mut Client, &Statements) -> Result<T, Failure>,
@@ -274,12 +325,13 @@ impl Postgres {
             Err(Failure::Database(error)) => unreachable(error) || connection.client.is_closed(),
             _ => connection.client.is_closed(),
         };
-        if !broken {
-            let mut idle = lock(&self.idle);
-            if idle.len() < POOL_IDLE_MAX {
-                idle.push(connection);
-            }
+        let mut idle = lock(&self.idle);
+        if broken {
+            idle.clear();
+        } else if idle.len() < POOL_IDLE_MAX {
+            idle.push(connection);
         }
+        drop(idle);
         result.map_err(|failure| match failure {
             Failure::Database(error) => self.error(&error),
             Failure::LockLost => {
@@ -290,15 +342,15 @@ impl Postgres {
 
     fn error(&self, error: &postgres::Error) -> IndexError {
         if unreachable(error) {
-            IndexError::Unavailable(format!("{}: {error}", self.name))
+            IndexError::Unavailable(format!("{}: {}", self.name, describe(error)))
         } else {
-            IndexError::Io(error.to_string())
+            IndexError::Io(describe(error))
         }
     }
 
     /// The record of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
-        let row = self.with_connection(|client, statements| Ok(client.query_opt(&statements.get, &[&key])?))?;
+        let row = self.read(|client, statements| Ok(client.query_opt(&statements.get, &[&key])?))?;
         row.map(|row| {
             Record::decode(row.get::<_, &[u8]>(0)).map_err(|error| IndexError::Corrupt {
                 key: key.to_vec(),
@@ -310,19 +362,25 @@ impl Postgres {
 
     /// The metadata of `key`, if any was recorded.
     pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
-        let row = self.with_connection(|client, statements| Ok(client.query_opt(&statements.meta, &[&key])?))?;
+        let row = self.read(|client, statements| Ok(client.query_opt(&statements.meta, &[&key])?))?;
         decode_meta(key, row.as_ref().map(|row| row.get::<_, &[u8]>(0)))
     }
 
     /// The S3 state entry at `key`.
     pub fn state(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
-        let row = self.with_connection(|client, statements| Ok(client.query_opt(&statements.state, &[&key])?))?;
+        let row = self.read(|client, statements| Ok(client.query_opt(&statements.state, &[&key])?))?;
         Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
     }
 
     /// Apply `changes` in one transaction, notifying the changed keys and
     /// checking that every locked key's lock is still held.
     pub fn apply(&self, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        self.apply_batch(self.prepare(changes))
+    }
+
+    /// `changes` as `apply_batch` sends them: owned, so the call can run on
+    /// another thread (`offload`), with the locks to check as of now.
+    pub fn prepare(&self, changes: &[Change<'_>]) -> Batch {
         let mut changed: Vec<&[u8]> = Vec::new();
         for change in changes {
             if let Change::Record(key, _) | Change::Remove(key) = *change {
@@ -336,43 +394,51 @@ impl Postgres {
                 .filter_map(|key| session.held.get(*key).map(|&pid| (pid, lock_id(key))))
                 .collect()
         };
-        let payloads = notifications(&self.origin, &changed);
+        let mut batch = Batch {
+            operations: Vec::with_capacity(changes.len()),
+            keys: Vec::with_capacity(changes.len()),
+            values: Vec::with_capacity(changes.len()),
+            pids: locked.iter().map(|&(pid, _)| pid).collect(),
+            classes: Vec::with_capacity(locked.len()),
+            objects: Vec::with_capacity(locked.len()),
+            payloads: notifications(&self.origin, &changed),
+        };
+        (batch.classes, batch.objects) = locked.iter().map(|&(_, id)| lock_halves(id)).unzip();
+        for change in changes {
+            let (operation, key, value) = match *change {
+                Change::Record(key, record) => ("record", key, record.encode()),
+                Change::Meta(key, meta) => ("meta", key, meta.encode()),
+                Change::Remove(key) => ("remove", key, Vec::new()),
+                Change::StatePut(key, value) => ("state", key, value.to_vec()),
+                Change::StateDelete(key) => ("unstate", key, Vec::new()),
+            };
+            batch.operations.push(operation);
+            batch.keys.push(key.to_vec());
+            batch.values.push(value);
+        }
+        batch
+    }
+
+    /// Apply a prepared batch: one statement, one round trip (a single
+    /// function call is its own transaction, all of it or none).
+    pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
         self.with_connection(|client, statements| {
-            let mut transaction = client.transaction()?;
-            for change in changes {
-                match *change {
-                    Change::Record(key, record) => {
-                        transaction.execute(&statements.put_record, &[&key, &record.encode()])?;
-                    }
-                    Change::Meta(key, meta) => {
-                        transaction.execute(&statements.put_meta, &[&key, &meta.encode()])?;
-                    }
-                    Change::Remove(key) => {
-                        transaction.execute(&statements.remove_record, &[&key])?;
-                        transaction.execute(&statements.remove_meta, &[&key])?;
-                    }
-                    Change::StatePut(key, value) => {
-                        transaction.execute(&statements.put_state, &[&key, &value])?;
-                    }
-                    Change::StateDelete(key) => {
-                        transaction.execute(&statements.delete_state, &[&key])?;
-                    }
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 7] = [
+                &batch.operations,
+                &batch.keys,
+                &batch.values,
+                &batch.pids,
+                &batch.classes,
+                &batch.objects,
+                &batch.payloads,
+            ];
+            match client.execute(&statements.apply, &parameters) {
+                Ok(_) => Ok(()),
+                Err(error) if error.code().is_some_and(|state| state.code() == LOCK_LOST_STATE) => {
+                    Err(Failure::LockLost)
                 }
+                Err(error) => Err(Failure::Database(error)),
             }
-            for (pid, id) in &locked {
-                let (class, object) = lock_halves(*id);
-                let held: bool = transaction
-                    .query_one(&statements.lock_held, &[pid, &class, &object])?
-                    .get(0);
-                if !held {
-                    return Err(Failure::LockLost);
-                }
-            }
-            for payload in &payloads {
-                transaction.execute(&statements.notify, &[&CHANNEL, payload])?;
-            }
-            transaction.commit()?;
-            Ok(())
         })
     }
 
@@ -426,9 +492,9 @@ impl Postgres {
         from: &[u8],
         end: Option<&[u8]>,
         rows_max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, IndexError> {
+    ) -> Result<Vec<Row>, IndexError> {
         let limit = rows_max as i64;
-        let rows = self.with_connection(|client, statements| {
+        let rows = self.read(|client, statements| {
             let statement = if records {
                 &statements.scan_records
             } else {
@@ -500,6 +566,15 @@ impl Postgres {
     /// no two of this master's writers ask for the same key.
     pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
         let mut session = lock(&self.locks);
+        match self.try_lock_in(&mut session, key) {
+            // The session was dead (the database restarted or failed over):
+            // its locks are gone with it, so a new session may take this one.
+            Err(IndexError::Unavailable(_)) => self.try_lock_in(&mut session, key),
+            result => result,
+        }
+    }
+
+    fn try_lock_in(&self, session: &mut LockSession, key: &[u8]) -> Result<bool, IndexError> {
         if session.client.as_ref().is_none_or(Client::is_closed) {
             let mut client = self.connect()?;
             let pid: i32 = client
@@ -674,6 +749,15 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
         .collect()
+}
+
+/// `error` with the server's message when there is one (the crate's own
+/// text for a server error is just "db error").
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 /// Whether `error` means the database is unreachable (rather than that a

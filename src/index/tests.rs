@@ -332,3 +332,45 @@ fn an_offline_command_is_refused_while_a_master_serves() {
     assert!(matches!(serving, Err(IndexError::Locked(_))), "{:?}", serving.err());
     drop(offline);
 }
+
+#[test]
+fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
+    let Some(url) = postgres_url() else { return };
+    // Sessions are ended database-wide: a database of this test's own.
+    let database = format!("mkv_restart_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let index = Index::open(Path::new(&format!("{base}/{database}")), &options(Role::Serve)).unwrap();
+    index.put(b"/k", &live("v")).unwrap();
+    assert!(index.try_lock_key(b"/locked").unwrap());
+    // Pool several connections: concurrent readers.
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| index.get(b"/k").unwrap());
+        }
+    });
+    let ended = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&database],
+        )
+        .unwrap();
+    assert!(ended >= 3, "pooled, lock and role sessions ended: {ended}");
+    // Every pooled connection is dead; the first read still answers.
+    assert_eq!(index.get(b"/k").unwrap(), Some(live("v")));
+    assert_eq!(index.get(b"/k").unwrap(), Some(live("v")));
+    assert!(index.try_lock_key(b"/other").unwrap(), "a new lock session");
+    // The lock taken before is gone with its session: a write under it fails.
+    assert!(matches!(
+        index.put(b"/locked", &live("v")),
+        Err(IndexError::Unavailable(_))
+    ));
+    drop(index);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .unwrap();
+}

@@ -277,7 +277,11 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     };
     if let Err(error) = &result {
         let body = xml::error(error.code, &error.message, "", "mkv");
-        let reply = Reply::xml(error.status, body);
+        let mut reply = Reply::xml(error.status, body);
+        if error.status == 503 {
+            // As the native API: a busy or failing-over index is worth a retry.
+            reply = reply.header("Retry-After", 1);
+        }
         reply.write(&mut connection.output, keep_alive, head.method == Method::Head);
     }
     if app.config.verbose {

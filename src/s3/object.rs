@@ -704,7 +704,7 @@ pub async fn copy(
             content_type,
             user,
         };
-        app.store.put_with_meta(&key, &source.record, &meta, &[])?;
+        app.store.put_with_meta_async(&key, &source.record, &meta, &[]).await?;
         (source.etag, meta.mtime_ms)
     } else {
         let plan = Plan {

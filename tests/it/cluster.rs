@@ -127,6 +127,8 @@ pub struct Cluster {
     pub volumes: Vec<Volume>,
     pub master: Option<Master>,
     pub extra: Vec<String>,
+    /// The index when not the RocksDB directory `db()`: a PostgreSQL URL.
+    pub db_url: Option<String>,
 }
 
 pub fn mkv() -> Command {
@@ -136,6 +138,11 @@ pub fn mkv() -> Command {
 impl Cluster {
     /// `count` volumes and a master with default flags plus `extra`.
     pub fn start(count: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_over(None, count, extra)
+    }
+
+    /// `start`, over the index `db_url` names (a PostgreSQL URL) if given.
+    pub fn start_over(db_url: Option<String>, count: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let volumes = (0..count)
             .map(|i| Volume::start(dir.path().join(format!("volume{i}")), free_port()))
@@ -145,6 +152,7 @@ impl Cluster {
             volumes,
             master: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            db_url,
         };
         cluster.start_master();
         cluster
@@ -162,16 +170,18 @@ impl Cluster {
     pub fn master_args(&self, port: u16) -> Vec<String> {
         let mut args = vec![
             "-db".to_string(),
-            self.db().display().to_string(),
+            self.db_url.clone().unwrap_or_else(|| self.db().display().to_string()),
             "-volumes".to_string(),
             self.volume_list(),
             "-port".to_string(),
             port.to_string(),
-            "--threads".to_string(),
-            "2".to_string(),
             "--health-interval".to_string(),
             "100ms".to_string(),
         ];
+        // Two reactors unless the test says how many.
+        if !self.extra.iter().any(|flag| flag == "--threads") {
+            args.extend(["--threads".to_string(), "2".to_string()]);
+        }
         args.extend(self.extra.iter().cloned());
         args
     }

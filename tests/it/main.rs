@@ -10,6 +10,7 @@ mod durability;
 mod maintenance;
 mod metrics;
 mod online;
+mod postgres;
 mod protocol;
 mod resilience;
 mod s3;

@@ -1,0 +1,104 @@
+//! Blocking calls a reactor must not wait on itself: index writes to
+//! PostgreSQL, each a network round trip and a WAL flush (a millisecond or
+//! more, during which a blocked reactor would answer nothing, cache hits
+//! included).
+//!
+//! `run` hands the call to a small pool of threads and awaits its end on a
+//! socket pair: the pool thread writes one byte when done, which the
+//! reactor's driver sees like any other socket. That needs no cross-thread
+//! waker in the runtime (monoio's `sync` feature) and costs a socket pair
+//! per call, microseconds against the call's milliseconds. A call whose
+//! request is cancelled (client gone) still runs to its end on the pool.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use monoio::io::AsyncReadRent;
+
+/// Threads of the pool: index writes in flight at once. More than the
+/// reactors, so that writes from every reactor overlap in the database
+/// (which commits concurrent transactions' WAL flushes together).
+const POOL_THREADS: usize = 32;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The pool's queue; threads are started on first use.
+fn queue() -> &'static Mutex<Sender<Job>> {
+    static QUEUE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for number in 0..POOL_THREADS {
+            let receiver = receiver.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("mkv-offload-{number}"))
+                .spawn(move || work(&receiver));
+            if let Err(error) = started {
+                eprintln!("cannot start an offload thread: {error}");
+            }
+        }
+        Mutex::new(sender)
+    })
+}
+
+fn work(receiver: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = match receiver.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Run `call` on the pool and await its result without blocking the
+/// reactor. Falls back to running it here if the pool cannot take it.
+pub async fn run<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> R {
+    let Ok((ours, theirs)) = StdUnixStream::pair() else {
+        return call();
+    };
+    let Ok(mut ours) = monoio::net::UnixStream::from_std(ours) else {
+        return call();
+    };
+    let slot: Arc<Mutex<Option<R>>> = Arc::new(Mutex::new(None));
+    let filled = slot.clone();
+    let job: Job = Box::new(move || {
+        let result = call();
+        *filled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+        let _ = (&theirs).write_all(&[1]);
+    });
+    let sent = queue()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send(job);
+    if let Err(mpsc::SendError(job)) = sent {
+        job();
+    }
+    // One byte, or end of file if the job died with its thread: either way
+    // it is over.
+    let (_, _) = ours.read(vec![0u8; 1]).await;
+    let result = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    result.expect("an offloaded call panicked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_runs_on_the_pool_and_its_result_comes_back() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let here = std::thread::current().id();
+        let (elsewhere, value) = runtime.block_on(run(move || (std::thread::current().id() != here, 42)));
+        assert!(elsewhere, "ran on a pool thread");
+        assert_eq!(value, 42);
+    }
+}

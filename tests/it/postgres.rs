@@ -1,0 +1,321 @@
+//! Two masters over one PostgreSQL index (`-db postgres://...`): a value
+//! PUT on one is read through the other, a write in flight on one makes the
+//! same key's writes on the other answer 409, a DELETE on one is seen by
+//! the other within the coherence bound (at once with `--coherence-ms 0`),
+//! and with the index unreachable writes answer 503 with Retry-After while
+//! cached reads keep answering.
+//!
+//! PostgreSQL comes from `MKV_TEST_POSTGRES` (`scripts/test` starts a
+//! throwaway server); each test makes a database of its own, since advisory
+//! locks and notifications are per database.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{eventually, fetch, free_port, mkv, request, value, wait_for_port, Cluster};
+
+/// A test database's URL, and the server's for administration.
+struct Database {
+    url: String,
+    admin: String,
+    name: String,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// A fresh database for `test`, or None (skipped, said on stderr) without
+/// `MKV_TEST_POSTGRES`; `MKV_TEST_REQUIRE_POSTGRES=1` makes that a failure.
+fn database(test: &str) -> Option<Database> {
+    let Some(admin) = std::env::var("MKV_TEST_POSTGRES").ok().filter(|url| !url.is_empty()) else {
+        let required = std::env::var("MKV_TEST_REQUIRE_POSTGRES").is_ok_and(|value| value == "1");
+        assert!(
+            !required,
+            "MKV_TEST_REQUIRE_POSTGRES=1 but MKV_TEST_POSTGRES is not set"
+        );
+        eprintln!("MKV_TEST_POSTGRES is not set: {test} is skipped");
+        return None;
+    };
+    let name = format!("it_{test}_{}", std::process::id());
+    let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some(Database {
+        url: format!("{base}/{name}"),
+        admin,
+        name,
+    })
+}
+
+/// A second master over the same index and volumes.
+struct Second {
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Second {
+    fn start(cluster: &Cluster) -> Second {
+        let port = free_port();
+        let log = std::fs::File::create(cluster.dir.path().join("second.log")).unwrap();
+        let child = mkv()
+            .args(cluster.master_args(port))
+            .arg("server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Second { port, child }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Two masters over a fresh database, with `extra` flags.
+fn two_masters(test: &str, extra: &[&str]) -> Option<(Database, Cluster, Second)> {
+    let database = database(test)?;
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, extra);
+    let second = Second::start(&cluster);
+    Some((database, cluster, second))
+}
+
+/// GET through the master at `url`, then from the volume it redirects to.
+fn read_through(url: &str) -> Option<Vec<u8>> {
+    let reply = request("GET", url, None);
+    if reply.status != 302 {
+        return None;
+    }
+    let fetched = fetch(reply.header("location").unwrap());
+    (fetched.status == 200).then_some(fetched.body)
+}
+
+#[test]
+fn a_value_put_on_one_master_is_read_through_the_other() {
+    let Some((_database, cluster, second)) = two_masters("readthrough", &[]) else {
+        return;
+    };
+    let body = value(100_000, 1);
+    assert_eq!(request("PUT", &cluster.url("/k"), Some(&body)).status, 201);
+    assert_eq!(read_through(&second.url("/k")), Some(body.clone()));
+    assert_eq!(
+        request("PUT", &second.url("/k"), Some(b"other")).status,
+        403,
+        "a live key written by the other master is live here too"
+    );
+    assert_eq!(request("GET", &second.url("/missing"), None).status, 404);
+}
+
+#[test]
+fn a_write_in_flight_on_one_master_makes_the_other_answer_409() {
+    let Some((_database, cluster, second)) = two_masters("locks", &[]) else {
+        return;
+    };
+    // A chunked PUT on the first master that has sent only part of its body.
+    let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    slow.write_all(b"PUT /busy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || request(
+            "DELETE",
+            &second.url("/busy"),
+            None
+        )
+        .status
+            == 409),
+        "DELETE on the other master while the PUT is in flight"
+    );
+    assert_eq!(request("PUT", &second.url("/busy"), Some(b"x")).status, 409);
+    slow.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    // Released: the other master may write the key now.
+    assert_eq!(request("DELETE", &second.url("/busy"), None).status, 204);
+    assert_eq!(request("GET", &cluster.url("/busy"), None).status, 404);
+}
+
+/// The coherence bound of `deleted_elsewhere_*` (milliseconds).
+const BOUND_MS: u64 = 500;
+
+#[test]
+fn a_delete_on_one_master_is_seen_by_the_other_within_the_bound() {
+    let bound = BOUND_MS.to_string();
+    let Some((_database, cluster, second)) = two_masters("bound", &["--coherence-ms", &bound]) else {
+        return;
+    };
+    let body = value(10_000, 2);
+    for round in 0..5 {
+        let key = format!("/gone{round}");
+        assert_eq!(request("PUT", &cluster.url(&key), Some(&body)).status, 201);
+        // Cached on the second master (read twice: a miss fills the cache).
+        assert_eq!(read_through(&second.url(&key)), Some(body.clone()));
+        assert_eq!(request("GET", &second.url(&key), None).status, 302);
+        assert_eq!(request("DELETE", &cluster.url(&key), None).status, 204);
+        let deleted = Instant::now();
+        // Within the bound it may still redirect (to bytes that are gone);
+        // past it, never.
+        std::thread::sleep(Duration::from_millis(BOUND_MS).saturating_sub(deleted.elapsed()));
+        assert_eq!(request("GET", &second.url(&key), None).status, 404, "round {round}");
+    }
+}
+
+#[test]
+fn without_a_cache_a_delete_is_seen_at_once() {
+    let Some((_database, cluster, second)) = two_masters("strict", &["--coherence-ms", "0"]) else {
+        return;
+    };
+    for round in 0..5 {
+        let key = format!("/strict{round}");
+        assert_eq!(request("PUT", &cluster.url(&key), Some(b"value")).status, 201);
+        assert_eq!(request("GET", &second.url(&key), None).status, 302);
+        assert_eq!(request("GET", &second.url(&key), None).status, 302);
+        assert_eq!(request("DELETE", &cluster.url(&key), None).status, 204);
+        assert_eq!(request("GET", &second.url(&key), None).status, 404, "round {round}");
+    }
+}
+
+#[test]
+fn with_the_index_unreachable_writes_answer_503_and_cached_reads_go_on() {
+    let Some((database, cluster, _second)) = two_masters("down", &["--coherence-ms", "3000"]) else {
+        return;
+    };
+    assert_eq!(request("PUT", &cluster.url("/cached"), Some(b"value")).status, 201);
+    assert_eq!(request("GET", &cluster.url("/cached"), None).status, 302);
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    let set_connections = |admin: &mut postgres::Client, allow: bool| {
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+                database.name
+            ))
+            .unwrap();
+    };
+    set_connections(&mut admin, false);
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&database.name],
+        )
+        .unwrap();
+    let refused = request("PUT", &cluster.url("/during"), Some(b"value"));
+    assert_eq!(refused.status, 503, "{:?}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(request("DELETE", &cluster.url("/cached"), None).status, 503);
+    assert_eq!(request("GET", &cluster.url("/cached"), None).status, 302, "a cache hit");
+    assert_eq!(request("GET", &cluster.url("/uncached"), None).status, 503);
+    set_connections(&mut admin, true);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("PUT", &cluster.url("/after"), Some(b"value")).status == 201
+        }),
+        "writes succeed again once the index is back"
+    );
+    assert_eq!(read_through(&cluster.url("/cached")), Some(b"value".to_vec()));
+    assert_eq!(
+        request("GET", &cluster.url("/during"), None).status,
+        404,
+        "the refused write left nothing"
+    );
+}
+
+/// `mkv -db <url> -volumes <the cluster's> <args> <command>`.
+fn command(cluster: &Cluster, args: &[&str], command: &str) -> std::process::Output {
+    mkv()
+        .args([
+            "-db",
+            cluster.db_url.as_deref().unwrap(),
+            "-volumes",
+            &cluster.volume_list(),
+        ])
+        .args(&cluster.extra)
+        .args(args)
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
+    let Some(database) = database("maintenance") else {
+        return;
+    };
+    let metrics = free_port().to_string();
+    let mut cluster = Cluster::start_over(
+        Some(database.url.clone()),
+        3,
+        &["-replicas", "2", "--metrics-port", &metrics],
+    );
+    let keys: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("/m/{i}"), value(3000, i))).collect();
+    for (key, body) in &keys {
+        assert_eq!(request("PUT", &cluster.url(key), Some(body)).status, 201);
+    }
+    assert_eq!(request("REBALANCE", &cluster.url(&keys[0].0), None).status, 204);
+    // With a master serving, verify runs inside it (the index is shared,
+    // not to be used offline).
+    let verified = command(&cluster, &[], "verify");
+    let stderr = String::from_utf8_lossy(&verified.stderr);
+    assert_eq!(verified.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("40 ok, 0 missing"), "{stderr}");
+    let rebuild = command(&cluster, &[], "rebuild");
+    assert_ne!(rebuild.status.code(), Some(0), "rebuild refused under a serving master");
+    assert!(String::from_utf8_lossy(&rebuild.stderr).contains("locked"));
+    // Offline: rebuild regrows the index from the volumes.
+    cluster.kill_master();
+    let rebuilt = command(&cluster, &[], "rebuild");
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    cluster.master = None;
+    cluster.start_master();
+    for (key, body) in &keys {
+        assert_eq!(read_through(&cluster.url(key)).as_ref(), Some(body), "{key}");
+    }
+}
+
+#[test]
+fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
+    let Some(database) = database("offload") else { return };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
+    assert_eq!(request("PUT", &cluster.url("/hit"), Some(b"value")).status, 201);
+    assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
+    // Another session holds the records table against writes (reads go on):
+    // the next write's commit waits for it.
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("LOCK TABLE mkv_records IN EXCLUSIVE MODE")
+        .unwrap();
+    let url = cluster.url("/waiting");
+    let writer = std::thread::spawn(move || request("PUT", &url, Some(b"value")).status);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the write waits on the index");
+    // The master's only reactor still answers, from its cache and from the index.
+    let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let hit = crate::cluster::raw(cluster.port(), connection_close, Duration::from_secs(5));
+    assert!(hit.starts_with("HTTP/1.1 302"), "{hit:?}");
+    let miss = b"GET /absent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let missed = crate::cluster::raw(cluster.port(), miss, Duration::from_secs(5));
+    assert!(missed.starts_with("HTTP/1.1 404"), "{missed:?}");
+    transaction.commit().unwrap();
+    assert_eq!(writer.join().unwrap(), 201);
+    assert_eq!(read_through(&cluster.url("/waiting")), Some(b"value".to_vec()));
+}
