@@ -57,6 +57,12 @@ pub enum Command {
     Seed,
 }
 
+/// `--coherence-ms`: longer than a tuned Patroni failover (6 s measured,
+/// RELIABILITY.md), so cache hits answer through one; a stale answer past a
+/// DELETE is a redirect to bytes that are gone (the volume's 404), never
+/// to other bytes.
+const COHERENCE_MS_DEFAULT: u64 = 10_000;
+
 #[derive(Parser, Debug)]
 #[command(name = "mkv", version, about = "A fast master server for minikeyvalue")]
 struct Args {
@@ -130,9 +136,12 @@ struct Args {
     block_cache_mb: usize,
     /// With a PostgreSQL index: a cached record is served only while every
     /// other master's change up to this many milliseconds ago is known to
-    /// this master; past that, reads go to the index. 0: no record cache
-    /// (every GET reads the index: strict read-after-delete across masters).
-    #[arg(long = "coherence-ms", default_value_t = 1000)]
+    /// this master (normally within milliseconds; the bound holds when
+    /// notifications stop, as in a failover, during which cache hits go on
+    /// answering this long); past that, reads go to the index. 0: no record
+    /// cache (every GET reads the index: strict read-after-delete across
+    /// masters).
+    #[arg(long = "coherence-ms", default_value_t = COHERENCE_MS_DEFAULT)]
     coherence_ms: u64,
     /// How often the background health check probes every volume (Go duration).
     #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]

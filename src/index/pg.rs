@@ -613,8 +613,11 @@ impl Postgres {
         let id = lock_id(key);
         let Some(client) = session.client.as_mut() else { return };
         if let Err(error) = client.query_one("SELECT pg_advisory_unlock($1)", &[&id]) {
-            // The session is unusable; dropping it releases its locks.
-            eprintln!("cannot release a key lock in {}: {error}", self.name);
+            // The session is unusable; its end releases its locks. Lost with
+            // the database (a failover) that is expected: no message.
+            if !unreachable(&error) {
+                eprintln!("cannot release a key lock in {}: {}", self.name, describe(&error));
+            }
             session.client = None;
         }
     }
@@ -648,7 +651,7 @@ impl Postgres {
         on: &mut impl FnMut(Event),
         logged_down: &mut bool,
     ) -> Result<std::convert::Infallible, String> {
-        let text = |error: postgres::Error| error.to_string();
+        let text = |error: postgres::Error| describe(&error);
         let mut client = self.config.connect(NoTls).map_err(text)?;
         client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(text)?;
         client
