@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use monoio::io::AsyncReadRent;
 
-/// Threads of the pool: index writes in flight at once. More than the
-/// reactors, so that writes from every reactor overlap in the database
-/// (which commits concurrent transactions' WAL flushes together).
-const POOL_THREADS: usize = 32;
+/// Threads of the pool: index writes in flight at once, so that writes
+/// from every reactor overlap in the database (which flushes concurrent
+/// commits' WAL together). Each holds a database connection while it
+/// works, and PostgreSQL allows 100 by default across all masters.
+const POOL_THREADS: usize = 8;
 
 type Job = Box<dyn FnOnce() + Send>;
 
