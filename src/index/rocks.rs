@@ -280,11 +280,7 @@ impl RocksView<'_> {
         decode_meta(key, bytes.as_deref())
     }
 
-    /// Visit at most `visits_max` records with keys starting with `prefix`,
-    /// from `start` (or the prefix) in byte order, until `visit` returns
-    /// false. Returns the key of the first record not visited (the one
-    /// `visit` declined, or the first one past `visits_max`): where a scan
-    /// resumes. `None` when no record is left.
+    /// `View::scan_bounded`, over the snapshot.
     pub fn scan_bounded(
         &self,
         prefix: &[u8],

@@ -302,3 +302,38 @@ fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
     assert_eq!(writer.join().unwrap(), 201);
     assert_eq!(read_through(&cluster.url("/waiting")), Some(b"value".to_vec()));
 }
+
+#[test]
+fn an_online_rebalance_runs_inside_the_serving_master() {
+    let Some(database) = database("rebalance") else {
+        return;
+    };
+    let metrics = free_port().to_string();
+    let mut cluster = Cluster::start_over(
+        Some(database.url.clone()),
+        3,
+        &["-replicas", "2", "--metrics-port", &metrics],
+    );
+    let keys: Vec<(String, Vec<u8>)> = (0..30).map(|i| (format!("/r/{i}"), value(2000, i))).collect();
+    for (key, body) in &keys {
+        assert_eq!(request("PUT", &cluster.url(key), Some(body)).status, 201);
+    }
+    // A fourth volume: placement now wants some keys elsewhere.
+    let dir = cluster.dir.path().join("volume3");
+    cluster.volumes.push(crate::cluster::Volume::start(dir, free_port()));
+    cluster.kill_master();
+    cluster.start_master();
+    let unbalanced = |cluster: &Cluster| {
+        keys.iter()
+            .filter(|(key, _)| request("HEAD", &cluster.url(key), None).header("key-balance") != Some("balanced"))
+            .count()
+    };
+    assert!(unbalanced(&cluster) > 0, "adding a volume moves some keys");
+    let rebalanced = cluster.run_command(&["--concurrency", "4"], "rebalance");
+    let stderr = String::from_utf8_lossy(&rebalanced.stderr);
+    assert_eq!(rebalanced.status.code(), Some(0), "{stderr}");
+    assert_eq!(unbalanced(&cluster), 0, "{stderr}");
+    for (key, body) in &keys {
+        assert_eq!(read_through(&cluster.url(key)).as_ref(), Some(body), "{key}");
+    }
+}
