@@ -172,7 +172,7 @@ struct Shard<V> {
 }
 
 /// Proof that a reader missed at a given shard epoch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ticket {
     shard: usize,
     hash: u64,

@@ -14,7 +14,7 @@ use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ClientBody, ReplicationError};
 use crate::store::KeyGuard;
-use crate::store::{self, ReadOutcome};
+use crate::store::{self, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
 
@@ -147,7 +147,15 @@ async fn get(
     if app.config.verify_get {
         return get_verified(app, connection, head, key, request_start).await;
     }
-    match app.store.read(key, &mut connection.output, head.keep_alive)? {
+    let outcome = match app.store.read(key, &mut connection.output, head.keep_alive)? {
+        Read::Done(outcome) => outcome,
+        Read::Fetch(ticket) => {
+            app.store
+                .fetch(key, ticket, &mut connection.output, head.keep_alive)
+                .await?
+        }
+    };
+    match outcome {
         ReadOutcome::Redirected => Ok(302),
         ReadOutcome::Unavailable => Err(Error::Unavailable),
         ReadOutcome::Missing => missing(app, connection, head, request_start),

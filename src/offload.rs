@@ -1,9 +1,9 @@
 //! Blocking calls a reactor must not wait on itself: index writes to
 //! PostgreSQL, each a network round trip and a WAL flush (a millisecond or
 //! more, during which a blocked reactor would answer nothing, cache hits
-//! included).
+//! included), and its reads (a round trip).
 //!
-//! `run` hands the call to a small pool of threads and awaits its end on a
+//! `write` and `read` hand the call to a small pool of threads and awaits its end on a
 //! socket pair: the pool thread writes one byte when done, which the
 //! reactor's driver sees like any other socket. That needs no cross-thread
 //! waker in the runtime (monoio's `sync` feature) and costs a socket pair
@@ -17,31 +17,50 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use monoio::io::AsyncReadRent;
 
-/// Threads of the pool: index writes in flight at once, so that writes
-/// from every reactor overlap in the database (which flushes concurrent
-/// commits' WAL together). Each holds a database connection while it
-/// works, and PostgreSQL allows 100 by default across all masters.
-const POOL_THREADS: usize = 8;
+/// A pool of threads for one kind of call, started on first use.
+struct Pool {
+    name: &'static str,
+    threads: usize,
+    queue: OnceLock<Mutex<Sender<Job>>>,
+}
+
+/// Index writes: each holds a database connection while it works (and
+/// PostgreSQL allows 100 by default across all masters); enough that writes
+/// from every reactor overlap in the database, which flushes concurrent
+/// commits' WAL together.
+static WRITES: Pool = Pool {
+    name: "mkv-write",
+    threads: 8,
+    queue: OnceLock::new(),
+};
+
+/// Index reads (a cache miss): apart from the writes, so that a read is
+/// not queued behind commits that wait on WAL flushes.
+static READS: Pool = Pool {
+    name: "mkv-read",
+    threads: 8,
+    queue: OnceLock::new(),
+};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The pool's queue; threads are started on first use.
-fn queue() -> &'static Mutex<Sender<Job>> {
-    static QUEUE: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    QUEUE.get_or_init(|| {
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        for number in 0..POOL_THREADS {
-            let receiver = receiver.clone();
-            let started = std::thread::Builder::new()
-                .name(format!("mkv-offload-{number}"))
-                .spawn(move || work(&receiver));
-            if let Err(error) = started {
-                eprintln!("cannot start an offload thread: {error}");
+impl Pool {
+    fn queue(&self) -> &Mutex<Sender<Job>> {
+        self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel::<Job>();
+            let receiver = Arc::new(Mutex::new(receiver));
+            for number in 0..self.threads {
+                let receiver = receiver.clone();
+                let started = std::thread::Builder::new()
+                    .name(format!("{}-{number}", self.name))
+                    .spawn(move || work(&receiver));
+                if let Err(error) = started {
+                    eprintln!("cannot start a {} thread: {error}", self.name);
+                }
             }
-        }
-        Mutex::new(sender)
-    })
+            Mutex::new(sender)
+        })
+    }
 }
 
 fn work(receiver: &Mutex<Receiver<Job>>) {
@@ -57,9 +76,21 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Run `call` on the pool and await its result without blocking the
-/// reactor. Falls back to running it here if the pool cannot take it.
-pub async fn run<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> R {
+/// Run the index write `call` on its pool and await its result without
+/// blocking the reactor.
+pub async fn write<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> R {
+    run(&WRITES, call).await
+}
+
+/// Run the index read `call` on its pool and await its result without
+/// blocking the reactor.
+pub async fn read<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> R {
+    run(&READS, call).await
+}
+
+/// Run `call` on `pool` and await its result. Falls back to running it
+/// here if the pool cannot take it.
+async fn run<R: Send + 'static>(pool: &Pool, call: impl FnOnce() -> R + Send + 'static) -> R {
     let Ok((ours, theirs)) = StdUnixStream::pair() else {
         return call();
     };
@@ -73,7 +104,8 @@ pub async fn run<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -
         *filled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
         let _ = (&theirs).write_all(&[1]);
     });
-    let sent = queue()
+    let sent = pool
+        .queue()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .send(job);
@@ -98,7 +130,7 @@ mod tests {
             .build()
             .unwrap();
         let here = std::thread::current().id();
-        let (elsewhere, value) = runtime.block_on(run(move || (std::thread::current().id() != here, 42)));
+        let (elsewhere, value) = runtime.block_on(write(move || (std::thread::current().id() != here, 42)));
         assert!(elsewhere, "ran on a pool thread");
         assert_eq!(value, 42);
     }

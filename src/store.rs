@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cache::{Cache, Lookup, WarmFill, Weigh};
+use crate::cache::{Cache, Lookup, Ticket, WarmFill, Weigh};
 use crate::coherence::Coherence;
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
@@ -116,6 +116,17 @@ impl Weigh for Answer {
             }
         }
     }
+}
+
+/// What `Store::read` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Answered from the cache or the index.
+    Done(ReadOutcome),
+    /// Not answered yet: the record is to be read from an index whose reads
+    /// would block the reactor (PostgreSQL); `Store::fetch` does, with this
+    /// ticket to cache what it reads (None: the cache is not to be filled).
+    Fetch(Option<Ticket>),
 }
 
 /// What a read answered.
@@ -407,11 +418,15 @@ impl Store {
         &self.placement
     }
 
-    /// Answer a GET/HEAD: append a 302 for a live key to `out`.
-    pub fn read(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive) -> Result<ReadOutcome, IndexError> {
+    /// Answer a GET/HEAD: append a 302 for a live key to `out`, or say to
+    /// `fetch` the record.
+    pub fn read(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive) -> Result<Read, IndexError> {
         let volumes = &*self.volumes;
         if !self.coherence.fresh() {
-            return self.read_uncached(key, out, keep_alive);
+            // Only a shared index's cache goes stale, and such an index is
+            // read off the reactor.
+            metrics::note_cache_read(CacheRead::Miss);
+            return Ok(Read::Fetch(None));
         }
         match self
             .cache
@@ -419,10 +434,13 @@ impl Store {
         {
             Lookup::Hit(outcome) => {
                 metrics::note_cache_read(CacheRead::Hit);
-                Ok(outcome)
+                Ok(Read::Done(outcome))
             }
             Lookup::Miss(ticket) => {
                 metrics::note_cache_read(CacheRead::Miss);
+                if self.index.postgres().is_some() {
+                    return Ok(Read::Fetch(Some(ticket)));
+                }
                 // A miss allocates (the decoded record, the placement it is
                 // checked against); it is paid once per key while the key
                 // stays cached.
@@ -436,22 +454,33 @@ impl Store {
                 if !matches!(answer, Answer::Gone) {
                     self.cache.fill(ticket, key, answer);
                 }
-                Ok(outcome)
+                Ok(Read::Done(outcome))
             }
         }
     }
 
-    /// `read` straight from the index: the cache may be stale (other
-    /// masters' changes are not confirmed recently enough).
-    #[cold]
-    fn read_uncached(&self, key: &[u8], out: &mut Vec<u8>, keep_alive: KeepAlive) -> Result<ReadOutcome, IndexError> {
-        metrics::note_cache_read(CacheRead::Miss);
+    /// Finish a `read` that said `Fetch`: read the record on the read pool
+    /// (`offload`), answer as `read` would, and cache it under `ticket`.
+    pub async fn fetch(
+        &self,
+        key: &[u8],
+        ticket: Option<Ticket>,
+        out: &mut Vec<u8>,
+        keep_alive: KeepAlive,
+    ) -> Result<ReadOutcome, IndexError> {
         let started = Instant::now();
-        let record = self.index.get(key)?;
+        let index = self.index.clone();
+        let owned = key.to_vec();
+        let record = crate::offload::read(move || index.get(&owned)).await?;
         metrics::observe_index_read(started.elapsed());
-        Ok(self
-            .answer(key, record.as_ref())
-            .write(key, out, keep_alive, &self.volumes))
+        let answer = self.answer(key, record.as_ref());
+        let outcome = answer.write(key, out, keep_alive, &self.volumes);
+        if let Some(ticket) = ticket {
+            if !matches!(answer, Answer::Gone) {
+                self.cache.fill(ticket, key, answer);
+            }
+        }
+        Ok(outcome)
     }
 
     /// Take in what the index reports of other masters' changes.

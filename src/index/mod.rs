@@ -188,7 +188,7 @@ impl Index {
             Index::Postgres(engine) => {
                 let batch = engine.prepare(changes);
                 let index = self.clone();
-                crate::offload::run(move || match &*index {
+                crate::offload::write(move || match &*index {
                     Index::Postgres(engine) => engine.apply_batch(batch),
                     Index::Rocks(_) => unreachable!("the engine does not change"),
                 })

@@ -337,3 +337,32 @@ fn an_online_rebalance_runs_inside_the_serving_master() {
         assert_eq!(read_through(&cluster.url(key)).as_ref(), Some(body), "{key}");
     }
 }
+
+#[test]
+fn a_read_waiting_on_the_index_does_not_stop_its_reactor_answering() {
+    let Some(database) = database("offload_read") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
+    assert_eq!(request("PUT", &cluster.url("/hit"), Some(b"value")).status, 201);
+    assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
+    // Another session holds the records table against reads too: a cache
+    // miss waits for it.
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("LOCK TABLE mkv_records IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let url = cluster.url("/uncached");
+    let reader = std::thread::spawn(move || request("GET", &url, None).status);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!reader.is_finished(), "the miss waits on the index");
+    let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let hit = crate::cluster::raw(cluster.port(), connection_close, Duration::from_secs(5));
+    assert!(
+        hit.starts_with("HTTP/1.1 302"),
+        "the only reactor answers a hit: {hit:?}"
+    );
+    transaction.commit().unwrap();
+    assert_eq!(reader.join().unwrap(), 404);
+}
