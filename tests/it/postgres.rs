@@ -238,21 +238,31 @@ fn with_the_index_unreachable_writes_answer_503_and_cached_reads_go_on() {
     );
 }
 
-#[test]
-fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
-    let Some(database) = database("maintenance") else {
-        return;
-    };
+/// Keys and the values written under them.
+type Written = Vec<(String, Vec<u8>)>;
+
+/// One master over a fresh database (2 replicas, a metrics port for the
+/// maintenance jobs) holding `count` keys `<prefix><i>`, and their values.
+fn serving_with_keys(test: &str, prefix: &str, count: u64) -> Option<(Database, Cluster, Written)> {
+    let database = database(test)?;
     let metrics = free_port().to_string();
-    let mut cluster = Cluster::start_over(
+    let cluster = Cluster::start_over(
         Some(database.url.clone()),
         3,
         &["-replicas", "2", "--metrics-port", &metrics],
     );
-    let keys: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("/m/{i}"), value(3000, i))).collect();
+    let keys: Written = (0..count).map(|i| (format!("{prefix}{i}"), value(2000, i))).collect();
     for (key, body) in &keys {
         assert_eq!(request("PUT", &cluster.url(key), Some(body)).status, 201);
     }
+    Some((database, cluster, keys))
+}
+
+#[test]
+fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
+    let Some((_database, mut cluster, keys)) = serving_with_keys("maintenance", "/m/", 20) else {
+        return;
+    };
     assert_eq!(request("REBALANCE", &cluster.url(&keys[0].0), None).status, 204);
     // With a master serving, verify runs inside it (the index is shared,
     // not to be used offline).
@@ -305,19 +315,9 @@ fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
 
 #[test]
 fn an_online_rebalance_runs_inside_the_serving_master() {
-    let Some(database) = database("rebalance") else {
+    let Some((_database, mut cluster, keys)) = serving_with_keys("rebalance", "/r/", 30) else {
         return;
     };
-    let metrics = free_port().to_string();
-    let mut cluster = Cluster::start_over(
-        Some(database.url.clone()),
-        3,
-        &["-replicas", "2", "--metrics-port", &metrics],
-    );
-    let keys: Vec<(String, Vec<u8>)> = (0..30).map(|i| (format!("/r/{i}"), value(2000, i))).collect();
-    for (key, body) in &keys {
-        assert_eq!(request("PUT", &cluster.url(key), Some(body)).status, 201);
-    }
     // A fourth volume: placement now wants some keys elsewhere.
     let dir = cluster.dir.path().join("volume3");
     cluster.volumes.push(crate::cluster::Volume::start(dir, free_port()));
