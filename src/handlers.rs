@@ -13,8 +13,7 @@ use crate::meta::Meta;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
 use crate::replication::{self, entry_path, ClientBody, ReplicationError};
-use crate::store::KeyGuard;
-use crate::store::{self, Read, ReadOutcome};
+use crate::store::{self, KeyGuard, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
 
@@ -191,7 +190,7 @@ async fn get_verified(
     key: &[u8],
     request_start: usize,
 ) -> Result<u16, Error> {
-    let Some(record) = app.store.get(key)?.filter(Record::is_live) else {
+    let Some(record) = app.store.get_async(key).await?.filter(Record::is_live) else {
         return missing(app, connection, head, request_start);
     };
     let path = key2path(key);
@@ -273,7 +272,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
 
 async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
     let _guard = app.store.try_lock(key)?.ok_or(Error::Locked)?;
-    let Some(record) = app.store.get(key)? else {
+    let Some(record) = app.store.get_async(key).await? else {
         return Err(Error::Client(404, "not found"));
     };
     if app.config.protect && record.is_live() {
@@ -286,23 +285,23 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
 
 /// Take `key`'s write lock and read its record, which must be live (`live`)
 /// or soft-deleted (`!live`); otherwise 404. The guard holds the lock.
-fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>, Record), Error> {
+async fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>, Record), Error> {
     let guard = app.store.try_lock(key)?.ok_or(Error::Locked)?;
-    match app.store.get(key)? {
+    match app.store.get_async(key).await? {
         Some(record) if record.is_live() == live => Ok((guard, record)),
         _ => Err(Error::Client(404, "not found")),
     }
 }
 
 async fn unlink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let (_guard, record) = lock_record(app, key, true)?;
+    let (_guard, record) = lock_record(app, key, true).await?;
     app.store.put_async(key, &record.with_deleted(true)).await?;
     write_empty(output, 204, head.keep_alive);
     Ok(204)
 }
 
 async fn relink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let (_guard, record) = lock_record(app, key, false)?;
+    let (_guard, record) = lock_record(app, key, false).await?;
     // A deleted record may be a PUT that never finished, or what a failed PUT
     // over an unlinked value left (copies of two values): relink only when
     // every copy is there and all hold the same bytes, the recorded ones if
@@ -325,7 +324,7 @@ async fn relink(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
 }
 
 async fn rebalance(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let (_guard, record) = lock_record(app, key, true)?;
+    let (_guard, record) = lock_record(app, key, true).await?;
     let timeout = app.config.volume_timeout;
     match crate::rebalance::rebalance_key(&app.store, key, &record, timeout).await {
         Ok(_) => {

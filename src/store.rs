@@ -469,9 +469,7 @@ impl Store {
         keep_alive: KeepAlive,
     ) -> Result<ReadOutcome, IndexError> {
         let started = Instant::now();
-        let index = self.index.clone();
-        let owned = key.to_vec();
-        let record = crate::offload::read(move || index.get(&owned)).await?;
+        let record = self.get_async(key).await?;
         metrics::observe_index_read(started.elapsed());
         let answer = self.answer(key, record.as_ref());
         let outcome = answer.write(key, out, keep_alive, &self.volumes);
@@ -570,6 +568,32 @@ impl Store {
         self.index.get(key)
     }
 
+    /// `get`, awaited without blocking the reactor (PostgreSQL: on the
+    /// read pool; RocksDB reads here).
+    pub async fn get_async(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
+        self.read_off_reactor(key, Index::get).await
+    }
+
+    /// `meta`, awaited without blocking the reactor.
+    pub async fn meta_async(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
+        self.read_off_reactor(key, Index::meta).await
+    }
+
+    /// Run the index read `read` of `key` where it does not block the
+    /// reactor: the read pool for an engine that waits on the network.
+    async fn read_off_reactor<T: Send + 'static>(
+        &self,
+        key: &[u8],
+        read: fn(&Index, &[u8]) -> Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        if self.index.postgres().is_none() {
+            return read(&self.index, key);
+        }
+        let index = self.index.clone();
+        let key = key.to_vec();
+        crate::offload::read(move || read(&index, &key)).await
+    }
+
     /// Write `record` under `key`: index first, then cache.
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
         let started = Instant::now();
@@ -605,6 +629,12 @@ impl Store {
     /// blocking the reactor.
     pub async fn remove_async(&self, key: &[u8]) -> Result<(), IndexError> {
         self.write(key, None, &[Change::Remove(key)]).await
+    }
+
+    /// Apply `changes` that no cached record reflects (S3 state), awaited
+    /// without blocking the reactor.
+    pub async fn apply_async(&self, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        self.index.apply_async(changes).await
     }
 
     /// Apply `changes` to the index, then leave `key`'s `record` in the

@@ -74,7 +74,7 @@ pub async fn store_value<S: PieceSource>(
     source: &mut S,
     plan: Plan<'_>,
 ) -> Result<Stored, WriteError> {
-    let prior = app.store.get(key)?;
+    let prior = app.store.get_async(key).await?;
     if !plan.overwrite && prior.as_ref().is_some_and(Record::is_live) {
         return Err(WriteError::Exists);
     }

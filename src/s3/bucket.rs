@@ -74,7 +74,7 @@ pub async fn create(
     }
     // Creating a bucket one already owns succeeds, as in us-east-1.
     if state::bucket_created(app.store.index(), &request.bucket)?.is_none() {
-        state::create_bucket(app.store.index(), &request.bucket, now_ms())?;
+        state::create_bucket(&app.store, &request.bucket, now_ms()).await?;
     }
     Reply::empty(200)
         .header("Location", format_args!("/{}", request.bucket))
@@ -90,7 +90,7 @@ pub fn head(app: &App, connection: &mut Connection, head: &RequestHead, request:
     Ok(Sent::status(200))
 }
 
-pub fn delete(
+pub async fn delete(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
@@ -104,7 +104,7 @@ pub fn delete(
             "The bucket you tried to delete is not empty",
         ));
     }
-    state::delete_bucket(app.store.index(), &request.bucket)?;
+    state::delete_bucket(&app.store, &request.bucket).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))
 }

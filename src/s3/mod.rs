@@ -345,7 +345,7 @@ async fn bucket_operation(
     match head.method {
         Method::Put if request.query.is_empty() => bucket::create(app, connection, head, request).await,
         Method::Head => bucket::head(app, connection, head, request),
-        Method::Delete if request.query.is_empty() => bucket::delete(app, connection, head, request),
+        Method::Delete if request.query.is_empty() => bucket::delete(app, connection, head, request).await,
         Method::Get if request.has("location") => bucket::fixed_answer(app, connection, head, request, xml::location()),
         Method::Get if request.has("versioning") => {
             bucket::fixed_answer(app, connection, head, request, xml::versioning())
@@ -380,7 +380,7 @@ async fn object_operation(
         Method::Get | Method::Head => object::get(app, connection, head, request).await,
         Method::Delete if upload => multipart::abort(app, connection, head, request).await,
         Method::Delete => object::delete(app, connection, head, request).await,
-        Method::Post if request.has("uploads") => multipart::create(app, connection, head, request),
+        Method::Post if request.has("uploads") => multipart::create(app, connection, head, request).await,
         Method::Post if upload => multipart::complete(app, connection, head, request).await,
         _ => Err(S3Error::not_implemented()),
     }

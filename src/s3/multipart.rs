@@ -59,7 +59,7 @@ fn upload_lock_key(id: &str) -> Vec<u8> {
     format!("\0mkv-upload/{id}").into_bytes()
 }
 
-pub fn create(
+pub async fn create(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
@@ -75,7 +75,7 @@ pub fn create(
         user: user_metadata(request)?,
         initiated_ms: now_ms(),
     };
-    state::put_upload(app.store.index(), &id, &upload)?;
+    state::put_upload(&app.store, &id, &upload).await?;
     let body = xml::initiate_multipart(&request.bucket, &request.key, &id);
     Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(200))
@@ -125,7 +125,7 @@ pub async fn upload_part(
                 .map(|(entry, _)| entry.clone())
                 .collect();
             if !touched.is_empty() {
-                state::delete_part(app.store.index(), &id, number)?;
+                state::delete_part(&app.store, &id, number).await?;
                 let _ = replication::delete_all(&touched, &path, timeout).await;
             }
             return Err(write::WriteError::Replication(failed.error).into());
@@ -144,7 +144,7 @@ pub async fn upload_part(
         let _ = replication::delete_all(&entries, &path, timeout).await;
         return Err(S3Error::no_such_upload());
     }
-    state::put_part(app.store.index(), &id, number, &part)?;
+    state::put_part(&app.store, &id, number, &part).await?;
     Reply::empty(200)
         .header("ETag", format_args!("\"{}\"", part.md5))
         .write(&mut connection.output, keep_alive, false);
@@ -266,7 +266,7 @@ pub async fn abort(
     let part_keys: Vec<Vec<u8>> = parts.iter().map(|(number, _)| state::part_key(&id, *number)).collect();
     let mut changes = vec![Change::StateDelete(&upload_key)];
     changes.extend(part_keys.iter().map(|key| Change::StateDelete(key)));
-    app.store.index().apply(&changes)?;
+    app.store.apply_async(&changes).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))
 }
@@ -340,8 +340,8 @@ async fn complete_again(
     let lower: Vec<String> = listed.iter().map(|(_, etag)| etag.to_ascii_lowercase()).collect();
     let etag = multipart_etag(lower.iter().map(String::as_str));
     let key = request.native_key();
-    let live = app.store.get(&key)?.is_some_and(|record| record.is_live());
-    let meta_etag = app.store.meta(&key)?.and_then(|meta| meta.etag);
+    let live = app.store.get_async(&key).await?.is_some_and(|record| record.is_live());
+    let meta_etag = app.store.meta_async(&key).await?.and_then(|meta| meta.etag);
     if !live || meta_etag.as_deref() != Some(etag.as_str()) {
         return Err(S3Error::no_such_upload());
     }
@@ -372,7 +372,7 @@ pub async fn complete(
     let etag = multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str()));
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
     let _key_guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
-    write_precondition(app, request, &key)?;
+    write_precondition(app, request, &key).await?;
     let upload_key = state::upload_key(&id);
     let part_keys: Vec<Vec<u8>> = uploaded
         .iter()

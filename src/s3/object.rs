@@ -223,7 +223,7 @@ pub async fn put(
     let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
     // Conditional writes are decided under the key's lock: no other write
     // of the key can come between the check and the write.
-    write_precondition(app, request, &key)?;
+    write_precondition(app, request, &key).await?;
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
     let plan = Plan {
@@ -247,14 +247,14 @@ pub async fn put(
 /// A conditional PUT: `If-None-Match: *` writes only a new key, `If-Match`
 /// only over the named ETag (412 otherwise; If-Match of a missing key is
 /// NoSuchKey). The caller holds the key's lock.
-pub fn write_precondition(app: &App, request: &S3Request, key: &[u8]) -> Result<(), S3Error> {
+pub async fn write_precondition(app: &App, request: &S3Request, key: &[u8]) -> Result<(), S3Error> {
     let headers = &request.headers;
     if headers.if_match.is_none() && headers.if_none_match.is_none() {
         return Ok(());
     }
-    let current = match app.store.get(key)?.filter(Record::is_live) {
+    let current = match app.store.get_async(key).await?.filter(Record::is_live) {
         Some(record) => {
-            let meta_etag = app.store.meta(key)?.and_then(|meta| meta.etag);
+            let meta_etag = app.store.meta_async(key).await?.and_then(|meta| meta.etag);
             Some(etag_of(&record, meta_etag.as_deref()))
         }
         None => None,
@@ -311,11 +311,11 @@ pub struct Object {
 
 /// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
 pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, S3Error> {
-    let Some(record) = app.store.get(key)?.filter(Record::is_live) else {
+    let Some(record) = app.store.get_async(key).await?.filter(Record::is_live) else {
         bucket::check_exists(app, bucket_name)?;
         return Err(S3Error::no_such_key());
     };
-    let meta = match app.store.meta(key)? {
+    let meta = match app.store.meta_async(key).await? {
         Some(meta) => meta,
         // Written by a master that kept no metadata: ask a replica.
         None => probe_meta(app, key, &record).await?,
@@ -574,7 +574,7 @@ pub async fn delete(
 async fn delete_one(app: &App, bucket_name: &str, key: &[u8]) -> Result<(), S3Error> {
     let key = native_key(bucket_name, key);
     let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
-    let Some(record) = app.store.get(&key)? else {
+    let Some(record) = app.store.get_async(&key).await? else {
         return Ok(());
     };
     if app.config.protect && record.is_live() {
@@ -700,7 +700,7 @@ pub async fn copy(
         let meta = Meta {
             size: source.size,
             mtime_ms: now_ms(),
-            etag: app.store.meta(&key)?.and_then(|meta| meta.etag),
+            etag: app.store.meta_async(&key).await?.and_then(|meta| meta.etag),
             content_type,
             user,
         };

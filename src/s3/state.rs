@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::index::{Change, Index, IndexError};
+use crate::store::Store;
 
 /// Where the parts of uploads live on a volume.
 pub const PARTS_DIRECTORY: &str = "/mkv-parts";
@@ -85,13 +86,15 @@ pub fn bucket_created(index: &Index, bucket: &str) -> Result<Option<u64>, IndexE
     }
 }
 
-pub fn create_bucket(index: &Index, bucket: &str, created_ms: u64) -> Result<(), IndexError> {
+pub async fn create_bucket(store: &Store, bucket: &str, created_ms: u64) -> Result<(), IndexError> {
     let value = serde_json::to_vec(&BucketState { created_ms }).expect("serializable");
-    index.apply(&[Change::StatePut(&bucket_key(bucket), &value)])
+    store
+        .apply_async(&[Change::StatePut(&bucket_key(bucket), &value)])
+        .await
 }
 
-pub fn delete_bucket(index: &Index, bucket: &str) -> Result<(), IndexError> {
-    index.apply(&[Change::StateDelete(&bucket_key(bucket))])
+pub async fn delete_bucket(store: &Store, bucket: &str) -> Result<(), IndexError> {
+    store.apply_async(&[Change::StateDelete(&bucket_key(bucket))]).await
 }
 
 /// Every created bucket, by name, with its creation time.
@@ -116,18 +119,24 @@ pub fn upload(index: &Index, upload_id: &str) -> Result<Option<Upload>, IndexErr
     }
 }
 
-pub fn put_upload(index: &Index, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
+pub async fn put_upload(store: &Store, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
     let value = serde_json::to_vec(upload).expect("serializable");
-    index.apply(&[Change::StatePut(&upload_key(upload_id), &value)])
+    store
+        .apply_async(&[Change::StatePut(&upload_key(upload_id), &value)])
+        .await
 }
 
-pub fn put_part(index: &Index, upload_id: &str, number: u32, part: &Part) -> Result<(), IndexError> {
+pub async fn put_part(store: &Store, upload_id: &str, number: u32, part: &Part) -> Result<(), IndexError> {
     let value = serde_json::to_vec(part).expect("serializable");
-    index.apply(&[Change::StatePut(&part_key(upload_id, number), &value)])
+    store
+        .apply_async(&[Change::StatePut(&part_key(upload_id, number), &value)])
+        .await
 }
 
-pub fn delete_part(index: &Index, upload_id: &str, number: u32) -> Result<(), IndexError> {
-    index.apply(&[Change::StateDelete(&part_key(upload_id, number))])
+pub async fn delete_part(store: &Store, upload_id: &str, number: u32) -> Result<(), IndexError> {
+    store
+        .apply_async(&[Change::StateDelete(&part_key(upload_id, number))])
+        .await
 }
 
 /// Parts of an upload numbered above `after`, in order, at most `count_max`.
