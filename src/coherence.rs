@@ -55,11 +55,6 @@ impl Coherence {
         }
     }
 
-    /// The staleness bound (None: none needed).
-    pub fn bound(&self) -> Option<Duration> {
-        self.bound
-    }
-
     /// How often the index should send heartbeats for `bound`: a few per
     /// bound, so one late beat does not close the cache.
     pub fn beat(&self) -> Duration {

@@ -622,6 +622,12 @@ pub(crate) fn volume_of(directory: &Directory) -> &str {
     entry_host(&directory.entry)
 }
 
+/// The line reporting the stray entry `listed` of `directory`: where it is
+/// and `what` is wrong with it.
+pub(crate) fn stray_line(directory: &Directory, listed: &Listed, what: &str) -> String {
+    format!("{}{}{}: {what}", volume_of(directory), directory.path, listed.name)
+}
+
 /// Act on one entry of `directory`'s listing.
 fn found(
     index: &Index,
@@ -650,12 +656,7 @@ fn found(
         Found::Skip => {}
         Found::Stray(what) => {
             summary.strays += 1;
-            progress.report(&format!(
-                "{}{}{}: {what}",
-                volume_of(directory),
-                directory.path,
-                listed.name
-            ));
+            progress.report(&stray_line(directory, listed, what));
         }
     }
     Ok(())

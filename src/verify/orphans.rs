@@ -10,7 +10,7 @@ use crate::app::App;
 use crate::index::IndexError;
 use crate::placement::entry_host;
 use crate::progress::Progress;
-use crate::rebuild::{classify, list, volume_of, Directory, Found, Level, Listed, ListingError};
+use crate::rebuild::{classify, list, stray_line, volume_of, Directory, Found, Level, Listed, ListingError};
 use crate::record::Record;
 use crate::s3::state::{is_upload_id, upload, PARTS_DIRECTORY};
 use crate::volume::{self, VolumeError};
@@ -188,12 +188,7 @@ fn examine(
                 Found::Skip => return Ok(None),
                 Found::Stray(what) => {
                     summary.strays += 1;
-                    progress.report(&format!(
-                        "{}{}{}: {what}",
-                        volume_of(directory),
-                        directory.path,
-                        listed.name
-                    ));
+                    progress.report(&stray_line(directory, listed, what));
                     return Ok(None);
                 }
                 Found::Key(key) => {

@@ -284,12 +284,21 @@ fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
     }
 }
 
-#[test]
-fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
-    let Some(database) = database("offload") else { return };
+/// A master with one reactor over a fresh database, `/hit` written and in
+/// its cache.
+fn one_reactor_with_a_hit(test: &str) -> Option<(Database, Cluster)> {
+    let database = database(test)?;
     let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
     assert_eq!(request("PUT", &cluster.url("/hit"), Some(b"value")).status, 201);
     assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
+    Some((database, cluster))
+}
+
+#[test]
+fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
+    let Some((database, cluster)) = one_reactor_with_a_hit("offload") else {
+        return;
+    };
     // Another session holds the records table against writes (reads go on):
     // the next write's commit waits for it.
     let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
@@ -340,12 +349,9 @@ fn an_online_rebalance_runs_inside_the_serving_master() {
 
 #[test]
 fn a_read_waiting_on_the_index_does_not_stop_its_reactor_answering() {
-    let Some(database) = database("offload_read") else {
+    let Some((database, cluster)) = one_reactor_with_a_hit("offload_read") else {
         return;
     };
-    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
-    assert_eq!(request("PUT", &cluster.url("/hit"), Some(b"value")).status, 201);
-    assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
     // Another session holds the records table against reads too: a cache
     // miss waits for it.
     let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
