@@ -5,14 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mkv::listing::LIST_VISITS_MAX;
 
-use crate::cluster::{fetch, mkv, request, Cluster};
+use crate::cluster::{fetch, request, Cluster};
 
 /// A cluster whose index also holds `count` live keys `/live/<i>`, written
 /// straight into the index (no values on the volumes: listings and GETs
@@ -20,18 +19,8 @@ use crate::cluster::{fetch, mkv, request, Cluster};
 fn seeded_cluster(count: u64) -> Cluster {
     let mut cluster = Cluster::start(3, &[]);
     cluster.kill_master();
-    let seeded = mkv()
-        .args([
-            "-db",
-            &cluster.db().display().to_string(),
-            "-volumes",
-            &cluster.volume_list(),
-        ])
-        .args(["--count", &count.to_string(), "--prefix", "/live/", "seed"])
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(seeded.success());
+    let seeded = cluster.run_command(&["--count", &count.to_string(), "--prefix", "/live/"], "seed");
+    assert!(seeded.status.success());
     cluster.start_master();
     cluster
 }
@@ -159,17 +148,7 @@ fn rebuild_refuses_to_start_while_a_volume_is_down() {
     }
     cluster.kill_master();
     cluster.volumes[1].stop();
-    let output = mkv()
-        .args([
-            "-db",
-            &cluster.db().display().to_string(),
-            "-volumes",
-            &cluster.volume_list(),
-            "rebuild",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = cluster.run_command(&[], "rebuild");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains(&cluster.volumes[1].host()), "{stderr}");

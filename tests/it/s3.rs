@@ -3,10 +3,9 @@
 //! replicas, and multipart parts beside the keys for rebuild. The client
 //! libraries themselves are driven by the Python suite (tests/s3/).
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::cluster::{eventually, fetch, md5_hex, mkv, request, request_full, value, Cluster};
+use crate::cluster::{eventually, fetch, md5_hex, request, request_full, value, Cluster};
 
 /// Any `x-amz-*` header makes a request on the master's port an S3 one.
 const S3: (&str, &str) = ("x-amz-content-sha256", "UNSIGNED-PAYLOAD");
@@ -122,17 +121,7 @@ fn a_read_goes_to_another_replica_when_one_lost_its_copy() {
 fn rebuild_skips_parts_and_restores_sizes() {
     let mut cluster = Cluster::start(2, &["-replicas", "2"]);
     assert_eq!(put(&cluster, "/bkt", b""), 200);
-    let created = request_full("POST", &cluster.url("/bkt/whole?uploads"), &[S3], None);
-    assert_eq!(created.status, 200);
-    let text = String::from_utf8_lossy(&created.body).into_owned();
-    let id = text
-        .split("<UploadId>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = create_upload(&cluster, "/bkt/whole");
     let first = value(5 * 1024 * 1024, 5);
     let part = |number: u32, body: &[u8]| {
         let url = cluster.url(&format!("/bkt/whole?partNumber={number}&uploadId={id}"));
@@ -143,16 +132,7 @@ fn rebuild_skips_parts_and_restores_sizes() {
     let etag1 = part(1, &first);
     let etag2 = part(2, b"tail");
     // A second upload, left open: its part must not become a key either.
-    let open = request_full("POST", &cluster.url("/bkt/open?uploads"), &[S3], None);
-    let open_text = String::from_utf8_lossy(&open.body).into_owned();
-    let open_id = open_text
-        .split("<UploadId>")
-        .nth(1)
-        .unwrap()
-        .split('<')
-        .next()
-        .unwrap()
-        .to_owned();
+    let open_id = create_upload(&cluster, "/bkt/open");
     let open_url = cluster.url(&format!("/bkt/open?partNumber=1&uploadId={open_id}"));
     assert_eq!(request_full("PUT", &open_url, &[S3], Some(b"pending")).status, 200);
     let complete = format!(
@@ -170,18 +150,7 @@ fn rebuild_skips_parts_and_restores_sizes() {
     whole.extend_from_slice(b"tail");
 
     cluster.kill_master();
-    let output = mkv()
-        .args([
-            "-db",
-            &cluster.db().display().to_string(),
-            "-volumes",
-            &cluster.volume_list(),
-        ])
-        .args(&cluster.extra)
-        .arg("rebuild")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = cluster.run_command(&[], "rebuild");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     cluster.master = None;
     cluster.start_master();
@@ -231,4 +200,13 @@ fn an_overwrite_after_placement_moved_leaves_no_old_copy() {
     for key in &keys {
         assert_eq!(get(&cluster, key), (200, b"new".to_vec()), "{key}");
     }
+}
+
+/// CreateMultipartUpload of `path` (`/bucket/key`): the upload id.
+fn create_upload(cluster: &Cluster, path: &str) -> String {
+    let created = request_full("POST", &cluster.url(&format!("{path}?uploads")), &[S3], None);
+    assert_eq!(created.status, 200);
+    let text = String::from_utf8_lossy(&created.body).into_owned();
+    let id = text.split("<UploadId>").nth(1).unwrap().split('<').next().unwrap();
+    id.to_owned()
 }

@@ -109,25 +109,9 @@ fn restart_with_warm_fill_and_check_every_key(extra: &[&str]) -> String {
         );
     }
     cluster.kill_master();
-    let seeded = mkv()
-        .args([
-            "-db",
-            &cluster.db().display().to_string(),
-            "-volumes",
-            &cluster.volume_list(),
-        ])
-        .args([
-            "--count",
-            &WARM_SEEDED_KEYS.to_string(),
-            "--prefix",
-            "/warm/key-",
-            "seed",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(seeded.success());
+    let count = WARM_SEEDED_KEYS.to_string();
+    let seeded = cluster.run_command(&["--count", &count, "--prefix", "/warm/key-"], "seed");
+    assert!(seeded.status.success());
     let fills_before = cluster.master_log().matches("warm fill:").count();
     cluster.start_master();
     let (deleted, overwritten) = (real(3), real(4));

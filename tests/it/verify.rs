@@ -17,19 +17,7 @@ const OLD: Duration = Duration::from_secs(2 * 3600);
 
 /// `mkv <the cluster's index and volumes> <args> verify`.
 fn verify(cluster: &Cluster, args: &[&str]) -> Output {
-    mkv()
-        .args([
-            "-db",
-            &cluster.db().display().to_string(),
-            "-volumes",
-            &cluster.volume_list(),
-        ])
-        .args(&cluster.extra)
-        .args(args)
-        .arg("verify")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    cluster.run_command(args, "verify")
 }
 
 /// The run's stderr, after checking its exit code.
