@@ -134,6 +134,15 @@ fn a_write_in_flight_on_one_master_makes_the_other_answer_409() {
     let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
     slow.write_all(b"PUT /busy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         .unwrap();
+    // It holds the key's lock once its record is in, soft-deleted (and
+    // listed as unlinked): only then may the other master try the key, or
+    // its own attempt could be what makes the PUT answer 409.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("GET", &cluster.url("/?unlinked"), None).body == br#"{"next":"","keys":["/busy"]}"#
+        }),
+        "the PUT's record is in"
+    );
     assert!(
         eventually(Duration::from_secs(10), || request(
             "DELETE",
