@@ -180,7 +180,9 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
         let mut visited = 0usize;
         let stopped_at = view.scan_bounded(&scan_prefix, &cursor, visits_left, |key, record| {
             visited += 1;
-            let live = matches!(&record, Ok(record) if record.is_live());
+            // A key whose overwrite is committing is deleted in the index
+            // for that moment, and still its old value to readers.
+            let live = matches!(&record, Ok(record) if record.is_live() || crate::write::is_committing(key));
             if !live {
                 return true;
             }

@@ -14,6 +14,8 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 use crate::app::App;
@@ -88,40 +90,13 @@ pub enum RequestBody<'a> {
 
 impl PieceSource for RequestBody<'_> {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
-        let (body, decoder, declared) = match self {
-            RequestBody::Plain(body) => return body.next_piece(bytes_max).await,
+        match self {
+            RequestBody::Plain(body) => body.next_piece(bytes_max).await,
             RequestBody::AwsChunked {
                 body,
                 decoder,
                 declared,
-            } => (body, decoder, *declared),
-        };
-        let malformed = |what| ReplicationError::Body(BodyError::Malformed(what));
-        loop {
-            if decoder.is_done() {
-                if declared.is_some_and(|declared| declared != decoder.decoded_bytes()) {
-                    return Err(malformed("the decoded body is not x-amz-decoded-content-length bytes"));
-                }
-                return Ok(None);
-            }
-            let Some(encoded) = body.next_piece(bytes_max).await? else {
-                decoder
-                    .finish()
-                    .map_err(|super::chunked::AwsChunkedError::Malformed(what)| malformed(what))?;
-                continue;
-            };
-            let mut decoded = Vec::with_capacity(encoded.len());
-            decoder
-                .feed(&encoded, &mut decoded)
-                .map_err(|super::chunked::AwsChunkedError::Malformed(what)| malformed(what))?;
-            if declared.is_some_and(|declared| decoder.decoded_bytes() > declared) {
-                return Err(malformed(
-                    "the decoded body is longer than x-amz-decoded-content-length",
-                ));
-            }
-            if !decoded.is_empty() {
-                return Ok(Some(Bytes::from(decoded)));
-            }
+            } => next_decoded(body, decoder, *declared, bytes_max).await,
         }
     }
 
@@ -129,6 +104,52 @@ impl PieceSource for RequestBody<'_> {
         match self {
             RequestBody::Plain(body) => body.delivered(),
             RequestBody::AwsChunked { decoder, .. } => decoder.decoded_bytes(),
+        }
+    }
+}
+
+/// The next decoded piece of an aws-chunked body.
+///
+/// The piece that completes the declared length is handed out only once
+/// the rest of the framing (the final 0-chunk, its trailers, the end of
+/// the HTTP body) has been read and checked: the writer sends the last
+/// piece, which is what makes a volume store the value, only for a body
+/// that is whole, and nothing of the body is left on the connection.
+async fn next_decoded(
+    body: &mut ClientBody<'_>,
+    decoder: &mut AwsChunkedDecoder,
+    declared: Option<u64>,
+    bytes_max: usize,
+) -> Result<Option<Bytes>, ReplicationError> {
+    let malformed = |what| ReplicationError::Body(BodyError::Malformed(what));
+    let decode_error = |super::chunked::AwsChunkedError::Malformed(what)| malformed(what);
+    let mut decoded = Vec::new();
+    loop {
+        if decoder.is_done() {
+            if declared.is_some_and(|declared| declared != decoder.decoded_bytes()) {
+                return Err(malformed("the decoded body is not x-amz-decoded-content-length bytes"));
+            }
+            // The HTTP body must end where the aws-chunked stream does.
+            if body.next_piece(bytes_max).await?.is_some() {
+                return Err(malformed("the body goes on after its final aws-chunked chunk"));
+            }
+            return Ok((!decoded.is_empty()).then(|| Bytes::from(decoded)));
+        }
+        let Some(encoded) = body.next_piece(bytes_max).await? else {
+            decoder.finish().map_err(decode_error)?;
+            continue;
+        };
+        decoder.feed(&encoded, &mut decoded).map_err(decode_error)?;
+        if declared.is_some_and(|declared| decoder.decoded_bytes() > declared) {
+            return Err(malformed(
+                "the decoded body is longer than x-amz-decoded-content-length",
+            ));
+        }
+        // Short of the declared end, a piece goes out as soon as it has
+        // bytes; at the end it waits for the framing to be read to its end.
+        let at_end = declared == Some(decoder.decoded_bytes());
+        if !decoded.is_empty() && !at_end {
+            return Ok(Some(Bytes::from(decoded)));
         }
     }
 }
@@ -220,7 +241,7 @@ pub async fn put(
         user: user_metadata(request)?,
         ..Meta::default()
     };
-    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
+    let _guard = super::lock(app, &key).await?;
     // Conditional writes are decided under the key's lock: no other write
     // of the key can come between the check and the write.
     write_precondition(app, request, &key).await?;
@@ -309,8 +330,32 @@ pub struct Object {
     pub user: Vec<(String, String)>,
 }
 
+/// Times a read opens a copy before it gives up on a key that keeps
+/// being overwritten (503 SlowDown).
+const READ_ATTEMPTS_MAX: usize = 4;
+/// Longest wait of a read for an overwrite's commit: the last piece's
+/// write to the volumes and the index write, both bounded by timeouts
+/// shorter than this.
+const COMMIT_WAIT: Duration = Duration::from_secs(40);
+
+/// Wait until `key` is not being switched to a new value (`write::Commit`).
+async fn wait_for_commit(key: &[u8]) -> Result<(), S3Error> {
+    let deadline = Instant::now() + COMMIT_WAIT;
+    let mut pause = Duration::from_micros(200);
+    while write::is_committing(key) {
+        if Instant::now() + pause > deadline {
+            return Err(S3Error::slow_down());
+        }
+        monoio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
+/// A key being overwritten is the old value until the new one is live.
 pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, S3Error> {
+    wait_for_commit(key).await?;
     let Some(record) = app.store.get_async(key).await?.filter(Record::is_live) else {
         bucket::check_exists(app, bucket_name)?;
         return Err(S3Error::no_such_key());
@@ -437,56 +482,70 @@ pub async fn get(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = request.native_key();
-    let object = object(app, &request.bucket, &key).await?;
     let head_only = head.method == Method::Head;
-    let headers = &request.headers;
-    let conditions = Conditions {
-        if_match: headers.if_match.as_deref(),
-        if_none_match: headers.if_none_match.as_deref(),
-        if_modified_since: headers.if_modified_since.as_deref(),
-        if_unmodified_since: headers.if_unmodified_since.as_deref(),
-    };
-    match precondition(&conditions, &object) {
-        Some(412) => return Err(precondition_failed()),
-        Some(status) => {
-            let mut reply = object_headers(&object);
-            reply.status = status;
-            reply.write(&mut connection.output, head.keep_alive, true);
-            return Ok(Sent::status(status));
+    let mut attempts = 0;
+    let (reply, length, mut download) = loop {
+        attempts += 1;
+        let object = object(app, &request.bucket, &key).await?;
+        let headers = &request.headers;
+        let conditions = Conditions {
+            if_match: headers.if_match.as_deref(),
+            if_none_match: headers.if_none_match.as_deref(),
+            if_modified_since: headers.if_modified_since.as_deref(),
+            if_unmodified_since: headers.if_unmodified_since.as_deref(),
+        };
+        match precondition(&conditions, &object) {
+            Some(412) => return Err(precondition_failed()),
+            Some(status) => {
+                let mut reply = object_headers(&object);
+                reply.status = status;
+                reply.write(&mut connection.output, head.keep_alive, true);
+                return Ok(Sent::status(status));
+            }
+            None => {}
         }
-        None => {}
-    }
-    let range = match parse_range(request.headers.range.as_deref(), object.size) {
-        RangeAsk::Whole => None,
-        RangeAsk::Part(range) => Some(range),
-        RangeAsk::Unsatisfiable => {
-            return Err(S3Error::new(
-                416,
-                "InvalidRange",
-                "The requested range is not satisfiable",
-            ));
+        let range = match parse_range(request.headers.range.as_deref(), object.size) {
+            RangeAsk::Whole => None,
+            RangeAsk::Part(range) => Some(range),
+            RangeAsk::Unsatisfiable => {
+                return Err(S3Error::new(
+                    416,
+                    "InvalidRange",
+                    "The requested range is not satisfiable",
+                ));
+            }
+        };
+        let mut reply = object_headers(&object).header("Content-Type", &object.content_type);
+        let length = match range {
+            Some(ByteRange { first, last }) => {
+                reply.status = 206;
+                reply = reply.header("Content-Range", format_args!("bytes {first}-{last}/{}", object.size));
+                last - first + 1
+            }
+            None => object.size,
+        };
+        if head_only || length == 0 {
+            write_head(
+                &mut connection.output,
+                reply.status,
+                &reply.headers,
+                length,
+                head.keep_alive,
+            );
+            return Ok(Sent::status(reply.status));
+        }
+        let download = open_download(app, &key, &object.record, range, length).await?;
+        // An overwrite may have switched the replica between the record's read
+        // and the copy's opening: the bytes opened are the record's only if the
+        // key was not committing and its record is unchanged once they are open
+        // (a replica switches only after the committing mark is set).
+        if !write::is_committing(&key) && app.store.get_async(&key).await?.as_ref() == Some(&object.record) {
+            break (reply, length, download);
+        }
+        if attempts >= READ_ATTEMPTS_MAX {
+            return Err(S3Error::slow_down());
         }
     };
-    let mut reply = object_headers(&object).header("Content-Type", &object.content_type);
-    let length = match range {
-        Some(ByteRange { first, last }) => {
-            reply.status = 206;
-            reply = reply.header("Content-Range", format_args!("bytes {first}-{last}/{}", object.size));
-            last - first + 1
-        }
-        None => object.size,
-    };
-    if head_only || length == 0 {
-        write_head(
-            &mut connection.output,
-            reply.status,
-            &reply.headers,
-            length,
-            head.keep_alive,
-        );
-        return Ok(Sent::status(reply.status));
-    }
-    let mut download = open_download(app, &key, &object.record, range, length).await?;
     write_head(
         &mut connection.output,
         reply.status,
@@ -573,16 +632,12 @@ pub async fn delete(
 /// Delete one object; absent is success, as S3 has it.
 async fn delete_one(app: &App, bucket_name: &str, key: &[u8]) -> Result<(), S3Error> {
     let key = native_key(bucket_name, key);
-    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
+    let _guard = super::lock(app, &key).await?;
     let Some(record) = app.store.get_async(&key).await? else {
         return Ok(());
     };
     if app.config.protect && record.is_live() {
-        return Err(S3Error::new(
-            403,
-            "AccessDenied",
-            "-protect is on: unlink the key first",
-        ));
+        return Err(S3Error::protected());
     }
     write::delete_value(app, &key, &record).await?;
     Ok(())
@@ -627,7 +682,13 @@ pub async fn delete_objects(
 /// The bucket and key an `x-amz-copy-source` names.
 fn copy_source(request: &S3Request) -> Result<(String, Vec<u8>), S3Error> {
     let text = request.headers.copy_source.as_deref().unwrap_or("");
-    let text = text.split_once("?versionId=").map_or(text, |(source, _)| source);
+    let text = match text.split_once("?versionId=") {
+        Some((source, version)) => {
+            super::refuse::check_version(version.as_bytes())?;
+            source
+        }
+        None => text,
+    };
     let mut decoded = Vec::new();
     if !crate::http::percent_decode_into(text.as_bytes(), &mut decoded) {
         return Err(S3Error::invalid_argument("x-amz-copy-source is not valid"));
@@ -687,7 +748,7 @@ pub async fn copy(
     } else {
         (Some(source.content_type.clone()), source.user.clone())
     };
-    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
+    let _guard = super::lock(app, &key).await?;
     let (etag, mtime_ms) = if source_native == key {
         if !replace {
             return Err(S3Error::new(
@@ -696,7 +757,11 @@ pub async fn copy(
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata.",
             ));
         }
-        // A copy onto itself changes only the metadata.
+        // A copy onto itself changes only the metadata, which `-protect`
+        // keeps as it is too.
+        if app.config.protect {
+            return Err(S3Error::protected());
+        }
         let meta = Meta {
             size: source.size,
             mtime_ms: now_ms(),

@@ -6,6 +6,7 @@
 //! body moves that buffer, and S3 requests are not the hot path.
 
 use crate::http::{percent_decode_into, query_pairs, Method, RequestHead};
+use crate::meta::CONTENT_TYPE_BYTES_MAX;
 
 use super::S3Error;
 
@@ -20,6 +21,7 @@ pub const SUB_RESOURCES: &[&[u8]] = &[
     b"location",
     b"versioning",
     b"versions",
+    b"versionId",
     b"acl",
     b"tagging",
     b"policy",
@@ -75,6 +77,9 @@ pub struct Headers {
     /// Standard headers S3 stores with a value and sends back on reads,
     /// names as `:name` (see `Meta::user`).
     pub stored: Vec<(String, String)>,
+    /// Other `x-amz-*` headers, names lower-case: `refuse` looks for
+    /// features asked for that mkv does not have.
+    pub refusable: Vec<(String, String)>,
 }
 
 /// Headers a PUT may give that S3 keeps with the value and returns on
@@ -111,12 +116,23 @@ impl S3Request {
                 query.push((String::from_utf8_lossy(name).into_owned(), decoded));
             }
         }
+        let headers = Headers::parse(request);
+        // Checked here, for every operation, rather than by each that
+        // stores it: metadata that cannot be stored must never reach the
+        // index (a multipart upload keeps it until its completion).
+        if headers
+            .content_type
+            .as_ref()
+            .is_some_and(|text| text.len() > CONTENT_TYPE_BYTES_MAX)
+        {
+            return Err(S3Error::invalid_argument("Content-Type is too long"));
+        }
         Ok(S3Request {
             method: Some(head.method),
             bucket,
             key: key.to_vec(),
             query,
-            headers: Headers::parse(request),
+            headers,
         })
     }
 
@@ -201,6 +217,10 @@ impl Headers {
                 "x-amz-copy-source-if-modified-since" => &mut headers.copy_if_modified_since,
                 "x-amz-copy-source-if-unmodified-since" => &mut headers.copy_if_unmodified_since,
                 "authorization" => &mut headers.authorization,
+                _ if name.starts_with("x-amz-") => {
+                    headers.refusable.push((name, value));
+                    continue;
+                }
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -224,7 +244,12 @@ impl Headers {
 /// Whether a query string carries an S3 sub-resource or presigned-URL
 /// parameter.
 pub fn is_s3_query(query: &[u8]) -> bool {
-    query_pairs(query).any(|(name, _)| SUB_RESOURCES.contains(&name))
+    query_pairs(query).any(|(name, _)| {
+        SUB_RESOURCES.contains(&name)
+            || super::refuse::UNSUPPORTED_SUB_RESOURCES
+                .iter()
+                .any(|sub_resource| sub_resource.as_bytes() == name)
+    })
 }
 
 /// One byte range of a `Range: bytes=...` header, resolved against a value
