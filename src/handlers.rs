@@ -12,7 +12,7 @@ use crate::listing;
 use crate::meta::Meta;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
-use crate::replication::{self, entry_path, ClientBody, ReplicationError};
+use crate::replication::{self, entry_path, ClientBody, GateError, ReplicationError};
 use crate::store::{self, KeyGuard, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
@@ -268,7 +268,8 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
             ReplicationError::BadDigest => Error::Client(400, "the value's md5 is not the one sent"),
             ReplicationError::Volume(error) | ReplicationError::Source(error) => Error::Volume(error),
-            ReplicationError::Index(error) => Error::Index(error),
+            ReplicationError::Gate(GateError::Index(error)) => Error::Index(error),
+            ReplicationError::Gate(_) => Error::Unavailable,
         }),
     }
 }

@@ -89,8 +89,19 @@ pub enum ReplicationError {
     Source(VolumeError),
     /// The value's md5 is not the one the client said it sent.
     BadDigest,
-    /// The index failed at the gate before the last bytes (`Gate`).
+    /// The writer's gate stopped the write before its last bytes.
+    Gate(GateError),
+}
+
+/// Why a writer's `Gate` stopped a write before its last bytes.
+#[derive(Debug)]
+pub enum GateError {
+    /// The index failed.
     Index(crate::index::IndexError),
+    /// The write has nowhere to go any more (a part whose upload ended).
+    Gone,
+    /// A wait of the gate ran out.
+    Busy,
 }
 
 /// Where a replicated write's bytes come from: a client's body, or another

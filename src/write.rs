@@ -21,7 +21,7 @@ use crate::placement::{hex_lower, key2path, path_is_own};
 use crate::record::Record;
 use std::sync::Mutex;
 
-use crate::replication::{self, Failed, Gate, PieceSource, ReplicationError, Target};
+use crate::replication::{self, Failed, Gate, GateError, PieceSource, ReplicationError, Target};
 use crate::volume::Settled;
 
 /// What to write besides the bytes.
@@ -187,7 +187,7 @@ impl Gate for Commit<'_> {
             .store
             .put_async(self.key, &record)
             .await
-            .map_err(ReplicationError::Index)
+            .map_err(|error| ReplicationError::Gate(GateError::Index(error)))
     }
 }
 

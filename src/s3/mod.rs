@@ -83,6 +83,8 @@ pub struct S3Error {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Header lines the error's answer carries, each ending in CRLF.
+    pub headers: String,
 }
 
 impl S3Error {
@@ -91,7 +93,14 @@ impl S3Error {
             status,
             code,
             message: message.into(),
+            headers: String::new(),
         }
+    }
+
+    /// Add a header line to the error's answer.
+    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> S3Error {
+        let _ = write!(self.headers, "{name}: {value}\r\n");
+        self
     }
 
     pub fn invalid_argument(message: &str) -> S3Error {
@@ -182,7 +191,7 @@ impl From<Error> for S3Error {
 impl From<WriteError> for S3Error {
     fn from(error: WriteError) -> Self {
         use crate::connection::BodyError;
-        use crate::replication::ReplicationError;
+        use crate::replication::{GateError, ReplicationError};
         match error {
             WriteError::Exists => S3Error::internal("the key exists"),
             WriteError::Protected => S3Error::protected(),
@@ -210,7 +219,9 @@ impl From<WriteError> for S3Error {
                 ),
                 ReplicationError::Volume(error) => error.into(),
                 ReplicationError::Source(error) => error.into(),
-                ReplicationError::Index(error) => error.into(),
+                ReplicationError::Gate(GateError::Index(error)) => error.into(),
+                ReplicationError::Gate(GateError::Gone) => S3Error::no_such_upload(),
+                ReplicationError::Gate(GateError::Busy) => S3Error::slow_down(),
             },
         }
     }
@@ -314,6 +325,7 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     if let Err(error) = &result {
         let body = xml::error(error.code, &error.message, "", "mkv");
         let mut reply = Reply::xml(error.status, body);
+        reply.headers.push_str(&error.headers);
         if error.status == 503 {
             // As the native API: a busy or failing-over index is worth a retry.
             reply = reply.header("Retry-After", 1);
@@ -382,7 +394,9 @@ async fn object_operation(
 ) -> Result<Sent, S3Error> {
     let upload = request.has("uploadId");
     match head.method {
-        Method::Put if upload && request.headers.copy_source.is_some() => Err(S3Error::not_implemented()),
+        Method::Put if upload && request.headers.copy_source.is_some() => {
+            multipart::upload_part_copy(app, connection, head, request).await
+        }
         Method::Put if upload => multipart::upload_part(app, connection, head, request).await,
         Method::Put if request.headers.copy_source.is_some() => object::copy(app, connection, head, request).await,
         Method::Put => object::put(app, connection, head, request).await,

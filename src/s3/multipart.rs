@@ -23,11 +23,15 @@ use crate::connection::Connection;
 use crate::http::RequestHead;
 use crate::meta::{now_ms, Meta};
 use crate::placement::{entry_host, hex_lower};
-use crate::replication::{self, entry_path, PieceSource, ReplicationError, Target, VOLUME_IO_TIMEOUT};
+use crate::replication::{self, entry_path, Gate, GateError, PieceSource, ReplicationError, Target, VOLUME_IO_TIMEOUT};
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
-use super::object::{checked_key, content_md5, read_small_body, request_body, user_metadata, write_precondition};
+use super::object::{
+    checked_key, content_md5, copy_source_object, open_download, read_small_body, request_body, user_metadata,
+    write_precondition, CopySource, EmptySource,
+};
+use super::request::ByteRange;
 use super::request::S3Request;
 use super::state::{self, Part, Upload};
 use super::{bucket, xml, Reply, S3Error, Sent};
@@ -78,26 +82,113 @@ pub async fn create(
     Ok(Sent::status(200))
 }
 
+/// The part number a request names.
+fn part_number(request: &S3Request) -> Result<u32, S3Error> {
+    let number = request.param_number("partNumber", 0)?;
+    u32::try_from(number)
+        .ok()
+        .filter(|number| (1..=PART_NUMBER_MAX).contains(number))
+        .ok_or_else(|| S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive"))
+}
+
 pub async fn upload_part(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let number = request.param_number("partNumber", 0)?;
-    let number = u32::try_from(number)
-        .ok()
-        .filter(|number| (1..=PART_NUMBER_MAX).contains(number))
-        .ok_or_else(|| S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive"))?;
+    let number = part_number(request)?;
     let (id, _) = named_upload(app, request)?;
     let key = checked_key(request)?;
     let expected_md5 = content_md5(request)?;
     let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
     let _guard = super::lock(app, &lock_key).await?;
-    let entries = app.store.placement().place(&key);
-    let path = state::part_path(&id, number);
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
+    let part = write_part(app, &id, number, &key, &mut body, declared, expected_md5).await;
+    drop(body);
+    let part = part?;
+    Reply::empty(200)
+        .header("ETag", format_args!("\"{}\"", part.md5))
+        .write(&mut connection.output, keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// UploadPartCopy: a part copied from a live object, whole or the range
+/// `x-amz-copy-source-range` names, streamed from one of its replicas.
+pub async fn upload_part_copy(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let number = part_number(request)?;
+    let (id, _) = named_upload(app, request)?;
+    let key = checked_key(request)?;
+    let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
+    let _guard = super::lock(app, &lock_key).await?;
+    let (source_key, source) = copy_source_object(app, request).await?;
+    let range = match request.headers.copy_source_range.as_deref() {
+        None => None,
+        Some(text) => Some(copy_range(text, source.size)?),
+    };
+    let length = range.map_or(source.size, |range| range.last - range.first + 1);
+    let part = if length == 0 {
+        write_part(app, &id, number, &key, &mut EmptySource, Some(0), None).await?
+    } else {
+        let download = open_download(app, &source_key, &source.record, range, length).await?;
+        let mut copied = CopySource::new(download);
+        let part = write_part(app, &id, number, &key, &mut copied, Some(length), None).await?;
+        copied.finish();
+        part
+    };
+    Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms)).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// An `x-amz-copy-source-range` (`bytes=first-last`, both given) over a
+/// source of `size` bytes.
+fn copy_range(text: &str, size: u64) -> Result<ByteRange, S3Error> {
+    let malformed = || {
+        S3Error::invalid_argument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    };
+    let (first, last) = text
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|range| range.split_once('-'))
+        .ok_or_else(malformed)?;
+    let first: u64 = first.trim().parse().map_err(|_| malformed())?;
+    let last: u64 = last.trim().parse().map_err(|_| malformed())?;
+    if first > last || last >= size {
+        return Err(S3Error::new(
+            416,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        ));
+    }
+    Ok(ByteRange { first, last })
+}
+
+/// Write part `number` of upload `id` (of native `key`) from `source` to
+/// every replica placement names for the key, and record it. The part's
+/// last bytes go out only under the upload's lock, held until the part is
+/// recorded: a CompleteMultipartUpload (which holds that lock while it
+/// reads and streams the parts) never sees a part replaced under it, and
+/// a part that arrives after the upload completed or was aborted replaces
+/// nothing. The caller holds the part's lock.
+async fn write_part<S: PieceSource>(
+    app: &App,
+    id: &str,
+    number: u32,
+    key: &[u8],
+    source: &mut S,
+    declared: Option<u64>,
+    expected_md5: Option<[u8; 16]>,
+) -> Result<Part, S3Error> {
+    let entries = app.store.placement().place(key);
+    let path = state::part_path(id, number);
     let target = Target {
         entries: &entries,
         key_path: &path,
@@ -107,8 +198,8 @@ pub async fn upload_part(
         allow_empty: true,
         connect_timeout: app.config.volume_timeout,
     };
-    let written = replication::replicate(&mut body, &target, &mut replication::Open).await;
-    drop(body);
+    let mut gate = PartGate { app, id, guard: None };
+    let written = replication::replicate(source, &target, &mut gate).await;
     let timeout = app.config.volume_timeout;
     let written = match written {
         Ok(written) => written,
@@ -122,7 +213,7 @@ pub async fn upload_part(
                 .map(|(entry, _)| entry.clone())
                 .collect();
             if !touched.is_empty() {
-                state::delete_part(&app.store, &id, number).await?;
+                state::delete_part(&app.store, id, number).await?;
                 let _ = replication::delete_all(&touched, &path, timeout).await;
             }
             return Err(write::WriteError::Replication(failed.error).into());
@@ -135,17 +226,34 @@ pub async fn upload_part(
         mtime_ms: now_ms(),
         volumes: entries.clone(),
     };
-    // An upload completed or aborted while this part was on its way takes
-    // no more parts: this one is removed again.
-    if state::upload(app.store.index(), &id)?.is_none() {
-        let _ = replication::delete_all(&entries, &path, timeout).await;
-        return Err(S3Error::no_such_upload());
+    state::put_part(&app.store, id, number, &part).await?;
+    drop(gate);
+    Ok(part)
+}
+
+/// The gate of a part: the upload's lock, taken before the part's last
+/// bytes go out and held until the part is recorded, and the upload still
+/// there under it.
+struct PartGate<'a> {
+    app: &'a App,
+    id: &'a str,
+    guard: Option<crate::store::KeyGuard<'a>>,
+}
+
+impl Gate for PartGate<'_> {
+    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+        let gate_error = |error| ReplicationError::Gate(error);
+        let guard = super::lock(self.app, &upload_lock_key(self.id))
+            .await
+            .map_err(|_| gate_error(GateError::Busy))?;
+        let upload =
+            state::upload(self.app.store.index(), self.id).map_err(|error| gate_error(GateError::Index(error)))?;
+        if upload.is_none() {
+            return Err(gate_error(GateError::Gone));
+        }
+        self.guard = Some(guard);
+        Ok(())
     }
-    state::put_part(&app.store, &id, number, &part).await?;
-    Reply::empty(200)
-        .header("ETag", format_args!("\"{}\"", part.md5))
-        .write(&mut connection.output, keep_alive, false);
-    Ok(Sent::status(200))
 }
 
 pub fn list_parts(
@@ -472,6 +580,11 @@ pub async fn complete(
     let key = checked_key(request)?;
     let lock_key = upload_lock_key(&id);
     let _upload_guard = super::lock(app, &lock_key).await?;
+    // Completed (or aborted) while this request waited for the lock: a
+    // retry of a completion that succeeded gets the same answer.
+    if state::upload(app.store.index(), &id)?.is_none() {
+        return complete_again(app, connection, head, request).await;
+    }
     let body = read_small_body(app, connection, head).await?;
     let listed = xml::parse_complete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let uploaded = all_parts(app, &id)?;

@@ -200,7 +200,7 @@ pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Err
                 .map(str::trim)
                 .filter(|token| !token.is_empty() && *token != "aws-chunked")
                 .collect();
-            tokens.join(",")
+            tokens.join(", ")
         } else {
             value.clone()
         };
@@ -475,6 +475,40 @@ fn object_headers(object: &Object) -> Reply {
     reply
 }
 
+/// GetObject's `response-*` parameters (presigned download links set
+/// them) and the response header each replaces.
+const RESPONSE_OVERRIDES: &[(&str, &str)] = &[
+    ("response-content-type", "content-type"),
+    ("response-content-language", "content-language"),
+    ("response-expires", "expires"),
+    ("response-cache-control", "cache-control"),
+    ("response-content-disposition", "content-disposition"),
+    ("response-content-encoding", "content-encoding"),
+];
+
+/// The object as GetObject's `response-*` parameters ask it to be
+/// described: each replaces the stored header (or content type) of its
+/// name. A value that could end the header line is refused.
+fn with_overrides(mut object: Object, request: &S3Request) -> Result<Object, S3Error> {
+    for (parameter, header) in RESPONSE_OVERRIDES {
+        let Some(value) = request.param(parameter) else {
+            continue;
+        };
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|text| !text.chars().any(char::is_control))
+            .ok_or_else(|| S3Error::invalid_argument("a response-* parameter is not a header value"))?;
+        if *header == "content-type" {
+            object.content_type = value.to_owned();
+            continue;
+        }
+        let stored = format!(":{header}");
+        object.user.retain(|(name, _)| *name != stored);
+        object.user.push((stored, value.to_owned()));
+    }
+    Ok(object)
+}
+
 pub async fn get(
     app: &App,
     connection: &mut Connection,
@@ -486,7 +520,7 @@ pub async fn get(
     let mut attempts = 0;
     let (reply, length, mut download) = loop {
         attempts += 1;
-        let object = object(app, &request.bucket, &key).await?;
+        let object = with_overrides(object(app, &request.bucket, &key).await?, request)?;
         let headers = &request.headers;
         let conditions = Conditions {
             if_match: headers.if_match.as_deref(),
@@ -565,7 +599,7 @@ pub async fn get(
 
 /// A download of `length` bytes (of `range`) of `key`'s value from the
 /// first replica that starts one.
-async fn open_download(
+pub async fn open_download(
     app: &App,
     key: &[u8],
     record: &Record,
@@ -710,6 +744,17 @@ pub struct CopySource {
     download: Download,
 }
 
+impl CopySource {
+    pub fn new(download: Download) -> CopySource {
+        CopySource { download }
+    }
+
+    /// The copy is read whole: its volume connection goes back to the pool.
+    pub fn finish(self) {
+        self.download.finish();
+    }
+}
+
 impl PieceSource for CopySource {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
         self.download.next(bytes_max).await.map_err(ReplicationError::Source)
@@ -720,14 +765,10 @@ impl PieceSource for CopySource {
     }
 }
 
-pub async fn copy(
-    app: &App,
-    connection: &mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<Sent, S3Error> {
-    let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+/// The object `x-amz-copy-source` names (its native key), if it is live
+/// and meets the request's `x-amz-copy-source-if-*` conditions (412 if
+/// not, whichever kind failed).
+pub async fn copy_source_object(app: &App, request: &S3Request) -> Result<(Vec<u8>, Object), S3Error> {
     let (source_bucket, source_key) = copy_source(request)?;
     let source_native = native_key(&source_bucket, &source_key);
     let source = object(app, &source_bucket, &source_native).await?;
@@ -738,17 +779,31 @@ pub async fn copy(
         if_modified_since: headers.copy_if_modified_since.as_deref(),
         if_unmodified_since: headers.copy_if_unmodified_since.as_deref(),
     };
-    // A copy's failed source condition is 412, whichever kind it is.
     if precondition(&conditions, &source).is_some() {
         return Err(precondition_failed());
     }
+    Ok((source_native, source))
+}
+
+pub async fn copy(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let key = checked_key(request)?;
+    bucket::check_exists(app, &request.bucket)?;
+    // The destination's lock first: a copy onto itself then reads the
+    // record it rewrites under that lock.
+    let _guard = super::lock(app, &key).await?;
+    let (source_native, source) = copy_source_object(app, request).await?;
+    let headers = &request.headers;
     let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
     let (content_type, user) = if replace {
         (content_type(request)?, user_metadata(request)?)
     } else {
         (Some(source.content_type.clone()), source.user.clone())
     };
-    let _guard = super::lock(app, &key).await?;
     let (etag, mtime_ms) = if source_native == key {
         if !replace {
             return Err(S3Error::new(
@@ -804,7 +859,7 @@ pub async fn copy(
 }
 
 /// A source of no bytes (a copy of an empty value).
-struct EmptySource;
+pub struct EmptySource;
 
 impl PieceSource for EmptySource {
     async fn next_piece(&mut self, _bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {

@@ -65,6 +65,7 @@ pub struct Headers {
     pub if_modified_since: Option<String>,
     pub if_unmodified_since: Option<String>,
     pub copy_source: Option<String>,
+    pub copy_source_range: Option<String>,
     pub metadata_directive: Option<String>,
     pub copy_if_match: Option<String>,
     pub copy_if_none_match: Option<String>,
@@ -211,6 +212,7 @@ impl Headers {
                 "if-modified-since" => &mut headers.if_modified_since,
                 "if-unmodified-since" => &mut headers.if_unmodified_since,
                 "x-amz-copy-source" => &mut headers.copy_source,
+                "x-amz-copy-source-range" => &mut headers.copy_source_range,
                 "x-amz-metadata-directive" => &mut headers.metadata_directive,
                 "x-amz-copy-source-if-match" => &mut headers.copy_if_match,
                 "x-amz-copy-source-if-none-match" => &mut headers.copy_if_none_match,
@@ -260,6 +262,15 @@ pub struct ByteRange {
     pub last: u64,
 }
 
+/// A decimal byte position; one too large for 64 bits is past any value's
+/// end (S3 answers such a range as if it named the last byte).
+fn parse_position(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX))
+}
+
 /// What a `Range` header asks of a value of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeAsk {
@@ -285,7 +296,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
     let (first, last) = (first.trim(), last.trim());
     let range = if first.is_empty() {
         // A suffix: the last n bytes.
-        let Ok(count) = last.parse::<u64>() else {
+        let Some(count) = parse_position(last) else {
             return RangeAsk::Whole;
         };
         if count == 0 || size == 0 {
@@ -296,14 +307,14 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
             last: size - 1,
         }
     } else {
-        let Ok(first) = first.parse::<u64>() else {
+        let Some(first) = parse_position(first) else {
             return RangeAsk::Whole;
         };
         let last = if last.is_empty() {
             u64::MAX
         } else {
-            match last.parse::<u64>() {
-                Ok(last) if last >= first => last,
+            match parse_position(last) {
+                Some(last) if last >= first => last,
                 _ => return RangeAsk::Whole,
             }
         };
@@ -374,5 +385,15 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=4-2"), 10), RangeAsk::Whole);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeAsk::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeAsk::Whole);
+        assert_eq!(
+            parse_range(Some("bytes=0-99999999999999999999"), 10),
+            RangeAsk::Part(ByteRange { first: 0, last: 9 }),
+            "a last byte past 64 bits is the value's last"
+        );
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999-"), 10),
+            RangeAsk::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=+1-2"), 10), RangeAsk::Whole);
     }
 }

@@ -617,3 +617,47 @@ fn readers_of_an_overwritten_key_see_the_old_value_or_the_new_never_neither() {
     }
     assert_eq!(read_with_etag(&cluster.url("/bkt/k")), (200, new, new_md5));
 }
+
+#[test]
+fn upload_checksums_are_verified_before_anything_is_stored() {
+    use base64::Engine;
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let cluster = Cluster::start(3, &[]);
+    assert_eq!(s3(&cluster, "PUT", "/bkt", &[], None).0, 200);
+    let data = value(2_500_000, 21);
+    let crc = base64(&crc32(&data).to_be_bytes());
+    let wrong = base64(&(crc32(&data) ^ 1).to_be_bytes());
+    let code = |(status, body): (u16, Vec<u8>)| {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let code = text.split("<Code>").nth(1).and_then(|rest| rest.split('<').next()).unwrap_or("").to_owned();
+        (status, code)
+    };
+    // A plain PUT with a wrong header checksum: nothing stored.
+    let refused = s3(&cluster, "PUT", "/bkt/k", &[("x-amz-checksum-crc32", &wrong)], Some(&data));
+    assert_eq!(code(refused), (400, "BadDigest".to_owned()));
+    assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404);
+    // A payload hash that is not the body's.
+    let sha = ("x-amz-content-sha256", "0000000000000000000000000000000000000000000000000000000000000000");
+    let reply = request_full("PUT", &cluster.url("/bkt/k"), &[sha], Some(&data));
+    assert_eq!(code((reply.status, reply.body)), (400, "XAmzContentSHA256Mismatch".to_owned()));
+    assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404);
+    // An aws-chunked body whose trailer checksum is wrong.
+    let mut body = aws_chunked(&[&data[..1_000_000], &data[1_000_000..]], false);
+    body.truncate(body.len() - 2);
+    body.extend_from_slice(format!("x-amz-checksum-crc32:{wrong}\r\n\r\n").as_bytes());
+    let request = aws_chunked_put("/bkt/k", data.len(), &body, true);
+    let answer = exchange(&cluster, &[request, closing_get("/bkt/k").into_bytes()].concat());
+    assert_eq!(statuses(&answer).first(), Some(&400), "{answer:.400}");
+    assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404);
+    // Right ones are stored and returned when asked for.
+    let (status, _) = s3(&cluster, "PUT", "/bkt/k", &[("x-amz-checksum-crc32", &crc)], Some(&data));
+    assert_eq!(status, 200);
+    let asked = request_full("HEAD", &cluster.url("/bkt/k"), &[S3, ("x-amz-checksum-mode", "ENABLED")], None);
+    assert_eq!(asked.header("x-amz-checksum-crc32"), Some(crc.as_str()));
+    let plain = request_full("HEAD", &cluster.url("/bkt/k"), &[S3], None);
+    assert_eq!(plain.header("x-amz-checksum-crc32"), None);
+    let body = aws_chunked(&[&data], true);
+    let request = aws_chunked_put("/bkt/chunked", data.len(), &body, true);
+    let answer = exchange(&cluster, &[request, closing_get("/bkt/chunked").into_bytes()].concat());
+    assert_eq!(statuses(&answer), vec![200, 200], "{answer:.400}");
+}
