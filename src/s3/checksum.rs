@@ -123,7 +123,9 @@ impl Algorithm {
 
     /// From an XML element name (`ChecksumCRC32`, exact case as XML is case-sensitive).
     pub fn from_xml_element(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|algorithm| algorithm.xml_element() == name)
+        Algorithm::ALL
+            .into_iter()
+            .find(|algorithm| algorithm.xml_element() == name)
     }
 
     fn crc(self) -> Option<CrcAlgorithm> {
@@ -345,7 +347,11 @@ pub fn composite<'a>(algorithm: Algorithm, part_checksums: impl IntoIterator<Ite
     let mut checksummer = Checksummer::new(algorithm);
     let mut parts: u64 = 0;
     for part_checksum in part_checksums {
-        assert_eq!(part_checksum.len(), algorithm.checksum_bytes(), "a raw {algorithm} part checksum");
+        assert_eq!(
+            part_checksum.len(),
+            algorithm.checksum_bytes(),
+            "a raw {algorithm} part checksum"
+        );
         checksummer.update(part_checksum);
         parts += 1;
     }
@@ -444,7 +450,11 @@ mod tests {
         (Algorithm::Crc32, "DUoRhQ==", "AAAAAA=="),
         (Algorithm::Crc32c, "yZRlqg==", "AAAAAA=="),
         (Algorithm::Crc64Nvme, "jSnVw/bqjr4=", "AAAAAAAAAAA="),
-        (Algorithm::Sha1, "Kq5sNclPz7QV2+lfQIuc6R7oRu0=", "2jmj7l5rSw0yVb/vlWAYkK/YBwk="),
+        (
+            Algorithm::Sha1,
+            "Kq5sNclPz7QV2+lfQIuc6R7oRu0=",
+            "2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
+        ),
         (
             Algorithm::Sha256,
             "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek=",
@@ -506,22 +516,43 @@ mod tests {
 
     #[test]
     fn parse_expected_checks_base64_and_length() {
-        assert_eq!(parse_expected(Algorithm::Crc32, " DUoRhQ== "), Ok(vec![0x0d, 0x4a, 0x11, 0x85]));
+        assert_eq!(
+            parse_expected(Algorithm::Crc32, " DUoRhQ== "),
+            Ok(vec![0x0d, 0x4a, 0x11, 0x85])
+        );
         let invalid = Err(ChecksumError::Invalid(Algorithm::Crc32));
         assert_eq!(parse_expected(Algorithm::Crc32, ""), invalid);
-        assert_eq!(parse_expected(Algorithm::Crc32, "DUoRhQ"), invalid, "padding is required");
-        assert_eq!(parse_expected(Algorithm::Crc32, "DUoRhR=="), invalid, "non-canonical trailing bits");
+        assert_eq!(
+            parse_expected(Algorithm::Crc32, "DUoRhQ"),
+            invalid,
+            "padding is required"
+        );
+        assert_eq!(
+            parse_expected(Algorithm::Crc32, "DUoRhR=="),
+            invalid,
+            "non-canonical trailing bits"
+        );
         assert_eq!(parse_expected(Algorithm::Crc32, "DUoR"), invalid, "3 bytes");
         assert_eq!(parse_expected(Algorithm::Crc32, "jSnVw/bqjr4="), invalid, "8 bytes");
         assert_eq!(parse_expected(Algorithm::Crc32, "DUo*hQ=="), invalid);
-        assert_eq!(parse_expected(Algorithm::Crc32, "DUoRhQ==-2"), invalid, "composite values are not expected values");
+        assert_eq!(
+            parse_expected(Algorithm::Crc32, "DUoRhQ==-2"),
+            invalid,
+            "composite values are not expected values"
+        );
         assert_eq!(
             parse_expected(Algorithm::Sha256, "DUoRhQ=="),
             Err(ChecksumError::Invalid(Algorithm::Sha256))
         );
         for (algorithm, hello_world, empty) in HELLO_WORLD {
-            assert_eq!(parse_expected(algorithm, hello_world).map(|raw| raw.len()), Ok(algorithm.checksum_bytes()));
-            assert_eq!(parse_expected(algorithm, empty).map(|raw| raw.len()), Ok(algorithm.checksum_bytes()));
+            assert_eq!(
+                parse_expected(algorithm, hello_world).map(|raw| raw.len()),
+                Ok(algorithm.checksum_bytes())
+            );
+            assert_eq!(
+                parse_expected(algorithm, empty).map(|raw| raw.len()),
+                Ok(algorithm.checksum_bytes())
+            );
         }
     }
 
@@ -529,22 +560,42 @@ mod tests {
     fn algorithm_names() {
         for algorithm in Algorithm::ALL {
             assert_eq!(Algorithm::from_value(algorithm.value()), Some(algorithm));
-            assert_eq!(Algorithm::from_value(&algorithm.value().to_lowercase()), Some(algorithm));
+            assert_eq!(
+                Algorithm::from_value(&algorithm.value().to_lowercase()),
+                Some(algorithm)
+            );
             assert_eq!(Algorithm::from_header(algorithm.header()), Some(algorithm));
-            assert_eq!(Algorithm::from_header(&algorithm.header().to_uppercase()), Some(algorithm));
-            assert_eq!(Algorithm::from_trailer(&format!(" {} ", algorithm.header())), Some(algorithm));
+            assert_eq!(
+                Algorithm::from_header(&algorithm.header().to_uppercase()),
+                Some(algorithm)
+            );
+            assert_eq!(
+                Algorithm::from_trailer(&format!(" {} ", algorithm.header())),
+                Some(algorithm)
+            );
             assert_eq!(Algorithm::from_xml_element(algorithm.xml_element()), Some(algorithm));
             assert!(algorithm.checksum_bytes() <= CHECKSUM_BYTES_MAX);
         }
         assert_eq!(Algorithm::from_header("x-amz-checksum-crc32"), Some(Algorithm::Crc32));
-        assert_eq!(Algorithm::from_header("x-amz-checksum-crc64nvme"), Some(Algorithm::Crc64Nvme));
+        assert_eq!(
+            Algorithm::from_header("x-amz-checksum-crc64nvme"),
+            Some(Algorithm::Crc64Nvme)
+        );
         assert_eq!(Algorithm::from_value("CRC64NVME"), Some(Algorithm::Crc64Nvme));
-        for other in ["x-amz-checksum-mode", "x-amz-checksum-type", "x-amz-checksum-algorithm", "x-amz-checksum-md5"] {
+        for other in [
+            "x-amz-checksum-mode",
+            "x-amz-checksum-type",
+            "x-amz-checksum-algorithm",
+            "x-amz-checksum-md5",
+        ] {
             assert_eq!(Algorithm::from_header(other), None, "{other}");
         }
         assert_eq!(Algorithm::from_value("MD5"), None);
         assert_eq!(parse_algorithm("crc32c"), Ok(Algorithm::Crc32c));
-        assert_eq!(parse_algorithm("MD5"), Err(ChecksumError::UnknownAlgorithm("MD5".to_owned())));
+        assert_eq!(
+            parse_algorithm("MD5"),
+            Err(ChecksumError::UnknownAlgorithm("MD5".to_owned()))
+        );
         assert_eq!(Algorithm::from_value("CRC32 C"), None);
         assert_eq!(Algorithm::from_xml_element("checksumcrc32"), None);
         assert!(Algorithm::Crc64Nvme.is_crc() && !Algorithm::Sha1.is_crc());
@@ -565,7 +616,11 @@ mod tests {
         ];
         for (algorithm, rendered) in expected {
             let parts = [checksum(algorithm, b"hello "), checksum(algorithm, b"world")];
-            assert_eq!(composite(algorithm, parts.iter().map(Vec::as_slice)), rendered, "{algorithm}");
+            assert_eq!(
+                composite(algorithm, parts.iter().map(Vec::as_slice)),
+                rendered,
+                "{algorithm}"
+            );
         }
         let one = checksum(Algorithm::Crc32, b"x");
         let single = composite(Algorithm::Crc32, [one.as_slice()]);
@@ -634,11 +689,25 @@ mod tests {
                 Err(ChecksumError::ContentSha256Mismatch)
             );
         }
-        for bad in ["", "unsigned-payload", &lower[1..], &format!("{lower}0"), &lower.replace('e', "g"), "+3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"] {
-            assert_eq!(parse_content_sha256(bad), Err(ChecksumError::ContentSha256Invalid), "{bad}");
+        for bad in [
+            "",
+            "unsigned-payload",
+            &lower[1..],
+            &format!("{lower}0"),
+            &lower.replace('e', "g"),
+            "+3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ] {
+            assert_eq!(
+                parse_content_sha256(bad),
+                Err(ChecksumError::ContentSha256Invalid),
+                "{bad}"
+            );
         }
         let non_ascii = format!("é{}", &lower[2..]);
-        assert_eq!(parse_content_sha256(&non_ascii), Err(ChecksumError::ContentSha256Invalid));
+        assert_eq!(
+            parse_content_sha256(&non_ascii),
+            Err(ChecksumError::ContentSha256Invalid)
+        );
     }
 
     #[test]
@@ -653,7 +722,10 @@ mod tests {
             ChecksumError::Mismatch(Algorithm::Crc64Nvme).to_string(),
             "The CRC64NVME you specified did not match the calculated checksum."
         );
-        assert_eq!(ChecksumError::UnknownAlgorithm("MD5".to_owned()).code(), "InvalidRequest");
+        assert_eq!(
+            ChecksumError::UnknownAlgorithm("MD5".to_owned()).code(),
+            "InvalidRequest"
+        );
         assert_eq!(ChecksumError::ContentSha256Mismatch.code(), "XAmzContentSHA256Mismatch");
         assert_eq!(ChecksumError::ContentSha256Invalid.code(), "InvalidArgument");
     }
