@@ -23,7 +23,7 @@ use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesRef, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
 
-use super::checksum::Algorithm;
+use super::checksum::{Algorithm, ChecksumType};
 
 /// The namespace of every S3 response document except `Error`.
 const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
@@ -442,12 +442,37 @@ pub fn initiate_multipart(bucket: &str, key: &[u8], upload_id: &str) -> Vec<u8> 
 
 /// `CompleteMultipartUploadResult`; `etag` comes unquoted.
 pub fn complete_multipart(location: &str, bucket: &str, key: &[u8], etag: &str) -> Vec<u8> {
+    complete_multipart_checksummed(location, bucket, key, etag, None)
+}
+
+/// A multipart object's checksum as a result reports it: `<ChecksumCRC32>value</ChecksumCRC32>` then
+/// `<ChecksumType>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectChecksum<'a> {
+    pub algorithm: Algorithm,
+    /// Base64, with its `-N` suffix when composite (`checksum::composite`).
+    pub value: &'a str,
+    pub checksum_type: ChecksumType,
+}
+
+/// `CompleteMultipartUploadResult` with the object's checksum when the upload has one.
+pub fn complete_multipart_checksummed(
+    location: &str,
+    bucket: &str,
+    key: &[u8],
+    etag: &str,
+    checksum: Option<ObjectChecksum<'_>>,
+) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("CompleteMultipartUploadResult");
     document.element("Location", location);
     document.element("Bucket", bucket);
     document.key("Key", key, false);
     document.etag(etag);
+    if let Some(checksum) = checksum {
+        document.element(checksum.algorithm.xml_element(), checksum.value);
+        document.element("ChecksumType", checksum.checksum_type.value());
+    }
     document.close("CompleteMultipartUploadResult");
     document.finish()
 }
@@ -1298,6 +1323,20 @@ mod tests {
             "<Location>http://host/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>&quot;e-2&quot;</ETag>",
         );
         assert_eq!(text(complete_multipart("http://host/b/k", "b", b"k", "e-2")), complete);
+        let checksum = ObjectChecksum {
+            algorithm: Algorithm::Crc32,
+            value: "1Fu2mQ==-2",
+            checksum_type: ChecksumType::Composite,
+        };
+        let checksummed = namespaced(
+            "CompleteMultipartUploadResult",
+            "<Location>l</Location><Bucket>b</Bucket><Key>k</Key><ETag>&quot;e-2&quot;</ETag>\
+             <ChecksumCRC32>1Fu2mQ==-2</ChecksumCRC32><ChecksumType>COMPOSITE</ChecksumType>",
+        );
+        assert_eq!(
+            text(complete_multipart_checksummed("l", "b", b"k", "e-2", Some(checksum))),
+            checksummed
+        );
     }
 
     #[test]
