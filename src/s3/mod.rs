@@ -26,6 +26,7 @@
 
 pub mod auth;
 pub mod bucket;
+pub mod checksum;
 pub mod chunked;
 pub mod list;
 pub mod multipart;
