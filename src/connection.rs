@@ -53,6 +53,9 @@ pub enum BodyError {
     Io(io::Error),
     /// `100 Continue` could not be sent: the client went away.
     ContinueFailed,
+    /// The body is not what the client said it is (a checksum or hash
+    /// that does not match): an error code for the client, and why.
+    Rejected { code: &'static str, message: String },
 }
 
 /// A client connection.

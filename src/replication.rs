@@ -114,6 +114,11 @@ pub trait PieceSource {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError>;
     /// Bytes delivered so far.
     fn delivered(&self) -> u64;
+    /// A checksum the source verified its bytes against, to keep with the
+    /// value: (metadata entry name, value).
+    fn checksum(&self) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// A request body read from the client's connection.

@@ -128,11 +128,19 @@ pub async fn store_value<S: PieceSource>(
     let mut committing = commit.committing.take();
     let result = match replicated {
         Ok(written) => {
-            let meta = Meta {
+            let mut meta = Meta {
                 size: written.bytes,
                 mtime_ms: crate::meta::now_ms(),
                 ..plan.meta
             };
+            // A checksum the source verified is kept with the value when the
+            // metadata has room for it (it is optional; the md5 is not).
+            if let Some(entry) = source.checksum() {
+                meta.user.push(entry);
+                if !Meta::user_fits(&meta.user) {
+                    meta.user.pop();
+                }
+            }
             let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
             app.store.put_with_meta_async(key, &record, &meta, plan.changes).await?;
             // A prior value on volumes placement no longer names (it moved

@@ -17,6 +17,8 @@
 //!
 //! - `request`: parsing (sans-IO): bucket, key, query, headers, ranges.
 //! - `chunked`: the `aws-chunked` body decoder (sans-IO).
+//! - `body`: the body of a value: decoded, and checked against its
+//!   declared length, checksum and payload hash before its last piece.
 //! - `xml`: response documents and request bodies (sans-IO, quick-xml).
 //! - `auth`: where request signatures would be checked (accepts all).
 //! - `refuse`: features asked for that mkv does not have, refused before
@@ -25,6 +27,7 @@
 //! - `state`: buckets and uploads in the index.
 
 pub mod auth;
+pub mod body;
 pub mod bucket;
 pub mod checksum;
 pub mod chunked;
@@ -210,6 +213,7 @@ impl From<WriteError> for S3Error {
                     "Your socket connection to the server was not read from or written to within the timeout period.",
                 ),
                 ReplicationError::Body(BodyError::Malformed(what)) => S3Error::new(400, "InvalidRequest", what),
+                ReplicationError::Body(BodyError::Rejected { code, message }) => S3Error::new(400, code, message),
                 ReplicationError::Body(BodyError::TooLong) => {
                     S3Error::new(400, "InvalidRequest", "the body is longer than its declared length")
                 }

@@ -27,9 +27,10 @@ use crate::replication::{self, entry_path, Gate, GateError, PieceSource, Replica
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
+use super::body::request_body;
 use super::object::{
-    checked_key, content_md5, copy_source_object, open_download, read_small_body, request_body, user_metadata,
-    write_precondition, CopySource, EmptySource,
+    checked_key, content_md5, copy_source_object, open_download, read_small_body, user_metadata, write_precondition,
+    CopySource, EmptySource,
 };
 use super::request::ByteRange;
 use super::request::S3Request;

@@ -19,17 +19,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::app::App;
-use crate::connection::{BodyError, BodyReader, Connection};
+use crate::connection::{BodyReader, Connection};
 use crate::http::{BodyFraming, Method, RequestHead};
 use crate::meta::{now_ms, Meta, CONTENT_TYPE_BYTES_MAX};
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
-use crate::replication::{entry_path, ClientBody, PieceSource, ReplicationError, PIECE_BYTES, VOLUME_IO_TIMEOUT};
+use crate::replication::{entry_path, PieceSource, ReplicationError, PIECE_BYTES, VOLUME_IO_TIMEOUT};
 use crate::store::random_below;
 use crate::volume::{self, Download};
 use crate::write::{self, Plan};
 
-use super::chunked::AwsChunkedDecoder;
+use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
 use super::list::{etag_hex, etag_of};
 use super::request::{native_key, parse_range, ByteRange, RangeAsk, S3Request};
 use super::{bucket, write_head, xml, Reply, S3Error, Sent};
@@ -75,118 +75,6 @@ pub fn content_md5(request: &S3Request) -> Result<Option<[u8; 16]>, S3Error> {
             "The Content-MD5 you specified was invalid.",
         )),
     }
-}
-
-/// A request body, decoded from `aws-chunked` when it is so encoded.
-pub enum RequestBody<'a> {
-    Plain(ClientBody<'a>),
-    AwsChunked {
-        body: ClientBody<'a>,
-        decoder: AwsChunkedDecoder,
-        /// `x-amz-decoded-content-length`.
-        declared: Option<u64>,
-    },
-}
-
-impl PieceSource for RequestBody<'_> {
-    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
-        match self {
-            RequestBody::Plain(body) => body.next_piece(bytes_max).await,
-            RequestBody::AwsChunked {
-                body,
-                decoder,
-                declared,
-            } => next_decoded(body, decoder, *declared, bytes_max).await,
-        }
-    }
-
-    fn delivered(&self) -> u64 {
-        match self {
-            RequestBody::Plain(body) => body.delivered(),
-            RequestBody::AwsChunked { decoder, .. } => decoder.decoded_bytes(),
-        }
-    }
-}
-
-/// The next decoded piece of an aws-chunked body.
-///
-/// The piece that completes the declared length is handed out only once
-/// the rest of the framing (the final 0-chunk, its trailers, the end of
-/// the HTTP body) has been read and checked: the writer sends the last
-/// piece, which is what makes a volume store the value, only for a body
-/// that is whole, and nothing of the body is left on the connection.
-async fn next_decoded(
-    body: &mut ClientBody<'_>,
-    decoder: &mut AwsChunkedDecoder,
-    declared: Option<u64>,
-    bytes_max: usize,
-) -> Result<Option<Bytes>, ReplicationError> {
-    let malformed = |what| ReplicationError::Body(BodyError::Malformed(what));
-    let decode_error = |super::chunked::AwsChunkedError::Malformed(what)| malformed(what);
-    let mut decoded = Vec::new();
-    loop {
-        if decoder.is_done() {
-            if declared.is_some_and(|declared| declared != decoder.decoded_bytes()) {
-                return Err(malformed("the decoded body is not x-amz-decoded-content-length bytes"));
-            }
-            // The HTTP body must end where the aws-chunked stream does.
-            if body.next_piece(bytes_max).await?.is_some() {
-                return Err(malformed("the body goes on after its final aws-chunked chunk"));
-            }
-            return Ok((!decoded.is_empty()).then(|| Bytes::from(decoded)));
-        }
-        let Some(encoded) = body.next_piece(bytes_max).await? else {
-            decoder.finish().map_err(decode_error)?;
-            continue;
-        };
-        decoder.feed(&encoded, &mut decoded).map_err(decode_error)?;
-        if declared.is_some_and(|declared| decoder.decoded_bytes() > declared) {
-            return Err(malformed(
-                "the decoded body is longer than x-amz-decoded-content-length",
-            ));
-        }
-        // Short of the declared end, a piece goes out as soon as it has
-        // bytes; at the end it waits for the framing to be read to its end.
-        let at_end = declared == Some(decoder.decoded_bytes());
-        if !decoded.is_empty() && !at_end {
-            return Ok(Some(Bytes::from(decoded)));
-        }
-    }
-}
-
-/// The body of a request that carries a value, and its length when known.
-pub fn request_body<'a>(
-    app: &App,
-    connection: &'a mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<(RequestBody<'a>, Option<u64>), S3Error> {
-    let body = ClientBody {
-        connection,
-        body: BodyReader::new(head.body, app.config.body_limits),
-        continue_pending: head.expect_continue,
-    };
-    if !request.headers.is_aws_chunked() {
-        let declared = match head.body {
-            BodyFraming::Length(length) => Some(length),
-            BodyFraming::None => Some(0),
-            BodyFraming::Chunked => None,
-        };
-        return Ok((RequestBody::Plain(body), declared));
-    }
-    let declared = match request.headers.decoded_length.as_deref() {
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| S3Error::invalid_argument("x-amz-decoded-content-length is not a number"))?,
-        ),
-        None => None,
-    };
-    let body = RequestBody::AwsChunked {
-        body,
-        decoder: AwsChunkedDecoder::new(),
-        declared,
-    };
-    Ok((body, declared))
 }
 
 /// The user metadata and stored headers to keep with the value, from the
@@ -259,9 +147,13 @@ pub async fn put(
     let stored = write::store_value(app, &key, &mut body, plan).await?;
     drop(body);
     let etag = stored.md5.as_ref().map(etag_hex).unwrap_or_default();
-    Reply::empty(200)
-        .header("ETag", format_args!("\"{etag}\""))
-        .write(&mut connection.output, keep_alive, false);
+    let mut reply = Reply::empty(200).header("ETag", format_args!("\"{etag}\""));
+    for (name, value) in &stored.meta.user {
+        if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX) {
+            reply = reply.header(checksum, value);
+        }
+    }
+    reply.write(&mut connection.output, keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -460,13 +352,20 @@ fn precondition_failed() -> S3Error {
     )
 }
 
-/// The headers every answer about an object carries.
-fn object_headers(object: &Object) -> Reply {
+/// The headers every answer about an object carries; its stored checksum
+/// when the client asked for it (`x-amz-checksum-mode: ENABLED`).
+fn object_headers(object: &Object, checksum_mode: bool) -> Reply {
     let mut reply = Reply::empty(200)
         .header("ETag", format_args!("\"{}\"", object.etag))
         .header("Last-Modified", xml::http_date(object.mtime_ms))
         .header("Accept-Ranges", "bytes");
     for (name, value) in &object.user {
+        if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX) {
+            if checksum_mode {
+                reply = reply.header(checksum, value);
+            }
+            continue;
+        }
         reply = match name.strip_prefix(':') {
             Some(stored) => reply.header(stored, value),
             None => reply.header(&format!("x-amz-meta-{name}"), value),
@@ -517,6 +416,11 @@ pub async fn get(
 ) -> Result<Sent, S3Error> {
     let key = request.native_key();
     let head_only = head.method == Method::Head;
+    let checksum_mode = request
+        .headers
+        .refusable
+        .iter()
+        .any(|(name, value)| name == "x-amz-checksum-mode" && value.eq_ignore_ascii_case("enabled"));
     let mut attempts = 0;
     let (reply, length, mut download) = loop {
         attempts += 1;
@@ -531,7 +435,7 @@ pub async fn get(
         match precondition(&conditions, &object) {
             Some(412) => return Err(precondition_failed()),
             Some(status) => {
-                let mut reply = object_headers(&object);
+                let mut reply = object_headers(&object, checksum_mode);
                 reply.status = status;
                 reply.write(&mut connection.output, head.keep_alive, true);
                 return Ok(Sent::status(status));
@@ -549,7 +453,7 @@ pub async fn get(
                 ));
             }
         };
-        let mut reply = object_headers(&object).header("Content-Type", &object.content_type);
+        let mut reply = object_headers(&object, checksum_mode).header("Content-Type", &object.content_type);
         let length = match range {
             Some(ByteRange { first, last }) => {
                 reply.status = 206;
@@ -695,11 +599,22 @@ pub async fn delete_objects(
             ));
         }
     }
-    let (quiet, keys) = xml::parse_delete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let (quiet, objects) =
+        xml::parse_delete_objects(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
-    for key in keys {
-        match delete_one(app, &request.bucket, &key).await {
+    for xml::DeleteObject { key, version_id } in objects {
+        // Only the `null` version exists: naming another never deletes the
+        // current value.
+        let version = version_id
+            .as_deref()
+            .map(str::as_bytes)
+            .map(super::refuse::check_version);
+        let outcome = match version {
+            Some(Err(error)) => Err(error),
+            _ => delete_one(app, &request.bucket, &key).await,
+        };
+        match outcome {
             Ok(()) if quiet => {}
             Ok(()) => deleted.push(key),
             Err(error) => errors.push(xml::DeleteError {

@@ -376,6 +376,19 @@ fn features_mkv_does_not_have_are_refused_not_ignored() {
     assert_eq!(s3(&cluster, "GET", "/bkt/live", &[], None), (200, b"live".to_vec()));
     let copy = ("x-amz-copy-source", "/bkt/live?versionId=xyz");
     assert_eq!(s3(&cluster, "PUT", "/bkt/copied", &[copy], None).0, 400);
+    let (status, deleted) = s3(
+        &cluster,
+        "POST",
+        "/bkt?delete",
+        &[],
+        Some(b"<Delete><Object><Key>live</Key><VersionId>xyz</VersionId></Object></Delete>"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&deleted).contains("<Error>"),
+        "DeleteObjects of another version"
+    );
+    assert_eq!(s3(&cluster, "GET", "/bkt/live", &[], None), (200, b"live".to_vec()));
     assert_eq!(s3(&cluster, "GET", "/bkt/live?versionId=null", &[], None).0, 200);
     assert_eq!(s3(&cluster, "DELETE", "/bkt/live?versionId=null", &[], None).0, 204);
     assert_eq!(s3(&cluster, "GET", "/bkt/live", &[], None).0, 404);
@@ -629,17 +642,34 @@ fn upload_checksums_are_verified_before_anything_is_stored() {
     let wrong = base64(&(crc32(&data) ^ 1).to_be_bytes());
     let code = |(status, body): (u16, Vec<u8>)| {
         let text = String::from_utf8_lossy(&body).into_owned();
-        let code = text.split("<Code>").nth(1).and_then(|rest| rest.split('<').next()).unwrap_or("").to_owned();
+        let code = text
+            .split("<Code>")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or("")
+            .to_owned();
         (status, code)
     };
     // A plain PUT with a wrong header checksum: nothing stored.
-    let refused = s3(&cluster, "PUT", "/bkt/k", &[("x-amz-checksum-crc32", &wrong)], Some(&data));
+    let refused = s3(
+        &cluster,
+        "PUT",
+        "/bkt/k",
+        &[("x-amz-checksum-crc32", &wrong)],
+        Some(&data),
+    );
     assert_eq!(code(refused), (400, "BadDigest".to_owned()));
     assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404);
     // A payload hash that is not the body's.
-    let sha = ("x-amz-content-sha256", "0000000000000000000000000000000000000000000000000000000000000000");
+    let sha = (
+        "x-amz-content-sha256",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    );
     let reply = request_full("PUT", &cluster.url("/bkt/k"), &[sha], Some(&data));
-    assert_eq!(code((reply.status, reply.body)), (400, "XAmzContentSHA256Mismatch".to_owned()));
+    assert_eq!(
+        code((reply.status, reply.body)),
+        (400, "XAmzContentSHA256Mismatch".to_owned())
+    );
     assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404);
     // An aws-chunked body whose trailer checksum is wrong.
     let mut body = aws_chunked(&[&data[..1_000_000], &data[1_000_000..]], false);
@@ -650,9 +680,20 @@ fn upload_checksums_are_verified_before_anything_is_stored() {
     assert_eq!(statuses(&answer).first(), Some(&400), "{answer:.400}");
     assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404);
     // Right ones are stored and returned when asked for.
-    let (status, _) = s3(&cluster, "PUT", "/bkt/k", &[("x-amz-checksum-crc32", &crc)], Some(&data));
+    let (status, _) = s3(
+        &cluster,
+        "PUT",
+        "/bkt/k",
+        &[("x-amz-checksum-crc32", &crc)],
+        Some(&data),
+    );
     assert_eq!(status, 200);
-    let asked = request_full("HEAD", &cluster.url("/bkt/k"), &[S3, ("x-amz-checksum-mode", "ENABLED")], None);
+    let asked = request_full(
+        "HEAD",
+        &cluster.url("/bkt/k"),
+        &[S3, ("x-amz-checksum-mode", "ENABLED")],
+        None,
+    );
     assert_eq!(asked.header("x-amz-checksum-crc32"), Some(crc.as_str()));
     let plain = request_full("HEAD", &cluster.url("/bkt/k"), &[S3], None);
     assert_eq!(plain.header("x-amz-checksum-crc32"), None);
