@@ -353,7 +353,8 @@ fn precondition_failed() -> S3Error {
 }
 
 /// The headers every answer about an object carries; its stored checksum
-/// when the client asked for it (`x-amz-checksum-mode: ENABLED`).
+/// when the client asked for it (`x-amz-checksum-mode: ENABLED`) and the
+/// answer is the whole value (a client checks a range's bytes against it).
 fn object_headers(object: &Object, checksum_mode: bool) -> Reply {
     let mut reply = Reply::empty(200)
         .header("ETag", format_args!("\"{}\"", object.etag))
@@ -450,10 +451,11 @@ pub async fn get(
                     416,
                     "InvalidRange",
                     "The requested range is not satisfiable",
-                ));
+                )
+                .header("Content-Range", format_args!("bytes */{}", object.size)));
             }
         };
-        let mut reply = object_headers(&object, checksum_mode).header("Content-Type", &object.content_type);
+        let mut reply = object_headers(&object, checksum_mode && range.is_none()).header("Content-Type", &object.content_type);
         let length = match range {
             Some(ByteRange { first, last }) => {
                 reply.status = 206;
