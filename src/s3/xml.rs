@@ -809,7 +809,8 @@ impl<'r> Walker<'r> {
         };
         let name = &self.names[start..];
         if let Some(end) = end.filter(|end| *end != name) {
-            return Err(malformed(format!("element {name} is closed by {end}")));
+            // Formatted into the bounded reason as it goes: the closing name can be megabytes long.
+            return Err(malformed(format_args!("element {name} is closed by {end}")));
         }
         let parent = match self.starts.len() {
             1 => "",
@@ -1937,6 +1938,7 @@ mod tests {
             two_mebibytes_of("<Delete><Object><Key>", "&#x10FFFF;"),
             two_mebibytes_of("<Delete><", "n"),
             two_mebibytes_of("<Delete></", "n"),
+            [two_mebibytes_of("<Delete></", "n"), b">".to_vec()].concat(),
             two_mebibytes_of("<Delete><Object><Key>k</Key></Object><!--", "-"),
         ];
         for body in &hostile {
