@@ -706,3 +706,24 @@ fn upload_checksums_are_verified_before_anything_is_stored() {
     let answer = exchange(&cluster, &[request, closing_get("/bkt/chunked").into_bytes()].concat());
     assert_eq!(statuses(&answer), vec![200, 200], "{answer:.400}");
 }
+
+#[test]
+fn xml_bodies_nested_past_the_bound_are_refused() {
+    let cluster = Cluster::start(3, &[]);
+    assert_eq!(s3(&cluster, "PUT", "/bkt", &[], None).0, 200);
+    assert_eq!(s3(&cluster, "PUT", "/bkt/k", &[], Some(b"kept")).0, 200);
+    let nested = format!(
+        "<Delete><Object><Key>k</Key></Object>{}{}</Delete>",
+        "<w>".repeat(16),
+        "</w>".repeat(16)
+    );
+    let (status, body) = s3(&cluster, "POST", "/bkt?delete", &[], Some(nested.as_bytes()));
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("MalformedXML"));
+    assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None), (200, b"kept".to_vec()));
+    // A deep document 2 MiB long is refused too, and the master answers on.
+    let deep = format!("<Delete>{}</Delete>", "<a>".repeat(600_000));
+    let (status, _) = s3(&cluster, "POST", "/bkt?delete", &[], Some(deep.as_bytes()));
+    assert_eq!(status, 400);
+    assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None), (200, b"kept".to_vec()));
+}
