@@ -213,7 +213,7 @@ pub async fn put(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let expected_md5 = content_md5(request)?;
     let meta = Meta {
         content_type: content_type(request)?,
@@ -331,7 +331,7 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
 }
 
 /// Size and mtime of a value without metadata, from a replica's HEAD.
-async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
+pub async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
     let path = key2path(key);
     for entry in replica_order(app, record) {
         let file = entry_path(entry, &path);
@@ -666,7 +666,7 @@ pub async fn copy(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let (source_bucket, source_key) = copy_source(request)?;
     let source_native = native_key(&source_bucket, &source_key);
     let source = object(app, &source_bucket, &source_native).await?;
