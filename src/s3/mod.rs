@@ -352,7 +352,7 @@ async fn dispatch(
     refuse::check(request)?;
     if request.bucket.is_empty() {
         return match head.method {
-            Method::Get => bucket::list_buckets(app, connection, head),
+            Method::Get => bucket::list_buckets(app, connection, head, request),
             _ => Err(S3Error::new(
                 405,
                 "MethodNotAllowed",
@@ -381,11 +381,13 @@ async fn bucket_operation(
             bucket::fixed_answer(app, connection, head, request, xml::versioning())
         }
         Method::Get if request.has("uploads") => multipart::list_uploads(app, connection, head, request),
-        Method::Get if request.has("versions") => list::list(app, connection, head, request, list::Flavour::Versions),
-        Method::Get if request.param("list-type") == Some(b"2") => {
-            list::list(app, connection, head, request, list::Flavour::V2)
+        Method::Get if request.has("versions") => {
+            list::list(app, connection, head, request, list::Flavour::Versions).await
         }
-        Method::Get => list::list(app, connection, head, request, list::Flavour::V1),
+        Method::Get if request.param("list-type") == Some(b"2") => {
+            list::list(app, connection, head, request, list::Flavour::V2).await
+        }
+        Method::Get => list::list(app, connection, head, request, list::Flavour::V1).await,
         Method::Post if request.has("delete") => object::delete_objects(app, connection, head, request).await,
         _ => Err(S3Error::not_implemented()),
     }

@@ -68,7 +68,7 @@ pub async fn create(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let id = state::new_upload_id();
     let upload = Upload {
         bucket: request.bucket.clone(),

@@ -122,7 +122,7 @@ pub async fn put(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let expected_md5 = content_md5(request)?;
     let meta = Meta {
         content_type: content_type(request)?,
@@ -268,7 +268,7 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
 }
 
 /// Size and mtime of a value without metadata, from a replica's HEAD.
-async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
+pub async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
     let path = key2path(key);
     for entry in replica_order(app, record) {
         let file = entry_path(entry, &path);
@@ -447,15 +447,14 @@ pub async fn get(
             RangeAsk::Whole => None,
             RangeAsk::Part(range) => Some(range),
             RangeAsk::Unsatisfiable => {
-                return Err(S3Error::new(
-                    416,
-                    "InvalidRange",
-                    "The requested range is not satisfiable",
-                )
-                .header("Content-Range", format_args!("bytes */{}", object.size)));
+                return Err(
+                    S3Error::new(416, "InvalidRange", "The requested range is not satisfiable")
+                        .header("Content-Range", format_args!("bytes */{}", object.size)),
+                );
             }
         };
-        let mut reply = object_headers(&object, checksum_mode && range.is_none()).header("Content-Type", &object.content_type);
+        let mut reply =
+            object_headers(&object, checksum_mode && range.is_none()).header("Content-Type", &object.content_type);
         let length = match range {
             Some(ByteRange { first, last }) => {
                 reply.status = 206;
@@ -564,6 +563,7 @@ pub async fn delete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
+    bucket::check_exists(app, &request.bucket)?;
     delete_one(app, &request.bucket, &request.key).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))
@@ -709,11 +709,13 @@ pub async fn copy(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
     // The destination's lock first: a copy onto itself then reads the
     // record it rewrites under that lock.
     let _guard = super::lock(app, &key).await?;
     let (source_native, source) = copy_source_object(app, request).await?;
+    // The destination's bucket is made (if it is new) only for a copy
+    // whose source is there.
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let headers = &request.headers;
     let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
     let (content_type, user) = if replace {

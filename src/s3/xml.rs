@@ -59,6 +59,8 @@ pub struct ListV2<'a> {
     pub start_after: Option<&'a [u8]>,
     pub is_truncated: bool,
     pub encoding_url: bool,
+    /// `fetch-owner=true`: each object names its owner.
+    pub fetch_owner: bool,
     pub contents: &'a [ObjectEntry],
     pub common_prefixes: &'a [Vec<u8>],
 }
@@ -226,14 +228,17 @@ impl Document {
         self.close(name);
     }
 
-    /// One `Contents` element of a listing.
-    fn contents(&mut self, entry: &ObjectEntry, encoding_url: bool) {
+    /// One `Contents` element of a listing, with its `Owner` when `owner`.
+    fn contents(&mut self, entry: &ObjectEntry, encoding_url: bool, owner: bool) {
         self.open("Contents");
         self.key("Key", &entry.key, encoding_url);
         self.element("LastModified", &iso8601_ms(entry.last_modified_ms));
         self.etag(&entry.etag);
         self.value("Size", entry.size);
         self.element("StorageClass", "STANDARD");
+        if owner {
+            self.owner("Owner");
+        }
         self.close("Contents");
     }
 
@@ -306,7 +311,7 @@ pub fn list_v2(list: &ListV2) -> Vec<u8> {
     document.delimiter_and_encoding(list.delimiter, list.encoding_url);
     document.value("IsTruncated", list.is_truncated);
     for entry in list.contents {
-        document.contents(entry, list.encoding_url);
+        document.contents(entry, list.encoding_url, list.fetch_owner);
     }
     document.common_prefixes(list.common_prefixes, list.encoding_url);
     document.close("ListBucketResult");
@@ -318,7 +323,9 @@ pub fn list_v1(list: &ListV1) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("ListBucketResult");
     document.element("Name", list.bucket);
-    document.key("Prefix", list.prefix, list.encoding_url);
+    // V1 encodes keys, markers and the delimiter but not the prefix: the
+    // clients decode only those (botocore).
+    document.key("Prefix", list.prefix, false);
     document.key("Marker", list.marker, list.encoding_url);
     if let Some(next_marker) = list.next_marker {
         document.key("NextMarker", next_marker, list.encoding_url);
@@ -327,7 +334,7 @@ pub fn list_v1(list: &ListV1) -> Vec<u8> {
     document.delimiter_and_encoding(list.delimiter, list.encoding_url);
     document.value("IsTruncated", list.is_truncated);
     for entry in list.contents {
-        document.contents(entry, list.encoding_url);
+        document.contents(entry, list.encoding_url, true);
     }
     document.common_prefixes(list.common_prefixes, list.encoding_url);
     document.close("ListBucketResult");
@@ -381,7 +388,7 @@ pub fn list_versions(list: &ListVersions) -> Vec<u8> {
     document.finish()
 }
 
-/// `ListAllMyBucketsResult`.
+/// `ListAllMyBucketsResult` of every bucket.
 pub fn list_buckets(buckets: &[BucketEntry]) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("ListAllMyBucketsResult");
@@ -1062,6 +1069,30 @@ fn parse_bool(text: &str) -> Result<bool, XmlError> {
     }
 }
 
+/// `ListAllMyBucketsResult` of one page of buckets: `continuation_token`
+/// when another page follows, `prefix` when the request named one.
+pub fn list_buckets_page(buckets: &[BucketEntry], continuation_token: Option<&str>, prefix: Option<&str>) -> Vec<u8> {
+    let mut document = Document::new();
+    document.open_root("ListAllMyBucketsResult");
+    document.owner("Owner");
+    document.open("Buckets");
+    for bucket in buckets {
+        document.open("Bucket");
+        document.element("Name", &bucket.name);
+        document.element("CreationDate", &iso8601_ms(bucket.created_ms));
+        document.close("Bucket");
+    }
+    document.close("Buckets");
+    if let Some(token) = continuation_token {
+        document.element("ContinuationToken", token);
+    }
+    if let Some(prefix) = prefix {
+        document.element("Prefix", prefix);
+    }
+    document.close("ListAllMyBucketsResult");
+    document.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1104,6 +1135,7 @@ mod tests {
             start_after: None,
             is_truncated: false,
             encoding_url: false,
+            fetch_owner: false,
             contents,
             common_prefixes,
         }
@@ -1232,7 +1264,10 @@ mod tests {
                 "<Name>b</Name><Prefix></Prefix><Marker>k%200</Marker><NextMarker>k%201</NextMarker>\
                  <MaxKeys>1</MaxKeys><Delimiter>%20</Delimiter><EncodingType>url</EncodingType>\
                  <IsTruncated>true</IsTruncated>{}",
-                contents_xml("k%201", 7)
+                contents_xml("k%201", 7).replace(
+                    "</Contents>",
+                    "<Owner><ID>mkv</ID><DisplayName>mkv</DisplayName></Owner></Contents>"
+                )
             ),
         );
         assert_eq!(text(list_v1(&list)), expected);
@@ -1957,5 +1992,60 @@ mod tests {
         assert_eq!(result.map(|(_, keys)| keys.len()), Ok(DELETE_KEYS_MAX));
         let kept_bytes = DELETE_KEYS_MAX * (100 + size_of::<DeleteObject>());
         assert!(peak <= 2 * kept_bytes + WALKER_BYTES_MAX, "{peak} bytes");
+    }
+
+    #[test]
+    fn list_v1_leaves_the_prefix_unencoded_and_names_owners() {
+        let contents = [object(b"a b", 1)];
+        let list = ListV1 {
+            bucket: "b",
+            prefix: b"a ",
+            marker: b"",
+            next_marker: None,
+            delimiter: None,
+            max_keys: 1,
+            is_truncated: false,
+            encoding_url: true,
+            contents: &contents,
+            common_prefixes: &[],
+        };
+        let rendered = text(list_v1(&list));
+        assert!(rendered.contains("<Prefix>a </Prefix>"), "{rendered}");
+        assert!(rendered.contains("<Key>a%20b</Key>"), "{rendered}");
+        assert!(rendered.contains("<Owner><ID>mkv</ID>"), "{rendered}");
+    }
+
+    #[test]
+    fn list_v2_names_owners_when_asked() {
+        let contents = [object(b"k", 1)];
+        let plain = text(list_v2(&list_v2_of(&contents, &[])));
+        assert!(!plain.contains("<Owner>"), "{plain}");
+        let owned = text(list_v2(&ListV2 {
+            fetch_owner: true,
+            ..list_v2_of(&contents, &[])
+        }));
+        assert!(
+            owned.contains("<StorageClass>STANDARD</StorageClass><Owner><ID>mkv</ID><DisplayName>mkv</DisplayName></Owner></Contents>"),
+            "{owned}"
+        );
+    }
+
+    #[test]
+    fn list_buckets_page_names_the_next_page() {
+        let buckets = [BucketEntry {
+            name: "a".to_owned(),
+            created_ms: 0,
+        }];
+        let rendered = text(list_buckets_page(&buckets, Some("tok"), Some("a")));
+        assert!(
+            rendered.ends_with(
+                "</Buckets><ContinuationToken>tok</ContinuationToken><Prefix>a</Prefix></ListAllMyBucketsResult>"
+            ),
+            "{rendered}"
+        );
+        assert_eq!(
+            text(list_buckets_page(&buckets, None, None)),
+            text(list_buckets(&buckets))
+        );
     }
 }

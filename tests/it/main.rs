@@ -15,6 +15,7 @@ mod protocol;
 mod resilience;
 mod s3;
 mod s3_hostile;
+mod s3_listing;
 mod safety;
 mod shutdown;
 mod startup;
