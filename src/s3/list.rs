@@ -273,6 +273,9 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
             let record = record.expect("live");
             let meta = match view.meta(key) {
                 Ok(meta) => meta,
+                // One key's unreadable metadata never fails a listing: it is
+                // listed as a key without any (its size asked of a replica).
+                Err(crate::index::IndexError::CorruptMeta { .. }) => None,
                 Err(error) => {
                     failure = Some(error.into());
                     return false;

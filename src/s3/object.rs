@@ -21,6 +21,7 @@ use bytes::Bytes;
 use crate::app::App;
 use crate::connection::{BodyReader, Connection};
 use crate::http::{BodyFraming, Method, RequestHead};
+use crate::index::IndexError;
 use crate::meta::{now_ms, Meta, CONTENT_TYPE_BYTES_MAX};
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
@@ -252,10 +253,12 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
         bucket::check_exists(app, bucket_name)?;
         return Err(S3Error::no_such_key());
     };
-    let meta = match app.store.meta_async(key).await? {
-        Some(meta) => meta,
-        // Written by a master that kept no metadata: ask a replica.
-        None => probe_meta(app, key, &record).await?,
+    let meta = match app.store.meta_async(key).await {
+        Ok(Some(meta)) => meta,
+        // Written by a master that kept no metadata (or metadata that can
+        // no longer be read): ask a replica.
+        Ok(None) | Err(IndexError::CorruptMeta { .. }) => probe_meta(app, key, &record).await?,
+        Err(error) => return Err(error.into()),
     };
     Ok(Object {
         size: meta.size,
@@ -436,7 +439,7 @@ pub async fn get(
         match precondition(&conditions, &object) {
             Some(412) => return Err(precondition_failed()),
             Some(status) => {
-                let mut reply = object_headers(&object, checksum_mode);
+                let mut reply = object_headers(&object, false);
                 reply.status = status;
                 reply.write(&mut connection.output, head.keep_alive, true);
                 return Ok(Sent::status(status));
