@@ -132,6 +132,18 @@ impl Checks {
         if std::mem::replace(&mut self.done, true) {
             return Ok(());
         }
+        // Every checksum trailer must be the one announced, once.
+        let mut checksum_trailers = trailers.iter().filter(|(name, _)| name.starts_with("x-amz-checksum-"));
+        let announced = match &self.checksum {
+            Some((checksummer, Expected::Trailer)) => Some(checksummer.algorithm().header()),
+            _ => None,
+        };
+        let first = checksum_trailers.next();
+        if first.is_some_and(|(name, _)| Some(name.as_str()) != announced) || checksum_trailers.next().is_some() {
+            return Err(ReplicationError::Body(BodyError::Malformed(
+                "a checksum trailer that x-amz-trailer did not announce, or more than one",
+            )));
+        }
         if let Some((checksummer, hash)) = self.payload.take() {
             checksum::verify_content_sha256(&checksummer.finish(), &hash).map_err(rejected)?;
         }
@@ -253,7 +265,13 @@ pub fn request_body<'a>(
         continue_pending: head.expect_continue,
     };
     let checks = Checks::from_request(request)?;
-    if !request.headers.is_aws_chunked() {
+    let chunked = request.headers.is_aws_chunked();
+    if chunked != request.headers.decoded_length.is_some() {
+        return Err(S3Error::invalid_argument(
+            "x-amz-decoded-content-length goes with an aws-chunked body, and only with one",
+        ));
+    }
+    if !chunked {
         let declared = match head.body {
             BodyFraming::Length(length) => Some(length),
             BodyFraming::None => Some(0),

@@ -408,6 +408,12 @@ async fn object_operation(
         Method::Put if request.headers.copy_source.is_some() => object::copy(app, connection, head, request).await,
         Method::Put => object::put(app, connection, head, request).await,
         Method::Get if upload => multipart::list_parts(app, connection, head, request),
+        // A part of a completed multipart value: its part sizes are not kept.
+        Method::Get | Method::Head if request.has("partNumber") => Err(S3Error::new(
+            501,
+            "NotImplemented",
+            "GetObject and HeadObject by partNumber are not implemented.",
+        )),
         Method::Get | Method::Head => object::get(app, connection, head, request).await,
         Method::Delete if upload => multipart::abort(app, connection, head, request).await,
         Method::Delete => object::delete(app, connection, head, request).await,

@@ -374,6 +374,10 @@ pub async fn abort(
     let (id, upload) = named_upload(app, request)?;
     let lock_key = upload_lock_key(&id);
     let _guard = super::lock(app, &lock_key).await?;
+    // Completed (or aborted) while this request waited for the lock.
+    if state::upload(app.store.index(), &id)?.is_none() {
+        return Err(S3Error::no_such_upload());
+    }
     remove_upload(app, &id, &upload).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))

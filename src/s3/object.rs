@@ -225,7 +225,7 @@ pub struct Object {
 
 /// Times a read opens a copy before it gives up on a key that keeps
 /// being overwritten (503 SlowDown).
-const READ_ATTEMPTS_MAX: usize = 4;
+const READ_ATTEMPTS_MAX: usize = 20;
 /// Longest wait of a read for an overwrite's commit: the last piece's
 /// write to the volumes and the index write, both bounded by timeouts
 /// shorter than this.
@@ -476,16 +476,19 @@ pub async fn get(
             );
             return Ok(Sent::status(reply.status));
         }
-        let download = open_download(app, &key, &object.record, range, length).await?;
+        let opened = open_download(app, &key, &object.record, range, length).await;
         // An overwrite may have switched the replica between the record's read
         // and the copy's opening: the bytes opened are the record's only if the
         // key was not committing and its record is unchanged once they are open
-        // (a replica switches only after the committing mark is set).
-        if !write::is_committing(&key) && app.store.get_async(&key).await?.as_ref() == Some(&object.record) {
-            break (reply, length, download);
-        }
-        if attempts >= READ_ATTEMPTS_MAX {
-            return Err(S3Error::slow_down());
+        // (a replica switches only after the committing mark is set). A copy
+        // that did not open (its length already the new value's) is read
+        // again the same way.
+        let stable = !write::is_committing(&key) && app.store.get_async(&key).await?.as_ref() == Some(&object.record);
+        match opened {
+            Ok(download) if stable => break (reply, length, download),
+            Err(error) if stable => return Err(error),
+            _ if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
+            _ => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
         }
     };
     write_head(
@@ -567,16 +570,34 @@ pub async fn delete(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     bucket::check_exists(app, &request.bucket)?;
-    delete_one(app, &request.bucket, &request.key).await?;
+    delete_one(app, &request.bucket, &request.key, request.headers.if_match.as_deref()).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))
 }
 
 /// Delete one object; absent is success, as S3 has it.
-async fn delete_one(app: &App, bucket_name: &str, key: &[u8]) -> Result<(), S3Error> {
+async fn delete_one(app: &App, bucket_name: &str, key: &[u8], if_match: Option<&str>) -> Result<(), S3Error> {
     let key = native_key(bucket_name, key);
     let _guard = super::lock(app, &key).await?;
-    let Some(record) = app.store.get_async(&key).await? else {
+    let record = app.store.get_async(&key).await?;
+    // `If-Match` deletes only the named value, decided under the lock.
+    if let Some(list) = if_match {
+        let live = record.as_ref().filter(|record| record.is_live());
+        let Some(live) = live else {
+            return Err(S3Error::no_such_key());
+        };
+        let meta_etag = app
+            .store
+            .meta_async(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|meta| meta.etag);
+        if !etag_listed(list, &etag_of(live, meta_etag.as_deref())) {
+            return Err(precondition_failed());
+        }
+    }
+    let Some(record) = record else {
         return Ok(());
     };
     if app.config.protect && record.is_live() {
@@ -617,7 +638,7 @@ pub async fn delete_objects(
             .map(super::refuse::check_version);
         let outcome = match version {
             Some(Err(error)) => Err(error),
-            _ => delete_one(app, &request.bucket, &key).await,
+            _ => delete_one(app, &request.bucket, &key, None).await,
         };
         match outcome {
             Ok(()) if quiet => {}
@@ -716,6 +737,8 @@ pub async fn copy(
     // record it rewrites under that lock.
     let _guard = super::lock(app, &key).await?;
     let (source_native, source) = copy_source_object(app, request).await?;
+    // Conditions on the destination, as a PutObject's, under its lock.
+    write_precondition(app, request, &key).await?;
     // The destination's bucket is made (if it is new) only for a copy
     // whose source is there.
     bucket::ensure_for_write(app, &request.bucket).await?;

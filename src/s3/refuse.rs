@@ -60,7 +60,11 @@ pub fn check(request: &S3Request) -> Result<(), S3Error> {
     if let Some(name) = UNSUPPORTED_SUB_RESOURCES.iter().find(|name| request.has(name)) {
         return Err(not_implemented(&format!("the ?{name} sub-resource is not implemented")));
     }
-    if let Some(version) = request.param("versionId") {
+    let mut versions = request.query.iter().filter(|(name, _)| name == "versionId");
+    if let Some((_, version)) = versions.next() {
+        if versions.next().is_some() {
+            return Err(S3Error::invalid_argument("versionId is given more than once"));
+        }
         check_version(version)?;
     }
     for (name, value) in &request.headers.refusable {
@@ -121,6 +125,9 @@ fn header_refusal(name: &str, value: &str) -> Option<String> {
         "x-amz-website-redirect-location" => true,
         // MFA delete is a versioning feature.
         "x-amz-mfa" => true,
+        // Conditions on a delete by size or time: not checked, so refused
+        // rather than deleting whatever is there.
+        "x-amz-if-match-size" | "x-amz-if-match-last-modified-time" | "x-amz-if-match-initiated-time" => true,
         _ => false,
     };
     refused.then(|| format!("header {name}: {value}"))

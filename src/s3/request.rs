@@ -117,6 +117,10 @@ impl S3Request {
                 query.push((String::from_utf8_lossy(name).into_owned(), decoded));
             }
         }
+        // S3 keys are UTF-8: one that is not could not be listed as itself.
+        if std::str::from_utf8(key).is_err() {
+            return Err(S3Error::invalid_argument("the object key is not valid UTF-8"));
+        }
         let headers = Headers::parse(request);
         // Checked here, for every operation, rather than by each that
         // stores it: metadata that cannot be stored must never reach the

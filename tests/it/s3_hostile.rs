@@ -727,3 +727,78 @@ fn xml_bodies_nested_past_the_bound_are_refused() {
     assert_eq!(status, 400);
     assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None), (200, b"kept".to_vec()));
 }
+
+#[test]
+fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
+    let cluster = Cluster::start(3, &[]);
+    assert_eq!(s3(&cluster, "PUT", "/bkt", &[], None).0, 200);
+    assert_eq!(s3(&cluster, "PUT", "/bkt/src", &[], Some(b"source")).0, 200);
+    assert_eq!(s3(&cluster, "PUT", "/bkt/dst", &[], Some(b"there")).0, 200);
+    let copy = ("x-amz-copy-source", "/bkt/src");
+    // A copy's destination conditions hold, as a PutObject's do.
+    assert_eq!(s3(&cluster, "PUT", "/bkt/dst", &[copy, ("If-None-Match", "*")], None).0, 412);
+    assert_eq!(s3(&cluster, "PUT", "/bkt/dst", &[copy, ("If-Match", "\"deadbeef\"")], None).0, 412);
+    assert_eq!(s3(&cluster, "GET", "/bkt/dst", &[], None), (200, b"there".to_vec()));
+    // DeleteObject with If-Match deletes only the named value; conditions
+    // it cannot check are refused.
+    assert_eq!(s3(&cluster, "DELETE", "/bkt/dst", &[("If-Match", "\"deadbeef\"")], None).0, 412);
+    assert_eq!(s3(&cluster, "DELETE", "/bkt/dst", &[("x-amz-if-match-size", "1")], None).0, 501);
+    assert_eq!(s3(&cluster, "GET", "/bkt/dst", &[], None), (200, b"there".to_vec()));
+    let etag = format!("\"{}\"", crate::cluster::md5_hex(b"there"));
+    assert_eq!(s3(&cluster, "DELETE", "/bkt/dst", &[("If-Match", &etag)], None).0, 204);
+    // Two version ids: refused whichever comes first.
+    assert_eq!(s3(&cluster, "DELETE", "/bkt/src?versionId=null&versionId=abc", &[], None).0, 400);
+    assert_eq!(s3(&cluster, "GET", "/bkt/src", &[], None).0, 200);
+    // partNumber reads are refused, not answered with the whole value.
+    assert_eq!(s3(&cluster, "GET", "/bkt/src?partNumber=2", &[], None).0, 501);
+    // Keys that are not UTF-8 are refused.
+    assert_eq!(s3(&cluster, "PUT", "/bkt/%FDz", &[], Some(b"x")).0, 400);
+    // x-amz-decoded-content-length without an aws-chunked body.
+    let lying = s3(&cluster, "PUT", "/bkt/plain", &[("x-amz-decoded-content-length", "3")], Some(b"abcdef"));
+    assert_eq!(lying.0, 400);
+    // A checksum trailer nobody announced is refused.
+    let data = value(1000, 31);
+    let mut body = aws_chunked(&[&data], false);
+    body.truncate(body.len() - 2);
+    body.extend_from_slice(b"x-amz-checksum-crc32:AAAAAA==\r\n\r\n");
+    let request = aws_chunked_put("/bkt/unannounced", data.len(), &body, false);
+    let answer = exchange(&cluster, &[request, closing_get("/bkt/src").into_bytes()].concat());
+    assert_eq!(statuses(&answer).first(), Some(&400), "{answer:.300}");
+    assert_eq!(s3(&cluster, "GET", "/bkt/unannounced", &[], None).0, 404);
+    // An Abort that waited for a Complete finds the upload gone; a bucket
+    // with an open upload is not empty.
+    assert_eq!(s3(&cluster, "PUT", "/open", &[], None).0, 200);
+    let (_, upload) = create_upload(&cluster, "/open/o", &[]);
+    assert_eq!(s3(&cluster, "DELETE", "/open", &[], None).0, 409);
+    assert_eq!(s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0, 204);
+    assert_eq!(s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0, 404);
+    assert_eq!(s3(&cluster, "DELETE", "/open", &[], None).0, 204);
+}
+
+#[test]
+fn readers_during_back_to_back_overwrites_of_other_sizes_get_a_value() {
+    let cluster = Cluster::start(3, &[]);
+    assert_eq!(s3(&cluster, "PUT", "/bkt", &[], None).0, 200);
+    let values: Vec<Vec<u8>> = [1_000_000, 300_000, 7].iter().map(|&size| value(size, size as u64)).collect();
+    assert_eq!(s3(&cluster, "PUT", "/bkt/k", &[], Some(&values[0])).0, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (url, stop, values) = (cluster.url("/bkt/k"), stop.clone(), values.clone());
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 300 {
+                assert_eq!(request_full("PUT", &url, &[S3], Some(&values[round % 3])).status, 200);
+                round += 1;
+            }
+        })
+    };
+    let url = cluster.url("/bkt/k");
+    for _ in 0..150 {
+        let (status, body, etag) = read_with_etag(&url);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+        assert!(values.contains(&body), "one of the values");
+        assert_eq!(etag, crate::cluster::md5_hex(&body));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
