@@ -246,7 +246,9 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
         let stopped_at = view.scan_bounded(&scan_prefix, &cursor, visits_left, |key, record| {
             visited += 1;
             let s3_key = &key[query.bucket_prefix.len()..];
-            let live = matches!(&record, Ok(record) if record.is_live());
+            // A key whose overwrite is committing is deleted in the index
+            // for that moment, and still its old value to readers.
+            let live = matches!(&record, Ok(record) if record.is_live() || crate::write::is_committing(key));
             if !live {
                 page.last_visited = Some(s3_key.to_vec());
                 return true;
@@ -272,6 +274,9 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
             let record = record.expect("live");
             let meta = match view.meta(key) {
                 Ok(meta) => meta,
+                // One key's unreadable metadata never fails a listing: it is
+                // listed as a key without any (its size asked of a replica).
+                Err(crate::index::IndexError::CorruptMeta { .. }) => None,
                 Err(error) => {
                     failure = Some(error.into());
                     return false;

@@ -14,6 +14,7 @@ mod postgres;
 mod protocol;
 mod resilience;
 mod s3;
+mod s3_hostile;
 mod s3_listing;
 mod safety;
 mod shutdown;
