@@ -38,8 +38,9 @@ pub const PAGE_KEYS_MAX: u64 = 1000;
 /// and a page must not scan without end.
 pub const LIST_VISITS_MAX: usize = 100_000;
 /// Keys without metadata whose replica one page asks for their size at
-/// most: a page of them costs this many volume HEADs, not more.
-const LIST_PROBES_MAX: usize = 1000;
+/// most: a page of them costs this many volume HEADs (16 rounds), not a
+/// thousand.
+pub const LIST_PROBES_MAX: usize = 256;
 /// Volume HEADs one page has in flight at once.
 const LIST_PROBES_CONCURRENT: usize = 16;
 

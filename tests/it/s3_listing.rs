@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use mkv::placement::{entry_host, entry_prefix, key2path};
-use mkv::s3::list::LIST_VISITS_MAX;
+use mkv::s3::list::{LIST_PROBES_MAX, LIST_VISITS_MAX};
 
 use crate::cluster::{raw, request, request_full, value, Cluster};
 
@@ -99,6 +99,28 @@ fn keys_without_metadata_list_as_head_reports_them() {
     assert_eq!(elements(&listing, "Size"), expected, "{listing}");
 }
 
+/// Keys without metadata whose replicas cannot say their size (no value on
+/// any volume): a page asks at most `LIST_PROBES_MAX` of them, then ends
+/// truncated; the next page goes on from there.
+#[test]
+fn a_page_probes_a_bounded_number_of_keys() {
+    let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    let count = LIST_PROBES_MAX + 10;
+    cluster.kill_master();
+    let seeded = cluster.run_command(&["--count", &count.to_string(), "--prefix", "/lost/k-"], "seed");
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    cluster.start_master();
+    let first = s3_get(&cluster, "/lost?list-type=2");
+    assert_eq!(elements(&first, "Key").len(), LIST_PROBES_MAX, "{first}");
+    assert_eq!(elements(&first, "IsTruncated"), ["true"]);
+    let token = elements(&first, "NextContinuationToken").pop().unwrap();
+    let rest = s3_get(&cluster, &format!("/lost?list-type=2&continuation-token={token}"));
+    assert_eq!(elements(&rest, "Key").len(), 10, "{rest}");
+    assert_eq!(elements(&rest, "IsTruncated"), ["false"]);
+    // Listed as the index knows them, and asked again next time.
+    assert!(elements(&rest, "Size").iter().all(|size| size == "0"), "{rest}");
+}
+
 /// UNLINK every key in `keys`, pipelined over a few connections.
 fn unlink_all(cluster: &Cluster, keys: Vec<String>) {
     const PER_CONNECTION: usize = 1000;
@@ -158,7 +180,7 @@ fn marker_pages(cluster: &Cluster, path: &str, marker_name: &str, next_name: &st
 
 #[test]
 fn marker_pages_cross_more_soft_deleted_records_than_a_page_visits() {
-    let mut cluster = Cluster::start(2, &[]);
+    let mut cluster = Cluster::start(3, &[]);
     let count = LIST_VISITS_MAX as u64 + 1000;
     cluster.kill_master();
     let seeded = cluster.run_command(&["--count", &count.to_string(), "--prefix", "/run/m-"], "seed");
