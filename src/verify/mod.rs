@@ -2,9 +2,14 @@
 //!
 //! For every live key (`verify_key`), every replica its record names is
 //! HEADed: it must be there with the value's size (the size in the key's
-//! metadata; for a key without metadata, the size most replicas agree on).
-//! With `--md5` each copy that passes is read back and its md5 compared
-//! with the record's (without one, with the md5 most copies agree on). A
+//! metadata; for a key without metadata, the size every copy has, else the
+//! one most copies on placed volumes have: a rebalance's leftover that a
+//! rebuild recorded never outvotes them). With `--md5` each copy that
+//! passes is read back and its md5 compared with the record's (without
+//! one, agreed the same way). Nothing else is evidence: `rebuild` records
+//! a size or md5 only when every copy it found agrees. When the copies
+//! disagree and nothing says which is right, they are reported and left
+//! as they are. A
 //! volume that does not answer, or answers with an error, makes its replica
 //! "unreachable": a timeout is never "missing", and nothing is repaired on
 //! that evidence. With `--repair`, each missing, short or corrupt replica is
@@ -48,7 +53,7 @@ use crate::progress::{Progress, Sink};
 use crate::rebalance::Records;
 use crate::record::{Record, RecordError};
 
-pub use orphans::{remove_orphan, Orphan};
+pub use orphans::{remove_orphan, Orphan, Removal};
 pub use replicas::{purge_unlinked, verify_key, KeyReport, NotRepaired, Purge, Replica};
 
 /// What a verify run does besides looking.
@@ -96,7 +101,8 @@ pub struct Summary {
     pub repaired: u64,
     /// Bad replicas left as they were (repair off, failed, or refused).
     pub unrepaired: u64,
-    /// Keys with bad replicas and no good copy.
+    /// Keys with bad replicas and no good copy, or copies that disagree
+    /// with nothing to say which is right (left as they are).
     pub no_good_copy: u64,
     /// Records that do not decode.
     pub corrupt_records: u64,
@@ -152,7 +158,10 @@ impl Summary {
         let bad = report.replicas.iter().filter(|(_, replica)| replica.is_bad()).count();
         self.repaired += report.repaired.len() as u64;
         self.unrepaired += (bad - report.repaired.len()) as u64;
-        self.no_good_copy += u64::from(report.not_repaired == Some(NotRepaired::NoGoodCopy));
+        self.no_good_copy += u64::from(matches!(
+            report.not_repaired,
+            Some(NotRepaired::NoGoodCopy | NotRepaired::Disagree)
+        ));
     }
 }
 
