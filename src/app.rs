@@ -11,6 +11,13 @@ use crate::config::Config;
 use crate::health::Volumes;
 use crate::store::Store;
 
+/// A monoio runtime: io_uring, or epoll where io_uring is unavailable. The
+/// reactors run on one each, and so do maintenance jobs (`admin::runtime`).
+pub type Runtime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
 /// Everything a reactor needs, shared by all of them.
 pub struct App {
     pub config: Config,

@@ -43,6 +43,7 @@ use futures_util::future::{select, Either};
 use futures_util::FutureExt;
 use monoio::net::{ListenerOpts, TcpListener};
 
+use crate::admin;
 use crate::app::App;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
@@ -146,8 +147,10 @@ pub enum ServerError {
     Reactor(usize, std::io::Error),
     /// The health thread could not start.
     Health(std::io::Error),
-    /// The metrics or signal thread could not start.
+    /// The metrics, admin or signal thread could not start.
     Thread(&'static str, std::io::Error),
+    /// The admin port's token file cannot be used.
+    AdminToken(String),
 }
 
 impl fmt::Display for ServerError {
@@ -157,6 +160,7 @@ impl fmt::Display for ServerError {
             ServerError::Reactor(id, error) => write!(formatter, "reactor {id} failed to start: {error}"),
             ServerError::Health(error) => write!(formatter, "the health thread failed to start: {error}"),
             ServerError::Thread(name, error) => write!(formatter, "the {name} thread failed to start: {error}"),
+            ServerError::AdminToken(error) => write!(formatter, "{error}"),
         }
     }
 }
@@ -182,6 +186,9 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     spawn_signal_thread(&events_sender)?;
     if let Some(port) = app.config.metrics_port {
         spawn_metrics_thread(&app, port)?;
+    }
+    if let Some(port) = app.config.admin_port {
+        spawn_admin_thread(&app, port)?;
     }
     let fd_limit = fd_limits().map_or(u64::MAX, |(soft, _)| soft);
     let clients_max = clients_per_reactor(fd_limit, app.config.threads, app.config.replicas);
@@ -224,6 +231,12 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
         .metrics_port
         .map(|port| format!(", metrics on {}:{port}", app.config.metrics_bind))
         .unwrap_or_default();
+    let metrics = metrics
+        + &app
+            .config
+            .admin_port
+            .map(|port| format!(", admin on {}:{port}", app.config.admin_bind))
+            .unwrap_or_default();
     eprintln!(
         "mkv listening on :{}{s3_port}{metrics} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
         app.config.port, app.config.threads
@@ -320,22 +333,32 @@ fn spawn_signal_thread(events: &mpsc::Sender<Event>) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// The metrics thread: `GET /metrics` and the maintenance jobs (`admin`) on
-/// `--metrics-bind`:`port`.
+/// The metrics thread: `GET /metrics` on `--metrics-bind`:`port`.
 fn spawn_metrics_thread(app: &Arc<App>, port: u16) -> Result<(), ServerError> {
     let address = SocketAddr::new(app.config.metrics_bind, port);
     let listener = StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(port, error))?;
     let app = app.clone();
     std::thread::Builder::new()
         .name("mkv-metrics".into())
-        .spawn(move || {
-            metrics::serve_forever(
-                listener,
-                || gauges(&app),
-                |path, stream| crate::admin::start(&app, path, stream),
-            )
-        })
+        .spawn(move || metrics::serve_forever(listener, move || gauges(&app)))
         .map_err(|error| ServerError::Thread("metrics", error))?;
+    Ok(())
+}
+
+/// The admin thread: the maintenance jobs (`admin`) on
+/// `--admin-bind`:`port`, for requests with the token of
+/// `--admin-token-file` (read, or made, here).
+fn spawn_admin_thread(app: &Arc<App>, port: u16) -> Result<(), ServerError> {
+    let path = app.config.admin_token_file.as_deref();
+    let path = path.ok_or_else(|| ServerError::AdminToken("--admin-port needs --admin-token-file".into()))?;
+    let token = admin::Token::load_or_create(path).map_err(ServerError::AdminToken)?;
+    let address = SocketAddr::new(app.config.admin_bind, port);
+    let listener = StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(port, error))?;
+    let app = app.clone();
+    std::thread::Builder::new()
+        .name("mkv-admin".into())
+        .spawn(move || admin::serve_forever(listener, app, token))
+        .map_err(|error| ServerError::Thread("admin", error))?;
     Ok(())
 }
 
@@ -564,11 +587,7 @@ fn duplicate_all(fds: &[i32]) -> io::Result<Vec<OwnedFd>> {
         .collect()
 }
 
-/// A reactor's runtime: io_uring, or epoll where io_uring is unavailable.
-pub type Runtime = monoio::FusionRuntime<
-    monoio::time::TimeDriver<monoio::IoUringDriver>,
-    monoio::time::TimeDriver<monoio::LegacyDriver>,
->;
+pub use crate::app::Runtime;
 
 /// io_uring setup flag sets to try, best first. COOP_TASKRUN (5.19) stops the
 /// kernel from interrupting the reactor with IPIs to run completion work;
@@ -952,13 +971,14 @@ async fn serve_requests(
                     let is_s3 = connection.s3_only
                         || head.s3
                         || query.is_some_and(|query| s3::is_s3_query(&connection.input[query]));
-                    let counted = metrics::RequestCount::start(head.method);
-                    let open = if is_s3 {
-                        s3::handle(app, connection, &head, request_start).await
-                    } else {
-                        handlers::handle(app, connection, &head, request_start).await
+                    let handled = async {
+                        if is_s3 {
+                            s3::handle(app, connection, &head, request_start).await
+                        } else {
+                            handlers::handle(app, connection, &head, request_start).await
+                        }
                     };
-                    drop(counted);
+                    let open = metrics::counted(head.method, handled).await;
                     if !open {
                         return Closing::Lingering;
                     }
