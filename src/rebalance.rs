@@ -26,7 +26,7 @@
 //! asked for through `admin`): each key under its write lock, its record
 //! re-read under the lock, written through the store, and its old copies
 //! deleted only `STALE_COPY_GRACE` after the rewrite, so a GET always
-//! redirects to a copy that exists.
+//! redirects to a copy that exists. `REBALANCE /key` keeps the same grace.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -152,7 +152,11 @@ pub fn plan(recorded: &[String], holds: &[bool], placed: &[String]) -> Plan {
 }
 
 /// Rebalance one live key whose record is `record` (`REBALANCE /key`). The
-/// caller holds its lock. Old copies that cannot be deleted are logged.
+/// caller holds its lock. The old copies are deleted `STALE_COPY_GRACE`
+/// after the new record is written, by a task of the calling reactor, as
+/// the online walk does: a GET answered from the old record just before
+/// the rewrite still finds its copy. Old copies that cannot be deleted are
+/// logged (a later verify finds them as orphans).
 pub async fn rebalance_key(
     store: &Store,
     key: &[u8],
@@ -160,16 +164,26 @@ pub async fn rebalance_key(
     timeout: Duration,
 ) -> Result<Moved, RebalanceError> {
     let placed = store.placement().place(key);
-    let moved = move_key(key, record, &placed, timeout, |record| store.put(key, record)).await?;
-    if let Moved::Moved { leftovers, .. } = &moved {
-        for (entry, error) in leftovers {
+    let Some(Relocated { bytes, stale }) =
+        relocate(key, record, &placed, timeout, |record| store.put(key, record)).await?
+    else {
+        return Ok(Moved::AlreadyPlaced);
+    };
+    let key = key.to_vec();
+    // Detached: the request is answered now; its connection may close.
+    monoio::spawn(async move {
+        monoio::time::sleep(STALE_COPY_GRACE).await;
+        for (entry, error) in delete_copies(&key2path(&key), &stale, timeout).await {
             eprintln!(
                 "rebalance {:?}: leftover copy on {entry}: {error}",
-                String::from_utf8_lossy(key)
+                String::from_utf8_lossy(&key)
             );
         }
-    }
-    Ok(moved)
+    });
+    Ok(Moved::Moved {
+        bytes,
+        leftovers: Vec::new(),
+    })
 }
 
 /// Move `key` (recorded as `record`) to the `placed` entries; `write` stores
