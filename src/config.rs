@@ -191,6 +191,10 @@ struct Args {
     /// How often the background health check probes every volume (Go duration).
     #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]
     health_interval: Duration,
+    /// S3 multipart uploads neither completed nor aborted this long after
+    /// they began are aborted, their parts deleted (Go duration; 0s: never).
+    #[arg(long = "s3-upload-expiry", default_value = "168h", value_parser = parse_duration)]
+    s3_upload_expiry: Duration,
     /// A request body read that makes no progress for this long fails the
     /// request with 408 (Go duration). It is also the body's grace allowance
     /// for the minimum rate (--body-rate-min).
@@ -270,6 +274,7 @@ pub struct Config {
     pub block_cache_bytes: usize,
     pub coherence: Duration,
     pub health_interval: Duration,
+    pub s3_upload_expiry: Duration,
     pub body_limits: BodyLimits,
     pub concurrency: usize,
     pub md5: bool,
@@ -343,6 +348,7 @@ const LONG_FLAGS: &[&str] = &[
     "cache-mb",
     "block-cache-mb",
     "health-interval",
+    "s3-upload-expiry",
     "body-timeout",
     "body-rate-min",
     "concurrency",
@@ -521,6 +527,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         block_cache_bytes: args.block_cache_mb.saturating_mul(1 << 20),
         coherence: Duration::from_millis(args.coherence_ms),
         health_interval: args.health_interval,
+        s3_upload_expiry: args.s3_upload_expiry,
         body_limits: BodyLimits {
             read_timeout: args.body_timeout,
             rate_min_bytes_per_second: args.body_rate_min,

@@ -14,7 +14,7 @@ use crate::listing;
 use crate::meta::Meta;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
-use crate::replication::{self, entry_path, ClientBody, ReplicationError};
+use crate::replication::{self, entry_path, ClientBody, GateError, ReplicationError};
 use crate::store::{self, KeyGuard, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
@@ -261,7 +261,9 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             write_empty(&mut connection.output, 201, head.keep_alive);
             Ok(201)
         }
-        Err(WriteError::Exists) => Err(Error::Client(403, "key exists; DELETE it first (no overwrite)")),
+        Err(WriteError::Exists | WriteError::Protected) => {
+            Err(Error::Client(403, "key exists; DELETE it first (no overwrite)"))
+        }
         Err(WriteError::Index(error)) => Err(Error::Index(error)),
         Err(WriteError::Replication(error)) => Err(match error {
             ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
@@ -272,6 +274,8 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
             ReplicationError::BadDigest => Error::Client(400, "the value's md5 is not the one sent"),
             ReplicationError::Volume(error) | ReplicationError::Source(error) => Error::Volume(error),
+            ReplicationError::Gate(GateError::Index(error)) => Error::Index(error),
+            ReplicationError::Gate(_) => Error::Unavailable,
         }),
     }
 }

@@ -17,6 +17,8 @@ mod protocol;
 mod rebuilt;
 mod resilience;
 mod s3;
+mod s3_hostile;
+mod s3_listing;
 mod safety;
 mod shutdown;
 mod startup;
