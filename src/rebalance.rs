@@ -31,6 +31,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -164,8 +165,10 @@ pub async fn rebalance_key(
     timeout: Duration,
 ) -> Result<Moved, RebalanceError> {
     let placed = store.placement().place(key);
-    let Some(Relocated { bytes, stale }) =
-        relocate(key, record, &placed, timeout, |record| store.put(key, record)).await?
+    let Some(Relocated { bytes, stale }) = relocate(key, record, &placed, timeout, |record| async move {
+        store.put_async(key, &record).await
+    })
+    .await?
     else {
         return Ok(Moved::AlreadyPlaced);
     };
@@ -189,12 +192,12 @@ pub async fn rebalance_key(
 /// Move `key` (recorded as `record`) to the `placed` entries; `write` stores
 /// the new record, and is called only once every placed entry holds the value.
 /// The old copies are deleted right after the write.
-pub async fn move_key(
+pub async fn move_key<W: Future<Output = Result<(), IndexError>>>(
     key: &[u8],
     record: &Record,
     placed: &[String],
     timeout: Duration,
-    write: impl FnOnce(&Record) -> Result<(), IndexError>,
+    write: impl FnOnce(Record) -> W,
 ) -> Result<Moved, RebalanceError> {
     let Some(relocated) = relocate(key, record, placed, timeout, write).await? else {
         return Ok(Moved::AlreadyPlaced);
@@ -219,12 +222,12 @@ pub struct Relocated {
 /// `move_key` without the deletes: `None` when already placed, otherwise
 /// the old copies, for the caller to delete when no reader can still be on
 /// its way to them (`run_online` waits out `STALE_COPY_GRACE`).
-pub async fn relocate(
+pub async fn relocate<W: Future<Output = Result<(), IndexError>>>(
     key: &[u8],
     record: &Record,
     placed: &[String],
     timeout: Duration,
-    write: impl FnOnce(&Record) -> Result<(), IndexError>,
+    write: impl FnOnce(Record) -> W,
 ) -> Result<Option<Relocated>, RebalanceError> {
     if record.volumes == placed {
         return Ok(None);
@@ -253,7 +256,11 @@ pub async fn relocate(
     for copied in join_all(copies).await {
         bytes += copied?;
     }
-    write(&Record::new(placed.to_vec(), record.deleted, record.hash)).map_err(RebalanceError::Index)?;
+    // Awaited: on a reactor (`REBALANCE /key`) a PostgreSQL commit leaves
+    // it (`Store::put_async`).
+    write(Record::new(placed.to_vec(), record.deleted, record.hash))
+        .await
+        .map_err(RebalanceError::Index)?;
     Ok(Some(Relocated {
         bytes,
         stale: plan.stale,
@@ -600,7 +607,9 @@ async fn rebalance_online(
         return Ok(Outcome::Placed);
     };
     let timeout = app.config.volume_timeout;
-    match relocate(key, &record, &placed, timeout, |record| app.store.put(key, record)).await {
+    // The job's own thread: a blocking commit holds up no reactor.
+    let write = |record: Record| std::future::ready(app.store.put(key, &record));
+    match relocate(key, &record, &placed, timeout, write).await {
         Ok(None) => Ok(Outcome::Placed),
         Ok(Some(Relocated { bytes, stale })) => {
             let key = key.to_vec();
@@ -656,7 +665,7 @@ async fn rebalance_record(
             to: placed,
         });
     }
-    let write = |record: &Record| index.put(key, record);
+    let write = |record: Record| std::future::ready(index.put(key, &record));
     match move_key(key, &record, &placed, config.volume_timeout, write).await {
         Ok(moved) => Ok(Outcome::Moved(moved)),
         // A soft-deleted record without any copy is a PUT that never
