@@ -195,6 +195,18 @@ pub fn runtime() -> std::io::Result<Runtime> {
         .build()
 }
 
+/// Wait until no job runs (one stops taking items once the master shuts
+/// down: `app::shutting_down`) or `deadline` passes; whether none runs.
+pub fn wait_for_job(deadline: Instant) -> bool {
+    while JOB_RUNNING.load(Ordering::Acquire) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 /// Clears `JOB_RUNNING` when the job's thread is done with it.
 struct Running;
 
@@ -434,9 +446,11 @@ fn stream_job(app: &Arc<App>, job: &Job, mut stream: TcpStream, running: Running
             connected = connected && stream.write_all(format!("{line}\n").as_bytes()).is_ok();
         }
         let code = worker.join().unwrap_or(1);
-        drop(running);
         eprintln!("mkv: maintenance job ended, exit {code}");
         let _ = stream.write_all(format!("exit {code}\n").as_bytes());
+        // Only now: a master shutting down waits for this (`wait_for_job`)
+        // and must not exit before the operator has the exit code.
+        drop(running);
     });
 }
 

@@ -39,7 +39,7 @@ use futures_util::stream::{self, StreamExt};
 use md5::{Digest, Md5};
 use monoio::task::JoinHandle;
 
-use crate::app::App;
+use crate::app::{shutting_down, App};
 use crate::config::Config;
 use crate::index::{key_after, Index, IndexError};
 use crate::placement::{entry_host, hex_lower, key2path, key2volume, path_is_own};
@@ -367,12 +367,14 @@ pub struct Summary {
     pub bytes: u64,
     pub elapsed: Duration,
     pub dry_run: bool,
+    /// The walk ended early: the master shut down.
+    pub stopped: bool,
 }
 
 impl Summary {
     /// Problems the exit code should show.
     pub fn failures(&self) -> u64 {
-        self.failed + self.leftovers + self.busy
+        self.failed + self.leftovers + self.busy + u64::from(self.stopped)
     }
 
     fn status(&self) -> String {
@@ -480,7 +482,10 @@ where
         dry_run: options.dry_run,
         ..Summary::default()
     };
-    let outcomes = stream::iter(Records::new(index))
+    // A serving master that shuts down ends the walk here: the keys in
+    // flight finish, no new one starts.
+    let records = stream::iter(Records::new(index)).take_while(|_| std::future::ready(!shutting_down()));
+    let outcomes = records
         .map(|item| async {
             let (key, record) = item?;
             rebalance(key, record).await
@@ -491,6 +496,10 @@ where
         let (key, outcome) = item?;
         tally(&String::from_utf8_lossy(&key), outcome, &mut summary, progress);
         progress.advance(1, || summary.status());
+    }
+    if shutting_down() {
+        summary.stopped = true;
+        progress.report("stopped: the master is shutting down; run the rebalance again to finish");
     }
     Ok(summary)
 }

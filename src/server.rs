@@ -33,7 +33,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -44,7 +44,7 @@ use futures_util::FutureExt;
 use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::admin;
-use crate::app::App;
+use crate::app::{shutting_down, App};
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
 use crate::http::{self, write_text, KeepAlive, Method};
@@ -122,13 +122,6 @@ const INDEX_PROPERTIES: [(&str, &str, &str); 4] = [
         "Keys in the index, as RocksDB estimates them (records, metadata, state).",
     ),
 ];
-
-/// Set once on SIGTERM or SIGINT: reactors stop accepting and serving.
-static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
-
-fn shutting_down() -> bool {
-    SHUTTING_DOWN.load(Ordering::SeqCst)
-}
 
 /// Panics in request handling caught and confined to their connection.
 static PANICS_CONTAINED: AtomicU64 = AtomicU64::new(0);
@@ -281,7 +274,7 @@ fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<Event
     let limit = app.config.shutdown_timeout;
     eprintln!("mkv: signal {signal}: closing the listeners, finishing requests in flight (at most {limit:?})");
     let started = Instant::now();
-    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    crate::app::start_shutting_down();
     for listener in &listeners {
         // SAFETY: `listener` is an open descriptor this thread owns (a dup
         // of a reactor's listener, so its number cannot be reused meanwhile).
@@ -296,7 +289,14 @@ fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<Event
             Ok(Event::Ended(name)) if name.starts_with(REACTOR_THREAD_PREFIX) => {
                 reactors_left -= 1;
                 if reactors_left == 0 {
-                    eprintln!("mkv: every request finished in {:?}; exiting", started.elapsed());
+                    eprintln!("mkv: every request finished in {:?}", started.elapsed());
+                    // A maintenance job stops taking items, finishes those
+                    // in flight and its pending deletes, and tells its
+                    // operator how it ended.
+                    if !admin::wait_for_job(exit_by) {
+                        eprintln!("mkv: the maintenance job did not end in time; exiting");
+                    }
+                    eprintln!("mkv: exiting");
                     exit_now(0);
                 }
             }

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::app::App;
+use crate::app::{shutting_down, App};
 use crate::config::Config;
 use crate::index::IndexError;
 use crate::progress::{Progress, Sink};
@@ -118,6 +118,8 @@ pub struct Summary {
     /// Soft-deleted keys that could not be purged.
     pub purge_failed: u64,
     pub elapsed: Duration,
+    /// The run ended early: the master shut down.
+    pub stopped: bool,
 }
 
 impl Summary {
@@ -131,6 +133,7 @@ impl Summary {
             + self.strays
             + self.unlisted
             + self.purge_failed
+            + u64::from(self.stopped)
     }
 
     fn status(&self) -> String {
@@ -236,7 +239,10 @@ pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<S
     })?;
     let progress = Progress::with_sink("verify", "keys", Some(total), sink.clone());
     let mut summary = Summary::default();
-    let outcomes = stream::iter(Records::new(index))
+    // A serving master that shuts down ends the run: the keys in flight
+    // finish, no new one starts, and the orphan walk is left out.
+    let records = stream::iter(Records::new(index)).take_while(|_| std::future::ready(!shutting_down()));
+    let outcomes = records
         .map(|item| async move {
             let (key, record) = item?;
             let outcome = check_record(app, settings, &key, record).await?;
@@ -248,6 +254,13 @@ pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<S
         let (key, outcome) = item?;
         tally(&String::from_utf8_lossy(&key), outcome, &mut summary, &progress);
         progress.advance(1, || summary.status());
+    }
+    if shutting_down() {
+        summary.stopped = true;
+        summary.elapsed = progress.elapsed();
+        progress.report("stopped: the master is shutting down; run the verify again to finish");
+        progress.finish(&summary.to_string());
+        return Ok(summary);
     }
     progress.finish(&format!("{}; looking for orphans", summary.status()));
     let progress = Progress::with_sink("verify", "directories", None, sink);

@@ -413,3 +413,45 @@ fn a_job_from_a_command_placing_keys_otherwise_is_refused() {
     // The master's own flags go through.
     expect(&cluster.run_command(&[], "verify"), 0);
 }
+
+#[test]
+fn a_shutdown_during_an_online_rebalance_ends_the_job_with_an_exit_code_and_no_stale_copy() {
+    let admin = Admin::new();
+    let mut cluster = start_with_admin(3, &["-replicas", "2", "-subvolumes", "1"], &admin);
+    write_keys(&cluster, "/a/key", 60);
+    cluster.kill_master();
+    // Records without files after the real keys: the walk is still failing
+    // them one by one when the master is told to stop.
+    let seeded = cluster.run_command(&["--count", "20000", "--prefix", "/z/seeded-"], "seed");
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    for i in 3..5 {
+        let dir = cluster.dir.path().join(format!("volume{i}"));
+        cluster.volumes.push(crate::cluster::Volume::start(dir, free_port()));
+    }
+    cluster.master = None;
+    cluster.start_master();
+    let db = cluster.db().display().to_string();
+    let job = crate::cluster::mkv()
+        .args(["-db", &db, "-volumes", &cluster.volume_list()])
+        .args(&cluster.extra)
+        .args(["--concurrency", "1", "rebalance"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let master = cluster.master_process();
+    unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
+    let output = job.wait_with_output().unwrap();
+    let stderr = expect(&output, 1);
+    assert!(!stderr.contains("without an exit code"), "{stderr}");
+    assert!(stderr.contains("stopped: the master is shutting down"), "{stderr}");
+    assert_eq!(cluster.master_process().wait().unwrap().code(), Some(0));
+
+    // Every old copy of a moved key was deleted before the master exited.
+    cluster.master = None;
+    cluster.start_master();
+    let found = expect(&cluster.run_command(&["--orphan-grace", "0s"], "verify"), 1);
+    assert!(found.contains("orphans: 0 found"), "{found}");
+}
