@@ -640,8 +640,12 @@ struct Clients {
     open: RefCell<Vec<Rc<Client>>>,
     /// Counts idle periods: the smallest `idle_since` is the longest idle.
     tick: Cell<u64>,
-    /// The accept loop, waiting for a connection to close.
-    accept_waker: Cell<Option<Waker>>,
+    /// The tasks waiting for a connection to close: a reactor's accept
+    /// loops (the native port's and, with `--s3-port`, the S3 port's share
+    /// the cap) and, shutting down, the wait for all to close. Each is woken
+    /// on every close; one slot for all lost the first waiter's waker, and
+    /// with it that port's accepts for good.
+    accept_wakers: RefCell<Vec<Waker>>,
 }
 
 /// A client connection's standing, shared by its task and the accept loop.
@@ -668,7 +672,7 @@ impl Clients {
             max,
             open: RefCell::new(Vec::new()),
             tick: Cell::new(0),
-            accept_waker: Cell::new(None),
+            accept_wakers: RefCell::new(Vec::new()),
         }
     }
 
@@ -700,7 +704,8 @@ impl Clients {
         }
         metrics::set_connections(open.len());
         drop(open);
-        if let Some(waker) = self.accept_waker.take() {
+        let wakers = std::mem::take(&mut *self.accept_wakers.borrow_mut());
+        for waker in wakers {
             waker.wake();
         }
     }
@@ -745,13 +750,21 @@ impl Clients {
         }
     }
 
+    /// Be woken by the next close (each waiting task once).
+    fn wait_for_close(&self, waker: &Waker) {
+        let mut wakers = self.accept_wakers.borrow_mut();
+        if !wakers.iter().any(|waiting| waiting.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
     /// Wait until every connection has closed (shutting down).
     async fn all_closed(&self) {
         poll_fn(|context| {
             if self.count() == 0 {
                 return Poll::Ready(());
             }
-            self.accept_waker.set(Some(context.waker().clone()));
+            self.wait_for_close(context.waker());
             Poll::Pending
         })
         .await
@@ -763,7 +776,7 @@ impl Clients {
             if self.count() < self.max {
                 return Poll::Ready(());
             }
-            self.accept_waker.set(Some(context.waker().clone()));
+            self.wait_for_close(context.waker());
             Poll::Pending
         })
         .await
