@@ -15,9 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::BodyLimits;
-use crate::http::{
-    could_start_request, parse_request, BodyFraming, ChunkedDecoder, KeepAlive, RequestHead, HEADER_BYTES_MAX,
-};
+use crate::http::{could_start_request, BodyFraming, ChunkedDecoder, KeepAlive, RequestHead, HEADER_BYTES_MAX};
 
 /// Input buffer of a connection; holds at least one full request head.
 pub const INPUT_BUFFER_BYTES: usize = 32 * 1024;
@@ -388,7 +386,7 @@ fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
         .iter()
         .position(|&byte| byte != b'\r' && byte != b'\n')
         .unwrap_or(next.len());
-    if parse_request(next).is_err() || !could_start_request(&next[start..]) {
+    if !could_start_request(&next[start..]) {
         return Err(BodyError::TooLong);
     }
     Ok(())

@@ -736,25 +736,46 @@ fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
     assert_eq!(s3(&cluster, "PUT", "/bkt/dst", &[], Some(b"there")).0, 200);
     let copy = ("x-amz-copy-source", "/bkt/src");
     // A copy's destination conditions hold, as a PutObject's do.
-    assert_eq!(s3(&cluster, "PUT", "/bkt/dst", &[copy, ("If-None-Match", "*")], None).0, 412);
-    assert_eq!(s3(&cluster, "PUT", "/bkt/dst", &[copy, ("If-Match", "\"deadbeef\"")], None).0, 412);
+    assert_eq!(
+        s3(&cluster, "PUT", "/bkt/dst", &[copy, ("If-None-Match", "*")], None).0,
+        412
+    );
+    assert_eq!(
+        s3(&cluster, "PUT", "/bkt/dst", &[copy, ("If-Match", "\"deadbeef\"")], None).0,
+        412
+    );
     assert_eq!(s3(&cluster, "GET", "/bkt/dst", &[], None), (200, b"there".to_vec()));
     // DeleteObject with If-Match deletes only the named value; conditions
     // it cannot check are refused.
-    assert_eq!(s3(&cluster, "DELETE", "/bkt/dst", &[("If-Match", "\"deadbeef\"")], None).0, 412);
-    assert_eq!(s3(&cluster, "DELETE", "/bkt/dst", &[("x-amz-if-match-size", "1")], None).0, 501);
+    assert_eq!(
+        s3(&cluster, "DELETE", "/bkt/dst", &[("If-Match", "\"deadbeef\"")], None).0,
+        412
+    );
+    assert_eq!(
+        s3(&cluster, "DELETE", "/bkt/dst", &[("x-amz-if-match-size", "1")], None).0,
+        501
+    );
     assert_eq!(s3(&cluster, "GET", "/bkt/dst", &[], None), (200, b"there".to_vec()));
     let etag = format!("\"{}\"", crate::cluster::md5_hex(b"there"));
     assert_eq!(s3(&cluster, "DELETE", "/bkt/dst", &[("If-Match", &etag)], None).0, 204);
     // Two version ids: refused whichever comes first.
-    assert_eq!(s3(&cluster, "DELETE", "/bkt/src?versionId=null&versionId=abc", &[], None).0, 400);
+    assert_eq!(
+        s3(&cluster, "DELETE", "/bkt/src?versionId=null&versionId=abc", &[], None).0,
+        400
+    );
     assert_eq!(s3(&cluster, "GET", "/bkt/src", &[], None).0, 200);
     // partNumber reads are refused, not answered with the whole value.
     assert_eq!(s3(&cluster, "GET", "/bkt/src?partNumber=2", &[], None).0, 501);
     // Keys that are not UTF-8 are refused.
     assert_eq!(s3(&cluster, "PUT", "/bkt/%FDz", &[], Some(b"x")).0, 400);
     // x-amz-decoded-content-length without an aws-chunked body.
-    let lying = s3(&cluster, "PUT", "/bkt/plain", &[("x-amz-decoded-content-length", "3")], Some(b"abcdef"));
+    let lying = s3(
+        &cluster,
+        "PUT",
+        "/bkt/plain",
+        &[("x-amz-decoded-content-length", "3")],
+        Some(b"abcdef"),
+    );
     assert_eq!(lying.0, 400);
     // A checksum trailer nobody announced is refused.
     let data = value(1000, 31);
@@ -770,8 +791,14 @@ fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
     assert_eq!(s3(&cluster, "PUT", "/open", &[], None).0, 200);
     let (_, upload) = create_upload(&cluster, "/open/o", &[]);
     assert_eq!(s3(&cluster, "DELETE", "/open", &[], None).0, 409);
-    assert_eq!(s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0, 204);
-    assert_eq!(s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0, 404);
+    assert_eq!(
+        s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0,
+        204
+    );
+    assert_eq!(
+        s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0,
+        404
+    );
     assert_eq!(s3(&cluster, "DELETE", "/open", &[], None).0, 204);
 }
 
@@ -779,7 +806,10 @@ fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
 fn readers_during_back_to_back_overwrites_of_other_sizes_get_a_value() {
     let cluster = Cluster::start(3, &[]);
     assert_eq!(s3(&cluster, "PUT", "/bkt", &[], None).0, 200);
-    let values: Vec<Vec<u8>> = [1_000_000, 300_000, 7].iter().map(|&size| value(size, size as u64)).collect();
+    let values: Vec<Vec<u8>> = [1_000_000, 300_000, 7]
+        .iter()
+        .map(|&size| value(size, size as u64))
+        .collect();
     assert_eq!(s3(&cluster, "PUT", "/bkt/k", &[], Some(&values[0])).0, 200);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
