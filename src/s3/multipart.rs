@@ -27,7 +27,8 @@ use crate::replication::{self, entry_path, Gate, GateError, PieceSource, Replica
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
-use super::body::request_body;
+use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
+use super::checksum::{self, Algorithm, ChecksumType};
 use super::object::{
     checked_key, content_md5, copy_source_object, open_download, read_small_body, user_metadata, write_precondition,
     CopySource, EmptySource,
@@ -109,9 +110,11 @@ pub async fn upload_part(
     let part = write_part(app, &id, number, &key, &mut body, declared, expected_md5).await;
     drop(body);
     let part = part?;
-    Reply::empty(200)
-        .header("ETag", format_args!("\"{}\"", part.md5))
-        .write(&mut connection.output, keep_alive, false);
+    let mut reply = Reply::empty(200).header("ETag", format_args!("\"{}\"", part.md5));
+    if let Some((name, value)) = &part.checksum {
+        reply = reply.header(name, value);
+    }
+    reply.write(&mut connection.output, keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -221,11 +224,16 @@ async fn write_part<S: PieceSource>(
         }
     };
     let md5 = written.md5.expect("parts are hashed");
+    let checksum = source.checksum().map(|(name, value)| {
+        let name = name.strip_prefix(CHECKSUM_ENTRY_PREFIX).unwrap_or(&name).to_owned();
+        (name, value)
+    });
     let part = Part {
         size: written.bytes,
         md5: String::from_utf8_lossy(&hex_lower(&md5)).into_owned(),
         mtime_ms: now_ms(),
         volumes: entries.clone(),
+        checksum,
     };
     state::put_part(&app.store, id, number, &part).await?;
     drop(gate);
@@ -519,6 +527,51 @@ fn checked_parts(listed: &[(u32, String)], uploaded: &[(u32, Part)]) -> Result<V
     Ok(chosen)
 }
 
+/// The checksum of a completed upload: each listed part checksum must be
+/// the one its part was uploaded with (else InvalidPart), and when every
+/// chosen part has one of the same algorithm, the value's is S3's
+/// checksum of checksums (`COMPOSITE`, `base64-N`).
+fn completed_checksum(
+    completed: &[xml::CompletedPart],
+    parts: &[(u32, Part)],
+) -> Result<Option<(Algorithm, String)>, S3Error> {
+    let invalid = || {
+        S3Error::new(
+            400,
+            "InvalidPart",
+            "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.",
+        )
+    };
+    for (listed, (_, part)) in completed.iter().zip(parts) {
+        if let Some((algorithm, value)) = &listed.checksum {
+            let stored = part.checksum.as_ref().filter(|(name, _)| name == algorithm.header());
+            if stored.is_none_or(|(_, stored)| stored != value) {
+                return Err(invalid());
+            }
+        }
+    }
+    let Some((first_name, _)) = parts.first().and_then(|(_, part)| part.checksum.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(algorithm) = Algorithm::from_header(first_name) else {
+        return Ok(None);
+    };
+    let mut raw = Vec::with_capacity(parts.len());
+    for (_, part) in parts {
+        match &part.checksum {
+            Some((name, value)) if name == first_name => match checksum::parse_expected(algorithm, value) {
+                Ok(bytes) => raw.push(bytes),
+                Err(_) => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some((
+        algorithm,
+        checksum::composite(algorithm, raw.iter().map(Vec::as_slice)),
+    )))
+}
+
 /// S3's ETag of a multipart value: the md5 of the parts' binary md5s,
 /// and their count.
 fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
@@ -591,9 +644,11 @@ pub async fn complete(
         return complete_again(app, connection, head, request).await;
     }
     let body = read_small_body(app, connection, head).await?;
-    let listed = xml::parse_complete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let completed = xml::parse_complete_parts(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
     let uploaded = all_parts(app, &id)?;
     let parts = checked_parts(&listed, &uploaded)?;
+    let checksum = completed_checksum(&completed, &parts)?;
     let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, part)| etag_md5(&part.md5)).collect();
     let etag = multipart_etag(&md5s.ok_or_else(|| S3Error::internal("a stored part's md5 is corrupt"))?);
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
@@ -619,6 +674,15 @@ pub async fn complete(
         },
         changes: &changes,
     };
+    let mut plan = plan;
+    if let Some((algorithm, value)) = &checksum {
+        plan.meta
+            .user
+            .push((format!("{CHECKSUM_ENTRY_PREFIX}{}", algorithm.header()), value.clone()));
+        if !crate::meta::Meta::user_fits(&plan.meta.user) {
+            plan.meta.user.pop();
+        }
+    }
     let mut source = PartsSource {
         app,
         id: &id,
@@ -635,7 +699,12 @@ pub async fn complete(
         eprintln!("multipart upload {id} completed; some part files are left: {error}");
     }
     let location = format!("/{}/{}", request.bucket, String::from_utf8_lossy(&request.key));
-    let body = xml::complete_multipart(&location, &request.bucket, &request.key, &etag);
+    let object_checksum = checksum.as_ref().map(|(algorithm, value)| xml::ObjectChecksum {
+        algorithm: *algorithm,
+        value,
+        checksum_type: ChecksumType::Composite,
+    });
+    let body = xml::complete_multipart_checksummed(&location, &request.bucket, &request.key, &etag, object_checksum);
     Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(200))
 }
@@ -725,6 +794,7 @@ mod tests {
             md5: md5.to_owned(),
             mtime_ms: 0,
             volumes: vec!["v:1".into()],
+            checksum: None,
         }
     }
 

@@ -55,6 +55,10 @@ pub struct Part {
     pub mtime_ms: u64,
     /// The volume entries holding the part.
     pub volumes: Vec<String>,
+    /// The additional checksum the part was verified against or computed
+    /// with: (`x-amz-checksum-*` header name, base64).
+    #[serde(default)]
+    pub checksum: Option<(String, String)>,
 }
 
 fn corrupt(key: &[u8]) -> IndexError {

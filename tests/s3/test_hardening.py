@@ -118,3 +118,29 @@ def test_concurrent_writers_of_one_key_all_succeed(s3, bucket):
     data = final["Body"].read()
     assert data in bodies
     assert final["ETag"] == f'"{md5_hex(data)}"'
+
+
+def test_multipart_checksums_are_checked_and_composed(s3, bucket):
+    import base64
+    import zlib
+
+    parts = [payload(5 * MIB, 7), payload(1000, 8)]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp", ChecksumAlgorithm="CRC32")["UploadId"]
+    listed = []
+    for number, data in enumerate(parts, 1):
+        answer = s3.upload_part(
+            Bucket=bucket, Key="mp", UploadId=upload, PartNumber=number, Body=data, ChecksumAlgorithm="CRC32"
+        )
+        expected = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        assert answer["ChecksumCRC32"] == expected
+        listed.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32": expected})
+    wrong = [dict(listed[0], ChecksumCRC32="AAAAAA=="), listed[1]]
+    with pytest.raises(ClientError) as refused:
+        s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload, MultipartUpload={"Parts": wrong})
+    assert error_code(refused.value) == (400, "InvalidPart")
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload, MultipartUpload={"Parts": listed})
+    raw = b"".join(zlib.crc32(data).to_bytes(4, "big") for data in parts)
+    composite = base64.b64encode(zlib.crc32(raw).to_bytes(4, "big")).decode() + "-2"
+    assert done["ChecksumCRC32"] == composite
+    head = s3.head_object(Bucket=bucket, Key="mp", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == composite
