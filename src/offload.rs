@@ -3,19 +3,37 @@
 //! more, during which a blocked reactor would answer nothing, cache hits
 //! included), and its reads (a round trip).
 //!
-//! `write` and `read` hand the call to a small pool of threads and awaits its end on a
+//! `write` and `read` hand the call to a small pool of threads and await its end on a
 //! socket pair: the pool thread writes one byte when done, which the
 //! reactor's driver sees like any other socket. That needs no cross-thread
 //! waker in the runtime (monoio's `sync` feature) and costs a socket pair
 //! per call, microseconds against the call's milliseconds. A call whose
 //! request is cancelled (client gone) still runs to its end on the pool.
+//!
+//! Every wait is bounded (`INDEX_WAIT_MS_MAX`): past it the caller gets
+//! `IndexError::Unavailable` (503 with Retry-After), and a call no pool
+//! thread has started yet is skipped, so a write the client was told
+//! failed is not applied later when the database comes back. A call
+//! already started runs to its end (its outcome is unknown to the caller;
+//! `Store` treats the keys it wrote as changed).
 
 use std::io::Write;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
+
+use crate::index::IndexError;
+
+/// The longest a caller waits for an offloaded index call: a database that
+/// hangs (a stuck disk, a network that drops rather than refuses, a commit
+/// waiting on a standby that is gone) is answered 503 within this. Above a
+/// healthy commit's worst (tens of milliseconds with a synchronous standby
+/// in another zone) by far.
+pub const INDEX_WAIT_MS_MAX: u64 = 5_000;
 
 /// A pool of threads for one kind of call, started on first use.
 struct Pool {
@@ -31,6 +49,15 @@ struct Pool {
 static WRITES: Pool = Pool {
     name: "mkv-write",
     threads: 8,
+    queue: OnceLock::new(),
+};
+
+/// Key locks and unlocks: apart from reads and writes, so that a lock
+/// session that hangs (its calls queue on one mutex) takes no read or
+/// write thread with it.
+static LOCKS: Pool = Pool {
+    name: "mkv-lock",
+    threads: 4,
     queue: OnceLock::new(),
 };
 
@@ -77,33 +104,70 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
 }
 
 /// Run the index write `call` on its pool and await its result without
-/// blocking the reactor.
-pub async fn write<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> R {
-    run(&WRITES, call).await
+/// blocking the reactor, at most `INDEX_WAIT_MS_MAX`: past it the call is
+/// reported unavailable (its outcome unknown if it started; skipped if it
+/// had not).
+pub async fn write<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    run(&WRITES, call).await.unwrap_or_else(|| Err(not_answered()))
 }
 
 /// Run the index read `call` on its pool and await its result without
-/// blocking the reactor.
-pub async fn read<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> R {
+/// blocking the reactor, at most `INDEX_WAIT_MS_MAX`.
+pub async fn read<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, IndexError> {
+    run(&READS, call).await.unwrap_or_else(|| Err(not_answered()))
+}
+
+/// `read` for a call whose result is not a plain `Result` (one that hands
+/// back what it was lent): None past `INDEX_WAIT_MS_MAX`.
+pub async fn read_within<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
     run(&READS, call).await
 }
 
-/// Run `call` on `pool` and await its result. Falls back to running it
-/// here if the pool cannot take it.
-async fn run<R: Send + 'static>(pool: &Pool, call: impl FnOnce() -> R + Send + 'static) -> R {
-    let Ok((ours, theirs)) = StdUnixStream::pair() else {
-        return call();
-    };
-    let Ok(mut ours) = monoio::net::UnixStream::from_std(ours) else {
-        return call();
-    };
-    let slot: Arc<Mutex<Option<R>>> = Arc::new(Mutex::new(None));
-    let filled = slot.clone();
+/// Run `call` on the lock pool and wait for it here, blocking the calling
+/// thread at most `INDEX_WAIT_MS_MAX` (None past it: the call is skipped
+/// if it had not started). For the key-lock calls that synchronous callers
+/// make on a reactor: bounded, where running them in place was not.
+pub fn block_within<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let (sender, receiver) = mpsc::channel();
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let skipped = abandoned.clone();
     let job: Job = Box::new(move || {
-        let result = call();
-        *filled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
-        let _ = (&theirs).write_all(&[1]);
+        if !skipped.load(Ordering::Acquire) {
+            let _ = sender.send(call());
+        }
     });
+    submit(&LOCKS, job);
+    let result = receiver.recv_timeout(wait_max()).ok();
+    abandoned.store(true, Ordering::Release);
+    result
+}
+
+/// Run `call` on the lock pool without waiting for it (a key's unlock,
+/// from a guard dropped on a reactor).
+pub fn detach_lock(call: impl FnOnce() + Send + 'static) {
+    submit(&LOCKS, Box::new(call));
+}
+
+/// Run `call` on the read pool without waiting for it (closing a
+/// connection whose request was cancelled).
+pub fn detach(call: impl FnOnce() + Send + 'static) {
+    submit(&READS, Box::new(call));
+}
+
+fn wait_max() -> Duration {
+    Duration::from_millis(INDEX_WAIT_MS_MAX)
+}
+
+fn not_answered() -> IndexError {
+    IndexError::Unavailable(format!("the index did not answer within {INDEX_WAIT_MS_MAX} ms"))
+}
+
+/// Queue `job` on `pool`, or run it here if the pool cannot take it.
+fn submit(pool: &Pool, job: Job) {
     let sent = pool
         .queue()
         .lock()
@@ -112,11 +176,43 @@ async fn run<R: Send + 'static>(pool: &Pool, call: impl FnOnce() -> R + Send + '
     if let Err(mpsc::SendError(job)) = sent {
         job();
     }
+}
+
+/// Run `call` on `pool` and await its result for at most
+/// `INDEX_WAIT_MS_MAX`; None past it, and the call is skipped if no pool
+/// thread has started it yet (a write answered 503 must not be applied
+/// later, when the database is back). Falls back to running it here if
+/// the pool cannot take it.
+async fn run<R: Send + 'static>(pool: &Pool, call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let Ok((ours, theirs)) = StdUnixStream::pair() else {
+        return Some(call());
+    };
+    let Ok(mut ours) = monoio::net::UnixStream::from_std(ours) else {
+        return Some(call());
+    };
+    let slot: Arc<Mutex<Option<R>>> = Arc::new(Mutex::new(None));
+    let filled = slot.clone();
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let skipped = abandoned.clone();
+    let job: Job = Box::new(move || {
+        if skipped.load(Ordering::Acquire) {
+            return;
+        }
+        let result = call();
+        *filled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+        // The waiter may be gone (it gave up): nothing reads the byte.
+        let _ = (&theirs).write_all(&[1]);
+    });
+    submit(pool, job);
     // One byte, or end of file if the job died with its thread: either way
     // it is over.
-    let (_, _) = ours.read(vec![0u8; 1]).await;
+    let waited = monoio::time::timeout(wait_max(), ours.read(vec![0u8; 1])).await;
+    if waited.is_err() {
+        abandoned.store(true, Ordering::Release);
+        return None;
+    }
     let result = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-    result.expect("an offloaded call panicked")
+    Some(result.expect("an offloaded call panicked"))
 }
 
 #[cfg(test)]
@@ -130,8 +226,12 @@ mod tests {
             .build()
             .unwrap();
         let here = std::thread::current().id();
-        let (elsewhere, value) = runtime.block_on(write(move || (std::thread::current().id() != here, 42)));
+        let (elsewhere, value) = runtime
+            .block_on(read_within(move || (std::thread::current().id() != here, 42)))
+            .expect("answered in time");
         assert!(elsewhere, "ran on a pool thread");
         assert_eq!(value, 42);
+        let written = runtime.block_on(write(|| Ok::<_, IndexError>(7)));
+        assert_eq!(written.ok(), Some(7));
     }
 }

@@ -269,20 +269,47 @@ impl Index {
 
     /// Take `key`'s write lock across masters (PostgreSQL); always granted
     /// by RocksDB, which one master holds alone. `Ok(false)`: another
-    /// master holds it.
-    pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
-        match self {
-            Index::Rocks(_) => Ok(true),
-            Index::Postgres(engine) => engine.try_lock_key(key),
+    /// master holds it. Waits here, on the lock pool's thread, at most
+    /// `offload::INDEX_WAIT_MS_MAX` (a caller on a reactor blocks that
+    /// long at worst; `try_lock_key_async` does not block).
+    pub fn try_lock_key(self: &Arc<Index>, key: &[u8]) -> Result<bool, IndexError> {
+        if self.postgres().is_none() {
+            return Ok(true);
         }
+        let index = self.clone();
+        let key = key.to_vec();
+        crate::offload::block_within(move || index.postgres().expect("checked above").try_lock_key(&key))
+            .unwrap_or_else(|| Err(lock_not_answered()))
     }
 
-    /// Release a lock `try_lock_key` granted.
-    pub fn unlock_key(&self, key: &[u8]) {
-        if let Index::Postgres(engine) = self {
-            engine.unlock_key(key);
+    /// `try_lock_key`, awaited without blocking the reactor.
+    pub async fn try_lock_key_async(self: &Arc<Index>, key: &[u8]) -> Result<bool, IndexError> {
+        if self.postgres().is_none() {
+            return Ok(true);
+        }
+        let index = self.clone();
+        let key = key.to_vec();
+        crate::offload::read_within(move || index.postgres().expect("checked above").try_lock_key(&key))
+            .await
+            .unwrap_or_else(|| Err(lock_not_answered()))
+    }
+
+    /// Release a lock `try_lock_key` granted, on the lock pool: the caller
+    /// (a guard dropped on a reactor) does not wait on the database.
+    pub fn unlock_key(self: &Arc<Index>, key: &[u8]) {
+        if self.postgres().is_some() {
+            let index = self.clone();
+            let key = key.to_vec();
+            crate::offload::detach_lock(move || index.postgres().expect("checked above").unlock_key(&key));
         }
     }
+}
+
+fn lock_not_answered() -> IndexError {
+    IndexError::Unavailable(format!(
+        "the index did not answer a key lock within {} ms",
+        crate::offload::INDEX_WAIT_MS_MAX
+    ))
 }
 
 /// A view of the index for scans (`Index::view`).

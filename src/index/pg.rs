@@ -36,7 +36,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -62,6 +63,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// drops it (unless the URL says): a primary that vanished from the network
 /// is noticed within this.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server-side bound on one statement of a serving master.
+const STATEMENT_MS_MAX: u64 = crate::offload::INDEX_WAIT_MS_MAX;
 /// After a failed connection attempt, calls fail at once for this long
 /// instead of each trying again (a failover takes seconds).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
@@ -72,10 +75,39 @@ const NOTIFY_PAYLOAD_MAX: usize = 7999;
 const ROLE_LOCK: i64 = 0x6d6b_762d_726f_6c65;
 /// How long opening waits for the role lock before reporting it held.
 const ROLE_WAIT: Duration = Duration::from_secs(2);
+/// A serving master's lease on the index (`Lease`): how long it holds
+/// after a renewal is sent.
+const LEASE_MS: u64 = 3_000;
+/// How often a serving master renews its lease: a few times a lease, so
+/// that a restart or a lost session does not let it lapse.
+const LEASE_RENEW_MS: u64 = 500;
+/// What an offline command adds to a lease's expiry before taking it as
+/// lapsed: the most the masters' clocks may run slow against the
+/// database's over one lease, and a statement's time in flight.
+const LEASE_MARGIN_MS: u64 = 1_000;
+/// How long an offline command waits for the masters' leases to lapse (a
+/// master just killed leaves its lease behind) before reporting the index
+/// held.
+const OFFLINE_WAIT: Duration = Duration::from_millis(LEASE_MS + LEASE_MARGIN_MS + 1_000);
+
+const _: () = assert!(LEASE_RENEW_MS * 3 <= LEASE_MS);
 /// Between attempts at the role lock.
 const ROLE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Advisory lock that serialises making the tables (`"mkv-tabl"`).
 const SCHEMA_LOCK: i64 = 0x6d6b_762d_7461_626c;
+
+/// Listings' snapshots one master holds open at once: each holds a
+/// connection, and PostgreSQL's connections (100 by default) are shared by
+/// every master.
+const SNAPSHOTS_MAX: usize = 16;
+/// How long a listing may read its snapshot: a transaction open that long
+/// keeps old row versions from vacuum. 1,000,000 keys take a few seconds
+/// per pass; a client that reads slower has its listing cut off.
+const SNAPSHOT_MS_MAX: u64 = 120_000;
+/// How long a snapshot's transaction may sit idle before PostgreSQL ends
+/// it (a master that vanished mid-listing): above the 30 s a listing may
+/// wait on its client between two batches.
+const SNAPSHOT_IDLE_MS_MAX: u64 = 60_000;
 
 /// How long a heartbeat may take to come back before the listening
 /// session is taken for dead and made again.
@@ -86,14 +118,20 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS mkv_records (key bytea PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_meta (key bytea PRIMARY KEY, meta bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_state (key bytea PRIMARY KEY, value bytea NOT NULL);
+    CREATE TABLE IF NOT EXISTS mkv_masters (origin text PRIMARY KEY, expires timestamptz NOT NULL);
     CREATE OR REPLACE FUNCTION mkv_apply(
         ops text[], keys bytea[], vals bytea[],
-        lock_pids int[], lock_classes oid[], lock_objects oid[], payloads text[]
+        lock_pids int[], lock_classes oid[], lock_objects oid[], payloads text[],
+        lease_origin text
     ) RETURNS void LANGUAGE plpgsql AS $$
     DECLARE
         i int;
         payload text;
     BEGIN
+        IF lease_origin IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mkv_masters
+                WHERE origin = lease_origin AND expires > now()) THEN
+            RAISE EXCEPTION 'mkv: this master''s lease on the index lapsed' USING ERRCODE = 'MKVLS';
+        END IF;
         FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
             CASE ops[i]
             WHEN 'record' THEN
@@ -126,6 +164,8 @@ const TABLES: &str = "
 ";
 /// The SQL state `mkv_apply` raises when a key's lock is gone.
 const LOCK_LOST_STATE: &str = "MKVLK";
+/// The SQL state `mkv_apply` raises when the writer's lease lapsed.
+const LEASE_LAPSED_STATE: &str = "MKVLS";
 
 /// A pooled connection and its prepared statements.
 struct Connection {
@@ -155,11 +195,40 @@ impl Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            apply: client.prepare("SELECT mkv_apply($1, $2, $3, $4, $5, $6, $7)")?,
+            apply: client.prepare("SELECT mkv_apply($1, $2, $3, $4, $5, $6, $7, $8)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
             scan_records: client.prepare(&scan("mkv_records", "record"))?,
             scan_state: client.prepare(&scan("mkv_state", "value"))?,
         })
+    }
+}
+
+/// A listing's snapshot of the records (`Postgres::snapshot`).
+pub struct Snapshot {
+    /// None once a statement failed: the transaction cannot go on.
+    connection: Option<Connection>,
+    opened: Instant,
+    _permit: SnapshotPermit,
+}
+
+/// One of the `SNAPSHOTS_MAX` snapshots a master may hold open.
+struct SnapshotPermit(Arc<AtomicUsize>);
+
+impl Drop for SnapshotPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // A snapshot not ended (its listing was cancelled: the client went
+        // away) still holds its transaction open. Closing the connection
+        // waits on the network, which a reactor must not: a pool thread
+        // closes it.
+        if let Some(connection) = self.connection.take() {
+            crate::offload::detach(move || drop(connection));
+        }
     }
 }
 
@@ -169,9 +238,13 @@ struct LockSession {
     client: Option<Client>,
     /// The session's backend pid (what `pg_locks` names it by).
     pid: i32,
-    /// Keys locked, each with the pid of the session that took its lock:
-    /// after a reconnection the old locks are gone, and a commit must see so.
-    held: HashMap<Vec<u8>, i32>,
+    /// Keys locked, each with the pid of the session that took its lock
+    /// (after a reconnection the old locks are gone, and a commit must see
+    /// so) and how many times it holds it: an unlock runs after its guard
+    /// is gone (`offload::detach_lock`), so this master may lock the key
+    /// again before the previous unlock ran, and session advisory locks
+    /// stack.
+    held: HashMap<Vec<u8>, (i32, u32)>,
 }
 
 /// Why a transaction did not commit.
@@ -179,6 +252,8 @@ enum Failure {
     Database(postgres::Error),
     /// A key's lock is no longer held by the session that took it.
     LockLost,
+    /// This master's lease lapsed (`Lease`).
+    LeaseLapsed,
 }
 
 impl From<postgres::Error> for Failure {
@@ -199,7 +274,7 @@ pub struct Batch {
 }
 
 /// A key and its value, as a scan reads them.
-type Row = (Vec<u8>, Vec<u8>);
+pub type Row = (Vec<u8>, Vec<u8>);
 
 /// What `listen` reports.
 #[derive(Debug, PartialEq, Eq)]
@@ -211,6 +286,9 @@ pub enum Event {
     Everything,
     /// Every change committed before this instant has been reported.
     Confirmed(Instant),
+    /// This master changed this key's record (reported only after
+    /// `follow_own_changes`).
+    ChangedHere(Vec<u8>),
 }
 
 /// The index in PostgreSQL.
@@ -222,10 +300,26 @@ pub struct Postgres {
     /// No connection attempt before this instant (`RECONNECT_PAUSE`).
     pause_until: Mutex<Option<Instant>>,
     locks: Mutex<LockSession>,
-    /// This process's tag on its notifications, so it skips its own.
+    /// Listings' snapshots open now.
+    snapshots: Arc<AtomicUsize>,
+    /// Report this master's own changes too (`follow_own_changes`).
+    follow_own: AtomicBool,
+    /// This process's tag on its notifications (so it skips its own) and
+    /// its lease.
     origin: String,
-    /// The session holding the role lock, for the process's life.
-    _role: Mutex<Client>,
+    /// A serving master's lease on the index: no index call once it lapsed.
+    lease: Option<Arc<Lease>>,
+    /// An offline command's session, holding the role lock exclusively for
+    /// the process's life.
+    _offline: Option<Mutex<Client>>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(lease) = &self.lease {
+            lease.end();
+        }
+    }
 }
 
 impl Postgres {
@@ -245,35 +339,59 @@ impl Postgres {
             config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         config.application_name("mkv");
+        if options.role == Role::Serve {
+            // A statement that runs past this is cancelled by the server,
+            // freeing the pool thread that waits on it about when the
+            // reactor stopped waiting (`offload::INDEX_WAIT_MS_MAX`). Not
+            // for offline commands, whose bulk statements (rebuild's
+            // clearing) may run longer. A commit's wait for a synchronous
+            // standby is not a statement's time: only the wait bound
+            // covers it.
+            let timeout = format!("-c statement_timeout={STATEMENT_MS_MAX}");
+            let options = match config.get_options() {
+                Some(given) => format!("{given} {timeout}"),
+                None => timeout,
+            };
+            config.options(&options);
+        }
         let mut role = config.connect(NoTls).map_err(open_error)?;
         // One simple query is one transaction: the lock is held to its end.
         let schema = format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {TABLES}");
         role.batch_execute(&schema).map_err(open_error)?;
-        let take = match options.role {
-            Role::Serve => "SELECT pg_try_advisory_lock_shared($1)",
-            Role::Offline => "SELECT pg_try_advisory_lock($1)",
-        };
-        // A master just stopped may hold it a moment longer: PostgreSQL
-        // notices its closed sessions within milliseconds.
-        let deadline = Instant::now() + ROLE_WAIT;
-        while !role
-            .query_one(take, &[&ROLE_LOCK])
-            .map_err(open_error)?
-            .get::<_, bool>(0)
-        {
-            if Instant::now() >= deadline {
-                return Err(IndexError::Locked(PathBuf::from(&name)));
+        let origin = origin();
+        let (lease, offline) = match options.role {
+            Role::Serve => {
+                let lease = Lease::take(&config, &origin, role).map_err(|error| match error {
+                    LeaseError::Held => IndexError::Locked(PathBuf::from(&name)),
+                    LeaseError::Database(error) => open_error(error),
+                })?;
+                let lease = Arc::new(lease);
+                let kept = lease.clone();
+                std::thread::Builder::new()
+                    .name("mkv-lease".into())
+                    .spawn(move || kept.keep())
+                    .map_err(|error| IndexError::Open(PathBuf::from(&name), error.to_string()))?;
+                (Some(lease), None)
             }
-            std::thread::sleep(ROLE_RETRY_DELAY);
-        }
+            Role::Offline => {
+                take_offline(&mut role).map_err(|error| match error {
+                    LeaseError::Held => IndexError::Locked(PathBuf::from(&name)),
+                    LeaseError::Database(error) => open_error(error),
+                })?;
+                (None, Some(Mutex::new(role)))
+            }
+        };
         Ok(Postgres {
             config,
             name,
             idle: Mutex::new(Vec::new()),
             pause_until: Mutex::new(None),
             locks: Mutex::new(LockSession::default()),
-            origin: origin(),
-            _role: Mutex::new(role),
+            snapshots: Arc::new(AtomicUsize::new(0)),
+            follow_own: AtomicBool::new(false),
+            origin,
+            lease,
+            _offline: offline,
         })
     }
 
@@ -311,15 +429,7 @@ impl Postgres {
         &self,
         work: impl FnOnce(&mut Client, &Statements) -> Result<T, Failure>,
     ) -> Result<T, IndexError> {
-        let pooled = lock(&self.idle).pop();
-        let mut connection = match pooled {
-            Some(connection) => connection,
-            None => {
-                let mut client = self.connect()?;
-                let statements = Statements::prepare(&mut client).map_err(|error| self.error(&error))?;
-                Connection { client, statements }
-            }
-        };
+        let mut connection = self.take_connection()?;
         let result = work(&mut connection.client, &connection.statements);
         let broken = match &result {
             Err(Failure::Database(error)) => unreachable(error) || connection.client.is_closed(),
@@ -337,6 +447,7 @@ impl Postgres {
             Failure::LockLost => {
                 IndexError::Unavailable("the key's lock was lost with the index connection that held it".into())
             }
+            Failure::LeaseLapsed => self.lapsed(),
         })
     }
 
@@ -391,7 +502,7 @@ impl Postgres {
             let session = lock(&self.locks);
             changed
                 .iter()
-                .filter_map(|key| session.held.get(*key).map(|&pid| (pid, lock_id(key))))
+                .filter_map(|key| session.held.get(*key).map(|&(pid, _)| (pid, lock_id(key))))
                 .collect()
         };
         let mut batch = Batch {
@@ -423,7 +534,8 @@ impl Postgres {
     /// function call is its own transaction, all of it or none).
     pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
         self.with_connection(|client, statements| {
-            let parameters: [&(dyn postgres::types::ToSql + Sync); 7] = [
+            let lease_origin = self.lease.as_ref().map(|lease| lease.origin.as_str());
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 8] = [
                 &batch.operations,
                 &batch.keys,
                 &batch.values,
@@ -431,11 +543,15 @@ impl Postgres {
                 &batch.classes,
                 &batch.objects,
                 &batch.payloads,
+                &lease_origin,
             ];
             match client.execute(&statements.apply, &parameters) {
                 Ok(_) => Ok(()),
                 Err(error) if error.code().is_some_and(|state| state.code() == LOCK_LOST_STATE) => {
                     Err(Failure::LockLost)
+                }
+                Err(error) if error.code().is_some_and(|state| state.code() == LEASE_LAPSED_STATE) => {
+                    Err(Failure::LeaseLapsed)
                 }
                 Err(error) => Err(Failure::Database(error)),
             }
@@ -503,6 +619,108 @@ impl Postgres {
             Ok(client.query(statement, &[&from, &end, &limit])?)
         })?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// A snapshot for a listing: a connection of its own (pooled or new) in
+    /// a REPEATABLE READ, READ ONLY transaction, so that every batch of
+    /// every pass reads the records as of one instant. At most
+    /// `SNAPSHOTS_MAX` are open at once (each holds a connection, and
+    /// PostgreSQL's connections are shared by every master); more are
+    /// refused as unavailable (503), before the listing has answered.
+    pub fn snapshot(&self) -> Result<Snapshot, IndexError> {
+        let open = self.snapshots.fetch_add(1, Ordering::AcqRel);
+        let permit = SnapshotPermit(self.snapshots.clone());
+        if open >= SNAPSHOTS_MAX {
+            return Err(IndexError::Unavailable(format!(
+                "more than {SNAPSHOTS_MAX} listings at once on this master"
+            )));
+        }
+        let mut connection = self.take_connection()?;
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SET LOCAL idle_in_transaction_session_timeout = {SNAPSHOT_IDLE_MS_MAX}"
+        );
+        if let Err(error) = connection.client.batch_execute(&begin) {
+            return Err(self.error(&error));
+        }
+        Ok(Snapshot {
+            connection: Some(connection),
+            opened: Instant::now(),
+            _permit: permit,
+        })
+    }
+
+    /// Up to `rows_max` records of `snapshot` from `from` on, below `end`
+    /// (None: no end), in key order. Fails once the snapshot is older than
+    /// `SNAPSHOT_MS_MAX`: a long transaction keeps old row versions from
+    /// being vacuumed for every master.
+    pub fn snapshot_scan(
+        &self,
+        snapshot: &mut Snapshot,
+        from: &[u8],
+        end: Option<&[u8]>,
+        rows_max: usize,
+    ) -> Result<Vec<Row>, IndexError> {
+        if snapshot.opened.elapsed() > Duration::from_millis(SNAPSHOT_MS_MAX) {
+            return Err(IndexError::Unavailable(format!(
+                "a listing's snapshot is older than {SNAPSHOT_MS_MAX} ms"
+            )));
+        }
+        let Some(connection) = snapshot.connection.as_mut() else {
+            return Err(IndexError::Unavailable("a listing's snapshot was lost".into()));
+        };
+        let limit = rows_max as i64;
+        match connection
+            .client
+            .query(&connection.statements.scan_records, &[&from, &end, &limit])
+        {
+            Ok(rows) => Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect()),
+            Err(error) => {
+                // The transaction is aborted (or the session gone): the
+                // snapshot cannot be read again.
+                snapshot.connection = None;
+                Err(self.error(&error))
+            }
+        }
+    }
+
+    /// End `snapshot`'s transaction and pool its connection.
+    pub fn end_snapshot(&self, mut snapshot: Snapshot) {
+        let Some(mut connection) = snapshot.connection.take() else {
+            return;
+        };
+        if connection.client.batch_execute("ROLLBACK").is_ok() && !connection.client.is_closed() {
+            let mut idle = lock(&self.idle);
+            if idle.len() < POOL_IDLE_MAX {
+                idle.push(connection);
+            }
+        }
+    }
+
+    /// Fails once this master's lease lapsed (a serving master only).
+    fn check_lease(&self) -> Result<(), IndexError> {
+        match &self.lease {
+            Some(lease) if !lease.valid() => Err(self.lapsed()),
+            _ => Ok(()),
+        }
+    }
+
+    fn lapsed(&self) -> IndexError {
+        IndexError::Unavailable(format!(
+            "this master's lease on {} lapsed (renewals failed, or an offline command holds the index)",
+            self.name
+        ))
+    }
+
+    /// A pooled connection, or a new one with its statements prepared.
+    fn take_connection(&self) -> Result<Connection, IndexError> {
+        self.check_lease()?;
+        if let Some(connection) = lock(&self.idle).pop() {
+            return Ok(connection);
+        }
+        let mut client = self.connect()?;
+        let statements = Statements::prepare(&mut client).map_err(|error| self.error(&error))?;
+        Ok(Connection { client, statements })
     }
 
     /// `View::scan_bounded`, batch by batch.
@@ -575,6 +793,7 @@ impl Postgres {
     }
 
     fn try_lock_in(&self, session: &mut LockSession, key: &[u8]) -> Result<bool, IndexError> {
+        self.check_lease()?;
         if session.client.as_ref().is_none_or(Client::is_closed) {
             let mut client = self.connect()?;
             let pid: i32 = client
@@ -591,7 +810,12 @@ impl Postgres {
                 let granted: bool = row.get(0);
                 if granted {
                     let pid = session.pid;
-                    session.held.insert(key.to_vec(), pid);
+                    let held = session.held.entry(key.to_vec()).or_insert((pid, 0));
+                    if held.0 != pid {
+                        // Taken by a session that is gone: its count went with it.
+                        *held = (pid, 0);
+                    }
+                    held.1 += 1;
                 }
                 Ok(granted)
             }
@@ -606,7 +830,14 @@ impl Postgres {
     /// the lock.
     pub fn unlock_key(&self, key: &[u8]) {
         let mut session = lock(&self.locks);
-        let Some(pid) = session.held.remove(key) else { return };
+        let Some(&(pid, count)) = session.held.get(key) else {
+            return;
+        };
+        if count > 1 {
+            session.held.insert(key.to_vec(), (pid, count - 1));
+        } else {
+            session.held.remove(key);
+        }
         if pid != session.pid {
             return;
         }
@@ -620,6 +851,14 @@ impl Postgres {
             }
             session.client = None;
         }
+    }
+
+    /// From now on, `listen` reports this master's own changes too
+    /// (`Event::ChangedHere`): a write whose outcome this master does not
+    /// know (the connection was lost while it committed) may become visible
+    /// at any later moment, and only its notification says when.
+    pub fn follow_own_changes(&self) {
+        self.follow_own.store(true, Ordering::Release);
     }
 
     /// Report other masters' changes to `on` until the process ends,
@@ -690,10 +929,202 @@ impl Postgres {
                     on(Event::Confirmed(sent));
                 } else if !payload.starts_with(&own) {
                     parse_payload(payload, on);
+                } else if self.follow_own.load(Ordering::Acquire) {
+                    // This master's own change, which its cache already
+                    // holds unless the write's outcome was unknown to it.
+                    parse_payload(payload, &mut |event| {
+                        if let Event::Changed(key) = event {
+                            on(Event::ChangedHere(key));
+                        }
+                    });
                 }
             }
         }
         unreachable!("the beat sequence is unbounded")
+    }
+}
+
+/// Why a role could not be taken.
+enum LeaseError {
+    /// Another process holds the role lock in the other mode, or (offline)
+    /// a master's lease is live.
+    Held,
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for LeaseError {
+    fn from(error: postgres::Error) -> Self {
+        LeaseError::Database(error)
+    }
+}
+
+/// A serving master's lease on the index: a row of `mkv_masters` whose
+/// `expires` (the database's clock) it renews every `LEASE_RENEW_MS`,
+/// always from a session that holds the role lock shared; and its own
+/// deadline, `LEASE_MS` after the renewal was sent (its own clock), past
+/// which it makes no index call. A session lost (a restart, a terminated
+/// backend, a failover) is made again and the role lock taken again; while
+/// an offline command holds the lock exclusively, no renewal can succeed
+/// and the lease lapses. An offline command goes ahead only holding the
+/// lock exclusively with no lease live (`take_offline`), so no master uses
+/// the index under it, whichever sessions died.
+struct Lease {
+    config: Config,
+    origin: String,
+    /// The session holding the role lock shared; None once it failed.
+    session: Mutex<Option<Client>>,
+    start: Instant,
+    /// Microseconds after `start` until which the lease holds (0: lapsed).
+    until_micros: AtomicU64,
+    /// The index was dropped: stop renewing.
+    ended: AtomicBool,
+}
+
+impl Lease {
+    /// Take the role lock shared on `session` and the first lease.
+    fn take(config: &Config, origin: &str, mut session: Client) -> Result<Lease, LeaseError> {
+        // A master just stopped may hold it a moment longer: PostgreSQL
+        // notices its closed sessions within milliseconds.
+        let deadline = Instant::now() + ROLE_WAIT;
+        while !session
+            .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&ROLE_LOCK])?
+            .get::<_, bool>(0)
+        {
+            if Instant::now() >= deadline {
+                return Err(LeaseError::Held);
+            }
+            std::thread::sleep(ROLE_RETRY_DELAY);
+        }
+        let lease = Lease {
+            config: config.clone(),
+            origin: origin.to_string(),
+            session: Mutex::new(Some(session)),
+            start: Instant::now(),
+            until_micros: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+        };
+        lease.renew().map_err(|error| match error {
+            RenewError::Held => LeaseError::Held,
+            RenewError::Database(error) => LeaseError::Database(error),
+        })?;
+        Ok(lease)
+    }
+
+    /// Whether the lease holds now.
+    fn valid(&self) -> bool {
+        (self.start.elapsed().as_micros() as u64) < self.until_micros.load(Ordering::Acquire)
+    }
+
+    /// Renew every `LEASE_RENEW_MS` until the index is dropped; say when
+    /// renewals start and stop failing.
+    fn keep(&self) {
+        let mut failing = false;
+        while !self.ended.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(LEASE_RENEW_MS));
+            match self.renew() {
+                Ok(()) if failing => {
+                    eprintln!("this master's lease on the index is renewed again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    let why = match error {
+                        RenewError::Held => "an offline command holds the index".to_string(),
+                        RenewError::Database(error) => describe(&error),
+                    };
+                    eprintln!(
+                        "cannot renew this master's lease on the index ({why}); \
+                         index calls fail once it lapses"
+                    );
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One renewal: (re)connect and take the role lock if the session was
+    /// lost, then push the row's expiry. The local deadline counts from
+    /// before the statement was sent, so it ends no later than the row's.
+    fn renew(&self) -> Result<(), RenewError> {
+        let mut session = lock(&self.session);
+        if session.as_ref().is_none_or(Client::is_closed) {
+            *session = None;
+            let mut client = self.config.connect(NoTls)?;
+            let held: bool = client
+                .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&ROLE_LOCK])?
+                .get(0);
+            if !held {
+                return Err(RenewError::Held);
+            }
+            *session = Some(client);
+        }
+        let client = session.as_mut().expect("connected above");
+        let sent = self.start.elapsed();
+        let renewed = client.execute(
+            &format!(
+                "INSERT INTO mkv_masters VALUES ($1, now() + interval '{LEASE_MS} milliseconds') \
+                 ON CONFLICT (origin) DO UPDATE SET expires = EXCLUDED.expires"
+            ),
+            &[&self.origin],
+        );
+        if let Err(error) = renewed {
+            *session = None;
+            return Err(RenewError::Database(error));
+        }
+        let until = sent + Duration::from_millis(LEASE_MS);
+        self.until_micros.fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Stop renewing and give the lease up (an offline command need not
+    /// wait for it to lapse).
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.until_micros.store(0, Ordering::Release);
+        if let Some(client) = lock(&self.session).as_mut() {
+            let _ = client.execute("DELETE FROM mkv_masters WHERE origin = $1", &[&self.origin]);
+        }
+    }
+}
+
+/// Why a renewal failed.
+enum RenewError {
+    /// An offline command holds the role lock.
+    Held,
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for RenewError {
+    fn from(error: postgres::Error) -> Self {
+        RenewError::Database(error)
+    }
+}
+
+/// Take the role lock exclusively on `session` for an offline command, once
+/// no master's lease is live: a master whose sessions died may still serve
+/// until its lease lapses, and cannot renew it while the lock is held here.
+/// Waits up to `OFFLINE_WAIT` (a master killed leaves its lease to lapse).
+fn take_offline(session: &mut Client) -> Result<(), LeaseError> {
+    let deadline = Instant::now() + OFFLINE_WAIT;
+    let live =
+        format!("SELECT count(*) FROM mkv_masters WHERE expires > now() - interval '{LEASE_MARGIN_MS} milliseconds'");
+    loop {
+        let locked: bool = session
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])?
+            .get(0);
+        if locked {
+            let serving: i64 = session.query_one(&live, &[])?.get(0);
+            if serving == 0 {
+                return Ok(());
+            }
+            // Let the serving masters renew; they serve.
+            session.query_one("SELECT pg_advisory_unlock($1)", &[&ROLE_LOCK])?;
+        }
+        if Instant::now() >= deadline {
+            return Err(LeaseError::Held);
+        }
+        std::thread::sleep(ROLE_RETRY_DELAY);
     }
 }
 

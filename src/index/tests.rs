@@ -271,11 +271,12 @@ fn two_masters(name: &str) -> Option<(Index, Index)> {
 #[test]
 fn key_locks_hold_across_masters_and_die_with_their_session() {
     let Some((a, b)) = two_masters("locks") else { return };
-    assert!(a.try_lock_key(b"/k").unwrap());
-    assert!(!b.try_lock_key(b"/k").unwrap(), "held by the other master");
-    assert!(b.try_lock_key(b"/other").unwrap(), "other keys are free");
-    a.unlock_key(b"/k");
-    assert!(b.try_lock_key(b"/k").unwrap(), "released");
+    let (a_locks, b_locks) = (a.postgres().unwrap(), b.postgres().unwrap());
+    assert!(a_locks.try_lock_key(b"/k").unwrap());
+    assert!(!b_locks.try_lock_key(b"/k").unwrap(), "held by the other master");
+    assert!(b_locks.try_lock_key(b"/other").unwrap(), "other keys are free");
+    a_locks.unlock_key(b"/k");
+    assert!(b_locks.try_lock_key(b"/k").unwrap(), "released");
     // A lock lost with its session (a failover) is never written through.
     let url = postgres_url().unwrap();
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
@@ -352,7 +353,7 @@ fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     let (mut admin, database) = own_database(&url, "restart");
     let index = Index::open(Path::new(&database_url(&url, &database)), &options(Role::Serve)).unwrap();
     index.put(b"/k", &live("v")).unwrap();
-    assert!(index.try_lock_key(b"/locked").unwrap());
+    assert!(index.postgres().unwrap().try_lock_key(b"/locked").unwrap());
     // Pool several connections: concurrent readers.
     std::thread::scope(|scope| {
         for _ in 0..4 {
@@ -369,7 +370,10 @@ fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     // Every pooled connection is dead; the first read still answers.
     assert_eq!(index.get(b"/k").unwrap(), Some(live("v")));
     assert_eq!(index.get(b"/k").unwrap(), Some(live("v")));
-    assert!(index.try_lock_key(b"/other").unwrap(), "a new lock session");
+    assert!(
+        index.postgres().unwrap().try_lock_key(b"/other").unwrap(),
+        "a new lock session"
+    );
     // The lock taken before is gone with its session: a write under it fails.
     assert!(matches!(
         index.put(b"/locked", &live("v")),

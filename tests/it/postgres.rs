@@ -381,3 +381,306 @@ fn a_read_waiting_on_the_index_does_not_stop_its_reactor_answering() {
     transaction.commit().unwrap();
     assert_eq!(reader.join().unwrap(), 404);
 }
+
+/// Records `<prefix><i>` for i in 0..count, each key padded to
+/// `key_bytes`, written straight into the index (live, one replica): a big
+/// listing without a PUT per key.
+fn insert_records(database: &Database, prefix: &str, count: u32, key_bytes: i32) {
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .execute(
+            "INSERT INTO mkv_records SELECT convert_to(rpad($1 || lpad(i::text, 8, '0'), $3, 'x'), 'UTF8'), \
+             convert_to('127.0.0.1:1', 'UTF8') FROM generate_series(1, $2) i",
+            &[&prefix, &(count as i32), &key_bytes],
+        )
+        .unwrap();
+}
+
+/// A response's head and body, read until the server closes or is silent
+/// for `silence`; and whether it closed.
+fn read_response(stream: &mut TcpStream, silence: Duration) -> (String, Vec<u8>, bool) {
+    stream.set_read_timeout(Some(silence)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let closed = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+            Err(_) => break false,
+        }
+    };
+    let split = received
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&received[..split]).into_owned();
+    (head, received[split + 4..].to_vec(), closed)
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .expect("a Content-Length")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_listing_is_as_long_as_its_content_length_while_keys_change() {
+    let Some(database) = database("listing_exact") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 1, &[]);
+    insert_records(&database, "/l/", 4000, 40);
+    // A writer adds and removes keys of many lengths under the prefix as
+    // fast as it can, so the keys change between any two reads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let url = database.url.clone();
+    let writer = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut round = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let key = format!("/l/{:08}{}", round % 4000, "y".repeat((round % 50) as usize));
+            client
+                .execute(
+                    "INSERT INTO mkv_records VALUES (convert_to($1, 'UTF8'), convert_to('127.0.0.1:1', 'UTF8')) \
+                     ON CONFLICT DO NOTHING",
+                    &[&key],
+                )
+                .unwrap();
+            client
+                .execute("DELETE FROM mkv_records WHERE key = convert_to($1, 'UTF8')", &[&key])
+                .unwrap();
+            round += 1;
+        }
+    });
+    for listing in 0..30 {
+        let mut stream = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+        stream
+            .write_all(b"GET /l/?list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (head, body, closed) = read_response(&mut stream, Duration::from_secs(10));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(closed, "listing {listing}: the connection closes as asked");
+        assert_eq!(body.len(), content_length(&head), "listing {listing}");
+        assert!(body.ends_with(b"]}"), "listing {listing}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_listing_whose_client_stops_reading_is_cut_off_not_followed_by_an_error() {
+    let Some(database) = database("listing_stall") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 1, &[]);
+    // About 12 MB of keys: more than the kernel buffers hold.
+    insert_records(&database, "/s/", 12_000, 1000);
+    let mut stream = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    stream.write_all(b"GET /s/?list HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Past the master's 30 s write timeout without reading a byte.
+    std::thread::sleep(Duration::from_secs(32));
+    let (head, body, closed) = read_response(&mut stream, Duration::from_secs(5));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.len() < content_length(&head), "the body was cut short");
+    assert!(
+        !body.windows(9).any(|window| window == b"HTTP/1.1 "),
+        "nothing follows the cut-off body"
+    );
+    assert!(closed, "a response that cannot be completed closes its connection");
+}
+
+/// `synchronous_standby_names` for the whole server: commits of sessions
+/// with `synchronous_commit = on` (only the test's own database has it)
+/// wait for a standby that never comes while it is set.
+fn set_phantom_standby(admin: &mut postgres::Client, on: bool) {
+    let names = if on { "'mkv_phantom_standby'" } else { "''" };
+    admin
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = {names}; SELECT pg_reload_conf()"
+        ))
+        .unwrap();
+}
+
+/// A database whose sessions commit synchronously (so that a phantom
+/// standby stalls their commits), and the server's admin session.
+fn synchronous_database(test: &str) -> Option<(Database, postgres::Client)> {
+    let database = database(test)?;
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET synchronous_commit = on", database.name))
+        .unwrap();
+    Some((database, admin))
+}
+
+/// Terminate the test database's sessions whose commit waits on the
+/// standby, once there is one; how many.
+fn terminate_stalled_commits(admin: &mut postgres::Client, database: &Database) -> u64 {
+    let mut terminated = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            terminated = admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = $1 AND wait_event = 'SyncRep'",
+                    &[&database.name],
+                )
+                .unwrap()
+                .get::<_, i64>(0) as u64;
+            terminated > 0
+        }),
+        "a commit waits on the standby"
+    );
+    terminated
+}
+
+#[test]
+fn a_write_that_committed_but_failed_does_not_leave_its_master_serving_the_old_record() {
+    let Some((database, mut admin)) = synchronous_database("unknown_outcome") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 1, &["--coherence-ms", "500"]);
+    assert_eq!(request("PUT", &cluster.url("/k"), Some(b"value")).status, 201);
+    assert_eq!(request("GET", &cluster.url("/k"), None).status, 302);
+    assert_eq!(request("GET", &cluster.url("/k"), None).status, 302, "cached");
+    set_phantom_standby(&mut admin, true);
+    let url = cluster.url("/k");
+    let unlink = std::thread::spawn(move || request("UNLINK", &url, None).status);
+    terminate_stalled_commits(&mut admin, &database);
+    set_phantom_standby(&mut admin, false);
+    let status = unlink.join().unwrap();
+    assert!(status >= 500, "the UNLINK's outcome is unknown to the master: {status}");
+    // The UNLINK committed before its session was terminated.
+    let record: Vec<u8> = admin_query_record(&database, "/k");
+    assert!(record.starts_with(b"DELETED"), "{:?}", String::from_utf8_lossy(&record));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        request("GET", &cluster.url("/k"), None).status,
+        404,
+        "past the bound the master no longer redirects to the unlinked key"
+    );
+}
+
+/// The raw record of `key` in the test database.
+fn admin_query_record(database: &Database, key: &str) -> Vec<u8> {
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .query_one(
+            "SELECT record FROM mkv_records WHERE key = convert_to($1, 'UTF8')",
+            &[&key],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn rebuild_is_refused_while_a_master_serves_whatever_sessions_died() {
+    let Some(database) = database("role_sessions") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    assert_eq!(request("PUT", &cluster.url("/kept"), Some(b"value")).status, 201);
+    // For 1.5 s, end every session that holds the role lock shared (the
+    // master's, as a restart or a failover would), as soon as it has it;
+    // meanwhile `rebuild` tries to take the index for itself.
+    let url = database.url.clone();
+    let storm = std::thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let started = Instant::now();
+        let mut ended = 0u64;
+        while started.elapsed() < Duration::from_millis(1500) {
+            ended += admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                     AND mode = 'ShareLock' AND classid = $1 AND objid = $2 AND objsubid = 1 \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[&0x6d6b_762d_u32, &0x726f_6c65_u32],
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ended
+    });
+    let rebuild = cluster.run_command(&[], "rebuild");
+    let ended = storm.join().unwrap();
+    assert!(ended > 0, "the master's role sessions were ended");
+    let stderr = String::from_utf8_lossy(&rebuild.stderr);
+    assert_ne!(
+        rebuild.status.code(),
+        Some(0),
+        "rebuild ran beside a serving master: {stderr}"
+    );
+    assert!(stderr.contains("locked"), "{stderr}");
+    assert_eq!(read_through(&cluster.url("/kept")), Some(b"value".to_vec()));
+}
+
+/// The test database's sessions, stopped with SIGSTOP (a database that
+/// hangs rather than refuses, as a stuck disk or a network that drops
+/// packets does) until this is dropped.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn freeze(database: &Database) -> Frozen {
+        let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+        let pids: Vec<i32> = admin
+            .query("SELECT pid FROM pg_stat_activity WHERE datname = $1", &[&database.name])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert!(!pids.is_empty(), "the master has sessions");
+        let frozen = Frozen(pids);
+        frozen.signal("-STOP");
+        frozen
+    }
+
+    fn signal(&self, signal: &str) {
+        let pids: Vec<String> = self.0.iter().map(i32::to_string).collect();
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pids:?}");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+    }
+}
+
+#[test]
+fn with_the_index_frozen_a_write_answers_503_and_cache_hits_go_on() {
+    let Some((database, cluster)) = one_reactor_with_a_hit("frozen") else {
+        return;
+    };
+    // The key lock session exists (the first PUT took a lock on it).
+    let frozen = Frozen::freeze(&database);
+    let port = cluster.port();
+    let writer = std::thread::spawn(move || {
+        let put = b"PUT /during HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvalue";
+        crate::cluster::raw(port, put, Duration::from_secs(30))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let hit = crate::cluster::raw(port, connection_close, Duration::from_secs(20));
+    assert!(
+        hit.starts_with("HTTP/1.1 302"),
+        "the only reactor answers a hit: {hit:?}"
+    );
+    let written = writer.join().unwrap();
+    assert!(written.starts_with("HTTP/1.1 503"), "{written:?}");
+    assert!(written.contains("Retry-After: 1"), "{written:?}");
+    drop(frozen);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            request("PUT", &cluster.url("/after"), Some(b"value")).status == 201
+        }),
+        "writes succeed again once the index answers"
+    );
+    assert_eq!(request("GET", &cluster.url("/during"), None).status, 404);
+}
