@@ -22,7 +22,7 @@ use crate::coherence::Coherence;
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::Event;
-use crate::index::{Change, Index, IndexError};
+use crate::index::{Change, Index, IndexError, LockToken};
 use crate::locks::{KeyLocks, LocalGuard};
 use crate::meta::Meta;
 use crate::metrics::{self, CacheRead};
@@ -372,8 +372,15 @@ pub struct Store {
 /// masters; dropping it unlocks both.
 pub struct KeyGuard<'a> {
     /// The index holds the key's lock too (PostgreSQL).
-    shared: Option<(&'a Arc<Index>, Box<[u8]>)>,
+    shared: Option<SharedLock<'a>>,
     _local: LocalGuard<'a>,
+}
+
+/// The index's part of a `KeyGuard`.
+struct SharedLock<'a> {
+    index: &'a Arc<Index>,
+    key: Box<[u8]>,
+    token: LockToken,
 }
 
 impl Drop for KeyGuard<'_> {
@@ -381,8 +388,8 @@ impl Drop for KeyGuard<'_> {
         // Queued on the lock pool (the reactor does not wait on the
         // database); this master may lock the key again before it runs,
         // which the index's lock counts allow for.
-        if let Some((index, key)) = &self.shared {
-            index.unlock_key(key);
+        if let Some(shared) = &self.shared {
+            shared.index.unlock_key(&shared.key, shared.token);
         }
     }
 }
@@ -710,8 +717,12 @@ impl Store {
                 _local: local,
             }));
         }
-        Ok(self.index.try_lock_key(key)?.then(|| KeyGuard {
-            shared: Some((&self.index, key.into())),
+        Ok(self.index.try_lock_key(key)?.map(|token| KeyGuard {
+            shared: Some(SharedLock {
+                index: &self.index,
+                key: key.into(),
+                token,
+            }),
             _local: local,
         }))
     }
@@ -729,10 +740,26 @@ impl Store {
                 _local: local,
             }));
         }
-        Ok(self.index.try_lock_key_async(key).await?.then(|| KeyGuard {
-            shared: Some((&self.index, key.into())),
+        Ok(self.index.try_lock_key_async(key).await?.map(|token| KeyGuard {
+            shared: Some(SharedLock {
+                index: &self.index,
+                key: key.into(),
+                token,
+            }),
             _local: local,
         }))
+    }
+
+    /// Whether this master may still send bytes of `key`, whose lock it
+    /// took: true unless, on PostgreSQL, its lease on the key has less than
+    /// `pg::KEY_LEASE_LEFT_MIN_MS` left (renewals failing: the database
+    /// unreachable). A writer checks it before each piece it sends and
+    /// before the last one, and stops (fails the write) when it is false;
+    /// another master can take the key only once the lease has expired in
+    /// the database plus `LEASE_MARGIN_MS`, by when every piece sent before
+    /// the check has arrived or failed.
+    pub fn still_held(&self, key: &[u8]) -> bool {
+        self.index.still_held(key)
     }
 }
 

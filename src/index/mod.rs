@@ -17,6 +17,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::meta::{Meta, MetaError};
 use crate::record::{Record, RecordError};
@@ -24,7 +25,7 @@ use crate::record::{Record, RecordError};
 pub mod pg;
 mod rocks;
 
-pub use pg::Event;
+pub use pg::{Event, LockToken};
 
 /// Records per write batch when filling the index in bulk.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
@@ -272,9 +273,9 @@ impl Index {
     /// master holds it. Waits here, on the lock pool's thread, at most
     /// `offload::INDEX_WAIT_MS_MAX` (a caller on a reactor blocks that
     /// long at worst; `try_lock_key_async` does not block).
-    pub fn try_lock_key(self: &Arc<Index>, key: &[u8]) -> Result<bool, IndexError> {
+    pub fn try_lock_key(self: &Arc<Index>, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
         if self.postgres().is_none() {
-            return Ok(true);
+            return Ok(Some(0));
         }
         let index = self.clone();
         let key = key.to_vec();
@@ -283,9 +284,9 @@ impl Index {
     }
 
     /// `try_lock_key`, awaited without blocking the reactor.
-    pub async fn try_lock_key_async(self: &Arc<Index>, key: &[u8]) -> Result<bool, IndexError> {
+    pub async fn try_lock_key_async(self: &Arc<Index>, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
         if self.postgres().is_none() {
-            return Ok(true);
+            return Ok(Some(0));
         }
         let index = self.clone();
         let key = key.to_vec();
@@ -294,13 +295,29 @@ impl Index {
             .unwrap_or_else(|| Err(lock_not_answered()))
     }
 
-    /// Release a lock `try_lock_key` granted, on the lock pool: the caller
-    /// (a guard dropped on a reactor) does not wait on the database.
-    pub fn unlock_key(self: &Arc<Index>, key: &[u8]) {
-        if self.postgres().is_some() {
+    /// Release a lock `try_lock_key` granted as `token`: at once in this
+    /// process (no renewal, no check in a commit), then in the database
+    /// on the lock pool, so the caller (a guard dropped on a reactor) does
+    /// not wait on the database.
+    pub fn unlock_key(self: &Arc<Index>, key: &[u8], token: LockToken) {
+        if let Some(engine) = self.postgres() {
+            engine.release_key(key, token);
             let index = self.clone();
             let key = key.to_vec();
-            crate::offload::detach_lock(move || index.postgres().expect("checked above").unlock_key(&key));
+            crate::offload::detach_lock(move || index.postgres().expect("checked above").unlock_key(&key, token));
+        }
+    }
+
+    /// Whether this process still holds `key`'s lock with at least
+    /// `pg::KEY_LEASE_LEFT_MIN_MS` of its lease left: a writer checks it
+    /// before each piece of a value it sends and before the last one.
+    /// Always on RocksDB (one master; its lock cannot be lost).
+    pub fn still_held(&self, key: &[u8]) -> bool {
+        match self {
+            Index::Rocks(_) => true,
+            Index::Postgres(engine) => engine
+                .key_lease_left(key)
+                .is_some_and(|left| left >= Duration::from_millis(pg::KEY_LEASE_LEFT_MIN_MS)),
         }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Tables, made on first open: `mkv_records (key bytea, record bytea)` with
 //! the original master's record bytes, `mkv_meta (key, meta)` and
-//! `mkv_state (key, value)`, each keyed by its primary key. `bytea` compares
-//! byte by byte, so scans run in RocksDB's key order.
+//! `mkv_state (key, value)`, each keyed by its primary key; `mkv_masters`
+//! and `mkv_key_leases`, the leases below. `bytea` compares byte by byte,
+//! so scans run in RocksDB's key order.
 //!
 //! The client is the `postgres` crate: `tokio-postgres` driven by a small
 //! current-thread tokio runtime inside each connection. The index interface
@@ -13,20 +14,26 @@
 //! that grows to the number of concurrent callers (about one per reactor).
 //!
 //! What many masters need beyond storage:
-//! - Key locks: `try_lock_key` takes a session advisory lock, keyed by 64
-//!   bits of the key's md5, on one lock session per master. A master that
-//!   dies drops its session and so its locks. A write that goes live
-//!   checks, in its own transaction, that its lock is still held by the
-//!   session that took it, so a lock lost to a failover is never written
-//!   through.
+//! - Key locks: `try_lock_key` takes a lease on the key, a row of
+//!   `mkv_key_leases` with an expiry that the master's lease thread renews
+//!   while the key is held. A write that goes live checks, in its own
+//!   transaction, that the lease is still this holding's and keeps the
+//!   row locked to the end of the commit; `Index::still_held` tells a
+//!   writer whether it may send the next piece. A lease, unlike a session
+//!   lock, survives a restart, a failover or a terminated session, and no
+//!   other master can take the key before it expired (ARCHITECTURE.md,
+//!   "Key locks: leases that fence").
 //! - Change notifications: every transaction that changes records notifies
 //!   channel `mkv` with the changed keys; `listen` hands them to the
 //!   master's cache, with heartbeats that bound how stale the cache can be
 //!   (`coherence`).
-//! - Roles: a serving master holds a shared advisory lock, an offline
-//!   command (rebuild, seed, rebalance, verify) the exclusive one, so an
-//!   offline command never runs under serving masters (it is sent to a
-//!   running master instead, as with RocksDB's directory lock).
+//! - Roles: a serving master holds a shared advisory lock and a lease
+//!   (`Lease`, a row of `mkv_masters`) it renews from a session holding
+//!   that lock; an offline command (rebuild, seed, rebalance, verify)
+//!   takes the lock exclusively and goes ahead only with no lease live, so
+//!   it never runs under serving masters, whichever sessions died (it is
+//!   sent to a running master instead, as with RocksDB's directory lock).
+//! - Listings read a snapshot of their own (`Snapshot`).
 //!
 //! Errors that mean the database cannot be reached (connection lost, a
 //! standby that refuses writes after a failover, shutdown) are
@@ -36,7 +43,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,7 +97,20 @@ const LEASE_MARGIN_MS: u64 = 1_000;
 /// held.
 const OFFLINE_WAIT: Duration = Duration::from_millis(LEASE_MS + LEASE_MARGIN_MS + 1_000);
 
+/// A key lock's lease (`KeyLease`): how long it holds after its latest
+/// renewal was sent, and so how long a key stays locked after its master
+/// died or lost the database (plus `LEASE_MARGIN_MS`).
+pub const KEY_LEASE_MS: u64 = 6_000;
+/// A writer stops sending a key's bytes once less than this is left of
+/// its lease (`Store::still_held`): renewals failed for
+/// `KEY_LEASE_MS - KEY_LEASE_LEFT_MIN_MS`. What is left, plus the margin,
+/// is the time a piece already sent has to arrive before another master
+/// may take the key: above the volume I/O timeout.
+pub const KEY_LEASE_LEFT_MIN_MS: u64 = 3_000;
+
 const _: () = assert!(LEASE_RENEW_MS * 3 <= LEASE_MS);
+const _: () = assert!(LEASE_RENEW_MS * 3 <= KEY_LEASE_LEFT_MIN_MS);
+const _: () = assert!(KEY_LEASE_LEFT_MIN_MS < KEY_LEASE_MS);
 /// Between attempts at the role lock.
 const ROLE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Advisory lock that serialises making the tables (`"mkv-tabl"`).
@@ -119,19 +139,63 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS mkv_meta (key bytea PRIMARY KEY, meta bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_state (key bytea PRIMARY KEY, value bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_masters (origin text PRIMARY KEY, expires timestamptz NOT NULL);
-    CREATE OR REPLACE FUNCTION mkv_apply(
-        ops text[], keys bytea[], vals bytea[],
-        lock_pids int[], lock_classes oid[], lock_objects oid[], payloads text[],
-        lease_origin text
+    CREATE TABLE IF NOT EXISTS mkv_key_leases (
+        lock_id bigint PRIMARY KEY, master text NOT NULL, token bigint NOT NULL,
+        expires timestamptz NOT NULL);
+    CREATE OR REPLACE FUNCTION mkv_lock(
+        lock bigint, holder text, lease_token bigint, lease_ms int, margin_ms int
+    ) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        -- A lease row locked by a commit in flight (one waiting on a
+        -- standby) is held: do not queue behind it.
+        PERFORM set_config('lock_timeout', '100ms', true);
+        INSERT INTO mkv_key_leases AS held
+            VALUES (lock, holder, lease_token, now() + lease_ms * interval '1 millisecond')
+            ON CONFLICT (lock_id) DO UPDATE
+                SET master = EXCLUDED.master, token = EXCLUDED.token, expires = EXCLUDED.expires
+                WHERE held.master = EXCLUDED.master
+                    OR held.expires < now() - margin_ms * interval '1 millisecond';
+        IF FOUND THEN
+            RETURN true;
+        END IF;
+        -- A refusal changed nothing: it need not wait for a standby.
+        PERFORM set_config('synchronous_commit', 'local', true);
+        RETURN false;
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('synchronous_commit', 'local', true);
+        RETURN false;
+    END $$;
+    CREATE OR REPLACE FUNCTION mkv_unlock(lock bigint, holder text, lease_token bigint)
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        -- Lost in a crash, an unlock only leaves the key to its lease's end.
+        PERFORM set_config('synchronous_commit', 'off', true);
+        DELETE FROM mkv_key_leases WHERE lock_id = lock AND master = holder AND token = lease_token;
+    END $$;
+    CREATE OR REPLACE FUNCTION mkv_apply_fenced(
+        ops text[], keys bytea[], vals bytea[], lock_ids bigint[], lock_tokens bigint[],
+        payloads text[], holder text, lease_ms int
     ) RETURNS void LANGUAGE plpgsql AS $$
     DECLARE
         i int;
         payload text;
     BEGIN
-        IF lease_origin IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mkv_masters
-                WHERE origin = lease_origin AND expires > now()) THEN
+        IF holder IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mkv_masters
+                WHERE origin = holder AND expires > now()) THEN
             RAISE EXCEPTION 'mkv: this master''s lease on the index lapsed' USING ERRCODE = 'MKVLS';
         END IF;
+        -- Each key's lease is checked and kept locked to the end of this
+        -- commit (a wait for a standby included): no other master can
+        -- take the key before this write is over.
+        FOR i IN 1 .. coalesce(array_length(lock_ids, 1), 0) LOOP
+            UPDATE mkv_key_leases
+                SET expires = greatest(expires, now() + lease_ms * interval '1 millisecond')
+                WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i]
+                    AND expires > now();
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'mkv: a key lock was lost' USING ERRCODE = 'MKVLK';
+            END IF;
+        END LOOP;
         FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
             CASE ops[i]
             WHEN 'record' THEN
@@ -149,13 +213,6 @@ const TABLES: &str = "
             WHEN 'unstate' THEN
                 DELETE FROM mkv_state WHERE key = keys[i];
             END CASE;
-        END LOOP;
-        FOR i IN 1 .. coalesce(array_length(lock_pids, 1), 0) LOOP
-            IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                    AND pid = lock_pids[i] AND classid = lock_classes[i]
-                    AND objid = lock_objects[i] AND objsubid = 1) THEN
-                RAISE EXCEPTION 'mkv: a key lock was lost' USING ERRCODE = 'MKVLK';
-            END IF;
         END LOOP;
         FOREACH payload IN ARRAY payloads LOOP
             PERFORM pg_notify('mkv', payload);
@@ -178,6 +235,8 @@ struct Statements {
     meta: Statement,
     state: Statement,
     apply: Statement,
+    lock: Statement,
+    unlock: Statement,
     notify: Statement,
     scan_records: Statement,
     scan_state: Statement,
@@ -195,7 +254,9 @@ impl Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            apply: client.prepare("SELECT mkv_apply($1, $2, $3, $4, $5, $6, $7, $8)")?,
+            apply: client.prepare("SELECT mkv_apply_fenced($1, $2, $3, $4, $5, $6, $7, $8)")?,
+            lock: client.prepare("SELECT mkv_lock($1, $2, $3, $4, $5)")?,
+            unlock: client.prepare("SELECT mkv_unlock($1, $2, $3)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
             scan_records: client.prepare(&scan("mkv_records", "record"))?,
             scan_state: client.prepare(&scan("mkv_state", "value"))?,
@@ -232,25 +293,10 @@ impl Drop for Snapshot {
     }
 }
 
-/// The session that holds this master's key locks.
-#[derive(Default)]
-struct LockSession {
-    client: Option<Client>,
-    /// The session's backend pid (what `pg_locks` names it by).
-    pid: i32,
-    /// Keys locked, each with the pid of the session that took its lock
-    /// (after a reconnection the old locks are gone, and a commit must see
-    /// so) and how many times it holds it: an unlock runs after its guard
-    /// is gone (`offload::detach_lock`), so this master may lock the key
-    /// again before the previous unlock ran, and session advisory locks
-    /// stack.
-    held: HashMap<Vec<u8>, (i32, u32)>,
-}
-
 /// Why a transaction did not commit.
 enum Failure {
     Database(postgres::Error),
-    /// A key's lock is no longer held by the session that took it.
+    /// A key's lease is no longer this writer's.
     LockLost,
     /// This master's lease lapsed (`Lease`).
     LeaseLapsed,
@@ -267,11 +313,13 @@ pub struct Batch {
     operations: Vec<&'static str>,
     keys: Vec<Vec<u8>>,
     values: Vec<Vec<u8>>,
-    pids: Vec<i32>,
-    classes: Vec<u32>,
-    objects: Vec<u32>,
+    lock_ids: Vec<i64>,
+    lock_tokens: Vec<i64>,
     payloads: Vec<String>,
 }
+
+/// Names one holding of a key's lock (`Postgres::try_lock_key`).
+pub type LockToken = i64;
 
 /// A key and its value, as a scan reads them.
 pub type Row = (Vec<u8>, Vec<u8>);
@@ -299,7 +347,6 @@ pub struct Postgres {
     idle: Mutex<Vec<Connection>>,
     /// No connection attempt before this instant (`RECONNECT_PAUSE`).
     pause_until: Mutex<Option<Instant>>,
-    locks: Mutex<LockSession>,
     /// Listings' snapshots open now.
     snapshots: Arc<AtomicUsize>,
     /// Report this master's own changes too (`follow_own_changes`).
@@ -386,7 +433,6 @@ impl Postgres {
             name,
             idle: Mutex::new(Vec::new()),
             pause_until: Mutex::new(None),
-            locks: Mutex::new(LockSession::default()),
             snapshots: Arc::new(AtomicUsize::new(0)),
             follow_own: AtomicBool::new(false),
             origin,
@@ -498,23 +544,24 @@ impl Postgres {
                 changed.push(key);
             }
         }
-        let locked: Vec<(i32, i64)> = {
-            let session = lock(&self.locks);
-            changed
-                .iter()
-                .filter_map(|key| session.held.get(*key).map(|&(pid, _)| (pid, lock_id(key))))
-                .collect()
+        let locked: Vec<(i64, i64)> = match &self.lease {
+            Some(lease) => {
+                let keys = lock(&lease.keys);
+                changed
+                    .iter()
+                    .filter_map(|key| keys.get(*key).map(|held| (held.id, held.token)))
+                    .collect()
+            }
+            None => Vec::new(),
         };
         let mut batch = Batch {
             operations: Vec::with_capacity(changes.len()),
             keys: Vec::with_capacity(changes.len()),
             values: Vec::with_capacity(changes.len()),
-            pids: locked.iter().map(|&(pid, _)| pid).collect(),
-            classes: Vec::with_capacity(locked.len()),
-            objects: Vec::with_capacity(locked.len()),
+            lock_ids: locked.iter().map(|&(id, _)| id).collect(),
+            lock_tokens: locked.iter().map(|&(_, token)| token).collect(),
             payloads: notifications(&self.origin, &changed),
         };
-        (batch.classes, batch.objects) = locked.iter().map(|&(_, id)| lock_halves(id)).unzip();
         for change in changes {
             let (operation, key, value) = match *change {
                 Change::Record(key, record) => ("record", key, record.encode()),
@@ -534,16 +581,17 @@ impl Postgres {
     /// function call is its own transaction, all of it or none).
     pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
         self.with_connection(|client, statements| {
-            let lease_origin = self.lease.as_ref().map(|lease| lease.origin.as_str());
+            let holder = self.lease.as_ref().map(|lease| lease.origin.as_str());
+            let lease_ms = KEY_LEASE_MS as i32;
             let parameters: [&(dyn postgres::types::ToSql + Sync); 8] = [
                 &batch.operations,
                 &batch.keys,
                 &batch.values,
-                &batch.pids,
-                &batch.classes,
-                &batch.objects,
+                &batch.lock_ids,
+                &batch.lock_tokens,
                 &batch.payloads,
-                &lease_origin,
+                &holder,
+                &lease_ms,
             ];
             match client.execute(&statements.apply, &parameters) {
                 Ok(_) => Ok(()),
@@ -779,78 +827,83 @@ impl Postgres {
         Ok(())
     }
 
-    /// Take `key`'s lock across masters; `Ok(false)` when another master
-    /// holds it. The caller holds the key's lock within this process, so
-    /// no two of this master's writers ask for the same key.
-    pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
-        let mut session = lock(&self.locks);
-        match self.try_lock_in(&mut session, key) {
-            // The session was dead (the database restarted or failed over):
-            // its locks are gone with it, so a new session may take this one.
-            Err(IndexError::Unavailable(_)) => self.try_lock_in(&mut session, key),
-            result => result,
-        }
-    }
-
-    fn try_lock_in(&self, session: &mut LockSession, key: &[u8]) -> Result<bool, IndexError> {
-        self.check_lease()?;
-        if session.client.as_ref().is_none_or(Client::is_closed) {
-            let mut client = self.connect()?;
-            let pid: i32 = client
-                .query_one("SELECT pg_backend_pid()", &[])
-                .map_err(|error| self.error(&error))?
-                .get(0);
-            session.client = Some(client);
-            session.pid = pid;
-        }
-        let id = lock_id(key);
-        let client = session.client.as_mut().expect("connected above");
-        match client.query_one("SELECT pg_try_advisory_lock($1)", &[&id]) {
-            Ok(row) => {
-                let granted: bool = row.get(0);
-                if granted {
-                    let pid = session.pid;
-                    let held = session.held.entry(key.to_vec()).or_insert((pid, 0));
-                    if held.0 != pid {
-                        // Taken by a session that is gone: its count went with it.
-                        *held = (pid, 0);
-                    }
-                    held.1 += 1;
-                }
-                Ok(granted)
-            }
-            Err(error) => {
-                session.client = None;
-                Err(self.error(&error))
-            }
-        }
-    }
-
-    /// Release `key`'s lock. If the session that took it is gone, so is
-    /// the lock.
-    pub fn unlock_key(&self, key: &[u8]) {
-        let mut session = lock(&self.locks);
-        let Some(&(pid, count)) = session.held.get(key) else {
-            return;
+    /// Take `key`'s lock across masters: its lease (`KeyLease`). `None`
+    /// when another master holds it; the token names this holding (for
+    /// `unlock_key`). The caller holds the key's lock within this process,
+    /// so no two of this master's writers ask for the same key. An offline
+    /// command holds the whole index: always granted.
+    pub fn try_lock_key(&self, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
+        let Some(lease) = &self.lease else {
+            return Ok(Some(0));
         };
-        if count > 1 {
-            session.held.insert(key.to_vec(), (pid, count - 1));
-        } else {
-            session.held.remove(key);
-        }
-        if pid != session.pid {
-            return;
-        }
         let id = lock_id(key);
-        let Some(client) = session.client.as_mut() else { return };
-        if let Err(error) = client.query_one("SELECT pg_advisory_unlock($1)", &[&id]) {
-            // The session is unusable; its end releases its locks. Lost with
-            // the database (a failover) that is expected: no message.
-            if !unreachable(&error) {
-                eprintln!("cannot release a key lock in {}: {}", self.name, describe(&error));
-            }
-            session.client = None;
+        let token = lease.next_token.fetch_add(1, Ordering::Relaxed);
+        let sent = lease.start.elapsed();
+        let lease_ms = KEY_LEASE_MS as i32;
+        let margin_ms = LEASE_MARGIN_MS as i32;
+        // Tried once more on a new session if the first was dead: the same
+        // token takes over a lease the first attempt may have written.
+        let granted = self.read(|client, statements| {
+            let row = client.query_one(&statements.lock, &[&id, &lease.origin, &token, &lease_ms, &margin_ms])?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        if !granted {
+            return Ok(None);
         }
+        let until_micros = (sent + Duration::from_millis(KEY_LEASE_MS)).as_micros() as u64;
+        lock(&lease.keys).insert(
+            key.to_vec(),
+            HeldKey {
+                id,
+                token,
+                until_micros,
+            },
+        );
+        Ok(Some(token))
+    }
+
+    /// Stop holding `key` under `token` here: no renewal, no check in a
+    /// commit. Takes no round trip (a reactor calls it); `unlock_key`
+    /// then removes the lease in the database.
+    pub fn release_key(&self, key: &[u8], token: LockToken) {
+        if let Some(lease) = &self.lease {
+            let mut keys = lock(&lease.keys);
+            if keys.get(key).is_some_and(|held| held.token == token) {
+                keys.remove(key);
+            }
+        }
+    }
+
+    /// Remove the lease `try_lock_key` granted as `token`. If it fails, the
+    /// lease ends on its own within `KEY_LEASE_MS` (it is not renewed).
+    pub fn unlock_key(&self, key: &[u8], token: LockToken) {
+        self.release_key(key, token);
+        let Some(lease) = &self.lease else { return };
+        let id = lock_id(key);
+        let unlocked = self.with_connection(|client, statements| {
+            client.execute(&statements.unlock, &[&id, &lease.origin, &token])?;
+            Ok(())
+        });
+        if let Err(error) = unlocked {
+            if !matches!(error, IndexError::Unavailable(_)) {
+                eprintln!("cannot release a key lock in {}: {error}", self.name);
+            }
+        }
+    }
+
+    /// How long this master's hold on `key` lasts from now, by its own
+    /// clock (`None`: not held, or the master's lease lapsed). An offline
+    /// command holds every key.
+    pub fn key_lease_left(&self, key: &[u8]) -> Option<Duration> {
+        let Some(lease) = &self.lease else {
+            return Some(Duration::MAX);
+        };
+        if !lease.valid() {
+            return None;
+        }
+        let until = lock(&lease.keys).get(key)?.until_micros;
+        let now = lease.start.elapsed().as_micros() as u64;
+        until.checked_sub(now).map(Duration::from_micros)
     }
 
     /// From now on, `listen` reports this master's own changes too
@@ -978,6 +1031,20 @@ struct Lease {
     until_micros: AtomicU64,
     /// The index was dropped: stop renewing.
     ended: AtomicBool,
+    /// The keys this master holds (`KeyLease`), renewed with the lease.
+    keys: Mutex<HashMap<Vec<u8>, HeldKey>>,
+    /// The next key lease's token.
+    next_token: AtomicI64,
+}
+
+/// A key this master holds: its lease's row and deadline.
+struct HeldKey {
+    id: i64,
+    token: LockToken,
+    /// Microseconds after the lease's `start` until which it holds, by
+    /// this master's clock: `KEY_LEASE_MS` after its latest renewal was
+    /// sent, so it ends before the row's expiry.
+    until_micros: u64,
 }
 
 impl Lease {
@@ -1002,6 +1069,8 @@ impl Lease {
             start: Instant::now(),
             until_micros: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            keys: Mutex::new(HashMap::new()),
+            next_token: AtomicI64::new(1),
         };
         lease.renew().map_err(|error| match error {
             RenewError::Held => LeaseError::Held,
@@ -1074,6 +1143,38 @@ impl Lease {
         }
         let until = sent + Duration::from_millis(LEASE_MS);
         self.until_micros.fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+        if let Err(error) = self.renew_keys(client) {
+            *session = None;
+            return Err(RenewError::Database(error));
+        }
+        Ok(())
+    }
+
+    /// Push the expiry of every key lease this master holds, except those
+    /// a commit in flight has locked (that commit extends them itself);
+    /// move each renewed one's deadline.
+    fn renew_keys(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = lock(&self.keys).values().map(|held| (held.id, held.token)).unzip();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sent = self.start.elapsed();
+        let rows = client.query(
+            &format!(
+                "UPDATE mkv_key_leases AS lease SET expires = now() + interval '{KEY_LEASE_MS} milliseconds' \
+                 FROM (SELECT lock_id FROM mkv_key_leases WHERE master = $3 AND lock_id = ANY($1) \
+                       AND token = ANY($2) AND expires > now() FOR UPDATE SKIP LOCKED) AS held \
+                 WHERE lease.lock_id = held.lock_id RETURNING lease.lock_id, lease.token"
+            ),
+            &[&ids, &tokens, &self.origin],
+        )?;
+        let renewed: std::collections::HashSet<(i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let until = (sent + Duration::from_millis(KEY_LEASE_MS)).as_micros() as u64;
+        for held in lock(&self.keys).values_mut() {
+            if renewed.contains(&(held.id, held.token)) {
+                held.until_micros = held.until_micros.max(until);
+            }
+        }
         Ok(())
     }
 
@@ -1216,11 +1317,6 @@ fn lock_id(key: &[u8]) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("md5 has 16 bytes"))
 }
 
-/// How `pg_locks` shows a bigint advisory lock: high and low 32 bits.
-fn lock_halves(id: i64) -> (u32, u32) {
-    ((id as u64 >> 32) as u32, id as u32)
-}
-
 /// A tag unique to this process among the masters.
 fn origin() -> String {
     let seed = format!(
@@ -1282,12 +1378,5 @@ mod tests {
             "postgres://mkv:***@h1:5432,h2:5433/mkv?x=1"
         );
         assert_eq!(redact("postgres://h1/mkv"), "postgres://h1/mkv");
-    }
-
-    #[test]
-    fn lock_halves_match_pg_locks() {
-        // pg_advisory_lock(bigint) shows classid = high, objid = low half.
-        assert_eq!(lock_halves(0x0000_0001_0000_0002), (1, 2));
-        assert_eq!(lock_halves(-1), (u32::MAX, u32::MAX));
     }
 }

@@ -538,6 +538,7 @@ fn terminate_stalled_commits(admin: &mut postgres::Client, database: &Database) 
 
 #[test]
 fn a_write_that_committed_but_failed_does_not_leave_its_master_serving_the_old_record() {
+    let _serial = PHANTOM_STANDBY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some((database, mut admin)) = synchronous_database("unknown_outcome") else {
         return;
     };
@@ -683,4 +684,93 @@ fn with_the_index_frozen_a_write_answers_503_and_cache_hits_go_on() {
         "writes succeed again once the index answers"
     );
     assert_eq!(request("GET", &cluster.url("/during"), None).status, 404);
+}
+
+#[test]
+fn a_write_in_flight_keeps_its_key_when_its_index_sessions_end() {
+    let Some((database, cluster, second)) = two_masters("fence_sessions", &[]) else {
+        return;
+    };
+    // A chunked PUT on the first master that has sent only part of its body.
+    let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    slow.write_all(b"PUT /busy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("GET", &cluster.url("/?unlinked"), None).body == br#"{"next":"","keys":["/busy"]}"#
+        }),
+        "the PUT's record is in"
+    );
+    // Every session of the database ends, the lock's included (as in a
+    // restart or a failover).
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    let ended = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&database.name],
+        )
+        .unwrap();
+    assert!(ended > 0);
+    let mut refused = 0;
+    for _ in 0..5 {
+        let status = request("PUT", &second.url("/busy"), Some(b"other")).status;
+        assert_ne!(status, 201, "another master wrote a key whose write is in flight");
+        refused += u32::from(status == 409);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused > 0, "the other master is refused the key");
+    // A read replaces the first master's dead pooled connections.
+    assert_eq!(request("GET", &cluster.url("/absent"), None).status, 404);
+    slow.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    for master in [cluster.url("/busy"), second.url("/busy")] {
+        assert_eq!(read_through(&master), Some(b"helloworld".to_vec()), "{master}");
+    }
+}
+
+/// The tests that set `synchronous_standby_names` (server-wide) run one
+/// at a time.
+static PHANTOM_STANDBY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_commit_waiting_on_the_standby_keeps_its_key_from_other_masters() {
+    let _serial = PHANTOM_STANDBY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some((database, mut admin)) = synchronous_database("fence_commit") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let second = Second::start(&cluster);
+    assert_eq!(request("PUT", &second.url("/warm"), Some(b"value")).status, 201);
+    set_phantom_standby(&mut admin, true);
+    let url = cluster.url("/k");
+    let first = std::thread::spawn(move || request("PUT", &url, Some(b"first")).status);
+    // The first master's commit waits on the standby; every other session
+    // of the database ends (its lock's included).
+    let waiting = |admin: &mut postgres::Client| {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'",
+                &[&database.name],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || waiting(&mut admin) > 0),
+        "a commit waits"
+    );
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event IS DISTINCT FROM 'SyncRep'",
+            &[&database.name],
+        )
+        .unwrap();
+    let other = request("PUT", &second.url("/k"), Some(b"second"));
+    set_phantom_standby(&mut admin, false);
+    assert_eq!(other.status, 409, "{:?}", String::from_utf8_lossy(&other.body));
+    assert_eq!(first.join().unwrap(), 201);
+    assert_eq!(read_through(&second.url("/k")), Some(b"first".to_vec()));
 }
