@@ -239,17 +239,14 @@ struct Statements {
     unlock: Statement,
     notify: Statement,
     scan_records: Statement,
+    scan_records_open: Statement,
     scan_state: Statement,
+    scan_state_open: Statement,
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
-        let scan = |table: &str, column: &str| {
-            format!(
-                "SELECT key, {column} FROM {table} WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) \
-                 ORDER BY key LIMIT $3"
-            )
-        };
+        let scan = scan_sql;
         Ok(Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
@@ -258,8 +255,10 @@ impl Statements {
             lock: client.prepare("SELECT mkv_lock($1, $2, $3, $4, $5)")?,
             unlock: client.prepare("SELECT mkv_unlock($1, $2, $3)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
-            scan_records: client.prepare(&scan("mkv_records", "record"))?,
-            scan_state: client.prepare(&scan("mkv_state", "value"))?,
+            scan_records: client.prepare(&scan("mkv_records", "record", true))?,
+            scan_records_open: client.prepare(&scan("mkv_records", "record", false))?,
+            scan_state: client.prepare(&scan("mkv_state", "value", true))?,
+            scan_state_open: client.prepare(&scan("mkv_state", "value", false))?,
         })
     }
 }
@@ -659,12 +658,15 @@ impl Postgres {
     ) -> Result<Vec<Row>, IndexError> {
         let limit = rows_max as i64;
         let rows = self.read(|client, statements| {
-            let statement = if records {
-                &statements.scan_records
+            let (bounded, open) = if records {
+                (&statements.scan_records, &statements.scan_records_open)
             } else {
-                &statements.scan_state
+                (&statements.scan_state, &statements.scan_state_open)
             };
-            Ok(client.query(statement, &[&from, &end, &limit])?)
+            Ok(match end {
+                Some(end) => client.query(bounded, &[&from, &end, &limit])?,
+                None => client.query(open, &[&from, &limit])?,
+            })
         })?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
@@ -718,10 +720,14 @@ impl Postgres {
             return Err(IndexError::Unavailable("a listing's snapshot was lost".into()));
         };
         let limit = rows_max as i64;
-        match connection
-            .client
-            .query(&connection.statements.scan_records, &[&from, &end, &limit])
-        {
+        let statements = &connection.statements;
+        let read = match end {
+            Some(end) => connection
+                .client
+                .query(&statements.scan_records, &[&from, &end, &limit]),
+            None => connection.client.query(&statements.scan_records_open, &[&from, &limit]),
+        };
+        match read {
             Ok(rows) => Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect()),
             Err(error) => {
                 // The transaction is aborted (or the session gone): the
@@ -1227,6 +1233,17 @@ fn take_offline(session: &mut Client) -> Result<(), LeaseError> {
         }
         std::thread::sleep(ROLE_RETRY_DELAY);
     }
+}
+
+/// A scan of `table` from `$1` on, below `$2` if `bounded`, at most the
+/// last parameter's rows. Two statements per table, with and without an
+/// end, rather than one with `($2 IS NULL OR key < $2)`: under a generic
+/// plan (which PostgreSQL may pick for a statement after five executions)
+/// that condition is a filter, not an index bound, and a scan of a prefix
+/// with fewer keys than the limit walks the index to the table's end.
+pub(super) fn scan_sql(table: &str, column: &str, bounded: bool) -> String {
+    let (end, limit) = if bounded { ("AND key < $2 ", "$3") } else { ("", "$2") };
+    format!("SELECT key, {column} FROM {table} WHERE key >= $1 {end}ORDER BY key LIMIT {limit}")
 }
 
 /// Report the changes one notification names.

@@ -400,3 +400,41 @@ fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
         .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .unwrap();
 }
+
+#[test]
+fn a_bounded_scan_stops_at_its_end_under_a_generic_plan() {
+    let Some(url) = postgres_url() else { return };
+    let url = schema_url(&url, "generic");
+    let index = Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+    let records: Vec<(Vec<u8>, Record)> = (0..3000)
+        .map(|i| (format!("/z/{i:05}").into_bytes(), live("v")))
+        .collect();
+    index
+        .put_batch(records.iter().map(|(key, record)| (key.as_slice(), record)))
+        .unwrap();
+    index.put(b"/a/1", &live("v")).unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; ANALYZE mkv_records; \
+             PREPARE scan(bytea, bytea, bigint) AS {}",
+            super::pg::scan_sql("mkv_records", "record", true)
+        ))
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) \
+             EXECUTE scan('\\x2f612f'::bytea, '\\x2f622f'::bytea, 1000)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("rows=1 loops=1"), "the prefix's one row: {plan}");
+    assert!(
+        !plan.contains("Rows Removed by Filter"),
+        "the scan reads past its end: {plan}"
+    );
+}

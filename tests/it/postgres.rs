@@ -774,3 +774,26 @@ fn a_commit_waiting_on_the_standby_keeps_its_key_from_other_masters() {
     assert_eq!(first.join().unwrap(), 201);
     assert_eq!(read_through(&second.url("/k")), Some(b"first".to_vec()));
 }
+
+#[test]
+fn a_commit_that_never_returns_answers_503_and_leaves_the_key_to_later_writes() {
+    let _serial = PHANTOM_STANDBY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some((database, mut admin)) = synchronous_database("stuck_commit") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    set_phantom_standby(&mut admin, true);
+    let stuck = request("PUT", &cluster.url("/k"), Some(b"first"));
+    set_phantom_standby(&mut admin, false);
+    assert_eq!(stuck.status, 503, "{:?}", String::from_utf8_lossy(&stuck.body));
+    assert_eq!(stuck.header("retry-after"), Some("1"));
+    // Once the database answers again, the key is free (its stuck commit,
+    // if it landed, left it soft-deleted).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            request("PUT", &cluster.url("/k"), Some(b"second")).status == 201
+        }),
+        "the key is written once the database answers"
+    );
+    assert_eq!(read_through(&cluster.url("/k")), Some(b"second".to_vec()));
+}
