@@ -19,9 +19,8 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
@@ -110,7 +109,7 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
 pub async fn write<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
-    run(&WRITES, call).await.unwrap_or_else(|| Err(not_answered()))
+    run(&WRITES, call, drop).await.unwrap_or_else(|| Err(not_answered()))
 }
 
 /// Run the index read `call` on its pool and await its result without
@@ -118,32 +117,63 @@ pub async fn write<T: Send + 'static>(
 pub async fn read<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
 ) -> Result<T, IndexError> {
-    run(&READS, call).await.unwrap_or_else(|| Err(not_answered()))
+    run(&READS, call, drop).await.unwrap_or_else(|| Err(not_answered()))
 }
 
 /// `read` for a call whose result is not a plain `Result` (one that hands
 /// back what it was lent): None past `INDEX_WAIT_MS_MAX`.
 pub async fn read_within<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    run(&READS, call).await
+    run(&READS, call, drop).await
 }
 
-/// Run `call` on the lock pool and wait for it here, blocking the calling
-/// thread at most `INDEX_WAIT_MS_MAX` (None past it: the call is skipped
-/// if it had not started). For the key-lock calls that synchronous callers
-/// make on a reactor: bounded, where running them in place was not.
-pub fn block_within<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let (sender, receiver) = mpsc::channel();
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let skipped = abandoned.clone();
-    let job: Job = Box::new(move || {
-        if !skipped.load(Ordering::Acquire) {
-            let _ = sender.send(call());
+/// Run the key-lock call `call` on the lock pool and await it, at most
+/// `INDEX_WAIT_MS_MAX`; None past it, and if the call still ends, its
+/// result goes to `undo` (a lock granted to a request that already gave up
+/// is released, not left held).
+pub async fn lock_within<R: Send + 'static>(
+    call: impl FnOnce() -> R + Send + 'static,
+    undo: impl FnOnce(R) + Send + 'static,
+) -> Option<R> {
+    run(&LOCKS, call, undo).await
+}
+
+/// `lock_within`, waited for here, blocking the calling thread: for the
+/// key-lock calls that synchronous callers make on a reactor (bounded,
+/// where running them in place was not).
+pub fn block_within<R: Send + 'static>(
+    call: impl FnOnce() -> R + Send + 'static,
+    undo: impl FnOnce(R) + Send + 'static,
+) -> Option<R> {
+    let handoff = Arc::new(Handoff::new());
+    let theirs = handoff.clone();
+    submit(
+        &LOCKS,
+        Box::new(move || {
+            if theirs.deliver(call, undo) {
+                theirs.ready.notify_one();
+            }
+        }),
+    );
+    let deadline = std::time::Instant::now() + wait_max();
+    let mut slot = handoff.lock();
+    loop {
+        if let Slot::Done(_) = &*slot {
+            let Slot::Done(result) = std::mem::replace(&mut *slot, Slot::Taken) else {
+                unreachable!("matched above")
+            };
+            return Some(result);
         }
-    });
-    submit(&LOCKS, job);
-    let result = receiver.recv_timeout(wait_max()).ok();
-    abandoned.store(true, Ordering::Release);
-    result
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            *slot = Slot::Abandoned;
+            return None;
+        }
+        slot = handoff
+            .ready
+            .wait_timeout(slot, left)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+    }
 }
 
 /// Run `call` on the lock pool without waiting for it (a key's unlock,
@@ -178,41 +208,90 @@ fn submit(pool: &Pool, job: Job) {
     }
 }
 
+/// Where an offloaded call's result meets its waiter.
+enum Slot<R> {
+    Waiting,
+    /// The waiter gave up: a call not started is skipped, a result that
+    /// comes later goes to the call's `undo`.
+    Abandoned,
+    Done(R),
+    Taken,
+}
+
+struct Handoff<R> {
+    slot: Mutex<Slot<R>>,
+    ready: Condvar,
+}
+
+impl<R> Handoff<R> {
+    fn new() -> Handoff<R> {
+        Handoff {
+            slot: Mutex::new(Slot::Waiting),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot<R>> {
+        self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Run `call` unless the waiter gave up already, and hand its result
+    /// over, or to `undo` if the waiter gave up meanwhile. Whether the
+    /// waiter has a result to take.
+    fn deliver(&self, call: impl FnOnce() -> R, undo: impl FnOnce(R)) -> bool {
+        if matches!(*self.lock(), Slot::Abandoned) {
+            return false;
+        }
+        let result = call();
+        let mut slot = self.lock();
+        if matches!(*slot, Slot::Abandoned) {
+            drop(slot);
+            undo(result);
+            return false;
+        }
+        *slot = Slot::Done(result);
+        true
+    }
+}
+
 /// Run `call` on `pool` and await its result for at most
 /// `INDEX_WAIT_MS_MAX`; None past it, and the call is skipped if no pool
 /// thread has started it yet (a write answered 503 must not be applied
-/// later, when the database is back). Falls back to running it here if
-/// the pool cannot take it.
-async fn run<R: Send + 'static>(pool: &Pool, call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+/// later, when the database is back), or its result goes to `undo`. Falls
+/// back to running it here if the pool cannot take it.
+async fn run<R: Send + 'static>(
+    pool: &Pool,
+    call: impl FnOnce() -> R + Send + 'static,
+    undo: impl FnOnce(R) + Send + 'static,
+) -> Option<R> {
     let Ok((ours, theirs)) = StdUnixStream::pair() else {
         return Some(call());
     };
     let Ok(mut ours) = monoio::net::UnixStream::from_std(ours) else {
         return Some(call());
     };
-    let slot: Arc<Mutex<Option<R>>> = Arc::new(Mutex::new(None));
-    let filled = slot.clone();
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let skipped = abandoned.clone();
-    let job: Job = Box::new(move || {
-        if skipped.load(Ordering::Acquire) {
-            return;
-        }
-        let result = call();
-        *filled.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
-        // The waiter may be gone (it gave up): nothing reads the byte.
-        let _ = (&theirs).write_all(&[1]);
-    });
-    submit(pool, job);
-    // One byte, or end of file if the job died with its thread: either way
-    // it is over.
+    let handoff = Arc::new(Handoff::new());
+    let filled = handoff.clone();
+    submit(
+        pool,
+        Box::new(move || {
+            if filled.deliver(call, undo) {
+                // The waiter may be gone meanwhile: nothing reads the byte.
+                let _ = (&theirs).write_all(&[1]);
+            }
+        }),
+    );
+    // One byte, or end of file if the job died with its thread.
     let waited = monoio::time::timeout(wait_max(), ours.read(vec![0u8; 1])).await;
-    if waited.is_err() {
-        abandoned.store(true, Ordering::Release);
-        return None;
+    let mut slot = handoff.lock();
+    match std::mem::replace(&mut *slot, Slot::Taken) {
+        Slot::Done(result) => Some(result),
+        _ if waited.is_err() => {
+            *slot = Slot::Abandoned;
+            None
+        }
+        _ => panic!("an offloaded call panicked"),
     }
-    let result = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-    Some(result.expect("an offloaded call panicked"))
 }
 
 #[cfg(test)]

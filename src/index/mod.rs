@@ -277,10 +277,32 @@ impl Index {
         if self.postgres().is_none() {
             return Ok(Some(0));
         }
-        let index = self.clone();
-        let key = key.to_vec();
-        crate::offload::block_within(move || index.postgres().expect("checked above").try_lock_key(&key))
-            .unwrap_or_else(|| Err(lock_not_answered()))
+        let (call, undo) = self.lock_call(key);
+        crate::offload::block_within(call, undo).unwrap_or_else(|| Err(lock_not_answered()))
+    }
+
+    /// A lock call for the lock pool, and what undoes its grant when the
+    /// caller gave up waiting for it.
+    #[allow(clippy::type_complexity)]
+    fn lock_call(
+        self: &Arc<Index>,
+        key: &[u8],
+    ) -> (
+        impl FnOnce() -> Result<Option<LockToken>, IndexError> + Send + 'static,
+        impl FnOnce(Result<Option<LockToken>, IndexError>) + Send + 'static,
+    ) {
+        let (index, undone) = (self.clone(), self.clone());
+        let (key, unlocked) = (key.to_vec(), key.to_vec());
+        let call = move || index.postgres().expect("a PostgreSQL index").try_lock_key(&key);
+        let undo = move |granted: Result<Option<LockToken>, IndexError>| {
+            if let Ok(Some(token)) = granted {
+                undone
+                    .postgres()
+                    .expect("a PostgreSQL index")
+                    .unlock_key(&unlocked, token);
+            }
+        };
+        (call, undo)
     }
 
     /// `try_lock_key`, awaited without blocking the reactor.
@@ -288,9 +310,8 @@ impl Index {
         if self.postgres().is_none() {
             return Ok(Some(0));
         }
-        let index = self.clone();
-        let key = key.to_vec();
-        crate::offload::read_within(move || index.postgres().expect("checked above").try_lock_key(&key))
+        let (call, undo) = self.lock_call(key);
+        crate::offload::lock_within(call, undo)
             .await
             .unwrap_or_else(|| Err(lock_not_answered()))
     }

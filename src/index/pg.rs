@@ -1189,9 +1189,13 @@ impl Lease {
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.until_micros.store(0, Ordering::Release);
-        if let Some(client) = lock(&self.session).as_mut() {
+        let mut session = lock(&self.session);
+        if let Some(client) = session.as_mut() {
             let _ = client.execute("DELETE FROM mkv_masters WHERE origin = $1", &[&self.origin]);
         }
+        // The session's end releases the role lock (the renewing thread,
+        // which shares this lease, may sleep a while yet).
+        *session = None;
     }
 }
 

@@ -515,16 +515,21 @@ fn synchronous_database(test: &str) -> Option<(Database, postgres::Client)> {
     Some((database, admin))
 }
 
-/// Terminate the test database's sessions whose commit waits on the
-/// standby, once there is one; how many.
+/// Which of the test database's sessions wait on the standby to commit
+/// a request's write (`mkv_apply...`, not a heartbeat or a lease renewal,
+/// which wait too).
+const STALLED_WRITES: &str = "FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep' \
+     AND query LIKE 'SELECT mkv_apply%'";
+
+/// Terminate the test database's sessions whose write's commit waits on
+/// the standby, once there is one; how many.
 fn terminate_stalled_commits(admin: &mut postgres::Client, database: &Database) -> u64 {
     let mut terminated = 0;
     assert!(
         eventually(Duration::from_secs(10), || {
             terminated = admin
                 .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = $1 AND wait_event = 'SyncRep'",
+                    &format!("SELECT count(pg_terminate_backend(pid)) {STALLED_WRITES}"),
                     &[&database.name],
                 )
                 .unwrap()
@@ -750,10 +755,7 @@ fn a_commit_waiting_on_the_standby_keeps_its_key_from_other_masters() {
     // of the database ends (its lock's included).
     let waiting = |admin: &mut postgres::Client| {
         admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'",
-                &[&database.name],
-            )
+            .query_one(&format!("SELECT count(*) {STALLED_WRITES}"), &[&database.name])
             .unwrap()
             .get::<_, i64>(0)
     };
