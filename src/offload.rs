@@ -33,6 +33,9 @@ use crate::index::IndexError;
 /// healthy commit's worst (tens of milliseconds with a synchronous standby
 /// in another zone) by far.
 pub const INDEX_WAIT_MS_MAX: u64 = 5_000;
+/// The longest a reactor waits for a key's unlock (`lock_briefly`): a
+/// round trip and an asynchronous commit take a millisecond or two.
+pub const UNLOCK_WAIT_MS_MAX: u64 = 50;
 
 /// A pool of threads for one kind of call, started on first use.
 struct Pool {
@@ -176,10 +179,22 @@ pub fn block_within<R: Send + 'static>(
     }
 }
 
-/// Run `call` on the lock pool without waiting for it (a key's unlock,
-/// from a guard dropped on a reactor).
-pub fn detach_lock(call: impl FnOnce() + Send + 'static) {
-    submit(&LOCKS, Box::new(call));
+/// Run `call` on the lock pool and wait here for it at most
+/// `UNLOCK_WAIT_MS_MAX`; past that it goes on alone (a key's unlock, from
+/// a guard dropped on a reactor: a healthy database releases the key
+/// before the request's answer goes out, so the client's next write of it,
+/// on any master, finds it free; a slow one holds the reactor no longer
+/// than this).
+pub fn lock_briefly(call: impl FnOnce() + Send + 'static) {
+    let (sender, receiver) = mpsc::channel();
+    submit(
+        &LOCKS,
+        Box::new(move || {
+            call();
+            let _ = sender.send(());
+        }),
+    );
+    let _ = receiver.recv_timeout(Duration::from_millis(UNLOCK_WAIT_MS_MAX));
 }
 
 /// Run `call` on the read pool without waiting for it (closing a

@@ -385,9 +385,9 @@ struct SharedLock<'a> {
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
-        // Queued on the lock pool (the reactor does not wait on the
-        // database); this master may lock the key again before it runs,
-        // which the index's lock counts allow for.
+        // On the lock pool, waited for briefly (`offload::lock_briefly`);
+        // should it run late, this master may lock the key again first,
+        // and the late unlock, naming its own token, removes nothing.
         if let Some(shared) = &self.shared {
             shared.index.unlock_key(&shared.key, shared.token);
         }

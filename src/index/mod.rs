@@ -318,14 +318,14 @@ impl Index {
 
     /// Release a lock `try_lock_key` granted as `token`: at once in this
     /// process (no renewal, no check in a commit), then in the database
-    /// on the lock pool, so the caller (a guard dropped on a reactor) does
-    /// not wait on the database.
+    /// on the lock pool, which the caller (a guard dropped on a reactor)
+    /// waits for at most `offload::UNLOCK_WAIT_MS_MAX`.
     pub fn unlock_key(self: &Arc<Index>, key: &[u8], token: LockToken) {
         if let Some(engine) = self.postgres() {
             engine.release_key(key, token);
             let index = self.clone();
             let key = key.to_vec();
-            crate::offload::detach_lock(move || index.postgres().expect("checked above").unlock_key(&key, token));
+            crate::offload::lock_briefly(move || index.postgres().expect("checked above").unlock_key(&key, token));
         }
     }
 

@@ -97,7 +97,7 @@ const LEASE_MARGIN_MS: u64 = 1_000;
 /// held.
 const OFFLINE_WAIT: Duration = Duration::from_millis(LEASE_MS + LEASE_MARGIN_MS + 1_000);
 
-/// A key lock's lease (`KeyLease`): how long it holds after its latest
+/// A key lock's lease (`HeldKey`): how long it holds after its latest
 /// renewal was sent, and so how long a key stays locked after its master
 /// died or lost the database (plus `LEASE_MARGIN_MS`).
 pub const KEY_LEASE_MS: u64 = 6_000;
@@ -833,7 +833,7 @@ impl Postgres {
         Ok(())
     }
 
-    /// Take `key`'s lock across masters: its lease (`KeyLease`). `None`
+    /// Take `key`'s lock across masters: its lease (`HeldKey`). `None`
     /// when another master holds it; the token names this holding (for
     /// `unlock_key`). The caller holds the key's lock within this process,
     /// so no two of this master's writers ask for the same key. An offline
@@ -1037,7 +1037,7 @@ struct Lease {
     until_micros: AtomicU64,
     /// The index was dropped: stop renewing.
     ended: AtomicBool,
-    /// The keys this master holds (`KeyLease`), renewed with the lease.
+    /// The keys this master holds (`HeldKey`), renewed with the lease.
     keys: Mutex<HashMap<Vec<u8>, HeldKey>>,
     /// The next key lease's token.
     next_token: AtomicI64,
