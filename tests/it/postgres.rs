@@ -476,12 +476,14 @@ fn a_listing_whose_client_stops_reading_is_cut_off_not_followed_by_an_error() {
         return;
     };
     let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
-    // About 12 MB of keys: more than the kernel buffers hold.
-    insert_records(&database, "/s/", 12_000, 1000);
+    // About 64 MB of keys: more than the kernel's socket buffers hold
+    // (32 MiB to receive, 4 MiB to send at most, as Linux ships).
+    insert_records(&database, "/s/", 16_000, 4000);
     let mut stream = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
     stream.write_all(b"GET /s/?list HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    // Past the master's 30 s write timeout without reading a byte.
-    std::thread::sleep(Duration::from_secs(32));
+    // Past the master's 30 s write timeout without reading a byte (its
+    // write blocks a few seconds in, once the buffers are full).
+    std::thread::sleep(Duration::from_secs(40));
     let (head, body, closed) = read_response(&mut stream, Duration::from_secs(5));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(body.len() < content_length(&head), "the body was cut short");
