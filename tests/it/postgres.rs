@@ -613,9 +613,16 @@ fn a_write_that_committed_but_failed_does_not_leave_its_master_serving_the_old_r
     terminate_stalled_commits(&mut admin, &database);
     drop(phantom);
     let (head, _, _) = read_response(&mut slow, Duration::from_secs(10));
-    assert!(head.starts_with("HTTP/1.1 503"), "the outcome is unknown to the master: {head}");
+    assert!(
+        head.starts_with("HTTP/1.1 503"),
+        "the outcome is unknown to the master: {head}"
+    );
     let record = admin_query_record(&database, "/k");
-    assert!(!record.starts_with(b"DELETED"), "the value went live: {:?}", String::from_utf8_lossy(&record));
+    assert!(
+        !record.starts_with(b"DELETED"),
+        "the value went live: {:?}",
+        String::from_utf8_lossy(&record)
+    );
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(
         read_through(&cluster.url("/k")),
@@ -822,7 +829,10 @@ fn a_commit_waiting_on_the_standby_keeps_its_key_from_other_masters() {
             .unwrap()
             .get::<_, i64>(0)
     };
-    assert!(eventually(Duration::from_secs(10), || waiting(&mut admin) > 0), "a commit waits");
+    assert!(
+        eventually(Duration::from_secs(10), || waiting(&mut admin) > 0),
+        "a commit waits"
+    );
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
