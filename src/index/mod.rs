@@ -283,18 +283,17 @@ impl Index {
 
     /// A lock call for the lock pool, and what undoes its grant when the
     /// caller gave up waiting for it.
-    #[allow(clippy::type_complexity)]
     fn lock_call(
         self: &Arc<Index>,
         key: &[u8],
     ) -> (
-        impl FnOnce() -> Result<Option<LockToken>, IndexError> + Send + 'static,
-        impl FnOnce(Result<Option<LockToken>, IndexError>) + Send + 'static,
+        impl FnOnce() -> LockGrant + Send + 'static,
+        impl FnOnce(LockGrant) + Send + 'static,
     ) {
         let (index, undone) = (self.clone(), self.clone());
         let (key, unlocked) = (key.to_vec(), key.to_vec());
         let call = move || index.postgres().expect("a PostgreSQL index").try_lock_key(&key);
-        let undo = move |granted: Result<Option<LockToken>, IndexError>| {
+        let undo = move |granted: LockGrant| {
             if let Ok(Some(token)) = granted {
                 undone
                     .postgres()
@@ -342,6 +341,10 @@ impl Index {
         }
     }
 }
+
+/// What a key-lock call answers: the holding's token, or None (held
+/// elsewhere).
+type LockGrant = Result<Option<LockToken>, IndexError>;
 
 fn lock_not_answered() -> IndexError {
     IndexError::Unavailable(format!(
