@@ -1,36 +1,69 @@
 //! Maintenance while serving: a running master does `rebalance` and
 //! `verify` for an operator whose command found the index locked.
 //!
-//! The job is asked for on the metrics port (`metrics::serve_forever` hands
-//! the connection over): `POST /admin/rebalance` or `POST /admin/verify`,
-//! the command's options in the query (`concurrency`, `dry-run`; `md5`,
-//! `repair`, `orphan-grace`, `purge-unlinked`), parsed as the flags are.
-//! One job at a time: a second request while one runs answers 409. The job
-//! runs on its own thread with its own I/O runtime, over the master's
-//! shared `App`, so its per-key work takes the same key locks and writes
-//! through the same store (cache included) as requests do. The answer is a
-//! 200 whose body is the command's lines as the job goes (what the offline
-//! command prints: items reported, periodic status, the summary; a dry
-//! run's plan lines are the ones that do not start with `<job>: `), then
-//! `exit N`, the code the offline command would exit with. The client end
-//! is `request_job`, which `mkv rebalance` and `mkv verify` use.
+//! The jobs have a listener of their own (`--admin-port`, loopback unless
+//! `--admin-bind`), apart from the metrics port: what may be scraped is
+//! read-only, what changes data answers only to the operator. The access
+//! rule: a request must be `POST /admin/rebalance` or `POST /admin/verify`
+//! carrying `Authorization: Bearer <token>`, the token in
+//! `--admin-token-file` (made by the master at start when the file does not
+//! exist, mode 0600, and refused when others may read it), and no `Origin`
+//! header. A browser sends `Origin` with every cross-origin POST and cannot
+//! read the token file or set `Authorization` without a preflight nobody
+//! answers, so no web page (nor a DNS-rebound name) can drive a job;
+//! missing or wrong tokens get 401, an `Origin` 403. A verify that deletes
+//! on a short grace (`orphan-grace` with `repair`, or `purge-unlinked`,
+//! under `config::SHORT_GRACE_MAX`) also needs `confirm-short-grace=true`.
+//!
+//! The command's options are in the query (`concurrency`, `dry-run`;
+//! `md5`, `repair`, `orphan-grace`, `purge-unlinked`,
+//! `confirm-short-grace`), parsed as the flags are, with `placement`, a
+//! fingerprint of the command's `-volumes`, `-replicas` and `-subvolumes`:
+//! a master that places keys otherwise refuses the job (400) rather than
+//! run it with its own. One job at a time: a
+//! second request while one runs answers 409. The job runs on its own
+//! thread with its own I/O runtime, over the master's shared `App`, so its
+//! per-key work takes the same key locks and writes through the same store
+//! (cache included) as requests do. The answer is a 200 whose body is the
+//! command's lines as the job goes (what the offline command prints: items
+//! reported, periodic status, the summary; a dry run's plan lines are the
+//! ones that do not start with `<job>: `), then `exit N`, the code the
+//! offline command would exit with. Each connection is read on a thread of
+//! its own with a deadline for its whole head, at most
+//! `ADMIN_CONNECTIONS_MAX` at once, so a slow client holds up nobody. The
+//! client end is `request_job`, which `mkv rebalance` and `mkv verify` use.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::app::App;
-use crate::config::{parse_duration, Config, CONCURRENCY_MAX};
+use crate::app::{App, Runtime};
+use crate::config::{parse_duration, short_grace_refusal, Config, CONCURRENCY_MAX};
 use crate::index::IndexError;
 use crate::progress::Sink;
 use crate::rebalance;
 use crate::verify::{self, Settings};
 
-/// Path prefix of the jobs on the metrics port.
+/// Path prefix of the jobs on the admin port.
 pub const ADMIN_PREFIX: &str = "/admin/";
+/// Longest request head read on the admin port: a request line with a
+/// job's options and a few headers.
+const ADMIN_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// Headers an admin request may carry.
+const ADMIN_HEADERS_MAX: usize = 32;
+/// A request head must arrive whole within this time, however it trickles.
+const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections read or answered at once, each on a thread of its own; one
+/// more is answered 503 at once. A running job's stream does not count.
+const ADMIN_CONNECTIONS_MAX: usize = 8;
+/// Random bytes in a token the master makes (64 hex digits).
+const TOKEN_RANDOM_BYTES: usize = 32;
+/// Shortest token taken from a file an operator wrote.
+const TOKEN_CHARS_MIN: usize = 32;
 /// How long a job's line may wait on an operator who stopped reading before
 /// the answer is given up (the job goes on).
 const LINE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +94,7 @@ impl Job {
             purge_unlinked: None,
             ..Settings::from_config(config)
         };
+        let mut confirmed = false;
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (option, value) = pair.split_once('=').unwrap_or((pair, "true"));
             match (name, option) {
@@ -78,12 +112,34 @@ impl Job {
                 ("verify", "repair") => settings.repair = parse_bool(option, value)?,
                 ("verify", "orphan-grace") => settings.orphan_grace = parse_duration(value)?,
                 ("verify", "purge-unlinked") => settings.purge_unlinked = Some(parse_duration(value)?),
+                ("verify", "confirm-short-grace") => confirmed = parse_bool(option, value)?,
+                (_, "placement") if value != placement_fingerprint(config) => {
+                    return Err(format!(
+                        "this master places keys over other -volumes, -replicas or -subvolumes than the command \
+                         ({} volumes, -replicas {}, -subvolumes {} here): run it with the master's",
+                        config.volumes.len(),
+                        config.replicas,
+                        config.subvolumes
+                    ))
+                }
+                (_, "placement") => {}
                 _ => return Err(format!("{name} takes no option {option:?}")),
             }
         }
         match name {
             "rebalance" => Ok(Job::Rebalance(rebalance)),
-            "verify" => Ok(Job::Verify(settings)),
+            "verify" => {
+                let refusal = short_grace_refusal(
+                    settings.repair,
+                    settings.orphan_grace,
+                    settings.purge_unlinked,
+                    confirmed,
+                );
+                match refusal {
+                    Some(refusal) => Err(format!("{refusal}; add confirm-short-grace=true if that is meant")),
+                    None => Ok(Job::Verify(settings)),
+                }
+            }
             _ => Err(format!("no job {name:?}: rebalance and verify run here")),
         }
     }
@@ -133,10 +189,22 @@ fn parse_bool(option: &str, value: &str) -> Result<bool, String> {
 /// One monoio runtime on the calling thread for a maintenance job: its work
 /// is waiting on volumes, and `--concurrency` requests in flight on one
 /// thread keep them busy.
-pub fn runtime() -> std::io::Result<crate::server::Runtime> {
+pub fn runtime() -> std::io::Result<Runtime> {
     monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()
+}
+
+/// Wait until no job runs (one stops taking items once the master shuts
+/// down: `app::shutting_down`) or `deadline` passes; whether none runs.
+pub fn wait_for_job(deadline: Instant) -> bool {
+    while JOB_RUNNING.load(Ordering::Acquire) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Clears `JOB_RUNNING` when the job's thread is done with it.
@@ -148,10 +216,187 @@ impl Drop for Running {
     }
 }
 
-/// Answer `POST <path>` on `stream` (the metrics thread calls this and
-/// returns at once): 400 for a bad request, 409 while another job runs,
-/// else a 200 streamed from the job's own thread.
-pub fn start(app: &Arc<App>, path: &str, mut stream: TcpStream) {
+/// The admin port's token, from `--admin-token-file`.
+pub struct Token(String);
+
+impl Token {
+    /// The master's token: read from `path`, or made (random, mode 0600)
+    /// when the file does not exist. A file others may read is refused.
+    pub fn load_or_create(path: &Path) -> Result<Token, String> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let shown = path.display();
+        match std::fs::metadata(path) {
+            Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => {
+                return Err(format!(
+                    "the admin token file {shown} may be read by others (mode {:o}): chmod 600 it",
+                    metadata.permissions().mode() & 0o777
+                ))
+            }
+            Ok(_) => return Token::read(path),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("cannot read the admin token file {shown}: {error}")),
+        }
+        let mut random = [0u8; TOKEN_RANDOM_BYTES];
+        openssl::rand::rand_bytes(&mut random).map_err(|error| format!("cannot make an admin token: {error}"))?;
+        let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|error| format!("cannot create the admin token file {shown}: {error}"))?;
+        file.write_all(format!("{token}\n").as_bytes())
+            .map_err(|error| format!("cannot write the admin token file {shown}: {error}"))?;
+        Ok(Token(token))
+    }
+
+    /// The token in `path` (surrounding whitespace dropped).
+    pub fn read(path: &Path) -> Result<Token, String> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read the admin token file {shown}: {error}"))?;
+        let token = text.trim();
+        if token.len() < TOKEN_CHARS_MIN || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(format!(
+                "the admin token file {shown} must hold one token of at least {TOKEN_CHARS_MIN} visible characters"
+            ));
+        }
+        Ok(Token(token.to_owned()))
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.0.as_bytes();
+        let differ = expected
+            .iter()
+            .zip(presented)
+            .fold(0u8, |differ, (left, right)| differ | (left ^ right));
+        presented.len() == expected.len() && differ == 0
+    }
+}
+
+/// Releases a connection's slot when its thread is done.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The admin thread: accept on `listener` for as long as the master runs,
+/// each connection read and answered on a thread of its own.
+pub fn serve_forever(listener: TcpListener, app: Arc<App>, token: Token) {
+    let token = Arc::new(token);
+    let busy = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        if busy.fetch_add(1, Ordering::AcqRel) >= ADMIN_CONNECTIONS_MAX {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            let _ = stream.set_write_timeout(Some(ADMIN_HEAD_TIMEOUT));
+            answer(&mut stream, "503 Service Unavailable", "too many admin connections");
+            continue;
+        }
+        let slot = Slot(busy.clone());
+        let (app, token) = (app.clone(), token.clone());
+        let spawned = std::thread::Builder::new()
+            .name("mkv-admin-connection".into())
+            .spawn(move || {
+                let _slot = slot;
+                serve_connection(&app, &token, stream);
+            });
+        if let Err(error) = spawned {
+            eprintln!("mkv: cannot serve an admin connection: {error}");
+        }
+    }
+}
+
+/// What an admin request head says, as far as the access rule needs.
+struct AdminRequest {
+    method: String,
+    path: String,
+    /// It carried an `Origin` header: a browser sent it.
+    from_web_page: bool,
+    /// The `Authorization: Bearer` token it carried.
+    bearer: Option<Vec<u8>>,
+}
+
+/// Read one request head from `stream` within `ADMIN_HEAD_TIMEOUT` in all;
+/// None when the client went away, trickled or sent no HTTP.
+fn read_head(stream: &mut TcpStream) -> Option<AdminRequest> {
+    let deadline = Instant::now() + ADMIN_HEAD_TIMEOUT;
+    let mut head = Vec::with_capacity(1024);
+    let mut buffer = [0u8; 1024];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())?;
+        stream.set_read_timeout(Some(left)).ok()?;
+        let read = stream.read(&mut buffer).ok().filter(|&read| read > 0)?;
+        head.extend_from_slice(&buffer[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; ADMIN_HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let header = |name: &str| {
+                    request
+                        .headers
+                        .iter()
+                        .find(|header| header.name.eq_ignore_ascii_case(name))
+                };
+                let bearer = header("authorization").and_then(|header| {
+                    let value = header.value.trim_ascii();
+                    value
+                        .get(..7)
+                        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+                        .map(|_| value[7..].trim_ascii().to_vec())
+                });
+                return Some(AdminRequest {
+                    method: request.method?.to_owned(),
+                    path: request.path?.to_owned(),
+                    from_web_page: header("origin").is_some(),
+                    bearer,
+                });
+            }
+            Ok(httparse::Status::Partial) if head.len() < ADMIN_HEAD_BYTES_MAX => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Apply the access rule to one request and start its job.
+fn serve_connection(app: &Arc<App>, token: &Token, mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(ADMIN_HEAD_TIMEOUT));
+    let Some(request) = read_head(&mut stream) else {
+        return answer(&mut stream, "400 Bad Request", "no complete request head in time");
+    };
+    if request.from_web_page {
+        return answer(
+            &mut stream,
+            "403 Forbidden",
+            "maintenance jobs are not run for web pages (the request has an Origin header)",
+        );
+    }
+    if !request.bearer.as_deref().is_some_and(|bearer| token.matches(bearer)) {
+        return answer(
+            &mut stream,
+            "401 Unauthorized",
+            "a maintenance job needs Authorization: Bearer <the token in --admin-token-file>",
+        );
+    }
+    if request.method != "POST" || !request.path.starts_with(ADMIN_PREFIX) {
+        return answer(
+            &mut stream,
+            "404 Not Found",
+            "only POST /admin/rebalance and POST /admin/verify are served here",
+        );
+    }
+    start(app, &request.path, stream);
+}
+
+/// Start the job `path` asks for on `stream`: 400 for a bad request, 409
+/// while another job runs, else a 200 streamed from the job's own thread.
+fn start(app: &Arc<App>, path: &str, mut stream: TcpStream) {
     let job = match Job::parse(path, &app.config) {
         Ok(job) => job,
         Err(error) => return answer(&mut stream, "400 Bad Request", &error),
@@ -165,7 +410,7 @@ pub fn start(app: &Arc<App>, path: &str, mut stream: TcpStream) {
     let running = Running;
     let app = app.clone();
     let spawned = std::thread::Builder::new()
-        .name("mkv-admin".into())
+        .name("mkv-admin-job".into())
         .spawn(move || stream_job(&app, &job, stream, running));
     if let Err(error) = spawned {
         eprintln!("mkv: cannot start a maintenance job: {error}");
@@ -174,8 +419,13 @@ pub fn start(app: &Arc<App>, path: &str, mut stream: TcpStream) {
 
 /// A complete short answer.
 fn answer(stream: &mut TcpStream, status: &str, message: &str) {
+    let challenge = if status.starts_with("401") {
+        "WWW-Authenticate: Bearer\r\n"
+    } else {
+        ""
+    };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n{challenge}Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
         message.len() + 1
     );
     let _ = stream.write_all(response.as_bytes());
@@ -196,19 +446,27 @@ fn stream_job(app: &Arc<App>, job: &Job, mut stream: TcpStream, running: Running
             connected = connected && stream.write_all(format!("{line}\n").as_bytes()).is_ok();
         }
         let code = worker.join().unwrap_or(1);
-        drop(running);
         eprintln!("mkv: maintenance job ended, exit {code}");
         let _ = stream.write_all(format!("exit {code}\n").as_bytes());
+        // Only now: a master shutting down waits for this (`wait_for_job`)
+        // and must not exit before the operator has the exit code.
+        drop(running);
     });
 }
 
 /// `mkv rebalance` or `mkv verify` (`job`) with the index locked: ask the
-/// master on `--metrics-bind`:`--metrics-port` to run it with `config`'s
-/// options, copy its lines to stderr (plan lines to stdout) and return the
-/// exit code it ends with.
+/// master on `--admin-bind`:`--admin-port` (`port`) to run it with
+/// `config`'s options and the token of `--admin-token-file`, copy its
+/// lines to stderr (plan lines to stdout) and return the exit code it ends
+/// with.
 pub fn request_job(config: &Config, job: &str, port: u16) -> anyhow::Result<u8> {
     use anyhow::{bail, Context};
-    let host = match config.metrics_bind {
+    let token_file = config
+        .admin_token_file
+        .as_deref()
+        .context("the admin port needs --admin-token-file")?;
+    let token = Token::read(token_file).map_err(anyhow::Error::msg)?;
+    let host = match config.admin_bind {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
@@ -216,8 +474,10 @@ pub fn request_job(config: &Config, job: &str, port: u16) -> anyhow::Result<u8> 
     let mut stream =
         TcpStream::connect(address).with_context(|| format!("cannot reach the master's admin port {address}"))?;
     let request = format!(
-        "POST {ADMIN_PREFIX}{job}?{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        query(config, job)
+        "POST {ADMIN_PREFIX}{job}?{} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        query(config, job),
+        token.0
     );
     stream.write_all(request.as_bytes())?;
     let mut reader = BufReader::new(stream);
@@ -254,9 +514,25 @@ pub fn request_job(config: &Config, job: &str, port: u16) -> anyhow::Result<u8> 
     bail!("the master ended the {job} without an exit code")
 }
 
+/// What `config` places keys by (`-volumes`, `-replicas`, `-subvolumes`),
+/// as 32 hex digits: a command sends it so that a master placing keys
+/// otherwise refuses the job instead of running it with its own.
+fn placement_fingerprint(config: &Config) -> String {
+    use md5::{Digest, Md5};
+    let placement = format!("{}|{}|{}", config.volumes.join(","), config.replicas, config.subvolumes);
+    Md5::digest(placement.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// The query that gives a job `config`'s options.
 fn query(config: &Config, job: &str) -> String {
-    let mut query = format!("concurrency={}", config.concurrency);
+    let mut query = format!(
+        "concurrency={}&placement={}",
+        config.concurrency,
+        placement_fingerprint(config)
+    );
     if job == "rebalance" {
         query += &format!("&dry-run={}", config.dry_run);
     } else {
@@ -268,6 +544,9 @@ fn query(config: &Config, job: &str) -> String {
         );
         if let Some(older_than) = config.purge_unlinked {
             query += &format!("&purge-unlinked={}ns", older_than.as_nanos());
+        }
+        if config.confirm_short_grace {
+            query += "&confirm-short-grace=true";
         }
     }
     query
@@ -313,5 +592,40 @@ mod tests {
         assert!(Job::parse("/admin/verify?concurrency=0", &server).is_err());
         assert!(Job::parse("/admin/verify?orphan-grace=soon", &server).is_err());
         assert!(matches!(Job::parse("/admin/verify", &server), Ok(Job::Verify(_))));
+    }
+
+    #[test]
+    fn a_command_placing_keys_otherwise_is_refused() {
+        let master = config("-replicas 2 server");
+        let command = config("-replicas 3 rebalance");
+        let refused = Job::parse(&format!("/admin/rebalance?{}", query(&command, "rebalance")), &master);
+        assert!(refused.unwrap_err().contains("-replicas 2, -subvolumes 10 here"));
+        let same = config("-replicas 2 rebalance");
+        assert!(Job::parse(&format!("/admin/rebalance?{}", query(&same, "rebalance")), &master).is_ok());
+    }
+
+    #[test]
+    fn deleting_on_a_short_grace_needs_a_confirmation() {
+        let server = config("server");
+        let refused = [
+            "/admin/verify?repair=true&orphan-grace=0s",
+            "/admin/verify?purge-unlinked=0s",
+        ];
+        for path in refused {
+            assert!(Job::parse(path, &server).is_err(), "{path}");
+            let confirmed = format!("{path}&confirm-short-grace=true");
+            assert!(matches!(Job::parse(&confirmed, &server), Ok(Job::Verify(_))), "{path}");
+        }
+        // Looking without repairing deletes nothing.
+        assert!(Job::parse("/admin/verify?orphan-grace=0s", &server).is_ok());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        let token = Token("0123456789abcdef0123456789abcdef".to_owned());
+        assert!(token.matches(b"0123456789abcdef0123456789abcdef"));
+        assert!(!token.matches(b"0123456789abcdef0123456789abcde"));
+        assert!(!token.matches(b"0123456789abcdef0123456789abcdef0"));
+        assert!(!token.matches(b""));
     }
 }

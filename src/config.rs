@@ -5,6 +5,7 @@
 //! never panics, every mistake is a message for the operator.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +40,36 @@ const BODY_RATE_MIN_DEFAULT_BYTES_PER_SECOND: u64 = 64 * 1024;
 /// the speeds volumes write, short enough for a supervisor's stop timeout
 /// (systemd's default is 90 s).
 const SHUTDOWN_TIMEOUT_DEFAULT: &str = "30s";
+/// A verify whose `--orphan-grace` (with `--repair`) or `--purge-unlinked`
+/// is shorter than this deletes files and values that may belong to writes
+/// still in flight or just undone, so it runs only with
+/// `--confirm-short-grace` (or `confirm-short-grace=true` on the admin
+/// port): a minute is longer than any PUT's stall under the body timeouts.
+pub const SHORT_GRACE_MAX: Duration = Duration::from_secs(60);
+
+/// `--health-interval`: a probe round at least every hour; more often than
+/// every 10 ms is a busy loop of HEADs (at 0 it spun a core).
+pub const HEALTH_INTERVAL_RANGE: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(3600);
+/// `-voltimeout`: a volume answers a connect in under 10 minutes or is down;
+/// under 10 ms no real network answers.
+pub const VOLUME_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(600);
+/// `--body-timeout`: a body read stalls at most an hour; under 100 ms an
+/// honest client's scheduling hiccup fails its PUT.
+pub const BODY_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(3600);
+/// `--shutdown-timeout`: 0 cuts requests in flight at once; an hour is
+/// past any supervisor's patience.
+pub const SHUTDOWN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
+/// `--orphan-grace`, `--purge-unlinked`: up to ten years (beyond that the
+/// date arithmetic is all a longer grace would buy).
+pub const GRACE_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(10 * 365 * 24 * 3600);
+/// `--coherence-ms`: 0 (no record cache) to 10 minutes.
+pub const COHERENCE_MS_RANGE: RangeInclusive<u64> = 0..=600_000;
+/// `--cache-mb`, `--block-cache-mb`: up to 1 TiB.
+pub const CACHE_MB_RANGE: RangeInclusive<usize> = 0..=(1 << 20);
+/// `--body-rate-min`: 0 (off) to 10 GiB/s.
+pub const BODY_RATE_MIN_RANGE: RangeInclusive<u64> = 0..=(10 << 30);
+/// `seed --count`: up to ten billion keys.
+pub const SEED_COUNT_RANGE: RangeInclusive<u64> = 0..=10_000_000_000;
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,13 +116,27 @@ struct Args {
     /// requests on --port are recognised by their AWS headers and queries.
     #[arg(long = "s3-port")]
     s3_port: Option<u16>,
-    /// Serve Prometheus metrics (`GET /metrics`) and the maintenance jobs
-    /// (`POST /admin/rebalance`, `/admin/verify`) on this port; off when absent.
+    /// Serve Prometheus metrics (`GET /metrics`) on this port; off when
+    /// absent. Read-only: nothing on it changes data.
     #[arg(long = "metrics-port")]
     metrics_port: Option<u16>,
     /// Address the metrics port binds to: loopback unless told otherwise.
     #[arg(long = "metrics-bind", default_value = "127.0.0.1")]
     metrics_bind: std::net::IpAddr,
+    /// Serve the maintenance jobs (`POST /admin/rebalance`, `/admin/verify`)
+    /// on this port, to requests that carry the token of --admin-token-file;
+    /// off when absent. `mkv rebalance`/`verify` with the index locked send
+    /// their job here.
+    #[arg(long = "admin-port")]
+    admin_port: Option<u16>,
+    /// Address the admin port binds to: loopback unless told otherwise.
+    #[arg(long = "admin-bind", default_value = "127.0.0.1")]
+    admin_bind: std::net::IpAddr,
+    /// The admin port's token: the master reads it at start (creating the
+    /// file, mode 0600, with a random token when it does not exist) and
+    /// `mkv rebalance`/`verify` read it to send their job.
+    #[arg(long = "admin-token-file")]
+    admin_token_file: Option<PathBuf>,
     /// On SIGTERM or SIGINT, how long requests in flight may take to finish
     /// before the master exits anyway (Go duration).
     #[arg(long = "shutdown-timeout", default_value = SHUTDOWN_TIMEOUT_DEFAULT, value_parser = parse_duration)]
@@ -146,6 +191,10 @@ struct Args {
     /// How often the background health check probes every volume (Go duration).
     #[arg(long = "health-interval", default_value = "1s", value_parser = parse_duration)]
     health_interval: Duration,
+    /// S3 multipart uploads neither completed nor aborted this long after
+    /// they began are aborted, their parts deleted (Go duration; 0s: never).
+    #[arg(long = "s3-upload-expiry", default_value = "168h", value_parser = parse_duration)]
+    s3_upload_expiry: Duration,
     /// A request body read that makes no progress for this long fails the
     /// request with 408 (Go duration). It is also the body's grace allowance
     /// for the minimum rate (--body-rate-min).
@@ -182,6 +231,10 @@ struct Args {
     /// than this (Go duration): their copies, then their records.
     #[arg(long = "purge-unlinked", value_parser = parse_duration)]
     purge_unlinked: Option<Duration>,
+    /// verify: allow an --orphan-grace (with --repair) or --purge-unlinked
+    /// shorter than a minute, which may delete what writes in flight hold.
+    #[arg(long = "confirm-short-grace", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    confirm_short_grace: bool,
     /// seed: how many keys.
     #[arg(long, default_value_t = 1000)]
     count: u64,
@@ -203,6 +256,9 @@ pub struct Config {
     pub s3_port: Option<u16>,
     pub metrics_port: Option<u16>,
     pub metrics_bind: std::net::IpAddr,
+    pub admin_port: Option<u16>,
+    pub admin_bind: std::net::IpAddr,
+    pub admin_token_file: Option<PathBuf>,
     pub shutdown_timeout: Duration,
     pub replicas: usize,
     pub subvolumes: u32,
@@ -218,6 +274,7 @@ pub struct Config {
     pub block_cache_bytes: usize,
     pub coherence: Duration,
     pub health_interval: Duration,
+    pub s3_upload_expiry: Duration,
     pub body_limits: BodyLimits,
     pub concurrency: usize,
     pub md5: bool,
@@ -226,6 +283,7 @@ pub struct Config {
     pub repair: bool,
     pub orphan_grace: Duration,
     pub purge_unlinked: Option<Duration>,
+    pub confirm_short_grace: bool,
     pub seed_count: u64,
     pub seed_prefix: String,
 }
@@ -274,6 +332,9 @@ const LONG_FLAGS: &[&str] = &[
     "s3-port",
     "metrics-port",
     "metrics-bind",
+    "admin-port",
+    "admin-bind",
+    "admin-token-file",
     "shutdown-timeout",
     "replicas",
     "subvolumes",
@@ -287,6 +348,7 @@ const LONG_FLAGS: &[&str] = &[
     "cache-mb",
     "block-cache-mb",
     "health-interval",
+    "s3-upload-expiry",
     "body-timeout",
     "body-rate-min",
     "concurrency",
@@ -295,6 +357,7 @@ const LONG_FLAGS: &[&str] = &[
     "repair",
     "orphan-grace",
     "purge-unlinked",
+    "confirm-short-grace",
     "count",
     "prefix",
 ];
@@ -380,12 +443,19 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
     if threads == 0 || threads > THREADS_MAX {
         return invalid(format!("--threads must be 1..={THREADS_MAX}, got {threads}"));
     }
-    if args.voltimeout.is_zero() {
-        return invalid("-voltimeout must be more than zero".into());
+    check_range("-voltimeout", args.voltimeout, &VOLUME_TIMEOUT_RANGE)?;
+    check_range("--health-interval", args.health_interval, &HEALTH_INTERVAL_RANGE)?;
+    check_range("--body-timeout", args.body_timeout, &BODY_TIMEOUT_RANGE)?;
+    check_range("--shutdown-timeout", args.shutdown_timeout, &SHUTDOWN_TIMEOUT_RANGE)?;
+    check_range("--orphan-grace", args.orphan_grace, &GRACE_RANGE)?;
+    if let Some(purge_unlinked) = args.purge_unlinked {
+        check_range("--purge-unlinked", purge_unlinked, &GRACE_RANGE)?;
     }
-    if args.body_timeout.is_zero() {
-        return invalid("--body-timeout must be more than zero".into());
-    }
+    check_range("--coherence-ms", args.coherence_ms, &COHERENCE_MS_RANGE)?;
+    check_range("--cache-mb", args.cache_mb, &CACHE_MB_RANGE)?;
+    check_range("--block-cache-mb", args.block_cache_mb, &CACHE_MB_RANGE)?;
+    check_range("--body-rate-min", args.body_rate_min, &BODY_RATE_MIN_RANGE)?;
+    check_range("--count", args.count, &SEED_COUNT_RANGE)?;
     if args.s3_port == Some(args.port) {
         return invalid(format!(
             "--s3-port {} is -port too: the S3 port must be another",
@@ -399,6 +469,31 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         return invalid(format!(
             "--metrics-port {metrics_port} is a serving port too: the metrics port must be another"
         ));
+    }
+    if let Some(admin_port) = args
+        .admin_port
+        .filter(|&port| port == args.port || Some(port) == args.s3_port || Some(port) == args.metrics_port)
+    {
+        return invalid(format!(
+            "--admin-port {admin_port} is another port of this master: the admin port must be its own"
+        ));
+    }
+    if args.admin_port.is_some() && args.admin_token_file.is_none() {
+        return invalid(
+            "--admin-port needs --admin-token-file PATH: the token its requests must carry (the master \
+             creates the file when it does not exist)"
+                .into(),
+        );
+    }
+    if args.command == Command::Verify {
+        if let Some(refusal) = short_grace_refusal(
+            args.repair,
+            args.orphan_grace,
+            args.purge_unlinked,
+            args.confirm_short_grace,
+        ) {
+            return invalid(format!("{refusal}; pass --confirm-short-grace if that is meant"));
+        }
     }
     if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
         return invalid(format!(
@@ -414,6 +509,9 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         s3_port: args.s3_port,
         metrics_port: args.metrics_port,
         metrics_bind: args.metrics_bind,
+        admin_port: args.admin_port,
+        admin_bind: args.admin_bind,
+        admin_token_file: args.admin_token_file,
         shutdown_timeout: args.shutdown_timeout,
         replicas: args.replicas,
         subvolumes: args.subvolumes,
@@ -429,6 +527,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         block_cache_bytes: args.block_cache_mb.saturating_mul(1 << 20),
         coherence: Duration::from_millis(args.coherence_ms),
         health_interval: args.health_interval,
+        s3_upload_expiry: args.s3_upload_expiry,
         body_limits: BodyLimits {
             read_timeout: args.body_timeout,
             rate_min_bytes_per_second: args.body_rate_min,
@@ -440,9 +539,48 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         repair: args.repair,
         orphan_grace: args.orphan_grace,
         purge_unlinked: args.purge_unlinked,
+        confirm_short_grace: args.confirm_short_grace,
         seed_count: args.count,
         seed_prefix: args.prefix,
     })
+}
+
+/// `Ok` when `value` of `flag` lies in `range`, else the message saying so.
+fn check_range<T: PartialOrd + fmt::Debug>(flag: &str, value: T, range: &RangeInclusive<T>) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{flag} must be {:?}..={:?}, got {value:?}",
+        range.start(),
+        range.end()
+    )))
+}
+
+/// Why a verify with these settings needs a confirmation it was not given
+/// (`confirmed`): an orphan grace (when repairing) or a purge threshold
+/// under `SHORT_GRACE_MAX` deletes what writes in flight may hold.
+pub fn short_grace_refusal(
+    repair: bool,
+    orphan_grace: Duration,
+    purge_unlinked: Option<Duration>,
+    confirmed: bool,
+) -> Option<String> {
+    if confirmed {
+        return None;
+    }
+    let limit = SHORT_GRACE_MAX.as_secs();
+    if repair && orphan_grace < SHORT_GRACE_MAX {
+        return Some(format!(
+            "orphan-grace {orphan_grace:?} with repair deletes files younger than {limit}s, which writes in flight may hold"
+        ));
+    }
+    match purge_unlinked {
+        Some(older_than) if older_than < SHORT_GRACE_MAX => Some(format!(
+            "purge-unlinked {older_than:?} hard-deletes values unlinked less than {limit}s ago"
+        )),
+        _ => None,
+    }
 }
 
 /// Two entries of `volumes` that name the same server, spelled alike or not:

@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::BodyLimits;
-use crate::http::{could_start_request, parse_request, BodyFraming, ChunkedDecoder, HEADER_BYTES_MAX};
+use crate::http::{could_start_request, BodyFraming, ChunkedDecoder, KeepAlive, RequestHead, HEADER_BYTES_MAX};
 
 /// Input buffer of a connection; holds at least one full request head.
 pub const INPUT_BUFFER_BYTES: usize = 32 * 1024;
@@ -51,6 +51,9 @@ pub enum BodyError {
     Io(io::Error),
     /// `100 Continue` could not be sent: the client went away.
     ContinueFailed,
+    /// The body is not what the client said it is (a checksum or hash
+    /// that does not match): an error code for the client, and why.
+    Rejected { code: &'static str, message: String },
 }
 
 /// A client connection.
@@ -65,6 +68,9 @@ pub struct Connection {
     pub scratch: Vec<u8>,
     /// Some of the current request's body has been read.
     pub body_touched: bool,
+    /// The current request's body has been read to its end (or it has
+    /// none): what follows in the input is the next request.
+    pub body_done: bool,
     /// Times `read_more` moved the unconsumed input to the front: offsets
     /// into `input` taken before a move are stale.
     pub moves: u64,
@@ -81,6 +87,7 @@ impl Connection {
             output: Vec::with_capacity(OUTPUT_FLUSH_BYTES),
             scratch: Vec::with_capacity(256),
             body_touched: false,
+            body_done: true,
             moves: 0,
             s3_only: false,
         }
@@ -159,6 +166,12 @@ impl Connection {
         self.stream.shutdown().await
     }
 
+    /// A new request begins: nothing of its body has been read yet.
+    pub fn begin_request(&mut self, head: &RequestHead) {
+        self.body_touched = false;
+        self.body_done = !head.has_body();
+    }
+
     /// Send `100 Continue` now (the client waits for it before the body).
     pub async fn send_continue(&mut self) -> io::Result<()> {
         self.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -180,6 +193,27 @@ pub async fn drain_body(connection: &mut Connection, framing: BodyFraming, limit
             Ok(Some(_)) | Err(_) => return false,
         }
     }
+}
+
+/// After a request was answered (`keep_alive` is what the answer allows):
+/// whether the connection may serve another. A body the handler left
+/// unread, wholly or in part, is still on the wire, where it would be
+/// parsed as the next request (request smuggling): a small one that was not
+/// touched is read and dropped, anything else closes the connection. So no
+/// request leaves body bytes on a connection that is kept.
+pub async fn settle_body(
+    connection: &mut Connection,
+    head: &RequestHead,
+    keep_alive: KeepAlive,
+    limits: BodyLimits,
+) -> KeepAlive {
+    if !keep_alive.is_open() || connection.body_done {
+        return keep_alive;
+    }
+    // A client waiting for `100 Continue` may or may not send its body
+    // after its own timeout: the connection cannot tell, so it closes.
+    let drained = !head.expect_continue && !connection.body_touched && drain_body(connection, head.body, limits).await;
+    keep_alive.unless(!drained)
 }
 
 /// Reads one request body from a connection, piece by piece.
@@ -270,10 +304,21 @@ impl BodyReader {
             }
         };
         self.received += piece.len() as u64;
+        if self.is_done() {
+            connection.body_done = true;
+        }
         if piece.is_empty() {
             return Ok(None);
         }
         Ok(Some(Bytes::from(piece)))
+    }
+
+    /// Whether the body has been read to its end.
+    pub fn is_done(&self) -> bool {
+        match &self.framing {
+            Framing::Length { remaining } => *remaining == 0,
+            Framing::Chunked { done, .. } => *done,
+        }
     }
 }
 
@@ -341,7 +386,7 @@ fn reject_trailing_garbage(connection: &Connection) -> Result<(), BodyError> {
         .iter()
         .position(|&byte| byte != b'\r' && byte != b'\n')
         .unwrap_or(next.len());
-    if parse_request(next).is_err() || !could_start_request(&next[start..]) {
+    if !could_start_request(&next[start..]) {
         return Err(BodyError::TooLong);
     }
     Ok(())

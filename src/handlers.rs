@@ -7,12 +7,14 @@
 use crate::app::App;
 use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
-use crate::http::{self, query_pairs, write_empty, write_text, BodyFraming, KeepAlive, Method, RequestHead};
+use crate::http::{
+    self, query_pairs, write_empty, write_text, write_text_head, BodyFraming, KeepAlive, Method, RequestHead,
+};
 use crate::listing;
 use crate::meta::Meta;
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
-use crate::replication::{self, entry_path, ClientBody, ReplicationError};
+use crate::replication::{self, entry_path, ClientBody, GateError, ReplicationError};
 use crate::store::{self, KeyGuard, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
@@ -49,7 +51,7 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     // A listing refused for its size closes the connection, as the original does.
     let keep_alive = keep_alive.unless(status == 413);
     if let Err(error) = &result {
-        write_error(&mut connection.output, error, keep_alive);
+        write_error(&mut connection.output, error, keep_alive, head.method);
     }
     if let Some(path) = logged_path {
         eprintln!("{:?} {path} {status}", head.method);
@@ -57,11 +59,15 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     keep_alive.is_open()
 }
 
-/// Append the response for a failed request.
-pub fn write_error(output: &mut Vec<u8>, error: &Error, keep_alive: KeepAlive) {
+/// Append the response for a failed request of `method`: a HEAD gets the
+/// head alone, whatever the error.
+pub fn write_error(output: &mut Vec<u8>, error: &Error, keep_alive: KeepAlive, method: Method) {
     match error {
         // The original answers these with an empty body; clients read the status.
         Error::Client(404, _) | Error::Locked => write_empty(output, error.status(), keep_alive),
+        _ if method == Method::Head => {
+            write_text_head(output, error.status(), keep_alive, error.headers(), &error.to_string())
+        }
         _ => write_text(output, error.status(), keep_alive, error.headers(), &error.to_string()),
     }
 }
@@ -255,7 +261,9 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             write_empty(&mut connection.output, 201, head.keep_alive);
             Ok(201)
         }
-        Err(WriteError::Exists) => Err(Error::Client(403, "key exists; DELETE it first (no overwrite)")),
+        Err(WriteError::Exists | WriteError::Protected) => {
+            Err(Error::Client(403, "key exists; DELETE it first (no overwrite)"))
+        }
         Err(WriteError::Index(error)) => Err(Error::Index(error)),
         Err(WriteError::Replication(error)) => Err(match error {
             ReplicationError::Empty => Error::Client(411, "PUT needs a non-empty body"),
@@ -266,6 +274,8 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             ReplicationError::Body(_) => Error::Client(400, "request body cut short"),
             ReplicationError::BadDigest => Error::Client(400, "the value's md5 is not the one sent"),
             ReplicationError::Volume(error) | ReplicationError::Source(error) => Error::Volume(error),
+            ReplicationError::Gate(GateError::Index(error)) => Error::Index(error),
+            ReplicationError::Gate(_) => Error::Unavailable,
         }),
     }
 }

@@ -7,6 +7,7 @@
 //! `Transfer-Encoding: chunked` incrementally, and the `write_*` functions
 //! append responses to a connection's reused output buffer.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 /// Most bytes a request head (request line + headers) may take.
@@ -570,9 +571,27 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+thread_local! {
+    /// The status of the last status line written on this thread: what
+    /// `metrics` counts a request with (the one place statuses are written,
+    /// so no handler carries metrics code).
+    static LAST_STATUS: Cell<u16> = const { Cell::new(0) };
+}
+
+/// The status of the last status line written on this thread.
+pub fn last_status() -> u16 {
+    LAST_STATUS.with(Cell::get)
+}
+
+/// Set what `last_status` answers (the metrics of a request that awaits
+/// keep their own, `metrics::counted`).
+pub fn set_last_status(status: u16) {
+    LAST_STATUS.with(|cell| cell.set(status));
+}
+
 /// Append a status line.
 pub fn write_status_line(out: &mut Vec<u8>, status: u16) {
-    crate::metrics::note_status(status);
+    set_last_status(status);
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut digits = itoa_buffer();
     out.extend_from_slice(format_u64(u64::from(status), &mut digits));
@@ -601,6 +620,15 @@ pub fn write_empty(out: &mut Vec<u8>, status: u16, keep_alive: KeepAlive) {
 
 /// Append a complete response with a short text body (error explanations).
 pub fn write_text(out: &mut Vec<u8>, status: u16, keep_alive: KeepAlive, extra_headers: &[u8], text: &str) {
+    write_text_head(out, status, keep_alive, extra_headers, text);
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'\n');
+}
+
+/// Append the head `write_text` writes, without the body: the answer to a
+/// HEAD request, whose response never has one (a client reads the next
+/// response right after the blank line, so a body would be taken for it).
+pub fn write_text_head(out: &mut Vec<u8>, status: u16, keep_alive: KeepAlive, extra_headers: &[u8], text: &str) {
     write_status_line(out, status);
     out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     let mut digits = itoa_buffer();
@@ -609,8 +637,6 @@ pub fn write_text(out: &mut Vec<u8>, status: u16, keep_alive: KeepAlive, extra_h
     out.extend_from_slice(extra_headers);
     write_connection(out, keep_alive);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'\n');
 }
 
 /// A stack buffer for `format_u64`.

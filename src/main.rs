@@ -133,7 +133,7 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// The index is held by another process (`error`): a running master does
-/// rebalance and verify for us when told its `--metrics-port`; rebuild
+/// rebalance and verify for us when told its `--admin-port` (and token file); rebuild
 /// empties the index, so it runs only with the master stopped.
 fn locked(config: &Config, error: IndexError) -> anyhow::Result<ExitCode> {
     let job = match config.command {
@@ -144,10 +144,11 @@ fn locked(config: &Config, error: IndexError) -> anyhow::Result<ExitCode> {
         }
         Command::Server | Command::Seed => return Err(error.into()),
     };
-    match config.metrics_port {
+    match config.admin_port {
         Some(port) => Ok(ExitCode::from(mkv::admin::request_job(config, job, port)?)),
         None => anyhow::bail!(
-            "{error}; to have the running master do the {job}, pass its --metrics-port (and --metrics-bind if not loopback)"
+            "{error}; to have the running master do the {job}, pass its --admin-port and --admin-token-file (and \
+             --admin-bind if not loopback)"
         ),
     }
 }
@@ -158,7 +159,7 @@ const MAINTENANCE_CACHE_BYTES: usize = 1 << 20;
 
 /// One monoio runtime on this thread for rebuild, rebalance and verify
 /// (`admin::runtime`).
-fn maintenance_runtime() -> anyhow::Result<mkv::server::Runtime> {
+fn maintenance_runtime() -> anyhow::Result<mkv::app::Runtime> {
     mkv::admin::runtime().context("cannot start the I/O runtime")
 }
 

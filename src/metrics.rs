@@ -18,6 +18,7 @@
 //! (`CONTENT_TYPE`), with `prometheus-client`.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::http::Method;
+use crate::http::{self, Method};
 
 /// The `Content-Type` of a scrape's answer.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -176,8 +177,6 @@ thread_local! {
     /// This thread's counters; `None` outside reactors (maintenance
     /// commands), where counting does nothing.
     static REACTOR: Cell<Option<&'static ReactorMetrics>> = const { Cell::new(None) };
-    /// The status of the last response line written on this thread.
-    static STATUS: Cell<u16> = const { Cell::new(0) };
     /// What the current request's read found in the cache.
     static CACHE_READ: Cell<CacheRead> = const { Cell::new(CacheRead::None) };
     /// GET and HEAD requests started on this thread, for `GET_TIMED_ONE_IN`.
@@ -216,10 +215,11 @@ pub fn enter_reactor(reactor: usize) {
     REACTOR.with(|cell| cell.set(Some(metrics)));
 }
 
-/// A response with `status` is being written (called by the one function
-/// that writes status lines).
+/// A response with `status` is being written: what `http::write_status_line`
+/// notes itself (for callers that write a status line by other means, and
+/// the benchmarks).
 pub fn note_status(status: u16) {
-    STATUS.with(|cell| cell.set(status));
+    http::set_last_status(status);
 }
 
 /// The current request's read found its answer in the cache, or not.
@@ -227,7 +227,36 @@ pub fn note_cache_read(read: CacheRead) {
     CACHE_READ.with(|cell| cell.set(read));
 }
 
-/// A request being handled: counted when dropped.
+/// Run `request` (the handling of one request of `method`) and count it.
+///
+/// The status line writer and the store note what they saw in thread-locals
+/// of the reactor, which runs many requests: one that awaits (a listing
+/// flushing, a PUT reading its body, an S3 GET streaming) lets others write
+/// there meanwhile. So each request keeps its own status and cache read,
+/// put in the thread-locals before each poll of its future and taken back
+/// after: whatever is noted during a poll is the polled request's. Two
+/// thread-local writes and reads per poll; no allocation.
+pub async fn counted<F: Future>(method: Method, request: F) -> F::Output {
+    let count = RequestCount::start(method);
+    let mut saved = (0u16, CacheRead::None);
+    let mut request = std::pin::pin!(request);
+    let output = std::future::poll_fn(|context| {
+        http::set_last_status(saved.0);
+        CACHE_READ.with(|cell| cell.set(saved.1));
+        let poll = request.as_mut().poll(context);
+        saved = (http::last_status(), CACHE_READ.with(Cell::get));
+        poll
+    })
+    .await;
+    // No await between here and the count: no other request runs.
+    http::set_last_status(saved.0);
+    CACHE_READ.with(|cell| cell.set(saved.1));
+    drop(count);
+    output
+}
+
+/// A request being handled: counted when dropped, with the status and cache
+/// read last noted on this thread (`counted` makes those the request's own).
 pub struct RequestCount {
     method: Method,
     /// When it started, if it is timed.
@@ -237,7 +266,7 @@ pub struct RequestCount {
 impl RequestCount {
     /// Start counting a request of `method`.
     pub fn start(method: Method) -> RequestCount {
-        STATUS.with(|cell| cell.set(0));
+        http::set_last_status(0);
         CACHE_READ.with(|cell| cell.set(CacheRead::None));
         let timed = match method {
             Method::Get | Method::Head => GETS.with(|gets| {
@@ -264,7 +293,7 @@ impl Drop for RequestCount {
     /// handler panicked still leaves the in-flight gauge.
     fn drop(&mut self) {
         let elapsed = self.started.map(|started| started.elapsed());
-        let status = STATUS.with(Cell::get);
+        let status = http::last_status();
         let cache_read = CACHE_READ.with(Cell::get);
         let method = self.method;
         with_reactor(|reactor| {
@@ -445,48 +474,70 @@ impl Process {
     }
 }
 
-/// How long the metrics thread waits for a scraper's request head or for
-/// it to read the answer: a stuck scraper must not hold the only thread.
+/// How long a scraper has to send its whole request head, and for each
+/// write of the answer: a stuck scraper holds only its own thread, and not
+/// for long.
 const SCRAPE_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of a scrape's request head read at most (the rest is ignored).
 const SCRAPE_HEAD_BYTES_MAX: usize = 4096;
+/// Scrapes read or answered at once, each on a thread of its own: a
+/// Prometheus server or two scrape every few seconds, so this many are
+/// hostile or stuck; one more is answered 503 at once.
+const SCRAPE_CONNECTIONS_MAX: usize = 64;
 
-/// Answer scrapes on `listener`, one at a time, forever (the calling thread
-/// is the metrics thread). `GET /metrics` answers the page with `gather`'s
-/// gauges; `POST /admin/...` is handed to `admin` with its path (it must
-/// return at once: `admin::start`); anything else 404. Blocking and on its
-/// own thread, so a scrape takes no reactor's time and no key path of the
-/// native API.
-pub fn serve_forever(
-    listener: std::net::TcpListener,
-    gather: impl Fn() -> Gauges,
-    admin: impl Fn(&str, std::net::TcpStream),
-) {
+/// Answer scrapes on `listener` forever (the calling thread is the metrics
+/// thread), each connection on a thread of its own, at most
+/// `SCRAPE_CONNECTIONS_MAX` at once, so a slow or silent client delays no
+/// other scrape. `GET /metrics` answers the page with `gather`'s gauges;
+/// anything else 404: nothing here changes data (the maintenance jobs have
+/// a port of their own, `admin`). Blocking and on threads of its own, so a
+/// scrape takes no reactor's time and no key path of the native API.
+pub fn serve_forever(listener: std::net::TcpListener, gather: impl Fn() -> Gauges + Send + Sync + 'static) {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let gather = Arc::new(gather);
+    let busy = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
-        let line = match read_request_line(&mut stream) {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => continue,
-        };
-        let mut words = line.split(' ');
-        match (words.next(), words.next()) {
-            (Some("POST"), Some(path)) if path.starts_with(crate::admin::ADMIN_PREFIX) => admin(path, stream),
-            _ => {
-                let _ = answer_scrape(&mut stream, &line, &gather);
+        if busy.fetch_add(1, Ordering::AcqRel) >= SCRAPE_CONNECTIONS_MAX {
+            busy.fetch_sub(1, Ordering::AcqRel);
+            let _ = stream.set_write_timeout(Some(SCRAPE_IO_TIMEOUT));
+            let _ = answer(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                "too many scrapes at once\n",
+            );
+            continue;
+        }
+        let (gather, busy_count) = (gather.clone(), busy.clone());
+        let spawned = std::thread::Builder::new().name("mkv-scrape".into()).spawn(move || {
+            if let Ok(Some(line)) = read_request_line(&mut stream) {
+                let _ = answer_scrape(&mut stream, &line, &*gather);
             }
+            busy_count.fetch_sub(1, Ordering::AcqRel);
+        });
+        if spawned.is_err() {
+            busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
 /// The request line of the head on `stream` (the rest of the head is
-/// read and ignored); `None` if the client went away first.
+/// read and ignored); `None` if the client went away or did not send its
+/// head within `SCRAPE_IO_TIMEOUT` in all.
 fn read_request_line(stream: &mut std::net::TcpStream) -> std::io::Result<Option<String>> {
     use std::io::Read;
-    stream.set_read_timeout(Some(SCRAPE_IO_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + SCRAPE_IO_TIMEOUT;
     stream.set_write_timeout(Some(SCRAPE_IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(SCRAPE_HEAD_BYTES_MAX);
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < SCRAPE_HEAD_BYTES_MAX {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        stream.set_read_timeout(Some(left))?;
         let read = stream.read(&mut buffer)?;
         if read == 0 {
             return Ok(None);
@@ -498,16 +549,17 @@ fn read_request_line(stream: &mut std::net::TcpStream) -> std::io::Result<Option
 }
 
 fn answer_scrape(stream: &mut std::net::TcpStream, line: &str, gather: &impl Fn() -> Gauges) -> std::io::Result<()> {
-    use std::io::Write;
-    let (status, content_type, body) = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-        ("200 OK", CONTENT_TYPE, render(gather()))
+    if line.starts_with("GET /metrics ") || line == "GET /metrics" {
+        answer(stream, "200 OK", CONTENT_TYPE, &render(gather()))
     } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "only GET /metrics and POST /admin/{rebalance,verify} are served here\n".to_string(),
-        )
-    };
+        let why = "only GET /metrics is served here (maintenance jobs are on --admin-port)\n";
+        answer(stream, "404 Not Found", "text/plain", why)
+    }
+}
+
+/// Write a whole response that closes its connection.
+fn answer(stream: &mut std::net::TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+    use std::io::Write;
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

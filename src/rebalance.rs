@@ -26,11 +26,12 @@
 //! asked for through `admin`): each key under its write lock, its record
 //! re-read under the lock, written through the store, and its old copies
 //! deleted only `STALE_COPY_GRACE` after the rewrite, so a GET always
-//! redirects to a copy that exists.
+//! redirects to a copy that exists. `REBALANCE /key` keeps the same grace.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -38,7 +39,7 @@ use futures_util::stream::{self, StreamExt};
 use md5::{Digest, Md5};
 use monoio::task::JoinHandle;
 
-use crate::app::App;
+use crate::app::{shutting_down, App};
 use crate::config::Config;
 use crate::index::{key_after, Index, IndexError};
 use crate::placement::{entry_host, hex_lower, key2path, key2volume, path_is_own};
@@ -152,7 +153,11 @@ pub fn plan(recorded: &[String], holds: &[bool], placed: &[String]) -> Plan {
 }
 
 /// Rebalance one live key whose record is `record` (`REBALANCE /key`). The
-/// caller holds its lock. Old copies that cannot be deleted are logged.
+/// caller holds its lock. The old copies are deleted `STALE_COPY_GRACE`
+/// after the new record is written, by a task of the calling reactor, as
+/// the online walk does: a GET answered from the old record just before
+/// the rewrite still finds its copy. Old copies that cannot be deleted are
+/// logged (a later verify finds them as orphans).
 pub async fn rebalance_key(
     store: &Store,
     key: &[u8],
@@ -160,27 +165,39 @@ pub async fn rebalance_key(
     timeout: Duration,
 ) -> Result<Moved, RebalanceError> {
     let placed = store.placement().place(key);
-    let moved = move_key(key, record, &placed, timeout, |record| store.put(key, record)).await?;
-    if let Moved::Moved { leftovers, .. } = &moved {
-        for (entry, error) in leftovers {
+    let Some(Relocated { bytes, stale }) = relocate(key, record, &placed, timeout, |record| async move {
+        store.put_async(key, &record).await
+    })
+    .await?
+    else {
+        return Ok(Moved::AlreadyPlaced);
+    };
+    let key = key.to_vec();
+    // Detached: the request is answered now; its connection may close.
+    monoio::spawn(async move {
+        monoio::time::sleep(STALE_COPY_GRACE).await;
+        for (entry, error) in delete_copies(&key2path(&key), &stale, timeout).await {
             eprintln!(
                 "rebalance {:?}: leftover copy on {entry}: {error}",
-                String::from_utf8_lossy(key)
+                String::from_utf8_lossy(&key)
             );
         }
-    }
-    Ok(moved)
+    });
+    Ok(Moved::Moved {
+        bytes,
+        leftovers: Vec::new(),
+    })
 }
 
 /// Move `key` (recorded as `record`) to the `placed` entries; `write` stores
 /// the new record, and is called only once every placed entry holds the value.
 /// The old copies are deleted right after the write.
-pub async fn move_key(
+pub async fn move_key<W: Future<Output = Result<(), IndexError>>>(
     key: &[u8],
     record: &Record,
     placed: &[String],
     timeout: Duration,
-    write: impl FnOnce(&Record) -> Result<(), IndexError>,
+    write: impl FnOnce(Record) -> W,
 ) -> Result<Moved, RebalanceError> {
     let Some(relocated) = relocate(key, record, placed, timeout, write).await? else {
         return Ok(Moved::AlreadyPlaced);
@@ -205,12 +222,12 @@ pub struct Relocated {
 /// `move_key` without the deletes: `None` when already placed, otherwise
 /// the old copies, for the caller to delete when no reader can still be on
 /// its way to them (`run_online` waits out `STALE_COPY_GRACE`).
-pub async fn relocate(
+pub async fn relocate<W: Future<Output = Result<(), IndexError>>>(
     key: &[u8],
     record: &Record,
     placed: &[String],
     timeout: Duration,
-    write: impl FnOnce(&Record) -> Result<(), IndexError>,
+    write: impl FnOnce(Record) -> W,
 ) -> Result<Option<Relocated>, RebalanceError> {
     if record.volumes == placed {
         return Ok(None);
@@ -239,7 +256,11 @@ pub async fn relocate(
     for copied in join_all(copies).await {
         bytes += copied?;
     }
-    write(&Record::new(placed.to_vec(), record.deleted, record.hash)).map_err(RebalanceError::Index)?;
+    // Awaited: on a reactor (`REBALANCE /key`) a PostgreSQL commit leaves
+    // it (`Store::put_async`).
+    write(Record::new(placed.to_vec(), record.deleted, record.hash))
+        .await
+        .map_err(RebalanceError::Index)?;
     Ok(Some(Relocated {
         bytes,
         stale: plan.stale,
@@ -346,12 +367,14 @@ pub struct Summary {
     pub bytes: u64,
     pub elapsed: Duration,
     pub dry_run: bool,
+    /// The walk ended early: the master shut down.
+    pub stopped: bool,
 }
 
 impl Summary {
     /// Problems the exit code should show.
     pub fn failures(&self) -> u64 {
-        self.failed + self.leftovers + self.busy
+        self.failed + self.leftovers + self.busy + u64::from(self.stopped)
     }
 
     fn status(&self) -> String {
@@ -459,7 +482,10 @@ where
         dry_run: options.dry_run,
         ..Summary::default()
     };
-    let outcomes = stream::iter(Records::new(index))
+    // A serving master that shuts down ends the walk here: the keys in
+    // flight finish, no new one starts.
+    let records = stream::iter(Records::new(index)).take_while(|_| std::future::ready(!shutting_down()));
+    let outcomes = records
         .map(|item| async {
             let (key, record) = item?;
             rebalance(key, record).await
@@ -470,6 +496,10 @@ where
         let (key, outcome) = item?;
         tally(&String::from_utf8_lossy(&key), outcome, &mut summary, progress);
         progress.advance(1, || summary.status());
+    }
+    if shutting_down() {
+        summary.stopped = true;
+        progress.report("stopped: the master is shutting down; run the rebalance again to finish");
     }
     Ok(summary)
 }
@@ -586,7 +616,9 @@ async fn rebalance_online(
         return Ok(Outcome::Placed);
     };
     let timeout = app.config.volume_timeout;
-    match relocate(key, &record, &placed, timeout, |record| app.store.put(key, record)).await {
+    // The job's own thread: a blocking commit holds up no reactor.
+    let write = |record: Record| std::future::ready(app.store.put(key, &record));
+    match relocate(key, &record, &placed, timeout, write).await {
         Ok(None) => Ok(Outcome::Placed),
         Ok(Some(Relocated { bytes, stale })) => {
             let key = key.to_vec();
@@ -642,7 +674,7 @@ async fn rebalance_record(
             to: placed,
         });
     }
-    let write = |record: &Record| index.put(key, record);
+    let write = |record: Record| std::future::ready(index.put(key, &record));
     match move_key(key, &record, &placed, config.volume_timeout, write).await {
         Ok(moved) => Ok(Outcome::Moved(moved)),
         // A soft-deleted record without any copy is a PUT that never

@@ -10,9 +10,21 @@
 //! directories, so below `xx/yy/` every directory is part of a name. Each
 //! key gets a live record naming every entry (`host:port` or
 //! `host:port/svXX`) that holds it, ordered as key2volume orders them, then
-//! the others. With `--md5` each value is read once more and its md5 stored,
-//! so rebuilt records are as complete as written ones (the original loses
-//! them).
+//! the others. With `--md5` every copy is read once more and the md5 stored
+//! when the copies agree, so rebuilt records are as complete as written ones
+//! (the original loses them).
+//!
+//! Rebuild records only what the copies agree on. A key's copies may
+//! disagree (a rebalance leftover whose delete failed, a replica a failed
+//! write left behind), and the order in which listings arrive says nothing
+//! about which copy is right, so a size (metadata) or md5 (record) taken from
+//! whichever copy came first would be a guess that `verify --repair` then
+//! trusts over the copies' majority. When a key's copies differ in size its
+//! metadata is dropped; when they differ in md5 the record keeps none; each
+//! such key is reported, and verify then repairs only on a majority of the
+//! placed copies. A rebuilt value's ETag (S3) is nginx's, its file's mtime
+//! and size in hex, until an md5 is known; its content type and user
+//! metadata are not on the volumes and are lost.
 //!
 //! A decoded key must hash to the shard directories it was found in, so a
 //! stray file never becomes a key whose redirect points nowhere. nginx
@@ -29,6 +41,7 @@
 //! with the number of keys. Interrupted, a rebuild is simply run again: it
 //! starts by emptying the index.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -73,20 +86,30 @@ pub(crate) struct Listed {
 }
 
 impl Listed {
-    /// The metadata of the value this file holds, as the listing tells it.
-    fn meta(&self) -> Meta {
+    /// The metadata of the value this file holds, as the listing tells it;
+    /// with `etag`, nginx's ETag of the file (its mtime and size in hex),
+    /// for a value whose md5 is not known.
+    fn meta(&self, etag: bool) -> Meta {
         let mtime_ms = self
             .mtime
             .as_deref()
             .and_then(|text| httpdate::parse_http_date(text).ok())
             .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let size = self.size.unwrap_or(0);
         Meta {
-            size: self.size.unwrap_or(0),
+            size,
             mtime_ms,
+            etag: etag.then(|| listing_etag(mtime_ms, size)),
             ..Meta::default()
         }
     }
+}
+
+/// nginx's ETag of a file (`mtime-size`, seconds and bytes in lower-case
+/// hex): what a rebuilt value without an md5 answers as its S3 ETag.
+fn listing_etag(mtime_ms: u64, size: u64) -> String {
+    format!("{:x}-{size:x}", mtime_ms / 1000)
 }
 
 /// Where a directory sits in a volume's layout.
@@ -456,13 +479,15 @@ pub struct Summary {
     pub files: u64,
     /// Keys indexed.
     pub keys: u64,
-    /// Values whose md5 was read (`--md5`).
+    /// Copies whose md5 was read (`--md5`).
     pub hashed: u64,
+    /// Keys whose copies differ in size or md5: recorded without either.
+    pub disagreeing: u64,
     /// Stray files and names that do not decode.
     pub strays: u64,
     /// Directories that could not be listed.
     pub unlisted: u64,
-    /// Values whose md5 could not be read.
+    /// Copies whose md5 could not be read.
     pub unhashed: u64,
     pub elapsed: Duration,
 }
@@ -482,12 +507,14 @@ impl fmt::Display for Summary {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             formatter,
-            "{} keys from {} files in {} directories, {} md5s read; errors: {} stray files or names, \
-             {} unreadable directories, {} unreadable values; {} old records removed; {:.1}s",
+            "{} keys from {} files in {} directories, {} md5s read, {} keys whose copies disagree; \
+             errors: {} stray files or names, {} unreadable directories, {} unreadable values; \
+             {} old records removed; {:.1}s",
             self.keys,
             self.files,
             self.directories,
             self.hashed,
+            self.disagreeing,
             self.strays,
             self.unlisted,
             self.unhashed,
@@ -555,7 +582,7 @@ pub async fn run(index: &Index, config: &Config) -> Result<Summary, RebuildError
     if !down.is_empty() && !config.allow_down_volumes {
         return Err(RebuildError::VolumesDown(down));
     }
-    let mut summary = Summary {
+    let summary = Summary {
         removed: index.clear()?,
         ..Summary::default()
     };
@@ -564,28 +591,37 @@ pub async fn run(index: &Index, config: &Config) -> Result<Summary, RebuildError
     for (host, volume) in config.volumes.iter().enumerate() {
         queue.push(Task::List(Directory::root(host, volume)));
     }
+    let mut walk = Walk {
+        index,
+        config,
+        queue,
+        summary,
+        progress: &progress,
+        undecided: HashSet::new(),
+    };
     let mut running = FuturesUnordered::new();
     loop {
         while running.len() < config.concurrency {
-            let Some(task) = queue.pop() else { break };
+            let Some(task) = walk.queue.pop() else { break };
             running.push(perform(task, &config.volumes, config.volume_timeout));
         }
         let Some(done) = running.next().await else { break };
         match done {
             Done::Listed(directory, listing) => {
-                queue.finished(directory.host);
-                summary.directories += 1;
+                walk.queue.finished(directory.host);
+                walk.summary.directories += 1;
                 match listing {
                     Ok(listing) => {
                         for listed in &listing {
-                            found(index, config, &directory, listed, &mut queue, &mut summary, &progress)?;
+                            walk.found(&directory, listed)?;
                         }
                     }
                     Err(error) => {
-                        summary.unlisted += 1;
+                        walk.summary.unlisted += 1;
                         progress.report(&format!("{}{}: {error}", volume_of(&directory), directory.path));
                     }
                 }
+                let summary = &walk.summary;
                 progress.advance(1, || summary.status());
             }
             Done::Hashed {
@@ -594,24 +630,14 @@ pub async fn run(index: &Index, config: &Config) -> Result<Summary, RebuildError
                 key,
                 result,
             } => {
-                queue.finished(host);
-                match result {
-                    Ok(hash) => {
-                        set_hash(index, &key, hash)?;
-                        summary.hashed += 1;
-                    }
-                    Err(error) => {
-                        summary.unhashed += 1;
-                        progress.report(&format!(
-                            "{:?} on {entry}: cannot read the value for its md5: {error}",
-                            String::from_utf8_lossy(&key)
-                        ));
-                    }
-                }
+                walk.queue.finished(host);
+                walk.hashed(&entry, key, result)?;
+                let summary = &walk.summary;
                 progress.advance(0, || summary.status());
             }
         }
     }
+    let mut summary = walk.summary;
     summary.elapsed = progress.elapsed();
     progress.finish(&summary.to_string());
     Ok(summary)
@@ -628,66 +654,166 @@ pub(crate) fn stray_line(directory: &Directory, listed: &Listed, what: &str) -> 
     format!("{}{}{}: {what}", volume_of(directory), directory.path, listed.name)
 }
 
-/// Act on one entry of `directory`'s listing.
-fn found(
-    index: &Index,
-    config: &Config,
-    directory: &Directory,
-    listed: &Listed,
-    queue: &mut Queue,
-    summary: &mut Summary,
-    progress: &Progress,
-) -> Result<(), IndexError> {
-    match classify(directory, listed) {
-        Found::Directory(child) => queue.push(Task::List(child)),
-        Found::Key(key) => {
-            summary.files += 1;
-            if add_entry(index, config, &key, &directory.entry, &listed.meta())? {
-                summary.keys += 1;
-                if config.md5 {
-                    queue.push(Task::Hash {
+/// A rebuild's walk: the index it fills, its queue and counts.
+struct Walk<'a> {
+    index: &'a Index,
+    config: &'a Config,
+    queue: Queue,
+    summary: Summary,
+    progress: &'a Progress,
+    /// Keys whose md5 is not recorded, whatever their other copies hash to:
+    /// their copies disagree (in size or md5) or one could not be read. Only
+    /// keys with such a problem are held, each reported once.
+    undecided: HashSet<Vec<u8>>,
+}
+
+/// What recording one copy of a key did.
+enum Added {
+    /// The key's first copy: the record and its metadata are new.
+    NewKey,
+    /// Another copy of a key already recorded.
+    Copy,
+    /// This copy was recorded already.
+    Known,
+}
+
+impl Walk<'_> {
+    /// Act on one entry of `directory`'s listing.
+    fn found(&mut self, directory: &Directory, listed: &Listed) -> Result<(), IndexError> {
+        match classify(directory, listed) {
+            Found::Directory(child) => self.queue.push(Task::List(child)),
+            Found::Key(key) => {
+                self.summary.files += 1;
+                let added = self.add_entry(&key, &directory.entry, listed)?;
+                if matches!(added, Added::NewKey) {
+                    self.summary.keys += 1;
+                }
+                // Every copy is read: an md5 is recorded only when all agree.
+                if self.config.md5 && !matches!(added, Added::Known) {
+                    self.queue.push(Task::Hash {
                         host: directory.host,
                         entry: directory.entry.clone(),
                         key,
                     });
                 }
             }
+            Found::Skip => {}
+            Found::Stray(what) => {
+                self.summary.strays += 1;
+                self.progress.report(&stray_line(directory, listed, what));
+            }
         }
-        Found::Skip => {}
-        Found::Stray(what) => {
-            summary.strays += 1;
-            progress.report(&stray_line(directory, listed, what));
+        Ok(())
+    }
+
+    /// Record that `entry` holds `key`, whose copy there the listing
+    /// describes as `listed`. A copy whose size is not the size recorded
+    /// from another drops the key's metadata: nothing says which is right.
+    fn add_entry(&mut self, key: &[u8], entry: &str, listed: &Listed) -> Result<Added, IndexError> {
+        let existing = self.index.get(key)?;
+        let new = existing.is_none();
+        let mut record = existing.unwrap_or_else(|| Record::new(Vec::new(), false, None));
+        if record.volumes.iter().any(|known| known == entry) {
+            return Ok(Added::Known);
+        }
+        record.volumes.push(entry.to_owned());
+        let placed = key2volume(key, &self.config.volumes, self.config.replicas, self.config.subvolumes);
+        order_entries(&mut record.volumes, &placed);
+        if new {
+            let meta = listed.meta(!self.config.md5);
+            self.index
+                .apply(&[Change::Record(key, &record), Change::Meta(key, &meta)])?;
+            return Ok(Added::NewKey);
+        }
+        let recorded = self.index.meta(key)?;
+        match recorded {
+            Some(meta) if Some(meta.size) != listed.size => {
+                // Copies of two sizes hash apart too: an md5 read from the
+                // first goes. Remove drops the record and its metadata; the
+                // record is put back in the same batch.
+                record.hash = None;
+                self.index.apply(&[Change::Remove(key), Change::Record(key, &record)])?;
+                let line = format!(
+                    "{:?}: its copies differ in size ({} bytes on {entry}, {} on another): no size recorded",
+                    String::from_utf8_lossy(key),
+                    listed.size.unwrap_or(0),
+                    meta.size
+                );
+                self.disagree(key, &line);
+            }
+            _ => self.index.put(key, &record)?,
+        }
+        Ok(Added::Copy)
+    }
+
+    /// Count and report `key`'s copies as disagreeing (once per key).
+    fn disagree(&mut self, key: &[u8], line: &str) {
+        if self.undecided.insert(key.to_vec()) {
+            self.summary.disagreeing += 1;
+            self.progress.report(line);
         }
     }
-    Ok(())
+
+    /// One copy's md5 was read (or not): record it when it is the first,
+    /// and forget the key's md5 when a copy hashes otherwise or cannot be read.
+    fn hashed(
+        &mut self,
+        entry: &str,
+        key: Vec<u8>,
+        result: Result<[u8; HASH_HEX_BYTES], String>,
+    ) -> Result<(), IndexError> {
+        let hash = match result {
+            Ok(hash) => {
+                self.summary.hashed += 1;
+                hash
+            }
+            Err(error) => {
+                self.summary.unhashed += 1;
+                self.progress.report(&format!(
+                    "{:?} on {entry}: cannot read the value for its md5: {error}",
+                    String::from_utf8_lossy(&key)
+                ));
+                self.undecided.insert(key.clone());
+                return forget_hash(self.index, &key);
+            }
+        };
+        if self.undecided.contains(&key) {
+            return Ok(());
+        }
+        let Some(mut record) = self.index.get(&key)? else {
+            return Ok(());
+        };
+        match record.hash {
+            None => {
+                record.hash = Some(hash);
+                self.index.put(&key, &record)
+            }
+            Some(recorded) if recorded == hash => Ok(()),
+            Some(_) => {
+                let line = format!(
+                    "{:?}: its copies differ in md5 ({entry} and another): no md5 recorded",
+                    String::from_utf8_lossy(&key)
+                );
+                self.disagree(&key, &line);
+                forget_hash(self.index, &key)
+            }
+        }
+    }
 }
 
-/// Record that `entry` holds `key` (whose value the listing describes as
-/// `meta`: a new key's metadata). Returns whether the key is new.
-fn add_entry(index: &Index, config: &Config, key: &[u8], entry: &str, meta: &Meta) -> Result<bool, IndexError> {
-    let existing = index.get(key)?;
-    let new = existing.is_none();
-    let mut record = existing.unwrap_or_else(|| Record::new(Vec::new(), false, None));
-    if record.volumes.iter().any(|known| known == entry) {
-        return Ok(false);
+/// Record `key` without an md5: its ETag is then its listing's (nginx's).
+fn forget_hash(index: &Index, key: &[u8]) -> Result<(), IndexError> {
+    let Some(mut record) = index.get(key)? else {
+        return Ok(());
+    };
+    record.hash = None;
+    match index.meta(key)? {
+        Some(mut meta) if meta.etag.is_none() => {
+            meta.etag = Some(listing_etag(meta.mtime_ms, meta.size));
+            index.apply(&[Change::Record(key, &record), Change::Meta(key, &meta)])
+        }
+        _ => index.put(key, &record),
     }
-    record.volumes.push(entry.to_owned());
-    let placed = key2volume(key, &config.volumes, config.replicas, config.subvolumes);
-    order_entries(&mut record.volumes, &placed);
-    if new {
-        index.apply(&[Change::Record(key, &record), Change::Meta(key, meta)])?;
-    } else {
-        index.put(key, &record)?;
-    }
-    Ok(new)
-}
-
-fn set_hash(index: &Index, key: &[u8], hash: [u8; HASH_HEX_BYTES]) -> Result<(), IndexError> {
-    if let Some(mut record) = index.get(key)? {
-        record.hash = Some(hash);
-        index.put(key, &record)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -718,7 +844,7 @@ mod tests {
         assert_eq!(listing[0].name, "41");
         assert_eq!(listing[1].name, "we\"ird\\name");
         assert_eq!(listing[1].kind, "file");
-        let meta = listing[1].meta();
+        let meta = listing[1].meta(false);
         assert_eq!((meta.size, meta.mtime_ms), (5, 1_735_689_600_000));
     }
 

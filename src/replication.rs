@@ -89,6 +89,19 @@ pub enum ReplicationError {
     Source(VolumeError),
     /// The value's md5 is not the one the client said it sent.
     BadDigest,
+    /// The writer's gate stopped the write before its last bytes.
+    Gate(GateError),
+}
+
+/// Why a writer's `Gate` stopped a write before its last bytes.
+#[derive(Debug)]
+pub enum GateError {
+    /// The index failed.
+    Index(crate::index::IndexError),
+    /// The write has nowhere to go any more (a part whose upload ended).
+    Gone,
+    /// A wait of the gate ran out.
+    Busy,
 }
 
 /// Where a replicated write's bytes come from: a client's body, or another
@@ -101,6 +114,11 @@ pub trait PieceSource {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError>;
     /// Bytes delivered so far.
     fn delivered(&self) -> u64;
+    /// A checksum the source verified its bytes against, to keep with the
+    /// value: (metadata entry name, value).
+    fn checksum(&self) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// A request body read from the client's connection.
@@ -125,6 +143,25 @@ impl PieceSource for ClientBody<'_> {
 
     fn delivered(&self) -> u64 {
         self.body.received
+    }
+}
+
+/// What a writer checks or does just before a replicated value's last
+/// bytes go out: their arrival is what makes each volume store the value
+/// (nginx writes a PUT to a temporary file and renames it into place when
+/// the body completes), so until then every replica holds what it held
+/// before, whole. An error here fails the write with no replica changed.
+#[allow(async_fn_in_trait)]
+pub trait Gate {
+    async fn before_last(&mut self) -> Result<(), ReplicationError>;
+}
+
+/// A write with nothing to do before its last bytes (a multipart part).
+pub struct Open;
+
+impl Gate for Open {
+    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+        Ok(())
     }
 }
 
@@ -196,7 +233,11 @@ impl Digested {
 }
 
 /// Stream the bytes of `source` to every entry of `target`.
-pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> Result<Written, Failed> {
+pub async fn replicate<S: PieceSource, G: Gate>(
+    source: &mut S,
+    target: &Target<'_>,
+    gate: &mut G,
+) -> Result<Written, Failed> {
     let entries = target.entries;
     let untouched = |error| Failed {
         error,
@@ -220,6 +261,12 @@ pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> R
     let is_last = |source: &S| declared == Some(source.delivered());
     if is_last(source) && !digest.finish(target.expected_md5).await {
         return Err(untouched(ReplicationError::BadDigest));
+    }
+    // Whether the gate was passed: once, before the last bytes go out.
+    let mut gated = false;
+    if is_last(source) {
+        gate.before_last().await.map_err(untouched)?;
+        gated = true;
     }
     let begins = entries.iter().map(|entry| {
         let first = first.clone();
@@ -261,8 +308,14 @@ pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> R
         match next {
             Ok(Some(next)) => {
                 digest.update(next.clone(), true).await;
-                if is_last(source) && !digest.finish(target.expected_md5).await {
-                    return Err(abandon(uploads, ReplicationError::BadDigest).await);
+                if is_last(source) {
+                    if !digest.finish(target.expected_md5).await {
+                        return Err(abandon(uploads, ReplicationError::BadDigest).await);
+                    }
+                    if let Err(error) = gate.before_last().await {
+                        return Err(abandon(uploads, error).await);
+                    }
+                    gated = true;
                 }
                 piece = Some(next);
             }
@@ -274,6 +327,11 @@ pub async fn replicate<S: PieceSource>(source: &mut S, target: &Target<'_>) -> R
     // (and so not stored) until the uploads finish, after this check.
     if !digest.finish(target.expected_md5).await {
         return Err(abandon(uploads, ReplicationError::BadDigest).await);
+    }
+    if !gated {
+        if let Err(error) = gate.before_last().await {
+            return Err(abandon(uploads, error).await);
+        }
     }
     let finishes = uploads
         .into_iter()

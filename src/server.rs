@@ -33,7 +33,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -43,7 +43,8 @@ use futures_util::future::{select, Either};
 use futures_util::FutureExt;
 use monoio::net::{ListenerOpts, TcpListener};
 
-use crate::app::App;
+use crate::admin;
+use crate::app::{shutting_down, App};
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
 use crate::http::{self, write_text, KeepAlive, Method};
@@ -122,13 +123,6 @@ const INDEX_PROPERTIES: [(&str, &str, &str); 4] = [
     ),
 ];
 
-/// Set once on SIGTERM or SIGINT: reactors stop accepting and serving.
-static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
-
-fn shutting_down() -> bool {
-    SHUTTING_DOWN.load(Ordering::SeqCst)
-}
-
 /// Panics in request handling caught and confined to their connection.
 static PANICS_CONTAINED: AtomicU64 = AtomicU64::new(0);
 
@@ -146,8 +140,10 @@ pub enum ServerError {
     Reactor(usize, std::io::Error),
     /// The health thread could not start.
     Health(std::io::Error),
-    /// The metrics or signal thread could not start.
+    /// The metrics, admin or signal thread could not start.
     Thread(&'static str, std::io::Error),
+    /// The admin port's token file cannot be used.
+    AdminToken(String),
 }
 
 impl fmt::Display for ServerError {
@@ -157,6 +153,7 @@ impl fmt::Display for ServerError {
             ServerError::Reactor(id, error) => write!(formatter, "reactor {id} failed to start: {error}"),
             ServerError::Health(error) => write!(formatter, "the health thread failed to start: {error}"),
             ServerError::Thread(name, error) => write!(formatter, "the {name} thread failed to start: {error}"),
+            ServerError::AdminToken(error) => write!(formatter, "{error}"),
         }
     }
 }
@@ -182,6 +179,9 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     spawn_signal_thread(&events_sender)?;
     if let Some(port) = app.config.metrics_port {
         spawn_metrics_thread(&app, port)?;
+    }
+    if let Some(port) = app.config.admin_port {
+        spawn_admin_thread(&app, port)?;
     }
     let fd_limit = fd_limits().map_or(u64::MAX, |(soft, _)| soft);
     let clients_max = clients_per_reactor(fd_limit, app.config.threads, app.config.replicas);
@@ -224,6 +224,12 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
         .metrics_port
         .map(|port| format!(", metrics on {}:{port}", app.config.metrics_bind))
         .unwrap_or_default();
+    let metrics = metrics
+        + &app
+            .config
+            .admin_port
+            .map(|port| format!(", admin on {}:{port}", app.config.admin_bind))
+            .unwrap_or_default();
     eprintln!(
         "mkv listening on :{}{s3_port}{metrics} with {} reactors, at most {clients_max} client connections each (fd limit {fd_limit})",
         app.config.port, app.config.threads
@@ -268,7 +274,7 @@ fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<Event
     let limit = app.config.shutdown_timeout;
     eprintln!("mkv: signal {signal}: closing the listeners, finishing requests in flight (at most {limit:?})");
     let started = Instant::now();
-    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    crate::app::start_shutting_down();
     for listener in &listeners {
         // SAFETY: `listener` is an open descriptor this thread owns (a dup
         // of a reactor's listener, so its number cannot be reused meanwhile).
@@ -283,7 +289,14 @@ fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<Event
             Ok(Event::Ended(name)) if name.starts_with(REACTOR_THREAD_PREFIX) => {
                 reactors_left -= 1;
                 if reactors_left == 0 {
-                    eprintln!("mkv: every request finished in {:?}; exiting", started.elapsed());
+                    eprintln!("mkv: every request finished in {:?}", started.elapsed());
+                    // A maintenance job stops taking items, finishes those
+                    // in flight and its pending deletes, and tells its
+                    // operator how it ended.
+                    if !admin::wait_for_job(exit_by) {
+                        eprintln!("mkv: the maintenance job did not end in time; exiting");
+                    }
+                    eprintln!("mkv: exiting");
                     exit_now(0);
                 }
             }
@@ -320,22 +333,32 @@ fn spawn_signal_thread(events: &mpsc::Sender<Event>) -> Result<(), ServerError> 
     Ok(())
 }
 
-/// The metrics thread: `GET /metrics` and the maintenance jobs (`admin`) on
-/// `--metrics-bind`:`port`.
+/// The metrics thread: `GET /metrics` on `--metrics-bind`:`port`.
 fn spawn_metrics_thread(app: &Arc<App>, port: u16) -> Result<(), ServerError> {
     let address = SocketAddr::new(app.config.metrics_bind, port);
     let listener = StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(port, error))?;
     let app = app.clone();
     std::thread::Builder::new()
         .name("mkv-metrics".into())
-        .spawn(move || {
-            metrics::serve_forever(
-                listener,
-                || gauges(&app),
-                |path, stream| crate::admin::start(&app, path, stream),
-            )
-        })
+        .spawn(move || metrics::serve_forever(listener, move || gauges(&app)))
         .map_err(|error| ServerError::Thread("metrics", error))?;
+    Ok(())
+}
+
+/// The admin thread: the maintenance jobs (`admin`) on
+/// `--admin-bind`:`port`, for requests with the token of
+/// `--admin-token-file` (read, or made, here).
+fn spawn_admin_thread(app: &Arc<App>, port: u16) -> Result<(), ServerError> {
+    let path = app.config.admin_token_file.as_deref();
+    let path = path.ok_or_else(|| ServerError::AdminToken("--admin-port needs --admin-token-file".into()))?;
+    let token = admin::Token::load_or_create(path).map_err(ServerError::AdminToken)?;
+    let address = SocketAddr::new(app.config.admin_bind, port);
+    let listener = StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(port, error))?;
+    let app = app.clone();
+    std::thread::Builder::new()
+        .name("mkv-admin".into())
+        .spawn(move || admin::serve_forever(listener, app, token))
+        .map_err(|error| ServerError::Thread("admin", error))?;
     Ok(())
 }
 
@@ -522,6 +545,9 @@ fn run_reactor(
             }
         }
         let _ = ready.send(duplicate_all(&listeners).map_err(|error| ServerError::Reactor(id, error)));
+        if id == 0 {
+            monoio::spawn(s3::multipart::expire_forever(app.clone()));
+        }
         let limit = app.config.shutdown_timeout;
         accept_loop(id, app, listener, clients.clone(), false).await;
         finish_connections(&clients, limit).await;
@@ -564,11 +590,7 @@ fn duplicate_all(fds: &[i32]) -> io::Result<Vec<OwnedFd>> {
         .collect()
 }
 
-/// A reactor's runtime: io_uring, or epoll where io_uring is unavailable.
-pub type Runtime = monoio::FusionRuntime<
-    monoio::time::TimeDriver<monoio::IoUringDriver>,
-    monoio::time::TimeDriver<monoio::LegacyDriver>,
->;
+pub use crate::app::Runtime;
 
 /// io_uring setup flag sets to try, best first. COOP_TASKRUN (5.19) stops the
 /// kernel from interrupting the reactor with IPIs to run completion work;
@@ -618,8 +640,12 @@ struct Clients {
     open: RefCell<Vec<Rc<Client>>>,
     /// Counts idle periods: the smallest `idle_since` is the longest idle.
     tick: Cell<u64>,
-    /// The accept loop, waiting for a connection to close.
-    accept_waker: Cell<Option<Waker>>,
+    /// The tasks waiting for a connection to close: a reactor's accept
+    /// loops (the native port's and, with `--s3-port`, the S3 port's share
+    /// the cap) and, shutting down, the wait for all to close. Each is woken
+    /// on every close; one slot for all lost the first waiter's waker, and
+    /// with it that port's accepts for good.
+    accept_wakers: RefCell<Vec<Waker>>,
 }
 
 /// A client connection's standing, shared by its task and the accept loop.
@@ -646,7 +672,7 @@ impl Clients {
             max,
             open: RefCell::new(Vec::new()),
             tick: Cell::new(0),
-            accept_waker: Cell::new(None),
+            accept_wakers: RefCell::new(Vec::new()),
         }
     }
 
@@ -678,7 +704,8 @@ impl Clients {
         }
         metrics::set_connections(open.len());
         drop(open);
-        if let Some(waker) = self.accept_waker.take() {
+        let wakers = std::mem::take(&mut *self.accept_wakers.borrow_mut());
+        for waker in wakers {
             waker.wake();
         }
     }
@@ -723,13 +750,21 @@ impl Clients {
         }
     }
 
+    /// Be woken by the next close (each waiting task once).
+    fn wait_for_close(&self, waker: &Waker) {
+        let mut wakers = self.accept_wakers.borrow_mut();
+        if !wakers.iter().any(|waiting| waiting.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
     /// Wait until every connection has closed (shutting down).
     async fn all_closed(&self) {
         poll_fn(|context| {
             if self.count() == 0 {
                 return Poll::Ready(());
             }
-            self.accept_waker.set(Some(context.waker().clone()));
+            self.wait_for_close(context.waker());
             Poll::Pending
         })
         .await
@@ -741,7 +776,7 @@ impl Clients {
             if self.count() < self.max {
                 return Poll::Ready(());
             }
-            self.accept_waker.set(Some(context.waker().clone()));
+            self.wait_for_close(context.waker());
             Poll::Pending
         })
         .await
@@ -952,13 +987,14 @@ async fn serve_requests(
                     let is_s3 = connection.s3_only
                         || head.s3
                         || query.is_some_and(|query| s3::is_s3_query(&connection.input[query]));
-                    let counted = metrics::RequestCount::start(head.method);
-                    let open = if is_s3 {
-                        s3::handle(app, connection, &head, request_start).await
-                    } else {
-                        handlers::handle(app, connection, &head, request_start).await
+                    let handled = async {
+                        if is_s3 {
+                            s3::handle(app, connection, &head, request_start).await
+                        } else {
+                            handlers::handle(app, connection, &head, request_start).await
+                        }
                     };
-                    drop(counted);
+                    let open = metrics::counted(head.method, handled).await;
                     if !open {
                         return Closing::Lingering;
                     }

@@ -19,7 +19,9 @@ use crate::index::{Change, IndexError};
 use crate::meta::Meta;
 use crate::placement::{hex_lower, key2path, path_is_own};
 use crate::record::Record;
-use crate::replication::{self, Failed, PieceSource, ReplicationError, Target};
+use std::sync::Mutex;
+
+use crate::replication::{self, Failed, Gate, GateError, PieceSource, ReplicationError, Target};
 use crate::volume::Settled;
 
 /// What to write besides the bytes.
@@ -53,6 +55,8 @@ pub struct Stored {
 pub enum WriteError {
     /// The key is live and the plan does not overwrite.
     Exists,
+    /// The key is live and `-protect` is on: no writer replaces it.
+    Protected,
     /// The index failed.
     Index(IndexError),
     /// The bytes did not all reach every replica; the key is as it was
@@ -75,24 +79,30 @@ pub async fn store_value<S: PieceSource>(
     plan: Plan<'_>,
 ) -> Result<Stored, WriteError> {
     let prior = app.store.get_async(key).await?;
-    if !plan.overwrite && prior.as_ref().is_some_and(Record::is_live) {
-        return Err(WriteError::Exists);
+    if prior.as_ref().is_some_and(Record::is_live) {
+        // `-protect` holds for every writer: with it, a live value is
+        // replaced by no one (S3 overwrites, copies and completions alike)
+        // until it is unlinked.
+        if app.config.protect {
+            return Err(WriteError::Protected);
+        }
+        if !plan.overwrite {
+            return Err(WriteError::Exists);
+        }
     }
     let entries = app.store.placement().place(key);
-    // The record goes in as deleted before any volume is touched. A prior
-    // record naming the same volumes says that already once it is marked
-    // deleted (keeping its md5, so RELINK can tell its bytes).
-    match prior.as_ref() {
-        Some(record) if record.volumes == entries => {
-            if record.is_live() {
-                app.store.put_async(key, &record.with_deleted(true)).await?;
-            }
-        }
-        _ => {
-            app.store
-                .put_async(key, &Record::new(entries.clone(), true, None))
-                .await?
-        }
+    // The record goes in as deleted before any volume is touched, unless
+    // a live value is being replaced: that one stays readable while the new
+    // bytes stream (every replica holds it whole until the new value's last
+    // bytes arrive) and goes deleted only then (`Commit`). A prior record
+    // naming the same volumes says that already once it is marked deleted
+    // (keeping its md5, so RELINK can tell its bytes).
+    let committing_record = match prior.as_ref() {
+        Some(record) if record.volumes == entries => record.with_deleted(true),
+        _ => Record::new(entries.clone(), true, None),
+    };
+    if !prior.as_ref().is_some_and(Record::is_live) && prior.as_ref() != Some(&committing_record) {
+        app.store.put_async(key, &committing_record).await?;
     }
     let path = key2path(key);
     let target = Target {
@@ -104,13 +114,33 @@ pub async fn store_value<S: PieceSource>(
         allow_empty: plan.allow_empty,
         connect_timeout: app.config.volume_timeout,
     };
-    match replication::replicate(source, &target).await {
+    let mut commit = Commit {
+        app,
+        key,
+        record: prior
+            .as_ref()
+            .filter(|record| record.is_live())
+            .map(|_| committing_record),
+        committing: None,
+    };
+    let replicated = replication::replicate(source, &target, &mut commit).await;
+    // Readers that wait on the commit look again once it is over, either way.
+    let mut committing = commit.committing.take();
+    let result = match replicated {
         Ok(written) => {
-            let meta = Meta {
+            let mut meta = Meta {
                 size: written.bytes,
                 mtime_ms: crate::meta::now_ms(),
                 ..plan.meta
             };
+            // A checksum the source verified is kept with the value when the
+            // metadata has room for it (it is optional; the md5 is not).
+            if let Some(entry) = source.checksum() {
+                meta.user.push(entry);
+                if !Meta::user_fits(&meta.user) {
+                    meta.user.pop();
+                }
+            }
             let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
             app.store.put_with_meta_async(key, &record, &meta, plan.changes).await?;
             // A prior value on volumes placement no longer names (it moved
@@ -121,6 +151,7 @@ pub async fn store_value<S: PieceSource>(
                 .into_iter()
                 .filter(|entry| !record.volumes.contains(entry))
                 .collect();
+            committing.take();
             if let Err(error) = replication::delete_all(&stale, &path, app.config.volume_timeout).await {
                 eprintln!(
                     "write of {:?}: an old copy is left: {error}",
@@ -133,7 +164,78 @@ pub async fn store_value<S: PieceSource>(
             undo(app, key, &entries, prior, &settled).await;
             Err(WriteError::Replication(error))
         }
+    };
+    drop(committing);
+    result
+}
+
+/// The gate of an overwrite of a live value: just before the new value's
+/// last bytes go out, the key is marked committing (readers that see the
+/// mark wait for the commit rather than read a replica that may be
+/// switching) and its record goes deleted, so that a crash from here on
+/// leaves a soft-deleted key, never a live record naming copies that may
+/// hold other bytes than its md5 says.
+struct Commit<'a> {
+    app: &'a App,
+    key: &'a [u8],
+    /// The record to write at the gate (None: the record went deleted
+    /// before the bytes did, nothing to do).
+    record: Option<Record>,
+    /// Held from the gate until the write ends.
+    committing: Option<Committing>,
+}
+
+impl Gate for Commit<'_> {
+    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+        let Some(record) = self.record.take() else {
+            return Ok(());
+        };
+        self.committing = Some(Committing::mark(self.key));
+        self.app
+            .store
+            .put_async(self.key, &record)
+            .await
+            .map_err(|error| ReplicationError::Gate(GateError::Index(error)))
     }
+}
+
+/// Keys whose new value's last bytes are on their way to the replicas
+/// (on this master): each replica switches from the old value to the new
+/// at a moment of its own until the record says which is live.
+static COMMITTING: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// A key marked committing, unmarked on drop (whatever ends the write).
+struct Committing {
+    key: Box<[u8]>,
+}
+
+impl Committing {
+    fn mark(key: &[u8]) -> Committing {
+        let key: Box<[u8]> = key.into();
+        lock_committing().push(key.clone());
+        Committing { key }
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        let mut committing = lock_committing();
+        if let Some(at) = committing.iter().position(|key| *key == self.key) {
+            committing.swap_remove(at);
+        }
+    }
+}
+
+fn lock_committing() -> std::sync::MutexGuard<'static, Vec<Box<[u8]>>> {
+    // A panic while the list was held may only have left a key marked
+    // longer: readers wait on it up to their bound. The list stays usable.
+    COMMITTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether `key`'s value is being switched to a new one right now: its
+/// replicas may hold either, and its record says neither is live.
+pub fn is_committing(key: &[u8]) -> bool {
+    lock_committing().iter().any(|committing| **committing == *key)
 }
 
 /// Remove `key`'s value: the record goes `DELETED` first, then the copies,

@@ -1,22 +1,37 @@
 //! Bucket operations: CreateBucket, HeadBucket, DeleteBucket, ListBuckets,
 //! GetBucketLocation, GetBucketVersioning.
 //!
-//! A bucket exists when it was created, or when native keys live under
-//! `/bucket/` (keys written through the native API are that bucket's
-//! objects). ListBuckets shows created buckets.
+//! A bucket exists when it is recorded (`state`), or when live native keys
+//! live under `/bucket/` (keys written through the native API are that
+//! bucket's objects). As in the original master, the first path segment of
+//! a write names a bucket that exists: an S3 write into a bucket nobody
+//! created records it (`ensure_for_write`), so CreateBucket is optional.
+//! ListBuckets shows recorded buckets; a bucket holding only native keys
+//! is recorded by its first S3 write.
+//!
+//! Soft-deleted (unlinked) keys do not make a bucket exist nor keep it from
+//! being empty: DeleteBucket of a bucket holding only those removes it, and
+//! HeadBucket then answers 404.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 use crate::app::App;
 use crate::connection::Connection;
 use crate::http::{Method, RequestHead};
+use crate::index::key_after;
 use crate::meta::now_ms;
 
 use super::request::{native_key, S3Request};
 use super::{state, xml, Reply, S3Error, Sent};
 
 /// Records looked at to find whether a bucket holds a live object: soft-
-/// deleted ones are skipped, and a bucket of only those counts as empty
-/// once this many were seen (the answer must not scan without end).
+/// deleted ones are skipped, and past this many the answer is "cannot
+/// tell" (the answer must not scan without end).
 const EMPTY_CHECK_VISITS_MAX: usize = 10_000;
+/// Buckets in one ListBuckets page at most (S3's `max-buckets` limit, and
+/// the page size when a client names none).
+const BUCKETS_PAGE_MAX: u64 = 10_000;
 
 /// Whether `name` follows S3's bucket naming rules.
 fn valid_name(name: &str) -> bool {
@@ -28,26 +43,47 @@ fn valid_name(name: &str) -> bool {
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..")
+        // A label may neither start nor end with '-'.
+        && !name.contains(".-")
+        && !name.contains("-.")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
 }
 
-/// Whether bucket `name` holds a key (`live_only`: a live one).
-fn holds_keys(app: &App, name: &str, live_only: bool) -> Result<bool, S3Error> {
+/// What a bounded scan of a bucket's keys found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Holding {
+    /// A live key.
+    Live,
+    /// No live key: none at all, or only soft-deleted ones.
+    NoLive,
+    /// Only soft-deleted keys within `EMPTY_CHECK_VISITS_MAX` visits: more
+    /// may follow.
+    Unknown,
+}
+
+/// Whether bucket `name` holds a live key.
+fn holding(app: &App, name: &str) -> Result<Holding, S3Error> {
     let prefix = native_key(name, b"");
     let view = app.store.index().view();
-    let mut found = false;
-    view.scan_bounded(&prefix, &prefix, EMPTY_CHECK_VISITS_MAX, |_, record| {
-        found = !live_only || record.is_ok_and(|record| record.is_live());
-        !found
+    let mut live = false;
+    let stopped_at = view.scan_bounded(&prefix, &prefix, EMPTY_CHECK_VISITS_MAX, |_, record| {
+        live = record.is_ok_and(|record| record.is_live());
+        !live
     })?;
-    Ok(found)
+    Ok(match (live, stopped_at) {
+        (true, _) => Holding::Live,
+        (false, None) => Holding::NoLive,
+        (false, Some(_)) => Holding::Unknown,
+    })
 }
 
-/// Whether bucket `name` exists.
+/// Whether bucket `name` exists: recorded, or holding a live key (or so
+/// many soft-deleted ones that it cannot be told empty).
 pub fn exists(app: &App, name: &str) -> Result<bool, S3Error> {
     if state::bucket_created(app.store.index(), name)?.is_some() {
         return Ok(true);
     }
-    holds_keys(app, name, false)
+    Ok(holding(app, name)? != Holding::NoLive)
 }
 
 /// Fail with NoSuchBucket unless bucket `name` exists.
@@ -57,6 +93,24 @@ pub fn check_exists(app: &App, name: &str) -> Result<(), S3Error> {
     } else {
         Err(S3Error::no_such_bucket())
     }
+}
+
+/// Before a write into bucket `name` (PutObject, CopyObject, multipart):
+/// record the bucket unless it is recorded, as the original master, where
+/// every first path segment is a bucket that exists. A name S3 does not
+/// allow is not recorded: such a bucket exists only through native keys.
+pub async fn ensure_for_write(app: &App, name: &str) -> Result<(), S3Error> {
+    if state::bucket_created(app.store.index(), name)?.is_some() {
+        return Ok(());
+    }
+    if !valid_name(name) {
+        return match holding(app, name)? {
+            Holding::NoLive => Err(S3Error::invalid_bucket_name()),
+            Holding::Live | Holding::Unknown => Ok(()),
+        };
+    }
+    state::create_bucket(&app.store, name, now_ms()).await?;
+    Ok(())
 }
 
 pub async fn create(
@@ -90,18 +144,45 @@ pub fn head(app: &App, connection: &mut Connection, head: &RequestHead, request:
     Ok(Sent::status(200))
 }
 
+/// DeleteBucket: an empty bucket (no live key) stops existing; its
+/// soft-deleted keys stay in the index for the native API.
 pub async fn delete(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    check_exists(app, &request.bucket)?;
-    if holds_keys(app, &request.bucket, true)? {
+    let recorded = state::bucket_created(app.store.index(), &request.bucket)?.is_some();
+    match holding(app, &request.bucket)? {
+        Holding::Live => {
+            return Err(S3Error::new(
+                409,
+                "BucketNotEmpty",
+                "The bucket you tried to delete is not empty",
+            ))
+        }
+        // Refused rather than guessed: removing the record of a bucket that
+        // still holds a live key would leave it half there.
+        Holding::Unknown => {
+            return Err(S3Error::new(
+                409,
+                "BucketNotEmpty",
+                format!(
+                    "The bucket holds more than {EMPTY_CHECK_VISITS_MAX} soft-deleted keys before any live one: \
+                     it cannot be told empty"
+                ),
+            ))
+        }
+        Holding::NoLive if !recorded => return Err(S3Error::no_such_bucket()),
+        Holding::NoLive => {}
+    }
+    // A multipart upload still open in the bucket would complete into a
+    // bucket that is gone (and bring it back): not empty.
+    if !state::bucket_uploads(app.store.index(), &request.bucket, b"", b"", "", 1)?.is_empty() {
         return Err(S3Error::new(
             409,
             "BucketNotEmpty",
-            "The bucket you tried to delete is not empty",
+            "The bucket you tried to delete has multipart uploads in progress",
         ));
     }
     state::delete_bucket(&app.store, &request.bucket).await?;
@@ -109,17 +190,83 @@ pub async fn delete(
     Ok(Sent::status(204))
 }
 
-pub fn list_buckets(app: &App, connection: &mut Connection, head: &RequestHead) -> Result<Sent, S3Error> {
-    let buckets: Vec<xml::BucketEntry> = state::buckets(app.store.index())?
+/// ListBuckets: recorded buckets in name order, `max-buckets` a page
+/// (all, up to `BUCKETS_PAGE_MAX`, when none is named), from
+/// `continuation-token` on, only those starting with `prefix`.
+pub fn list_buckets(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let buckets_max = request.param_number("max-buckets", BUCKETS_PAGE_MAX)?;
+    if !(1..=BUCKETS_PAGE_MAX).contains(&buckets_max) {
+        return Err(S3Error::invalid_argument(&format!(
+            "max-buckets must be between 1 and {BUCKETS_PAGE_MAX}"
+        )));
+    }
+    let prefix = request.param_text("prefix").unwrap_or("");
+    let after = match request.param_text("continuation-token") {
+        Some(token) => Some(
+            URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+                .and_then(|name| String::from_utf8(name).ok())
+                .ok_or_else(|| S3Error::invalid_argument("The continuation token provided is incorrect"))?,
+        ),
+        None => None,
+    };
+    let scan_prefix = state::bucket_key(prefix);
+    let start = after.map_or_else(|| scan_prefix.clone(), |after| key_after(&state::bucket_key(&after)));
+    // One more than a page: whether another page follows.
+    let mut buckets = recorded_buckets(app, &scan_prefix, &start, buckets_max as usize + 1)?;
+    let next_token = if buckets.len() as u64 > buckets_max {
+        buckets.truncate(buckets_max as usize);
+        buckets.last().map(|(name, _)| URL_SAFE_NO_PAD.encode(name))
+    } else {
+        None
+    };
+    let buckets: Vec<xml::BucketEntry> = buckets
         .into_iter()
         .map(|(name, created_ms)| xml::BucketEntry { name, created_ms })
         .collect();
-    Reply::xml(200, xml::list_buckets(&buckets)).write(
+    let prefix = request.param_text("prefix");
+    Reply::xml(200, xml::list_buckets_page(&buckets, next_token.as_deref(), prefix)).write(
         &mut connection.output,
         head.keep_alive,
         head.method == Method::Head,
     );
     Ok(Sent::status(200))
+}
+
+/// Recorded buckets whose state keys start with `scan_prefix`, from
+/// `start` on, at most `count_max`: name and creation time.
+fn recorded_buckets(
+    app: &App,
+    scan_prefix: &[u8],
+    start: &[u8],
+    count_max: usize,
+) -> Result<Vec<(String, u64)>, S3Error> {
+    /// A bucket's state entry (`state`'s `b/<bucket>` value).
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        created_ms: u64,
+    }
+    let mut found = Vec::new();
+    let mut corrupt = false;
+    app.store
+        .index()
+        .scan_state(scan_prefix, start, count_max, |key, value| {
+            match serde_json::from_slice::<Recorded>(value) {
+                Ok(recorded) => found.push((String::from_utf8_lossy(&key[2..]).into_owned(), recorded.created_ms)),
+                Err(_) => corrupt = true,
+            }
+            !corrupt
+        })?;
+    if corrupt {
+        return Err(S3Error::internal("a bucket's state entry is corrupt"));
+    }
+    Ok(found)
 }
 
 /// GetBucketLocation and GetBucketVersioning: fixed answers for a bucket
@@ -142,7 +289,7 @@ mod tests {
 
     #[test]
     fn bucket_names_follow_s3_rules() {
-        for good in ["abc", "my-bucket.1", "a1b", "000"] {
+        for good in ["abc", "my-bucket.1", "a1b", "000", "a-b.c-d", "1.2.3.4a"] {
             assert!(valid_name(good), "{good}");
         }
         let long = "a".repeat(64);
@@ -154,6 +301,9 @@ mod tests {
             "a..b",
             "a_b",
             "$extremelyunlikelytoexist$",
+            "a.-b",
+            "a-.b",
+            "192.168.5.4",
             long.as_str(),
         ] {
             assert!(!valid_name(bad), "{bad}");

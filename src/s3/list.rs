@@ -7,26 +7,42 @@
 //! past every key under it (a directory of a million keys costs one seek,
 //! not a million visits). Soft-deleted records are skipped; at most
 //! `LIST_VISITS_MAX` records are visited per page, after which the page
-//! ends truncated, with a token to go on from.
+//! ends truncated, with a token to go on from (V1 and versions: a marker,
+//! the last key visited, so a run of soft-deleted keys longer than a
+//! page's budget is crossed page by page).
+//!
+//! A key written by a master that kept no metadata (the original) is listed
+//! with what a replica's HEAD says, as HeadObject reports it, and the probed
+//! size and mtime are stored so the key is probed once. A page probes at
+//! most `LIST_PROBES_MAX` keys, `LIST_PROBES_CONCURRENT` at a time; past
+//! that it ends truncated before the next key that needs one.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures_util::stream::{self, StreamExt};
 
 use crate::app::App;
 use crate::connection::Connection;
 use crate::http::{Method, RequestHead};
-use crate::index::{key_after, View};
+use crate::index::{key_after, Change, View};
+use crate::meta::Meta;
 use crate::placement::hex_lower;
 use crate::record::Record;
 
 use super::request::{native_key, S3Request};
-use super::{bucket, xml, Reply, S3Error, Sent};
+use super::{bucket, object, xml, Reply, S3Error, Sent};
 
 /// Most keys a page holds (S3's limit too).
 pub const PAGE_KEYS_MAX: u64 = 1000;
 /// Records visited for one page at most: soft-deleted ones are skipped,
 /// and a page must not scan without end.
-const LIST_VISITS_MAX: usize = 100_000;
+pub const LIST_VISITS_MAX: usize = 100_000;
+/// Keys without metadata whose replica one page asks for their size at
+/// most: a page of them costs this many volume HEADs (16 rounds), not a
+/// thousand.
+pub const LIST_PROBES_MAX: usize = 256;
+/// Volume HEADs one page has in flight at once.
+const LIST_PROBES_CONCURRENT: usize = 16;
 
 /// Which listing a request asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +59,13 @@ struct Page {
     common_prefixes: Vec<Vec<u8>>,
     /// Where the next page starts (a native key, inclusive), when truncated.
     resume: Option<Vec<u8>>,
+    /// The S3 key (or rolled-up prefix) visited last before `resume`: V1's
+    /// and versions' next marker, which must move past the soft-deleted
+    /// keys a page skipped.
+    last_visited: Option<Vec<u8>>,
+    /// Entries of `contents` (by position) without metadata, with their
+    /// records: their size and mtime are asked of a replica.
+    unprobed: Vec<(usize, Vec<u8>, Record)>,
 }
 
 /// What to list.
@@ -59,7 +82,7 @@ struct Query<'a> {
     keys_max: u64,
 }
 
-pub fn list(
+pub async fn list(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
@@ -71,6 +94,7 @@ pub fn list(
     let delimiter = request.param("delimiter").filter(|delimiter| !delimiter.is_empty());
     let keys_max = request.param_number("max-keys", PAGE_KEYS_MAX)?.min(PAGE_KEYS_MAX);
     let encoding_url = request.param("encoding-type") == Some(b"url");
+    let fetch_owner = request.param("fetch-owner") == Some(b"true");
     let token = request
         .param_text("continuation-token")
         .filter(|_| flavour == Flavour::V2);
@@ -102,13 +126,13 @@ pub fn list(
         start,
         keys_max,
     };
-    let view = app.store.index().view();
     // max-keys=0 asks for nothing: an empty page, not a truncated one.
-    let page = if keys_max == 0 {
+    let mut page = if keys_max == 0 {
         Page::default()
     } else {
-        scan(&view, &query)?
+        scan(&app.store.index().view(), &query)?
     };
+    probe_unprobed(app, &mut page).await;
     let truncated = page.resume.is_some();
     let body = match flavour {
         Flavour::V2 => {
@@ -123,12 +147,13 @@ pub fn list(
                 start_after: request.param("start-after"),
                 is_truncated: truncated,
                 encoding_url,
+                fetch_owner,
                 contents: &page.contents,
                 common_prefixes: &page.common_prefixes,
             })
         }
         Flavour::V1 => {
-            let next_marker = truncated.then(|| last_item(&page)).flatten();
+            let next_marker = truncated.then(|| next_marker(&page)).flatten();
             xml::list_v1(&xml::ListV1 {
                 bucket: &request.bucket,
                 prefix,
@@ -146,7 +171,7 @@ pub fn list(
             bucket: &request.bucket,
             prefix,
             key_marker: request.param("key-marker").unwrap_or(b""),
-            next_key_marker: truncated.then(|| last_item(&page)).flatten(),
+            next_key_marker: truncated.then(|| next_marker(&page)).flatten(),
             delimiter,
             max_keys: keys_max as usize,
             is_truncated: truncated,
@@ -159,11 +184,51 @@ pub fn list(
     Ok(Sent::status(200))
 }
 
-/// The greatest key or common prefix of a page (V1's NextMarker).
-fn last_item(page: &Page) -> Option<&[u8]> {
+/// Where a truncated page's marker-paged listing goes on from (V1's
+/// NextMarker): its greatest key or common prefix, or past it the last key
+/// visited, when a visit budget ended the page among skipped records.
+fn next_marker(page: &Page) -> Option<&[u8]> {
     let key = page.contents.last().map(|entry| entry.key.as_slice());
     let prefix = page.common_prefixes.last().map(Vec::as_slice);
-    key.max(prefix)
+    key.max(prefix).max(page.last_visited.as_deref())
+}
+
+/// Ask a replica the size and mtime of each listed key without metadata,
+/// and store them. A key none of whose replicas answers is listed as the
+/// index knows it (no size) and probed again next time.
+async fn probe_unprobed(app: &App, page: &mut Page) {
+    let unprobed = std::mem::take(&mut page.unprobed);
+    let probed: Vec<(usize, Option<Meta>)> = stream::iter(unprobed)
+        .map(|(position, key, record)| async move {
+            let meta = object::probe_meta(app, &key, &record).await.ok();
+            if let Some(meta) = &meta {
+                store_probed(app, &key, &record, meta).await;
+            }
+            (position, meta)
+        })
+        .buffer_unordered(LIST_PROBES_CONCURRENT)
+        .collect()
+        .await;
+    for (position, meta) in probed {
+        if let Some(meta) = meta {
+            let entry = &mut page.contents[position];
+            entry.size = meta.size;
+            entry.last_modified_ms = meta.mtime_ms;
+        }
+    }
+}
+
+/// Keep a probed key's metadata, unless a write holds or changed the key
+/// since it was probed (then that write's metadata stands). Best effort: a
+/// key not stored is probed again.
+async fn store_probed(app: &App, key: &[u8], record: &Record, meta: &Meta) {
+    let Ok(Some(_guard)) = app.store.try_lock(key) else {
+        return;
+    };
+    let unchanged = matches!(app.store.get_async(key).await, Ok(Some(current)) if current == *record);
+    if unchanged && matches!(app.store.meta_async(key).await, Ok(None)) {
+        let _ = app.store.apply_async(&[Change::Meta(key, meta)]).await;
+    }
 }
 
 /// One page of `query` from `view`.
@@ -180,11 +245,14 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
         let mut visited = 0usize;
         let stopped_at = view.scan_bounded(&scan_prefix, &cursor, visits_left, |key, record| {
             visited += 1;
-            let live = matches!(&record, Ok(record) if record.is_live());
+            let s3_key = &key[query.bucket_prefix.len()..];
+            // A key whose overwrite is committing is deleted in the index
+            // for that moment, and still its old value to readers.
+            let live = matches!(&record, Ok(record) if record.is_live() || crate::write::is_committing(key));
             if !live {
+                page.last_visited = Some(s3_key.to_vec());
                 return true;
             }
-            let s3_key = &key[query.bucket_prefix.len()..];
             let rolled = query
                 .delimiter
                 .and_then(|delimiter| common_prefix(s3_key, query.prefix, delimiter));
@@ -193,22 +261,38 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
                 return false;
             }
             if let Some(rolled) = rolled {
-                if query.after.is_none_or(|after| rolled > after) {
+                if query.after.is_none_or(|after| reports_prefix(rolled, after)) {
                     page.common_prefixes.push(rolled.to_vec());
                     count += 1;
                 }
+                page.last_visited = Some(rolled.to_vec());
                 let mut native = query.bucket_prefix.clone();
                 native.extend_from_slice(rolled);
                 jump = Some(crate::index::prefix_end(&native));
                 return false;
             }
-            match object_entry(view, key, s3_key, record.expect("live")) {
-                Ok(entry) => page.contents.push(entry),
+            let record = record.expect("live");
+            let meta = match view.meta(key) {
+                Ok(meta) => meta,
+                // One key's unreadable metadata never fails a listing: it is
+                // listed as a key without any (its size asked of a replica).
+                Err(crate::index::IndexError::CorruptMeta { .. }) => None,
                 Err(error) => {
-                    failure = Some(error);
+                    failure = Some(error.into());
                     return false;
                 }
+            };
+            if meta.is_none() {
+                if page.unprobed.len() == LIST_PROBES_MAX {
+                    // This page asked enough replicas: the next one goes on here.
+                    page.resume = Some(key.to_vec());
+                    return false;
+                }
+                page.unprobed.push((page.contents.len(), key.to_vec(), record.clone()));
             }
+            page.contents
+                .push(object_entry(s3_key, &record, meta.unwrap_or_default()));
+            page.last_visited = Some(s3_key.to_vec());
             count += 1;
             true
         })?;
@@ -242,16 +326,23 @@ fn common_prefix<'a>(s3_key: &'a [u8], prefix: &[u8], delimiter: &[u8]) -> Optio
     Some(&s3_key[..prefix.len() + position + delimiter.len()])
 }
 
-/// A listed object: its metadata from the view, its ETag the record's md5
-/// unless the metadata names another (multipart).
-fn object_entry(view: &View<'_>, key: &[u8], s3_key: &[u8], record: Record) -> Result<xml::ObjectEntry, S3Error> {
-    let meta = view.meta(key)?.unwrap_or_default();
-    Ok(xml::ObjectEntry {
+/// Whether a page listing after marker `after` reports common prefix
+/// `rolled`: one past the marker, or one the marker lies inside (keys
+/// after the marker roll up into it; a page that reported it went past
+/// every key under it, so its own marker is never inside it).
+fn reports_prefix(rolled: &[u8], after: &[u8]) -> bool {
+    rolled > after || (after.starts_with(rolled) && after != rolled)
+}
+
+/// A listed object: its ETag the record's md5 unless the metadata names
+/// another (multipart).
+fn object_entry(s3_key: &[u8], record: &Record, meta: Meta) -> xml::ObjectEntry {
+    xml::ObjectEntry {
         key: s3_key.to_vec(),
         last_modified_ms: meta.mtime_ms,
-        etag: etag_of(&record, meta.etag.as_deref()),
+        etag: etag_of(record, meta.etag.as_deref()),
         size: meta.size,
-    })
+    }
 }
 
 /// The ETag of a value: the metadata's, else the record's md5, else none.

@@ -17,33 +17,69 @@
 //!
 //! - `request`: parsing (sans-IO): bucket, key, query, headers, ranges.
 //! - `chunked`: the `aws-chunked` body decoder (sans-IO).
+//! - `body`: the body of a value: decoded, and checked against its
+//!   declared length, checksum and payload hash before its last piece.
 //! - `xml`: response documents and request bodies (sans-IO, quick-xml).
 //! - `auth`: where request signatures would be checked (accepts all).
+//! - `refuse`: features asked for that mkv does not have, refused before
+//!   anything is touched rather than ignored.
 //! - `object`, `bucket`, `list`, `multipart`: the operations.
 //! - `state`: buckets and uploads in the index.
 
 pub mod auth;
+pub mod body;
 pub mod bucket;
+pub mod checksum;
 pub mod chunked;
 pub mod list;
 pub mod multipart;
 pub mod object;
+pub mod refuse;
 pub mod request;
 pub mod state;
 pub mod xml;
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use crate::app::App;
-use crate::connection::{drain_body, Connection};
+use crate::connection::{settle_body, Connection};
 use crate::error::Error;
 use crate::http::{write_connection, write_status_line, KeepAlive, Method, RequestHead};
 use crate::index::IndexError;
+use crate::store::KeyGuard;
 use crate::volume::VolumeError;
 use crate::write::WriteError;
 
 pub use request::is_s3_query;
 use request::S3Request;
+
+/// How long an S3 write of a key waits for its turn while another write
+/// holds the key. S3 clients expect concurrent writes of one key to all
+/// succeed (the last one wins) and most do not retry a 409, so a write
+/// waits rather than being refused as the native API's are; past this it
+/// gets 503 SlowDown with `Retry-After`, which every SDK retries.
+pub const WRITE_TURN_WAIT: Duration = Duration::from_secs(30);
+/// Longest pause between two tries for a held key: short next to a
+/// write's own time, so a key freed is taken soon after.
+const WRITE_TURN_POLL_MAX: Duration = Duration::from_millis(20);
+
+/// The lock of `key` (an object's native key, or a multipart upload's or
+/// part's lock name), waited for up to `WRITE_TURN_WAIT`.
+pub async fn lock<'a>(app: &'a App, key: &[u8]) -> Result<KeyGuard<'a>, S3Error> {
+    let deadline = Instant::now() + WRITE_TURN_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(guard) = app.store.try_lock(key)? {
+            return Ok(guard);
+        }
+        if Instant::now() + pause > deadline {
+            return Err(S3Error::slow_down());
+        }
+        monoio::time::sleep(pause).await;
+        pause = (pause * 2).min(WRITE_TURN_POLL_MAX);
+    }
+}
 
 /// An S3 request that failed: its status, S3 error code and message.
 #[derive(Debug)]
@@ -51,6 +87,8 @@ pub struct S3Error {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Header lines the error's answer carries, each ending in CRLF.
+    pub headers: String,
 }
 
 impl S3Error {
@@ -59,7 +97,14 @@ impl S3Error {
             status,
             code,
             message: message.into(),
+            headers: String::new(),
         }
+    }
+
+    /// Add a header line to the error's answer.
+    pub fn header(mut self, name: &str, value: impl std::fmt::Display) -> S3Error {
+        let _ = write!(self.headers, "{name}: {value}\r\n");
+        self
     }
 
     pub fn invalid_argument(message: &str) -> S3Error {
@@ -94,15 +139,20 @@ impl S3Error {
         )
     }
 
+    /// A live value under `-protect`: no writer replaces or removes it.
+    pub fn protected() -> S3Error {
+        S3Error::new(403, "AccessDenied", "-protect is on: unlink the key first")
+    }
+
     pub fn malformed_xml(message: impl Into<String>) -> S3Error {
         S3Error::new(400, "MalformedXML", message)
     }
 
-    pub fn busy() -> S3Error {
+    pub fn slow_down() -> S3Error {
         S3Error::new(
-            409,
-            "OperationAborted",
-            "A conflicting operation on this key is in progress. Please try again.",
+            503,
+            "SlowDown",
+            "Another write of this key took too long to finish. Please try again.",
         )
     }
 
@@ -133,7 +183,7 @@ impl From<VolumeError> for S3Error {
 impl From<Error> for S3Error {
     fn from(error: Error) -> Self {
         match error {
-            Error::Locked => S3Error::busy(),
+            Error::Locked => S3Error::slow_down(),
             Error::Unavailable => S3Error::unavailable(error),
             Error::Volume(error) => error.into(),
             Error::Index(error) => error.into(),
@@ -145,9 +195,10 @@ impl From<Error> for S3Error {
 impl From<WriteError> for S3Error {
     fn from(error: WriteError) -> Self {
         use crate::connection::BodyError;
-        use crate::replication::ReplicationError;
+        use crate::replication::{GateError, ReplicationError};
         match error {
             WriteError::Exists => S3Error::internal("the key exists"),
+            WriteError::Protected => S3Error::protected(),
             WriteError::Index(error) => error.into(),
             WriteError::Replication(error) => match error {
                 ReplicationError::BadDigest => S3Error::new(
@@ -162,6 +213,7 @@ impl From<WriteError> for S3Error {
                     "Your socket connection to the server was not read from or written to within the timeout period.",
                 ),
                 ReplicationError::Body(BodyError::Malformed(what)) => S3Error::new(400, "InvalidRequest", what),
+                ReplicationError::Body(BodyError::Rejected { code, message }) => S3Error::new(400, code, message),
                 ReplicationError::Body(BodyError::TooLong) => {
                     S3Error::new(400, "InvalidRequest", "the body is longer than its declared length")
                 }
@@ -172,6 +224,9 @@ impl From<WriteError> for S3Error {
                 ),
                 ReplicationError::Volume(error) => error.into(),
                 ReplicationError::Source(error) => error.into(),
+                ReplicationError::Gate(GateError::Index(error)) => error.into(),
+                ReplicationError::Gate(GateError::Gone) => S3Error::no_such_upload(),
+                ReplicationError::Gate(GateError::Busy) => S3Error::slow_down(),
             },
         }
     }
@@ -250,7 +305,7 @@ impl Sent {
 /// in the connection's input (the head already consumed). Returns whether
 /// the connection may serve another request.
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
-    connection.body_touched = false;
+    connection.begin_request(head);
     let request = &connection.input[request_start..request_start + head.head_bytes];
     let parsed = S3Request::parse(request, head).and_then(|request| {
         auth::check(&request)?;
@@ -265,12 +320,9 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     if let Ok(sent) = &result {
         keep_alive = keep_alive.unless(sent.close);
     }
-    if keep_alive.is_open() && head.has_body() && result.is_err() {
-        let drained = !head.expect_continue
-            && !connection.body_touched
-            && drain_body(connection, head.body, app.config.body_limits).await;
-        keep_alive = keep_alive.unless(!drained);
-    }
+    // Whatever the answer, a body left on the wire is read and dropped or
+    // the connection closes: it must never be parsed as the next request.
+    let keep_alive = settle_body(connection, head, keep_alive, app.config.body_limits).await;
     let status = match &result {
         Ok(sent) => sent.status,
         Err(error) => error.status,
@@ -278,6 +330,7 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     if let Err(error) = &result {
         let body = xml::error(error.code, &error.message, "", "mkv");
         let mut reply = Reply::xml(error.status, body);
+        reply.headers.push_str(&error.headers);
         if error.status == 503 {
             // As the native API: a busy or failing-over index is worth a retry.
             reply = reply.header("Retry-After", 1);
@@ -296,9 +349,10 @@ async fn dispatch(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
+    refuse::check(request)?;
     if request.bucket.is_empty() {
         return match head.method {
-            Method::Get => bucket::list_buckets(app, connection, head),
+            Method::Get => bucket::list_buckets(app, connection, head, request),
             _ => Err(S3Error::new(
                 405,
                 "MethodNotAllowed",
@@ -312,36 +366,12 @@ async fn dispatch(
     object_operation(app, connection, head, request).await
 }
 
-/// Sub-resources of a bucket or object that mkv does not implement.
-const UNSUPPORTED: &[&str] = &[
-    "acl",
-    "tagging",
-    "policy",
-    "cors",
-    "lifecycle",
-    "encryption",
-    "object-lock",
-    "website",
-    "replication",
-    "logging",
-    "notification",
-    "retention",
-    "legal-hold",
-    "torrent",
-    "restore",
-    "select",
-    "attributes",
-];
-
 async fn bucket_operation(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    if UNSUPPORTED.iter().any(|name| request.has(name)) {
-        return Err(S3Error::not_implemented());
-    }
     match head.method {
         Method::Put if request.query.is_empty() => bucket::create(app, connection, head, request).await,
         Method::Head => bucket::head(app, connection, head, request),
@@ -351,11 +381,13 @@ async fn bucket_operation(
             bucket::fixed_answer(app, connection, head, request, xml::versioning())
         }
         Method::Get if request.has("uploads") => multipart::list_uploads(app, connection, head, request),
-        Method::Get if request.has("versions") => list::list(app, connection, head, request, list::Flavour::Versions),
-        Method::Get if request.param("list-type") == Some(b"2") => {
-            list::list(app, connection, head, request, list::Flavour::V2)
+        Method::Get if request.has("versions") => {
+            list::list(app, connection, head, request, list::Flavour::Versions).await
         }
-        Method::Get => list::list(app, connection, head, request, list::Flavour::V1),
+        Method::Get if request.param("list-type") == Some(b"2") => {
+            list::list(app, connection, head, request, list::Flavour::V2).await
+        }
+        Method::Get => list::list(app, connection, head, request, list::Flavour::V1).await,
         Method::Post if request.has("delete") => object::delete_objects(app, connection, head, request).await,
         _ => Err(S3Error::not_implemented()),
     }
@@ -367,16 +399,21 @@ async fn object_operation(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    if UNSUPPORTED.iter().any(|name| request.has(name)) {
-        return Err(S3Error::not_implemented());
-    }
     let upload = request.has("uploadId");
     match head.method {
-        Method::Put if upload && request.headers.copy_source.is_some() => Err(S3Error::not_implemented()),
+        Method::Put if upload && request.headers.copy_source.is_some() => {
+            multipart::upload_part_copy(app, connection, head, request).await
+        }
         Method::Put if upload => multipart::upload_part(app, connection, head, request).await,
         Method::Put if request.headers.copy_source.is_some() => object::copy(app, connection, head, request).await,
         Method::Put => object::put(app, connection, head, request).await,
         Method::Get if upload => multipart::list_parts(app, connection, head, request),
+        // A part of a completed multipart value: its part sizes are not kept.
+        Method::Get | Method::Head if request.has("partNumber") => Err(S3Error::new(
+            501,
+            "NotImplemented",
+            "GetObject and HeadObject by partNumber are not implemented.",
+        )),
         Method::Get | Method::Head => object::get(app, connection, head, request).await,
         Method::Delete if upload => multipart::abort(app, connection, head, request).await,
         Method::Delete => object::delete(app, connection, head, request).await,

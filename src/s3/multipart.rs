@@ -13,6 +13,7 @@
 //! the part files are removed after.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -20,14 +21,19 @@ use md5::{Digest, Md5};
 use crate::app::App;
 use crate::connection::Connection;
 use crate::http::RequestHead;
-use crate::index::Change;
 use crate::meta::{now_ms, Meta};
 use crate::placement::{entry_host, hex_lower};
-use crate::replication::{self, entry_path, PieceSource, ReplicationError, Target, VOLUME_IO_TIMEOUT};
+use crate::replication::{self, entry_path, Gate, GateError, PieceSource, ReplicationError, Target, VOLUME_IO_TIMEOUT};
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
-use super::object::{checked_key, content_md5, read_small_body, request_body, user_metadata, write_precondition};
+use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
+use super::checksum::{self, Algorithm, ChecksumType};
+use super::object::{
+    checked_key, content_md5, copy_source_object, open_download, read_small_body, user_metadata, write_precondition,
+    CopySource, EmptySource,
+};
+use super::request::ByteRange;
 use super::request::S3Request;
 use super::state::{self, Part, Upload};
 use super::{bucket, xml, Reply, S3Error, Sent};
@@ -38,9 +44,6 @@ const PART_NUMBER_MAX: u32 = 10_000;
 const PART_BYTES_MIN: u64 = 5 * 1024 * 1024;
 /// Most parts or uploads one listing returns.
 const LIST_ENTRIES_MAX: u64 = 1000;
-/// Uploads looked at for one ListMultipartUploads: abandoned uploads are
-/// few, and a listing must not scan without end.
-const UPLOADS_SCAN_MAX: usize = 100_000;
 
 /// The upload a request names, which must be of its bucket and key.
 fn named_upload(app: &App, request: &S3Request) -> Result<(String, Upload), S3Error> {
@@ -66,7 +69,7 @@ pub async fn create(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let id = state::new_upload_id();
     let upload = Upload {
         bucket: request.bucket.clone(),
@@ -81,26 +84,115 @@ pub async fn create(
     Ok(Sent::status(200))
 }
 
+/// The part number a request names.
+fn part_number(request: &S3Request) -> Result<u32, S3Error> {
+    let number = request.param_number("partNumber", 0)?;
+    u32::try_from(number)
+        .ok()
+        .filter(|number| (1..=PART_NUMBER_MAX).contains(number))
+        .ok_or_else(|| S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive"))
+}
+
 pub async fn upload_part(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let number = request.param_number("partNumber", 0)?;
-    let number = u32::try_from(number)
-        .ok()
-        .filter(|number| (1..=PART_NUMBER_MAX).contains(number))
-        .ok_or_else(|| S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive"))?;
+    let number = part_number(request)?;
     let (id, _) = named_upload(app, request)?;
     let key = checked_key(request)?;
     let expected_md5 = content_md5(request)?;
     let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
-    let _guard = app.store.try_lock(&lock_key)?.ok_or_else(S3Error::busy)?;
-    let entries = app.store.placement().place(&key);
-    let path = state::part_path(&id, number);
+    let _guard = super::lock(app, &lock_key).await?;
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
+    let part = write_part(app, &id, number, &key, &mut body, declared, expected_md5).await;
+    drop(body);
+    let part = part?;
+    let mut reply = Reply::empty(200).header("ETag", format_args!("\"{}\"", part.md5));
+    if let Some((name, value)) = &part.checksum {
+        reply = reply.header(name, value);
+    }
+    reply.write(&mut connection.output, keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// UploadPartCopy: a part copied from a live object, whole or the range
+/// `x-amz-copy-source-range` names, streamed from one of its replicas.
+pub async fn upload_part_copy(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let number = part_number(request)?;
+    let (id, _) = named_upload(app, request)?;
+    let key = checked_key(request)?;
+    let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
+    let _guard = super::lock(app, &lock_key).await?;
+    let (source_key, source) = copy_source_object(app, request).await?;
+    let range = match request.headers.copy_source_range.as_deref() {
+        None => None,
+        Some(text) => Some(copy_range(text, source.size)?),
+    };
+    let length = range.map_or(source.size, |range| range.last - range.first + 1);
+    let part = if length == 0 {
+        write_part(app, &id, number, &key, &mut EmptySource, Some(0), None).await?
+    } else {
+        let download = open_download(app, &source_key, &source.record, range, length).await?;
+        let mut copied = CopySource::new(download);
+        let part = write_part(app, &id, number, &key, &mut copied, Some(length), None).await?;
+        copied.finish();
+        part
+    };
+    Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms)).write(&mut connection.output, head.keep_alive, false);
+    Ok(Sent::status(200))
+}
+
+/// An `x-amz-copy-source-range` (`bytes=first-last`, both given) over a
+/// source of `size` bytes.
+fn copy_range(text: &str, size: u64) -> Result<ByteRange, S3Error> {
+    let malformed = || {
+        S3Error::invalid_argument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    };
+    let (first, last) = text
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|range| range.split_once('-'))
+        .ok_or_else(malformed)?;
+    let first: u64 = first.trim().parse().map_err(|_| malformed())?;
+    let last: u64 = last.trim().parse().map_err(|_| malformed())?;
+    if first > last || last >= size {
+        return Err(S3Error::new(
+            416,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        ));
+    }
+    Ok(ByteRange { first, last })
+}
+
+/// Write part `number` of upload `id` (of native `key`) from `source` to
+/// every replica placement names for the key, and record it. The part's
+/// last bytes go out only under the upload's lock, held until the part is
+/// recorded: a CompleteMultipartUpload (which holds that lock while it
+/// reads and streams the parts) never sees a part replaced under it, and
+/// a part that arrives after the upload completed or was aborted replaces
+/// nothing. The caller holds the part's lock.
+async fn write_part<S: PieceSource>(
+    app: &App,
+    id: &str,
+    number: u32,
+    key: &[u8],
+    source: &mut S,
+    declared: Option<u64>,
+    expected_md5: Option<[u8; 16]>,
+) -> Result<Part, S3Error> {
+    let entries = app.store.placement().place(key);
+    let path = state::part_path(id, number);
     let target = Target {
         entries: &entries,
         key_path: &path,
@@ -110,8 +202,8 @@ pub async fn upload_part(
         allow_empty: true,
         connect_timeout: app.config.volume_timeout,
     };
-    let written = replication::replicate(&mut body, &target).await;
-    drop(body);
+    let mut gate = PartGate { app, id, guard: None };
+    let written = replication::replicate(source, &target, &mut gate).await;
     let timeout = app.config.volume_timeout;
     let written = match written {
         Ok(written) => written,
@@ -125,30 +217,52 @@ pub async fn upload_part(
                 .map(|(entry, _)| entry.clone())
                 .collect();
             if !touched.is_empty() {
-                state::delete_part(&app.store, &id, number).await?;
+                state::delete_part(&app.store, id, number).await?;
                 let _ = replication::delete_all(&touched, &path, timeout).await;
             }
             return Err(write::WriteError::Replication(failed.error).into());
         }
     };
     let md5 = written.md5.expect("parts are hashed");
+    let checksum = source.checksum().map(|(name, value)| {
+        let name = name.strip_prefix(CHECKSUM_ENTRY_PREFIX).unwrap_or(&name).to_owned();
+        (name, value)
+    });
     let part = Part {
         size: written.bytes,
         md5: String::from_utf8_lossy(&hex_lower(&md5)).into_owned(),
         mtime_ms: now_ms(),
         volumes: entries.clone(),
+        checksum,
     };
-    // An upload completed or aborted while this part was on its way takes
-    // no more parts: this one is removed again.
-    if state::upload(app.store.index(), &id)?.is_none() {
-        let _ = replication::delete_all(&entries, &path, timeout).await;
-        return Err(S3Error::no_such_upload());
+    state::put_part(&app.store, id, number, &part).await?;
+    drop(gate);
+    Ok(part)
+}
+
+/// The gate of a part: the upload's lock, taken before the part's last
+/// bytes go out and held until the part is recorded, and the upload still
+/// there under it.
+struct PartGate<'a> {
+    app: &'a App,
+    id: &'a str,
+    guard: Option<crate::store::KeyGuard<'a>>,
+}
+
+impl Gate for PartGate<'_> {
+    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+        let gate_error = |error| ReplicationError::Gate(error);
+        let guard = super::lock(self.app, &upload_lock_key(self.id))
+            .await
+            .map_err(|_| gate_error(GateError::Busy))?;
+        let upload =
+            state::upload(self.app.store.index(), self.id).map_err(|error| gate_error(GateError::Index(error)))?;
+        if upload.is_none() {
+            return Err(gate_error(GateError::Gone));
+        }
+        self.guard = Some(guard);
+        Ok(())
     }
-    state::put_part(&app.store, &id, number, &part).await?;
-    Reply::empty(200)
-        .header("ETag", format_args!("\"{}\"", part.md5))
-        .write(&mut connection.output, keep_alive, false);
-    Ok(Sent::status(200))
 }
 
 pub fn list_parts(
@@ -201,21 +315,24 @@ pub fn list_uploads(
     let max_uploads = request
         .param_number("max-uploads", LIST_ENTRIES_MAX)?
         .min(LIST_ENTRIES_MAX) as usize;
-    let mut uploads: Vec<xml::UploadEntry> = state::uploads(app.store.index(), "", UPLOADS_SCAN_MAX)?
+    let listed = state::bucket_uploads(
+        app.store.index(),
+        &request.bucket,
+        prefix,
+        key_marker,
+        id_marker,
+        max_uploads + 1,
+    )?;
+    let truncated = listed.len() > max_uploads;
+    let uploads: Vec<xml::UploadEntry> = listed
         .into_iter()
-        .filter(|(_, upload)| upload.bucket == request.bucket && upload.key.starts_with(prefix))
-        .map(|(id, upload)| xml::UploadEntry {
+        .take(max_uploads)
+        .map(|upload| xml::UploadEntry {
             key: upload.key,
-            upload_id: id,
+            upload_id: upload.upload_id,
             initiated_ms: upload.initiated_ms,
         })
-        .filter(|upload| {
-            (upload.key.as_slice(), upload.upload_id.as_str()) > (key_marker, id_marker) || key_marker.is_empty()
-        })
         .collect();
-    uploads.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
-    let truncated = uploads.len() > max_uploads;
-    uploads.truncate(max_uploads);
     let last = uploads.last().filter(|_| truncated);
     let body = xml::list_uploads(&xml::ListUploads {
         bucket: &request.bucket,
@@ -232,16 +349,23 @@ pub fn list_uploads(
     Ok(Sent::status(200))
 }
 
-/// Delete the files of `parts` on their volumes; the first error, if any.
-async fn delete_part_files(app: &App, id: &str, parts: &[(u32, Part)]) -> Result<(), VolumeError> {
-    let mut failure = None;
-    for (number, part) in parts {
-        let path = state::part_path(id, *number);
-        if let Err(error) = replication::delete_all(&part.volumes, &path, app.config.volume_timeout).await {
-            failure.get_or_insert(error);
+/// Remove upload `id`'s directory, with every part file in it, from
+/// each volume entry that holds one of `parts` (or that placement names
+/// for the upload's key: a part whose upload failed leaves no state but
+/// may leave its file). The first error, if any.
+async fn delete_upload_files(app: &App, id: &str, key: &[u8], parts: &[(u32, Part)]) -> Result<(), VolumeError> {
+    let mut entries: Vec<String> = app.store.placement().place(key);
+    for (_, part) in parts {
+        for entry in &part.volumes {
+            if !entries.contains(entry) {
+                entries.push(entry.clone());
+            }
         }
     }
-    failure.map_or(Ok(()), Err)
+    // A WebDAV DELETE of a collection (the trailing slash) removes it
+    // whole; nginx answers 404 when it is already gone.
+    let directory = state::upload_directory(id);
+    replication::delete_all(&entries, &directory, app.config.volume_timeout).await
 }
 
 /// Every part of upload `id`.
@@ -255,20 +379,113 @@ pub async fn abort(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (id, _) = named_upload(app, request)?;
+    let (id, upload) = named_upload(app, request)?;
     let lock_key = upload_lock_key(&id);
-    let _guard = app.store.try_lock(&lock_key)?.ok_or_else(S3Error::busy)?;
-    let parts = all_parts(app, &id)?;
-    // Files first: if a volume cannot be reached the upload stays, and an
-    // abort retried later removes what is left.
-    delete_part_files(app, &id, &parts).await?;
-    let upload_key = state::upload_key(&id);
-    let part_keys: Vec<Vec<u8>> = parts.iter().map(|(number, _)| state::part_key(&id, *number)).collect();
-    let mut changes = vec![Change::StateDelete(&upload_key)];
-    changes.extend(part_keys.iter().map(|key| Change::StateDelete(key)));
-    app.store.apply_async(&changes).await?;
+    let _guard = super::lock(app, &lock_key).await?;
+    // Completed (or aborted) while this request waited for the lock.
+    if state::upload(app.store.index(), &id)?.is_none() {
+        return Err(S3Error::no_such_upload());
+    }
+    remove_upload(app, &id, &upload).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))
+}
+
+/// Remove upload `id` whole: its files (the directory on every volume),
+/// then its state. If a volume cannot be reached the upload stays, and an
+/// abort (or the expiry sweep) retried later removes what is left. The
+/// caller holds the upload's lock.
+async fn remove_upload(app: &App, id: &str, upload: &Upload) -> Result<(), S3Error> {
+    let parts = all_parts(app, id)?;
+    let key = super::request::native_key(&upload.bucket, &upload.key);
+    delete_upload_files(app, id, &key, &parts).await?;
+    let upload_keys = state::upload_keys(id, upload);
+    let part_keys: Vec<Vec<u8>> = parts.iter().map(|(number, _)| state::part_key(id, *number)).collect();
+    app.store.apply_async(&state::removal(&upload_keys, &part_keys)).await?;
+    Ok(())
+}
+
+/// How often the expiry sweep walks the uploads.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// The first sweep waits this long after start, so a restart is not
+/// slowed by it.
+const SWEEP_DELAY: Duration = Duration::from_secs(10);
+/// Uploads read from the index per step of a sweep: the walk is bounded
+/// per step, and the reactor serves between steps.
+const SWEEP_BATCH: usize = 100;
+
+/// Sweep the uploads every `SWEEP_INTERVAL`, for as long as the master
+/// serves (reactor 0 runs it).
+pub async fn expire_forever(app: std::sync::Arc<App>) {
+    let expiry = app.config.s3_upload_expiry;
+    if expiry.is_zero() {
+        return;
+    }
+    // An expiry shorter than the interval is swept as often as it lasts.
+    monoio::time::sleep(SWEEP_DELAY.min(expiry)).await;
+    loop {
+        let (expired, failed) = sweep(&app, expiry).await;
+        if expired > 0 || failed > 0 {
+            eprintln!("s3: {expired} abandoned multipart uploads removed, {failed} could not be (tried again later)");
+        }
+        monoio::time::sleep(SWEEP_INTERVAL.min(expiry)).await;
+    }
+}
+
+/// One walk over every upload: those begun more than `expiry` ago are
+/// removed (files and state, under the upload's lock: one being completed
+/// or aborted is left to that request); the others are given their
+/// bucket listing entry if they predate it. Returns (removed, failed).
+pub async fn sweep(app: &App, expiry: Duration) -> (usize, usize) {
+    let cutoff = now_ms().saturating_sub(expiry.as_millis() as u64);
+    let (mut removed, mut failed) = (0, 0);
+    let mut after = String::new();
+    loop {
+        let batch = match state::uploads(app.store.index(), &after, SWEEP_BATCH) {
+            Ok(batch) => batch,
+            Err(error) => {
+                eprintln!("s3: the upload sweep cannot read the index: {error}");
+                return (removed, failed + 1);
+            }
+        };
+        let Some((last, _)) = batch.last() else {
+            return (removed, failed);
+        };
+        after = last.clone();
+        for (id, upload) in &batch {
+            let outcome = sweep_one(app, id, upload, upload.initiated_ms < cutoff).await;
+            match outcome {
+                Ok(gone) => removed += usize::from(gone),
+                Err(error) => {
+                    failed += 1;
+                    eprintln!("s3: multipart upload {id}: {}", error.message);
+                }
+            }
+        }
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Remove one upload if `expired`, else give it its bucket listing entry
+/// if it predates them; under the upload's lock, skipped while a request
+/// holds it. Returns whether the upload was removed.
+async fn sweep_one(app: &App, id: &str, upload: &Upload, expired: bool) -> Result<bool, S3Error> {
+    let Some(_guard) = app.store.try_lock(&upload_lock_key(id))? else {
+        return Ok(false);
+    };
+    // Completed or aborted since the batch was read: nothing to do.
+    if state::upload(app.store.index(), id)?.is_none() {
+        return Ok(false);
+    }
+    if expired {
+        remove_upload(app, id, upload).await?;
+        return Ok(true);
+    }
+    let listed = state::listed_upload_key(&upload.bucket, &upload.key, id);
+    if app.store.index().state(&listed)?.is_none() {
+        state::list_upload(&app.store, id, upload).await?;
+    }
+    Ok(false)
 }
 
 /// The parts a CompleteMultipartUpload lists, checked against those
@@ -310,19 +527,75 @@ fn checked_parts(listed: &[(u32, String)], uploaded: &[(u32, Part)]) -> Result<V
     Ok(chosen)
 }
 
-/// S3's ETag of a multipart value: the md5 of the parts' binary md5s
-/// (given in hex), and their count.
-fn multipart_etag<'a>(part_md5s: impl ExactSizeIterator<Item = &'a str>) -> String {
-    let count = part_md5s.len();
+/// The checksum of a completed upload: each listed part checksum must be
+/// the one its part was uploaded with (else InvalidPart), and when every
+/// chosen part has one of the same algorithm, the value's is S3's
+/// checksum of checksums (`COMPOSITE`, `base64-N`).
+fn completed_checksum(
+    completed: &[xml::CompletedPart],
+    parts: &[(u32, Part)],
+) -> Result<Option<(Algorithm, String)>, S3Error> {
+    let invalid = || {
+        S3Error::new(
+            400,
+            "InvalidPart",
+            "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.",
+        )
+    };
+    for (listed, (_, part)) in completed.iter().zip(parts) {
+        if let Some((algorithm, value)) = &listed.checksum {
+            let stored = part.checksum.as_ref().filter(|(name, _)| name == algorithm.header());
+            if stored.is_none_or(|(_, stored)| stored != value) {
+                return Err(invalid());
+            }
+        }
+    }
+    let Some((first_name, _)) = parts.first().and_then(|(_, part)| part.checksum.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(algorithm) = Algorithm::from_header(first_name) else {
+        return Ok(None);
+    };
+    let mut raw = Vec::with_capacity(parts.len());
+    for (_, part) in parts {
+        match &part.checksum {
+            Some((name, value)) if name == first_name => match checksum::parse_expected(algorithm, value) {
+                Ok(bytes) => raw.push(bytes),
+                Err(_) => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some((
+        algorithm,
+        checksum::composite(algorithm, raw.iter().map(Vec::as_slice)),
+    )))
+}
+
+/// S3's ETag of a multipart value: the md5 of the parts' binary md5s,
+/// and their count.
+fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     let mut md5 = Md5::new();
-    for hex in part_md5s {
-        let digest: Vec<u8> = (0..hex.len() / 2)
-            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-            .collect();
-        md5.update(&digest);
+    for digest in part_md5s {
+        md5.update(digest);
     }
     let digest: [u8; 16] = md5.finalize().into();
-    format!("{}-{count}", String::from_utf8_lossy(&hex_lower(&digest)))
+    format!("{}-{}", String::from_utf8_lossy(&hex_lower(&digest)), part_md5s.len())
+}
+
+/// The md5 a part's ETag (32 hex digits, any case) names; None for any
+/// other text, which names no part this master stored.
+fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    let bytes = etag.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut md5 = [0u8; 16];
+    for (byte, pair) in md5.iter_mut().zip(bytes.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(md5)
 }
 
 /// A CompleteMultipartUpload of an upload that is gone: a retry of one
@@ -337,8 +610,8 @@ async fn complete_again(
 ) -> Result<Sent, S3Error> {
     let body = read_small_body(app, connection, head).await?;
     let listed = xml::parse_complete(&body).map_err(|_| S3Error::no_such_upload())?;
-    let lower: Vec<String> = listed.iter().map(|(_, etag)| etag.to_ascii_lowercase()).collect();
-    let etag = multipart_etag(lower.iter().map(String::as_str));
+    let md5s: Option<Vec<[u8; 16]>> = listed.iter().map(|(_, etag)| etag_md5(etag)).collect();
+    let etag = multipart_etag(&md5s.ok_or_else(S3Error::no_such_upload)?);
     let key = request.native_key();
     let live = app.store.get_async(&key).await?.is_some_and(|record| record.is_live());
     let meta_etag = app.store.meta_async(&key).await?.and_then(|meta| meta.etag);
@@ -364,22 +637,29 @@ pub async fn complete(
     };
     let key = checked_key(request)?;
     let lock_key = upload_lock_key(&id);
-    let _upload_guard = app.store.try_lock(&lock_key)?.ok_or_else(S3Error::busy)?;
+    let _upload_guard = super::lock(app, &lock_key).await?;
+    // Completed (or aborted) while this request waited for the lock: a
+    // retry of a completion that succeeded gets the same answer.
+    if state::upload(app.store.index(), &id)?.is_none() {
+        return complete_again(app, connection, head, request).await;
+    }
     let body = read_small_body(app, connection, head).await?;
-    let listed = xml::parse_complete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let completed = xml::parse_complete_parts(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
     let uploaded = all_parts(app, &id)?;
     let parts = checked_parts(&listed, &uploaded)?;
-    let etag = multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str()));
+    let checksum = completed_checksum(&completed, &parts)?;
+    let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, part)| etag_md5(&part.md5)).collect();
+    let etag = multipart_etag(&md5s.ok_or_else(|| S3Error::internal("a stored part's md5 is corrupt"))?);
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
-    let _key_guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
+    let _key_guard = super::lock(app, &key).await?;
     write_precondition(app, request, &key).await?;
-    let upload_key = state::upload_key(&id);
+    let upload_keys = state::upload_keys(&id, &upload);
     let part_keys: Vec<Vec<u8>> = uploaded
         .iter()
         .map(|(number, _)| state::part_key(&id, *number))
         .collect();
-    let mut changes = vec![Change::StateDelete(&upload_key)];
-    changes.extend(part_keys.iter().map(|key| Change::StateDelete(key)));
+    let changes = state::removal(&upload_keys, &part_keys);
     let plan = Plan {
         overwrite: true,
         declared: Some(total),
@@ -394,6 +674,15 @@ pub async fn complete(
         },
         changes: &changes,
     };
+    let mut plan = plan;
+    if let Some((algorithm, value)) = &checksum {
+        plan.meta
+            .user
+            .push((format!("{CHECKSUM_ENTRY_PREFIX}{}", algorithm.header()), value.clone()));
+        if !crate::meta::Meta::user_fits(&plan.meta.user) {
+            plan.meta.user.pop();
+        }
+    }
     let mut source = PartsSource {
         app,
         id: &id,
@@ -406,11 +695,16 @@ pub async fn complete(
     if let Some(download) = source.download.take() {
         download.finish();
     }
-    if let Err(error) = delete_part_files(app, &id, &uploaded).await {
+    if let Err(error) = delete_upload_files(app, &id, &key, &uploaded).await {
         eprintln!("multipart upload {id} completed; some part files are left: {error}");
     }
     let location = format!("/{}/{}", request.bucket, String::from_utf8_lossy(&request.key));
-    let body = xml::complete_multipart(&location, &request.bucket, &request.key, &etag);
+    let object_checksum = checksum.as_ref().map(|(algorithm, value)| xml::ObjectChecksum {
+        algorithm: *algorithm,
+        value,
+        checksum_type: ChecksumType::Composite,
+    });
+    let body = xml::complete_multipart_checksummed(&location, &request.bucket, &request.key, &etag, object_checksum);
     Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(200))
 }
@@ -500,6 +794,7 @@ mod tests {
             md5: md5.to_owned(),
             mtime_ms: 0,
             volumes: vec!["v:1".into()],
+            checksum: None,
         }
     }
 
@@ -534,9 +829,18 @@ mod tests {
         ]);
         let digest: [u8; 16] = md5.finalize().into();
         let expected = format!("{}-2", String::from_utf8_lossy(&hex_lower(&digest)));
+        let md5s: Vec<[u8; 16]> = parts.iter().map(|(_, part)| etag_md5(&part.md5).unwrap()).collect();
+        assert_eq!(multipart_etag(&md5s), expected);
+    }
+
+    #[test]
+    fn etags_that_are_not_32_hex_digits_name_no_part() {
+        assert_eq!(etag_md5("aé"), None);
+        assert_eq!(etag_md5("0123456789abcdef0123456789abcdeé"), None);
+        assert_eq!(etag_md5("0123456789abcdef0123456789abcdeg"), None);
         assert_eq!(
-            multipart_etag(parts.iter().map(|(_, part)| part.md5.as_str())),
-            expected
+            etag_md5("0123456789ABCDEF0123456789abcdef").map(|md5| md5[1]),
+            Some(0x23)
         );
     }
 }

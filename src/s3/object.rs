@@ -14,20 +14,23 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 
 use crate::app::App;
-use crate::connection::{BodyError, BodyReader, Connection};
+use crate::connection::{BodyReader, Connection};
 use crate::http::{BodyFraming, Method, RequestHead};
+use crate::index::IndexError;
 use crate::meta::{now_ms, Meta, CONTENT_TYPE_BYTES_MAX};
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
-use crate::replication::{entry_path, ClientBody, PieceSource, ReplicationError, PIECE_BYTES, VOLUME_IO_TIMEOUT};
+use crate::replication::{entry_path, PieceSource, ReplicationError, PIECE_BYTES, VOLUME_IO_TIMEOUT};
 use crate::store::random_below;
 use crate::volume::{self, Download};
 use crate::write::{self, Plan};
 
-use super::chunked::AwsChunkedDecoder;
+use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
 use super::list::{etag_hex, etag_of};
 use super::request::{native_key, parse_range, ByteRange, RangeAsk, S3Request};
 use super::{bucket, write_head, xml, Reply, S3Error, Sent};
@@ -75,99 +78,6 @@ pub fn content_md5(request: &S3Request) -> Result<Option<[u8; 16]>, S3Error> {
     }
 }
 
-/// A request body, decoded from `aws-chunked` when it is so encoded.
-pub enum RequestBody<'a> {
-    Plain(ClientBody<'a>),
-    AwsChunked {
-        body: ClientBody<'a>,
-        decoder: AwsChunkedDecoder,
-        /// `x-amz-decoded-content-length`.
-        declared: Option<u64>,
-    },
-}
-
-impl PieceSource for RequestBody<'_> {
-    async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
-        let (body, decoder, declared) = match self {
-            RequestBody::Plain(body) => return body.next_piece(bytes_max).await,
-            RequestBody::AwsChunked {
-                body,
-                decoder,
-                declared,
-            } => (body, decoder, *declared),
-        };
-        let malformed = |what| ReplicationError::Body(BodyError::Malformed(what));
-        loop {
-            if decoder.is_done() {
-                if declared.is_some_and(|declared| declared != decoder.decoded_bytes()) {
-                    return Err(malformed("the decoded body is not x-amz-decoded-content-length bytes"));
-                }
-                return Ok(None);
-            }
-            let Some(encoded) = body.next_piece(bytes_max).await? else {
-                decoder
-                    .finish()
-                    .map_err(|super::chunked::AwsChunkedError::Malformed(what)| malformed(what))?;
-                continue;
-            };
-            let mut decoded = Vec::with_capacity(encoded.len());
-            decoder
-                .feed(&encoded, &mut decoded)
-                .map_err(|super::chunked::AwsChunkedError::Malformed(what)| malformed(what))?;
-            if declared.is_some_and(|declared| decoder.decoded_bytes() > declared) {
-                return Err(malformed(
-                    "the decoded body is longer than x-amz-decoded-content-length",
-                ));
-            }
-            if !decoded.is_empty() {
-                return Ok(Some(Bytes::from(decoded)));
-            }
-        }
-    }
-
-    fn delivered(&self) -> u64 {
-        match self {
-            RequestBody::Plain(body) => body.delivered(),
-            RequestBody::AwsChunked { decoder, .. } => decoder.decoded_bytes(),
-        }
-    }
-}
-
-/// The body of a request that carries a value, and its length when known.
-pub fn request_body<'a>(
-    app: &App,
-    connection: &'a mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<(RequestBody<'a>, Option<u64>), S3Error> {
-    let body = ClientBody {
-        connection,
-        body: BodyReader::new(head.body, app.config.body_limits),
-        continue_pending: head.expect_continue,
-    };
-    if !request.headers.is_aws_chunked() {
-        let declared = match head.body {
-            BodyFraming::Length(length) => Some(length),
-            BodyFraming::None => Some(0),
-            BodyFraming::Chunked => None,
-        };
-        return Ok((RequestBody::Plain(body), declared));
-    }
-    let declared = match request.headers.decoded_length.as_deref() {
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| S3Error::invalid_argument("x-amz-decoded-content-length is not a number"))?,
-        ),
-        None => None,
-    };
-    let body = RequestBody::AwsChunked {
-        body,
-        decoder: AwsChunkedDecoder::new(),
-        declared,
-    };
-    Ok((body, declared))
-}
-
 /// The user metadata and stored headers to keep with the value, from the
 /// request (`Content-Encoding` less the upload's own `aws-chunked`).
 pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Error> {
@@ -179,7 +89,7 @@ pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Err
                 .map(str::trim)
                 .filter(|token| !token.is_empty() && *token != "aws-chunked")
                 .collect();
-            tokens.join(",")
+            tokens.join(", ")
         } else {
             value.clone()
         };
@@ -213,14 +123,14 @@ pub async fn put(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let expected_md5 = content_md5(request)?;
     let meta = Meta {
         content_type: content_type(request)?,
         user: user_metadata(request)?,
         ..Meta::default()
     };
-    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
+    let _guard = super::lock(app, &key).await?;
     // Conditional writes are decided under the key's lock: no other write
     // of the key can come between the check and the write.
     write_precondition(app, request, &key).await?;
@@ -238,9 +148,13 @@ pub async fn put(
     let stored = write::store_value(app, &key, &mut body, plan).await?;
     drop(body);
     let etag = stored.md5.as_ref().map(etag_hex).unwrap_or_default();
-    Reply::empty(200)
-        .header("ETag", format_args!("\"{etag}\""))
-        .write(&mut connection.output, keep_alive, false);
+    let mut reply = Reply::empty(200).header("ETag", format_args!("\"{etag}\""));
+    for (name, value) in &stored.meta.user {
+        if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX) {
+            reply = reply.header(checksum, value);
+        }
+    }
+    reply.write(&mut connection.output, keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -309,16 +223,42 @@ pub struct Object {
     pub user: Vec<(String, String)>,
 }
 
+/// Times a read opens a copy before it gives up on a key that keeps
+/// being overwritten (503 SlowDown).
+const READ_ATTEMPTS_MAX: usize = 20;
+/// Longest wait of a read for an overwrite's commit: the last piece's
+/// write to the volumes and the index write, both bounded by timeouts
+/// shorter than this.
+const COMMIT_WAIT: Duration = Duration::from_secs(40);
+
+/// Wait until `key` is not being switched to a new value (`write::Commit`).
+async fn wait_for_commit(key: &[u8]) -> Result<(), S3Error> {
+    let deadline = Instant::now() + COMMIT_WAIT;
+    let mut pause = Duration::from_micros(200);
+    while write::is_committing(key) {
+        if Instant::now() + pause > deadline {
+            return Err(S3Error::slow_down());
+        }
+        monoio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
+/// A key being overwritten is the old value until the new one is live.
 pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, S3Error> {
+    wait_for_commit(key).await?;
     let Some(record) = app.store.get_async(key).await?.filter(Record::is_live) else {
         bucket::check_exists(app, bucket_name)?;
         return Err(S3Error::no_such_key());
     };
-    let meta = match app.store.meta_async(key).await? {
-        Some(meta) => meta,
-        // Written by a master that kept no metadata: ask a replica.
-        None => probe_meta(app, key, &record).await?,
+    let meta = match app.store.meta_async(key).await {
+        Ok(Some(meta)) => meta,
+        // Written by a master that kept no metadata (or metadata that can
+        // no longer be read): ask a replica.
+        Ok(None) | Err(IndexError::CorruptMeta { .. }) => probe_meta(app, key, &record).await?,
+        Err(error) => return Err(error.into()),
     };
     Ok(Object {
         size: meta.size,
@@ -331,7 +271,7 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
 }
 
 /// Size and mtime of a value without metadata, from a replica's HEAD.
-async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
+pub async fn probe_meta(app: &App, key: &[u8], record: &Record) -> Result<Meta, S3Error> {
     let path = key2path(key);
     for entry in replica_order(app, record) {
         let file = entry_path(entry, &path);
@@ -415,19 +355,61 @@ fn precondition_failed() -> S3Error {
     )
 }
 
-/// The headers every answer about an object carries.
-fn object_headers(object: &Object) -> Reply {
+/// The headers every answer about an object carries; its stored checksum
+/// when the client asked for it (`x-amz-checksum-mode: ENABLED`) and the
+/// answer is the whole value (a client checks a range's bytes against it).
+fn object_headers(object: &Object, checksum_mode: bool) -> Reply {
     let mut reply = Reply::empty(200)
         .header("ETag", format_args!("\"{}\"", object.etag))
         .header("Last-Modified", xml::http_date(object.mtime_ms))
         .header("Accept-Ranges", "bytes");
     for (name, value) in &object.user {
+        if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX) {
+            if checksum_mode {
+                reply = reply.header(checksum, value);
+            }
+            continue;
+        }
         reply = match name.strip_prefix(':') {
             Some(stored) => reply.header(stored, value),
             None => reply.header(&format!("x-amz-meta-{name}"), value),
         };
     }
     reply
+}
+
+/// GetObject's `response-*` parameters (presigned download links set
+/// them) and the response header each replaces.
+const RESPONSE_OVERRIDES: &[(&str, &str)] = &[
+    ("response-content-type", "content-type"),
+    ("response-content-language", "content-language"),
+    ("response-expires", "expires"),
+    ("response-cache-control", "cache-control"),
+    ("response-content-disposition", "content-disposition"),
+    ("response-content-encoding", "content-encoding"),
+];
+
+/// The object as GetObject's `response-*` parameters ask it to be
+/// described: each replaces the stored header (or content type) of its
+/// name. A value that could end the header line is refused.
+fn with_overrides(mut object: Object, request: &S3Request) -> Result<Object, S3Error> {
+    for (parameter, header) in RESPONSE_OVERRIDES {
+        let Some(value) = request.param(parameter) else {
+            continue;
+        };
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|text| !text.chars().any(char::is_control))
+            .ok_or_else(|| S3Error::invalid_argument("a response-* parameter is not a header value"))?;
+        if *header == "content-type" {
+            object.content_type = value.to_owned();
+            continue;
+        }
+        let stored = format!(":{header}");
+        object.user.retain(|(name, _)| *name != stored);
+        object.user.push((stored, value.to_owned()));
+    }
+    Ok(object)
 }
 
 pub async fn get(
@@ -437,56 +419,78 @@ pub async fn get(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = request.native_key();
-    let object = object(app, &request.bucket, &key).await?;
     let head_only = head.method == Method::Head;
-    let headers = &request.headers;
-    let conditions = Conditions {
-        if_match: headers.if_match.as_deref(),
-        if_none_match: headers.if_none_match.as_deref(),
-        if_modified_since: headers.if_modified_since.as_deref(),
-        if_unmodified_since: headers.if_unmodified_since.as_deref(),
-    };
-    match precondition(&conditions, &object) {
-        Some(412) => return Err(precondition_failed()),
-        Some(status) => {
-            let mut reply = object_headers(&object);
-            reply.status = status;
-            reply.write(&mut connection.output, head.keep_alive, true);
-            return Ok(Sent::status(status));
+    let checksum_mode = request
+        .headers
+        .refusable
+        .iter()
+        .any(|(name, value)| name == "x-amz-checksum-mode" && value.eq_ignore_ascii_case("enabled"));
+    let mut attempts = 0;
+    let (reply, length, mut download) = loop {
+        attempts += 1;
+        let object = with_overrides(object(app, &request.bucket, &key).await?, request)?;
+        let headers = &request.headers;
+        let conditions = Conditions {
+            if_match: headers.if_match.as_deref(),
+            if_none_match: headers.if_none_match.as_deref(),
+            if_modified_since: headers.if_modified_since.as_deref(),
+            if_unmodified_since: headers.if_unmodified_since.as_deref(),
+        };
+        match precondition(&conditions, &object) {
+            Some(412) => return Err(precondition_failed()),
+            Some(status) => {
+                let mut reply = object_headers(&object, false);
+                reply.status = status;
+                reply.write(&mut connection.output, head.keep_alive, true);
+                return Ok(Sent::status(status));
+            }
+            None => {}
         }
-        None => {}
-    }
-    let range = match parse_range(request.headers.range.as_deref(), object.size) {
-        RangeAsk::Whole => None,
-        RangeAsk::Part(range) => Some(range),
-        RangeAsk::Unsatisfiable => {
-            return Err(S3Error::new(
-                416,
-                "InvalidRange",
-                "The requested range is not satisfiable",
-            ));
+        let range = match parse_range(request.headers.range.as_deref(), object.size) {
+            RangeAsk::Whole => None,
+            RangeAsk::Part(range) => Some(range),
+            RangeAsk::Unsatisfiable => {
+                return Err(
+                    S3Error::new(416, "InvalidRange", "The requested range is not satisfiable")
+                        .header("Content-Range", format_args!("bytes */{}", object.size)),
+                );
+            }
+        };
+        let mut reply =
+            object_headers(&object, checksum_mode && range.is_none()).header("Content-Type", &object.content_type);
+        let length = match range {
+            Some(ByteRange { first, last }) => {
+                reply.status = 206;
+                reply = reply.header("Content-Range", format_args!("bytes {first}-{last}/{}", object.size));
+                last - first + 1
+            }
+            None => object.size,
+        };
+        if head_only || length == 0 {
+            write_head(
+                &mut connection.output,
+                reply.status,
+                &reply.headers,
+                length,
+                head.keep_alive,
+            );
+            return Ok(Sent::status(reply.status));
+        }
+        let opened = open_download(app, &key, &object.record, range, length).await;
+        // An overwrite may have switched the replica between the record's read
+        // and the copy's opening: the bytes opened are the record's only if the
+        // key was not committing and its record is unchanged once they are open
+        // (a replica switches only after the committing mark is set). A copy
+        // that did not open (its length already the new value's) is read
+        // again the same way.
+        let stable = !write::is_committing(&key) && app.store.get_async(&key).await?.as_ref() == Some(&object.record);
+        match opened {
+            Ok(download) if stable => break (reply, length, download),
+            Err(error) if stable => return Err(error),
+            _ if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
+            _ => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
         }
     };
-    let mut reply = object_headers(&object).header("Content-Type", &object.content_type);
-    let length = match range {
-        Some(ByteRange { first, last }) => {
-            reply.status = 206;
-            reply = reply.header("Content-Range", format_args!("bytes {first}-{last}/{}", object.size));
-            last - first + 1
-        }
-        None => object.size,
-    };
-    if head_only || length == 0 {
-        write_head(
-            &mut connection.output,
-            reply.status,
-            &reply.headers,
-            length,
-            head.keep_alive,
-        );
-        return Ok(Sent::status(reply.status));
-    }
-    let mut download = open_download(app, &key, &object.record, range, length).await?;
     write_head(
         &mut connection.output,
         reply.status,
@@ -506,7 +510,7 @@ pub async fn get(
 
 /// A download of `length` bytes (of `range`) of `key`'s value from the
 /// first replica that starts one.
-async fn open_download(
+pub async fn open_download(
     app: &App,
     key: &[u8],
     record: &Record,
@@ -565,24 +569,39 @@ pub async fn delete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    delete_one(app, &request.bucket, &request.key).await?;
+    bucket::check_exists(app, &request.bucket)?;
+    delete_one(app, &request.bucket, &request.key, request.headers.if_match.as_deref()).await?;
     Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
     Ok(Sent::status(204))
 }
 
 /// Delete one object; absent is success, as S3 has it.
-async fn delete_one(app: &App, bucket_name: &str, key: &[u8]) -> Result<(), S3Error> {
+async fn delete_one(app: &App, bucket_name: &str, key: &[u8], if_match: Option<&str>) -> Result<(), S3Error> {
     let key = native_key(bucket_name, key);
-    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
-    let Some(record) = app.store.get_async(&key).await? else {
+    let _guard = super::lock(app, &key).await?;
+    let record = app.store.get_async(&key).await?;
+    // `If-Match` deletes only the named value, decided under the lock.
+    if let Some(list) = if_match {
+        let live = record.as_ref().filter(|record| record.is_live());
+        let Some(live) = live else {
+            return Err(S3Error::no_such_key());
+        };
+        let meta_etag = app
+            .store
+            .meta_async(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|meta| meta.etag);
+        if !etag_listed(list, &etag_of(live, meta_etag.as_deref())) {
+            return Err(precondition_failed());
+        }
+    }
+    let Some(record) = record else {
         return Ok(());
     };
     if app.config.protect && record.is_live() {
-        return Err(S3Error::new(
-            403,
-            "AccessDenied",
-            "-protect is on: unlink the key first",
-        ));
+        return Err(S3Error::protected());
     }
     write::delete_value(app, &key, &record).await?;
     Ok(())
@@ -606,11 +625,22 @@ pub async fn delete_objects(
             ));
         }
     }
-    let (quiet, keys) = xml::parse_delete(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
+    let (quiet, objects) =
+        xml::parse_delete_objects(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
-    for key in keys {
-        match delete_one(app, &request.bucket, &key).await {
+    for xml::DeleteObject { key, version_id } in objects {
+        // Only the `null` version exists: naming another never deletes the
+        // current value.
+        let version = version_id
+            .as_deref()
+            .map(str::as_bytes)
+            .map(super::refuse::check_version);
+        let outcome = match version {
+            Some(Err(error)) => Err(error),
+            _ => delete_one(app, &request.bucket, &key, None).await,
+        };
+        match outcome {
             Ok(()) if quiet => {}
             Ok(()) => deleted.push(key),
             Err(error) => errors.push(xml::DeleteError {
@@ -627,7 +657,13 @@ pub async fn delete_objects(
 /// The bucket and key an `x-amz-copy-source` names.
 fn copy_source(request: &S3Request) -> Result<(String, Vec<u8>), S3Error> {
     let text = request.headers.copy_source.as_deref().unwrap_or("");
-    let text = text.split_once("?versionId=").map_or(text, |(source, _)| source);
+    let text = match text.split_once("?versionId=") {
+        Some((source, version)) => {
+            super::refuse::check_version(version.as_bytes())?;
+            source
+        }
+        None => text,
+    };
     let mut decoded = Vec::new();
     if !crate::http::percent_decode_into(text.as_bytes(), &mut decoded) {
         return Err(S3Error::invalid_argument("x-amz-copy-source is not valid"));
@@ -649,6 +685,17 @@ pub struct CopySource {
     download: Download,
 }
 
+impl CopySource {
+    pub fn new(download: Download) -> CopySource {
+        CopySource { download }
+    }
+
+    /// The copy is read whole: its volume connection goes back to the pool.
+    pub fn finish(self) {
+        self.download.finish();
+    }
+}
+
 impl PieceSource for CopySource {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
         self.download.next(bytes_max).await.map_err(ReplicationError::Source)
@@ -659,14 +706,10 @@ impl PieceSource for CopySource {
     }
 }
 
-pub async fn copy(
-    app: &App,
-    connection: &mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<Sent, S3Error> {
-    let key = checked_key(request)?;
-    bucket::check_exists(app, &request.bucket)?;
+/// The object `x-amz-copy-source` names (its native key), if it is live
+/// and meets the request's `x-amz-copy-source-if-*` conditions (412 if
+/// not, whichever kind failed).
+pub async fn copy_source_object(app: &App, request: &S3Request) -> Result<(Vec<u8>, Object), S3Error> {
     let (source_bucket, source_key) = copy_source(request)?;
     let source_native = native_key(&source_bucket, &source_key);
     let source = object(app, &source_bucket, &source_native).await?;
@@ -677,17 +720,35 @@ pub async fn copy(
         if_modified_since: headers.copy_if_modified_since.as_deref(),
         if_unmodified_since: headers.copy_if_unmodified_since.as_deref(),
     };
-    // A copy's failed source condition is 412, whichever kind it is.
     if precondition(&conditions, &source).is_some() {
         return Err(precondition_failed());
     }
+    Ok((source_native, source))
+}
+
+pub async fn copy(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    let key = checked_key(request)?;
+    // The destination's lock first: a copy onto itself then reads the
+    // record it rewrites under that lock.
+    let _guard = super::lock(app, &key).await?;
+    let (source_native, source) = copy_source_object(app, request).await?;
+    // Conditions on the destination, as a PutObject's, under its lock.
+    write_precondition(app, request, &key).await?;
+    // The destination's bucket is made (if it is new) only for a copy
+    // whose source is there.
+    bucket::ensure_for_write(app, &request.bucket).await?;
+    let headers = &request.headers;
     let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
     let (content_type, user) = if replace {
         (content_type(request)?, user_metadata(request)?)
     } else {
         (Some(source.content_type.clone()), source.user.clone())
     };
-    let _guard = app.store.try_lock(&key)?.ok_or_else(S3Error::busy)?;
     let (etag, mtime_ms) = if source_native == key {
         if !replace {
             return Err(S3Error::new(
@@ -696,7 +757,11 @@ pub async fn copy(
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata.",
             ));
         }
-        // A copy onto itself changes only the metadata.
+        // A copy onto itself changes only the metadata, which `-protect`
+        // keeps as it is too.
+        if app.config.protect {
+            return Err(S3Error::protected());
+        }
         let meta = Meta {
             size: source.size,
             mtime_ms: now_ms(),
@@ -739,7 +804,7 @@ pub async fn copy(
 }
 
 /// A source of no bytes (a copy of an empty value).
-struct EmptySource;
+pub struct EmptySource;
 
 impl PieceSource for EmptySource {
     async fn next_piece(&mut self, _bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {

@@ -6,6 +6,7 @@
 //! body moves that buffer, and S3 requests are not the hot path.
 
 use crate::http::{percent_decode_into, query_pairs, Method, RequestHead};
+use crate::meta::CONTENT_TYPE_BYTES_MAX;
 
 use super::S3Error;
 
@@ -20,6 +21,7 @@ pub const SUB_RESOURCES: &[&[u8]] = &[
     b"location",
     b"versioning",
     b"versions",
+    b"versionId",
     b"acl",
     b"tagging",
     b"policy",
@@ -63,6 +65,7 @@ pub struct Headers {
     pub if_modified_since: Option<String>,
     pub if_unmodified_since: Option<String>,
     pub copy_source: Option<String>,
+    pub copy_source_range: Option<String>,
     pub metadata_directive: Option<String>,
     pub copy_if_match: Option<String>,
     pub copy_if_none_match: Option<String>,
@@ -75,6 +78,9 @@ pub struct Headers {
     /// Standard headers S3 stores with a value and sends back on reads,
     /// names as `:name` (see `Meta::user`).
     pub stored: Vec<(String, String)>,
+    /// Other `x-amz-*` headers, names lower-case: `refuse` looks for
+    /// features asked for that mkv does not have.
+    pub refusable: Vec<(String, String)>,
 }
 
 /// Headers a PUT may give that S3 keeps with the value and returns on
@@ -111,12 +117,27 @@ impl S3Request {
                 query.push((String::from_utf8_lossy(name).into_owned(), decoded));
             }
         }
+        // S3 keys are UTF-8: one that is not could not be listed as itself.
+        if std::str::from_utf8(key).is_err() {
+            return Err(S3Error::invalid_argument("the object key is not valid UTF-8"));
+        }
+        let headers = Headers::parse(request);
+        // Checked here, for every operation, rather than by each that
+        // stores it: metadata that cannot be stored must never reach the
+        // index (a multipart upload keeps it until its completion).
+        if headers
+            .content_type
+            .as_ref()
+            .is_some_and(|text| text.len() > CONTENT_TYPE_BYTES_MAX)
+        {
+            return Err(S3Error::invalid_argument("Content-Type is too long"));
+        }
         Ok(S3Request {
             method: Some(head.method),
             bucket,
             key: key.to_vec(),
             query,
-            headers: Headers::parse(request),
+            headers,
         })
     }
 
@@ -195,12 +216,17 @@ impl Headers {
                 "if-modified-since" => &mut headers.if_modified_since,
                 "if-unmodified-since" => &mut headers.if_unmodified_since,
                 "x-amz-copy-source" => &mut headers.copy_source,
+                "x-amz-copy-source-range" => &mut headers.copy_source_range,
                 "x-amz-metadata-directive" => &mut headers.metadata_directive,
                 "x-amz-copy-source-if-match" => &mut headers.copy_if_match,
                 "x-amz-copy-source-if-none-match" => &mut headers.copy_if_none_match,
                 "x-amz-copy-source-if-modified-since" => &mut headers.copy_if_modified_since,
                 "x-amz-copy-source-if-unmodified-since" => &mut headers.copy_if_unmodified_since,
                 "authorization" => &mut headers.authorization,
+                _ if name.starts_with("x-amz-") => {
+                    headers.refusable.push((name, value));
+                    continue;
+                }
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -224,7 +250,12 @@ impl Headers {
 /// Whether a query string carries an S3 sub-resource or presigned-URL
 /// parameter.
 pub fn is_s3_query(query: &[u8]) -> bool {
-    query_pairs(query).any(|(name, _)| SUB_RESOURCES.contains(&name))
+    query_pairs(query).any(|(name, _)| {
+        SUB_RESOURCES.contains(&name)
+            || super::refuse::UNSUPPORTED_SUB_RESOURCES
+                .iter()
+                .any(|sub_resource| sub_resource.as_bytes() == name)
+    })
 }
 
 /// One byte range of a `Range: bytes=...` header, resolved against a value
@@ -233,6 +264,15 @@ pub fn is_s3_query(query: &[u8]) -> bool {
 pub struct ByteRange {
     pub first: u64,
     pub last: u64,
+}
+
+/// A decimal byte position; one too large for 64 bits is past any value's
+/// end (S3 answers such a range as if it named the last byte).
+fn parse_position(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// What a `Range` header asks of a value of `size` bytes.
@@ -260,7 +300,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
     let (first, last) = (first.trim(), last.trim());
     let range = if first.is_empty() {
         // A suffix: the last n bytes.
-        let Ok(count) = last.parse::<u64>() else {
+        let Some(count) = parse_position(last) else {
             return RangeAsk::Whole;
         };
         if count == 0 || size == 0 {
@@ -271,14 +311,14 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeAsk {
             last: size - 1,
         }
     } else {
-        let Ok(first) = first.parse::<u64>() else {
+        let Some(first) = parse_position(first) else {
             return RangeAsk::Whole;
         };
         let last = if last.is_empty() {
             u64::MAX
         } else {
-            match last.parse::<u64>() {
-                Ok(last) if last >= first => last,
+            match parse_position(last) {
+                Some(last) if last >= first => last,
                 _ => return RangeAsk::Whole,
             }
         };
@@ -349,5 +389,15 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=4-2"), 10), RangeAsk::Whole);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeAsk::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeAsk::Whole);
+        assert_eq!(
+            parse_range(Some("bytes=0-99999999999999999999"), 10),
+            RangeAsk::Part(ByteRange { first: 0, last: 9 }),
+            "a last byte past 64 bits is the value's last"
+        );
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999-"), 10),
+            RangeAsk::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=+1-2"), 10), RangeAsk::Whole);
     }
 }

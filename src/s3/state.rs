@@ -6,8 +6,16 @@
 //! ```text
 //! b/<bucket>                      {"created_ms": ..}
 //! u/<upload id>                   Upload: bucket, key, content type, initiated
+//! m/<bucket>/<key>\0<upload id>   initiated ms (decimal): the upload listed
+//!                                 under its bucket, in ListMultipartUploads'
+//!                                 order (key, then upload id)
 //! p/<upload id>/<part, 5 digits>  Part: size, md5, mtime, volumes
 //! ```
+//!
+//! An upload's `u/` and `m/` entries are written and removed together, in
+//! one index write, so a listing of one bucket scans that bucket's range
+//! alone. (Uploads made before `m/` existed are given theirs by the expiry
+//! sweep, `multipart::sweep`.)
 //!
 //! A part's bytes live on volumes at `/mkv-parts/<upload id>/<part>`
 //! (under the entry's subvolume), outside the `/hh/hh/` shard directories,
@@ -47,6 +55,10 @@ pub struct Part {
     pub mtime_ms: u64,
     /// The volume entries holding the part.
     pub volumes: Vec<String>,
+    /// The additional checksum the part was verified against or computed
+    /// with: (`x-amz-checksum-*` header name, base64).
+    #[serde(default)]
+    pub checksum: Option<(String, String)>,
 }
 
 fn corrupt(key: &[u8]) -> IndexError {
@@ -61,12 +73,50 @@ pub fn upload_key(upload_id: &str) -> Vec<u8> {
     format!("u/{upload_id}").into_bytes()
 }
 
+/// The `m/` prefix of every upload of `bucket`.
+pub fn bucket_uploads_prefix(bucket: &str) -> Vec<u8> {
+    format!("m/{bucket}/").into_bytes()
+}
+
+/// The `m/` entry of upload `upload_id` of `key` in `bucket`.
+pub fn listed_upload_key(bucket: &str, key: &[u8], upload_id: &str) -> Vec<u8> {
+    let mut listed = bucket_uploads_prefix(bucket);
+    listed.extend_from_slice(key);
+    listed.push(0);
+    listed.extend_from_slice(upload_id.as_bytes());
+    listed
+}
+
+/// The changes that remove upload `upload_id` (its entries and those of
+/// `part_keys`), for one atomic index write.
+pub fn removal<'a>(upload_keys: &'a [Vec<u8>], part_keys: &'a [Vec<u8>]) -> Vec<Change<'a>> {
+    upload_keys
+        .iter()
+        .chain(part_keys)
+        .map(|key| Change::StateDelete(key))
+        .collect()
+}
+
+/// The `u/` and `m/` keys of an upload.
+pub fn upload_keys(upload_id: &str, upload: &Upload) -> Vec<Vec<u8>> {
+    vec![
+        upload_key(upload_id),
+        listed_upload_key(&upload.bucket, &upload.key, upload_id),
+    ]
+}
+
 pub fn part_key(upload_id: &str, number: u32) -> Vec<u8> {
     format!("p/{upload_id}/{number:05}").into_bytes()
 }
 
 fn parts_prefix(upload_id: &str) -> Vec<u8> {
     format!("p/{upload_id}/").into_bytes()
+}
+
+/// The path of an upload's directory (with its trailing slash) under a
+/// volume entry's prefix.
+pub fn upload_directory(upload_id: &str) -> String {
+    format!("{PARTS_DIRECTORY}/{upload_id}/")
 }
 
 /// The path of a part's file under a volume entry's prefix.
@@ -121,9 +171,76 @@ pub fn upload(index: &Index, upload_id: &str) -> Result<Option<Upload>, IndexErr
 
 pub async fn put_upload(store: &Store, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
     let value = serde_json::to_vec(upload).expect("serializable");
+    let listed = listed_upload_key(&upload.bucket, &upload.key, upload_id);
+    let initiated = upload.initiated_ms.to_string();
     store
-        .apply_async(&[Change::StatePut(&upload_key(upload_id), &value)])
+        .apply_async(&[
+            Change::StatePut(&upload_key(upload_id), &value),
+            Change::StatePut(&listed, initiated.as_bytes()),
+        ])
         .await
+}
+
+/// Give an upload made before `m/` entries existed its entry.
+pub async fn list_upload(store: &Store, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
+    let listed = listed_upload_key(&upload.bucket, &upload.key, upload_id);
+    let initiated = upload.initiated_ms.to_string();
+    store
+        .apply_async(&[Change::StatePut(&listed, initiated.as_bytes())])
+        .await
+}
+
+/// One upload of a bucket, as ListMultipartUploads shows it.
+pub struct ListedUpload {
+    pub key: Vec<u8>,
+    pub upload_id: String,
+    pub initiated_ms: u64,
+}
+
+/// Uploads of `bucket` whose keys start with `prefix`, in (key, upload
+/// id) order, after the markers (a key marker alone: keys after it; with
+/// an upload id marker: that key's later uploads too), at most
+/// `count_max`. Only the bucket's own range of the index is read.
+pub fn bucket_uploads(
+    index: &Index,
+    bucket: &str,
+    prefix: &[u8],
+    key_marker: &[u8],
+    upload_id_marker: &str,
+    count_max: usize,
+) -> Result<Vec<ListedUpload>, IndexError> {
+    let mut scan_prefix = bucket_uploads_prefix(bucket);
+    let bucket_bytes = scan_prefix.len();
+    scan_prefix.extend_from_slice(prefix);
+    let start = if key_marker.is_empty() {
+        scan_prefix.clone()
+    } else if upload_id_marker.is_empty() {
+        // Past every upload of the marker key: `key\0id` < `key\x01`.
+        let mut start = bucket_uploads_prefix(bucket);
+        start.extend_from_slice(key_marker);
+        start.push(1);
+        start
+    } else {
+        crate::index::key_after(&listed_upload_key(bucket, key_marker, upload_id_marker))
+    };
+    let mut found = Vec::new();
+    let mut failure = None;
+    index.scan_state(&scan_prefix, &start, count_max, |key, value| {
+        let entry = &key[bucket_bytes..];
+        // The id is the 32 hex digits after the last NUL.
+        let split = entry.len().checked_sub(33).filter(|&at| entry[at] == 0);
+        let initiated = std::str::from_utf8(value).ok().and_then(|text| text.parse().ok());
+        match (split, initiated) {
+            (Some(at), Some(initiated_ms)) => found.push(ListedUpload {
+                key: entry[..at].to_vec(),
+                upload_id: String::from_utf8_lossy(&entry[at + 1..]).into_owned(),
+                initiated_ms,
+            }),
+            _ => failure = Some(corrupt(key)),
+        }
+        failure.is_none()
+    })?;
+    failure.map_or(Ok(found), Err)
 }
 
 pub async fn put_part(store: &Store, upload_id: &str, number: u32, part: &Part) -> Result<(), IndexError> {

@@ -1,9 +1,13 @@
 //! S3 XML bodies, without any IO.
 //!
 //! The rendering functions build the response documents the S3 API sends (listings, multipart results,
-//! errors, ...) and return them as bytes; the parsing functions read the two request bodies mkv
-//! receives: `CompleteMultipartUpload` and `Delete`. Every rendered document opens with the XML
-//! declaration and, except `Error`, carries the S3 namespace on its root element.
+//! errors, ...) and return them as bytes; the parsing functions read the request bodies mkv receives:
+//! `CompleteMultipartUpload`, `Delete` and `CreateBucketConfiguration`. Every rendered document opens
+//! with the XML declaration and, except `Error`, carries the S3 namespace on its root element.
+//!
+//! Parsing streams over the body without building a tree, under named limits (`XML_DEPTH_MAX`,
+//! `XML_ELEMENTS_MAX`, `XML_NAME_BYTES_MAX`, `XML_TEXT_BYTES_MAX`): what a parse allocates is what it
+//! keeps (the keys, the parts) plus a few kilobytes, whatever the document's shape.
 //!
 //! Text is always XML-escaped by quick-xml. Keys are bytes: they are rendered lossily as UTF-8 unless
 //! the listing asked for `encoding-type=url`, in which case they (and the prefixes, delimiters and
@@ -18,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesRef, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
+
+use super::checksum::{Algorithm, ChecksumType};
 
 /// The namespace of every S3 response document except `Error`.
 const NAMESPACE: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
@@ -53,6 +59,8 @@ pub struct ListV2<'a> {
     pub start_after: Option<&'a [u8]>,
     pub is_truncated: bool,
     pub encoding_url: bool,
+    /// `fetch-owner=true`: each object names its owner.
+    pub fetch_owner: bool,
     pub contents: &'a [ObjectEntry],
     pub common_prefixes: &'a [Vec<u8>],
 }
@@ -220,14 +228,17 @@ impl Document {
         self.close(name);
     }
 
-    /// One `Contents` element of a listing.
-    fn contents(&mut self, entry: &ObjectEntry, encoding_url: bool) {
+    /// One `Contents` element of a listing, with its `Owner` when `owner`.
+    fn contents(&mut self, entry: &ObjectEntry, encoding_url: bool, owner: bool) {
         self.open("Contents");
         self.key("Key", &entry.key, encoding_url);
         self.element("LastModified", &iso8601_ms(entry.last_modified_ms));
         self.etag(&entry.etag);
         self.value("Size", entry.size);
         self.element("StorageClass", "STANDARD");
+        if owner {
+            self.owner("Owner");
+        }
         self.close("Contents");
     }
 
@@ -300,7 +311,7 @@ pub fn list_v2(list: &ListV2) -> Vec<u8> {
     document.delimiter_and_encoding(list.delimiter, list.encoding_url);
     document.value("IsTruncated", list.is_truncated);
     for entry in list.contents {
-        document.contents(entry, list.encoding_url);
+        document.contents(entry, list.encoding_url, list.fetch_owner);
     }
     document.common_prefixes(list.common_prefixes, list.encoding_url);
     document.close("ListBucketResult");
@@ -312,7 +323,9 @@ pub fn list_v1(list: &ListV1) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("ListBucketResult");
     document.element("Name", list.bucket);
-    document.key("Prefix", list.prefix, list.encoding_url);
+    // V1 encodes keys, markers and the delimiter but not the prefix: the
+    // clients decode only those (botocore).
+    document.key("Prefix", list.prefix, false);
     document.key("Marker", list.marker, list.encoding_url);
     if let Some(next_marker) = list.next_marker {
         document.key("NextMarker", next_marker, list.encoding_url);
@@ -321,7 +334,7 @@ pub fn list_v1(list: &ListV1) -> Vec<u8> {
     document.delimiter_and_encoding(list.delimiter, list.encoding_url);
     document.value("IsTruncated", list.is_truncated);
     for entry in list.contents {
-        document.contents(entry, list.encoding_url);
+        document.contents(entry, list.encoding_url, true);
     }
     document.common_prefixes(list.common_prefixes, list.encoding_url);
     document.close("ListBucketResult");
@@ -375,7 +388,7 @@ pub fn list_versions(list: &ListVersions) -> Vec<u8> {
     document.finish()
 }
 
-/// `ListAllMyBucketsResult`.
+/// `ListAllMyBucketsResult` of every bucket.
 pub fn list_buckets(buckets: &[BucketEntry]) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("ListAllMyBucketsResult");
@@ -436,12 +449,37 @@ pub fn initiate_multipart(bucket: &str, key: &[u8], upload_id: &str) -> Vec<u8> 
 
 /// `CompleteMultipartUploadResult`; `etag` comes unquoted.
 pub fn complete_multipart(location: &str, bucket: &str, key: &[u8], etag: &str) -> Vec<u8> {
+    complete_multipart_checksummed(location, bucket, key, etag, None)
+}
+
+/// A multipart object's checksum as a result reports it: `<ChecksumCRC32>value</ChecksumCRC32>` then
+/// `<ChecksumType>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectChecksum<'a> {
+    pub algorithm: Algorithm,
+    /// Base64, with its `-N` suffix when composite (`checksum::composite`).
+    pub value: &'a str,
+    pub checksum_type: ChecksumType,
+}
+
+/// `CompleteMultipartUploadResult` with the object's checksum when the upload has one.
+pub fn complete_multipart_checksummed(
+    location: &str,
+    bucket: &str,
+    key: &[u8],
+    etag: &str,
+    checksum: Option<ObjectChecksum<'_>>,
+) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("CompleteMultipartUploadResult");
     document.element("Location", location);
     document.element("Bucket", bucket);
     document.key("Key", key, false);
     document.etag(etag);
+    if let Some(checksum) = checksum {
+        document.element(checksum.algorithm.xml_element(), checksum.value);
+        document.element("ChecksumType", checksum.checksum_type.value());
+    }
     document.close("CompleteMultipartUploadResult");
     document.finish()
 }
@@ -596,6 +634,34 @@ pub fn parse_http_date(text: &str) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------------
 // Request bodies
 // ---------------------------------------------------------------------------------------------------
+//
+// A request body is up to `XML_BODY_BYTES_MAX` (2 MiB) of client bytes, and parsing it must cost memory in
+// proportion to what the parse keeps (the keys, the parts), never to the document's shape: a body of
+// 700,000 nested `<a>` once cost 47 MB of heap. So the walker streams quick-xml's events over the
+// borrowed body, builds no tree, and holds only the names of the open elements and the text of the
+// innermost one, each under a limit past which the body is refused as MalformedXML.
+
+/// Deepest nesting of elements in a request body. S3's request documents are 3 deep
+/// (`Delete/Object/Key`); the slack lets a client wrap things in elements mkv ignores.
+pub const XML_DEPTH_MAX: usize = 16;
+/// Most elements in a request body: enough for a `CompleteMultipartUpload` of 10,000 parts listing
+/// every checksum of each.
+pub const XML_ELEMENTS_MAX: usize = 100_000;
+/// Longest element name, namespace prefix included (S3's longest is 25 bytes).
+pub const XML_NAME_BYTES_MAX: usize = 256;
+/// Longest text of one element the walker keeps: an S3 key is at most 1,024 bytes of UTF-8.
+pub const XML_TEXT_BYTES_MAX: usize = 4096;
+/// Longest reason of a `Malformed` error: reasons quote client text, which is not echoed whole.
+const REASON_BYTES_MAX: usize = 256;
+/// Elements of one `Part`: itself, `PartNumber`, `ETag` and one per checksum algorithm.
+const PART_ELEMENTS_MAX: usize = 3 + Algorithm::ALL.len();
+/// Elements of one `Object` of a `Delete`: itself, `Key`, `VersionId`, `ETag`, `LastModifiedTime`, `Size`.
+const OBJECT_ELEMENTS_MAX: usize = 6;
+
+// The root and every part with all its elements.
+const _: () = assert!(PART_NUMBER_MAX as usize * PART_ELEMENTS_MAX < XML_ELEMENTS_MAX);
+const _: () = assert!(DELETE_KEYS_MAX * OBJECT_ELEMENTS_MAX + 2 <= XML_ELEMENTS_MAX);
+const _: () = assert!(XML_DEPTH_MAX >= 3 && XML_TEXT_BYTES_MAX >= 1024);
 
 /// An element just closed, as seen by a visitor of [`walk`].
 struct Closed<'a> {
@@ -605,107 +671,305 @@ struct Closed<'a> {
     parent: &'a str,
     /// Local name of the element (namespace prefix dropped).
     name: &'a str,
-    /// The element's own unescaped text, when it has no child elements; unspecified otherwise.
-    text: &'a str,
+    /// The element's own unescaped text when it has no child element (empty when it has one); `None`
+    /// when that text is longer than [`XML_TEXT_BYTES_MAX`] and so was not kept.
+    text: Option<&'a str>,
 }
 
+impl<'a> Closed<'a> {
+    /// The element's text, for a visitor that keeps it: malformed when it was too long to keep.
+    fn text(&self) -> Result<&'a str, XmlError> {
+        self.text.ok_or_else(|| {
+            malformed(format!(
+                "the text of {} is longer than {XML_TEXT_BYTES_MAX} bytes",
+                self.name
+            ))
+        })
+    }
+}
+
+/// A `Malformed` error; its reason is cut to [`REASON_BYTES_MAX`] bytes, on a character boundary.
 fn malformed(reason: impl fmt::Display) -> XmlError {
-    XmlError::Malformed(reason.to_string())
+    let mut bounded = BoundedText(String::new());
+    // A cut reason reports fmt::Error, which only means the rest was dropped.
+    let _ = fmt::write(&mut bounded, format_args!("{reason}"));
+    XmlError::Malformed(bounded.0)
+}
+
+/// Text that stops growing at [`REASON_BYTES_MAX`] bytes.
+struct BoundedText(String);
+
+impl fmt::Write for BoundedText {
+    fn write_str(&mut self, piece: &str) -> fmt::Result {
+        let room = REASON_BYTES_MAX - self.0.len();
+        if piece.len() <= room {
+            self.0.push_str(piece);
+            return Ok(());
+        }
+        let mut end = room;
+        while !piece.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.push_str(&piece[..end]);
+        Err(fmt::Error)
+    }
+}
+
+/// The local part of a qualified name: `s3:Key` is `Key`.
+fn local_name(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(_, local)| local)
+}
+
+/// The state of [`walk`] between two events: every allocation it makes is bounded by the limits.
+struct Walker<'r> {
+    root: &'r str,
+    root_seen: bool,
+    elements: usize,
+    /// Qualified names of the open elements, end to end (at most `XML_DEPTH_MAX * XML_NAME_BYTES_MAX`).
+    names: String,
+    /// Where each open element's name starts in `names`.
+    starts: Vec<usize>,
+    /// The innermost element's text so far, while it has no child element.
+    text: String,
+    /// Whether the innermost element has had no child element yet.
+    leaf: bool,
+    /// Whether the innermost element's text passed `XML_TEXT_BYTES_MAX` (and is no longer kept).
+    overflowed: bool,
+}
+
+impl<'r> Walker<'r> {
+    fn new(root: &'r str) -> Self {
+        Walker {
+            root,
+            root_seen: false,
+            elements: 0,
+            names: String::new(),
+            starts: Vec::new(),
+            text: String::new(),
+            leaf: false,
+            overflowed: false,
+        }
+    }
+
+    fn open(&mut self, name: &str) -> Result<(), XmlError> {
+        if name.len() > XML_NAME_BYTES_MAX {
+            return Err(malformed(format!(
+                "an element name is longer than {XML_NAME_BYTES_MAX} bytes"
+            )));
+        }
+        if self.starts.len() == XML_DEPTH_MAX {
+            return Err(malformed(format!("elements nested deeper than {XML_DEPTH_MAX}")));
+        }
+        self.elements += 1;
+        if self.elements > XML_ELEMENTS_MAX {
+            return Err(malformed(format!("more than {XML_ELEMENTS_MAX} elements")));
+        }
+        if self.starts.is_empty() {
+            if self.root_seen {
+                return Err(malformed("more than one root element"));
+            }
+            if local_name(name) != self.root {
+                return Err(malformed(format!(
+                    "expected root element {}, found {}",
+                    self.root,
+                    local_name(name)
+                )));
+            }
+            self.root_seen = true;
+        }
+        self.starts.push(self.names.len());
+        self.names.push_str(name);
+        self.text.clear();
+        self.leaf = true;
+        self.overflowed = false;
+        Ok(())
+    }
+
+    /// Whether text met now belongs to the innermost element's own text.
+    fn keeps_text(&self) -> bool {
+        self.leaf && !self.overflowed
+    }
+
+    /// Adds a piece of the innermost element's text, `raw_bytes` long before unescaping (which never
+    /// lengthens it): `piece` is only called when the text stays within `XML_TEXT_BYTES_MAX`.
+    fn push_text<'t>(&mut self, raw_bytes: usize, piece: impl FnOnce() -> Cow<'t, str>) {
+        if !self.keeps_text() {
+            return;
+        }
+        if self.text.len() + raw_bytes > XML_TEXT_BYTES_MAX {
+            self.overflowed = true;
+            self.text.clear();
+            return;
+        }
+        self.text.push_str(&piece());
+    }
+
+    /// Visits the innermost element and closes it; `end` is the name of its closing tag, `None` for an
+    /// empty element.
+    fn close(
+        &mut self,
+        end: Option<&str>,
+        visit: &mut impl FnMut(Closed<'_>) -> Result<(), XmlError>,
+    ) -> Result<(), XmlError> {
+        let Some(&start) = self.starts.last() else {
+            return Err(malformed("closing tag without an opening one"));
+        };
+        let name = &self.names[start..];
+        if let Some(end) = end.filter(|end| *end != name) {
+            // Formatted into the bounded reason as it goes: the closing name can be megabytes long.
+            return Err(malformed(format_args!("element {name} is closed by {end}")));
+        }
+        let parent = match self.starts.len() {
+            1 => "",
+            depth => local_name(&self.names[self.starts[depth - 2]..start]),
+        };
+        let text = match (self.leaf, self.overflowed) {
+            (true, false) => Some(self.text.as_str()),
+            (true, true) => None,
+            (false, _) => Some(""),
+        };
+        visit(Closed {
+            depth: self.starts.len(),
+            parent,
+            name: local_name(name),
+            text,
+        })?;
+        self.names.truncate(start);
+        self.starts.pop();
+        self.text.clear();
+        self.leaf = false;
+        self.overflowed = false;
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), XmlError> {
+        match (self.root_seen, self.starts.last()) {
+            (false, _) => Err(malformed("no root element")),
+            (true, Some(&start)) => Err(malformed(format!("element {} is not closed", &self.names[start..]))),
+            (true, None) => Ok(()),
+        }
+    }
 }
 
 /// Walks a document whose root must be named `root` (any namespace), calling `visit` on each element as
-/// it closes.
+/// it closes. Refused as malformed past [`XML_DEPTH_MAX`], [`XML_ELEMENTS_MAX`] or
+/// [`XML_NAME_BYTES_MAX`]; text past [`XML_TEXT_BYTES_MAX`] is not kept (see [`Closed::text`]).
+///
+/// Memory: the walker's buffers stay within the limits whatever the body; quick-xml borrows the body
+/// and copies only the names of open elements, which [`check_next_name`] bounds before it reads them.
 fn walk(body: &[u8], root: &str, mut visit: impl FnMut(Closed<'_>) -> Result<(), XmlError>) -> Result<(), XmlError> {
     let mut reader = Reader::from_reader(body);
-    let mut names: Vec<String> = Vec::new();
-    let mut text = String::new();
-    let mut root_seen = false;
+    // The walker matches closing tags against its own bounded stack: quick-xml's check would copy both
+    // names into its error, however long the closing one is.
+    reader.config_mut().check_end_names = false;
+    reader.config_mut().allow_unmatched_ends = true;
+    let mut walker = Walker::new(root);
     loop {
-        let event = reader.read_event().map_err(malformed)?;
-        match event {
-            Event::Start(ref start) | Event::Empty(ref start) => {
-                let name = start.local_name();
-                let name = name.as_ref();
-                if names.is_empty() {
-                    if root_seen {
-                        return Err(malformed("more than one root element"));
-                    }
-                    if name != root {
-                        return Err(malformed(format!("expected root element {root}, found {name}")));
-                    }
-                    root_seen = true;
-                }
-                names.push(name.to_owned());
-                text.clear();
-                if matches!(event, Event::Empty(_)) {
-                    close(&mut names, &mut text, &mut visit)?;
-                }
+        let position = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+        check_next_name(body.get(position..).unwrap_or_default())?;
+        match reader.read_event().map_err(malformed)? {
+            Event::Start(start) => walker.open(start.name().as_ref())?,
+            Event::Empty(start) => {
+                walker.open(start.name().as_ref())?;
+                walker.close(None, &mut visit)?;
             }
-            Event::End(_) => close(&mut names, &mut text, &mut visit)?,
-            Event::Text(content) => text.push_str(&content.xml10_content()),
-            Event::CData(content) => text.push_str(&content.into_inner()),
-            Event::GeneralRef(reference) => push_reference(&mut text, &reference)?,
+            Event::End(end) => walker.close(Some(end.name().as_ref()), &mut visit)?,
+            Event::Text(content) => walker.push_text(content.len(), || content.xml10_content()),
+            Event::CData(content) => walker.push_text(content.len(), || content.into_inner()),
+            Event::GeneralRef(reference) => {
+                // Resolved even when not kept, so that an unknown entity is refused wherever it is.
+                let resolved = resolve_reference(&reference)?;
+                walker.push_text(reference.len() + 2, || resolved);
+            }
             Event::Eof => break,
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
         }
     }
-    match (root_seen, names.last()) {
-        (false, _) => Err(malformed("no root element")),
-        (true, Some(name)) => Err(malformed(format!("element {name} is not closed"))),
-        (true, None) => Ok(()),
-    }
+    walker.finish()
 }
 
-/// Visits the innermost open element and closes it.
-fn close(
-    names: &mut Vec<String>,
-    text: &mut String,
-    visit: &mut impl FnMut(Closed<'_>) -> Result<(), XmlError>,
-) -> Result<(), XmlError> {
-    let Some((name, ancestors)) = names.split_last() else {
-        return Err(malformed("closing tag without an opening one"));
+/// Refuses a start tag whose name is longer than [`XML_NAME_BYTES_MAX`] before quick-xml reads it, since
+/// quick-xml keeps a copy of every open element's name. `rest` is the body from the next event on.
+fn check_next_name(rest: &[u8]) -> Result<(), XmlError> {
+    let Some(tag) = rest.strip_prefix(b"<") else {
+        return Ok(()); // text
     };
-    visit(Closed {
-        depth: names.len(),
-        parent: ancestors.last().map_or("", String::as_str),
-        name,
-        text,
-    })?;
-    names.pop();
-    text.clear();
-    Ok(())
+    if matches!(tag.first(), None | Some(b'/' | b'!' | b'?')) {
+        return Ok(()); // a closing tag (not copied), a comment, CDATA, a declaration, or the end
+    }
+    // A name ends at XML's whitespace, at `/` of an empty element or at `>`, as quick-xml reads it.
+    let name_ended = tag
+        .iter()
+        .take(XML_NAME_BYTES_MAX + 1)
+        .any(|byte| matches!(byte, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>'));
+    if name_ended || tag.len() <= XML_NAME_BYTES_MAX {
+        return Ok(());
+    }
+    Err(malformed(format!(
+        "an element name is longer than {XML_NAME_BYTES_MAX} bytes"
+    )))
 }
 
-/// Appends what an entity or character reference (`&amp;`, `&#x41;`) stands for.
-fn push_reference(text: &mut String, reference: &BytesRef<'_>) -> Result<(), XmlError> {
+/// What an entity or character reference (`&amp;`, `&#x41;`) stands for.
+fn resolve_reference(reference: &BytesRef<'_>) -> Result<Cow<'static, str>, XmlError> {
     if let Some(character) = reference.resolve_char_ref().map_err(malformed)? {
-        text.push(character);
-        return Ok(());
+        return Ok(Cow::Owned(character.to_string()));
     }
     let name: &str = reference;
     let resolved = resolve_predefined_entity(name).ok_or_else(|| malformed(format!("unknown entity &{name};")))?;
-    text.push_str(resolved);
+    Ok(Cow::Borrowed(resolved))
+}
+
+/// Appends what an entity or character reference stands for.
+#[cfg(test)]
+fn push_reference(text: &mut String, reference: &BytesRef<'_>) -> Result<(), XmlError> {
+    text.push_str(&resolve_reference(reference)?);
     Ok(())
 }
 
-/// The parts of a `CompleteMultipartUpload` body: (PartNumber, ETag without quotes), in document order.
+/// One part listed by a `CompleteMultipartUpload` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub number: u32,
+    /// Without quotes.
+    pub etag: String,
+    /// The part's checksum as listed (`<ChecksumCRC32>`, ...): its algorithm and its text, trimmed but
+    /// not decoded nor checked (see `checksum::parse_expected`).
+    pub checksum: Option<(Algorithm, String)>,
+}
+
+/// The parts of a `CompleteMultipartUpload` body, in document order.
 ///
-/// Elements may come in any order inside `Part`, with or without the S3 namespace; any other element
-/// (`ChecksumCRC32`, ...) is ignored. Malformed when a part lacks its number or ETag, when a number is
-/// not in 1..=10000, or when there is no part at all.
-pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, XmlError> {
+/// Elements may come in any order inside `Part`, with or without the S3 namespace; other elements are
+/// ignored. Malformed when a part lacks its number or ETag, lists two checksums, when a number is not
+/// in 1..=10000, when there are more than 10,000 parts or none at all.
+pub fn parse_complete_parts(body: &[u8]) -> Result<Vec<CompletedPart>, XmlError> {
     let mut parts = Vec::new();
     let mut number: Option<u32> = None;
     let mut etag: Option<String> = None;
+    let mut checksum: Option<(Algorithm, String)> = None;
     walk(body, "CompleteMultipartUpload", |closed| {
         match (closed.depth, closed.parent, closed.name) {
-            (3, "Part", "PartNumber") => number = Some(parse_part_number(closed.text)?),
-            (3, "Part", "ETag") => etag = Some(closed.text.trim().trim_matches('"').to_owned()),
-            (2, _, "Part") => match (number.take(), etag.take()) {
-                (Some(number), Some(etag)) => parts.push((number, etag)),
-                (None, _) => return Err(malformed("Part without PartNumber")),
-                (_, None) => return Err(malformed("Part without ETag")),
-            },
+            (3, "Part", "PartNumber") => number = Some(parse_part_number(closed.text()?)?),
+            (3, "Part", "ETag") => etag = Some(closed.text()?.trim().trim_matches('"').to_owned()),
+            (3, "Part", name) => {
+                if let Some(algorithm) = Algorithm::from_xml_element(name) {
+                    if checksum.is_some() {
+                        return Err(malformed("Part with more than one checksum"));
+                    }
+                    checksum = Some((algorithm, closed.text()?.trim().to_owned()));
+                }
+            }
+            (2, _, "Part") => {
+                let (Some(number), Some(etag)) = (number.take(), etag.take()) else {
+                    return Err(malformed("Part without PartNumber or ETag"));
+                };
+                if parts.len() == PART_NUMBER_MAX as usize {
+                    return Err(malformed(format!("more than {PART_NUMBER_MAX} parts")));
+                }
+                let checksum = checksum.take();
+                parts.push(CompletedPart { number, etag, checksum });
+            }
             _ => {}
         }
         Ok(())
@@ -714,6 +978,13 @@ pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, XmlError> {
         return Err(malformed("no Part"));
     }
     Ok(parts)
+}
+
+/// The parts of a `CompleteMultipartUpload` body: (PartNumber, ETag without quotes), in document order;
+/// [`parse_complete_parts`] without the checksums.
+pub fn parse_complete(body: &[u8]) -> Result<Vec<(u32, String)>, XmlError> {
+    let parts = parse_complete_parts(body)?;
+    Ok(parts.into_iter().map(|part| (part.number, part.etag)).collect())
 }
 
 fn parse_part_number(text: &str) -> Result<u32, XmlError> {
@@ -726,32 +997,65 @@ fn parse_part_number(text: &str) -> Result<u32, XmlError> {
     }
 }
 
-/// A `Delete` body: (Quiet, keys). Keys come unescaped, as bytes, in document order; `VersionId` is
-/// ignored. `TooMany` past [`DELETE_KEYS_MAX`] keys; malformed when an `Object` has no `Key` or there is
-/// no `Object` at all.
-pub fn parse_delete(body: &[u8]) -> Result<(bool, Vec<Vec<u8>>), XmlError> {
+/// One object named by a `Delete` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteObject {
+    /// Unescaped, as bytes.
+    pub key: Vec<u8>,
+    /// `VersionId`, trimmed, when the object names one.
+    pub version_id: Option<String>,
+}
+
+/// A `Delete` body: (Quiet, objects in document order). `TooMany` past [`DELETE_KEYS_MAX`] objects;
+/// malformed when an `Object` has no `Key` or there is no `Object` at all.
+pub fn parse_delete_objects(body: &[u8]) -> Result<(bool, Vec<DeleteObject>), XmlError> {
     let mut quiet = false;
-    let mut keys = Vec::new();
+    let mut objects = Vec::new();
     let mut key: Option<Vec<u8>> = None;
+    let mut version_id: Option<String> = None;
     walk(body, "Delete", |closed| {
         match (closed.depth, closed.parent, closed.name) {
-            (2, _, "Quiet") => quiet = parse_bool(closed.text)?,
-            (3, "Object", "Key") => key = Some(closed.text.as_bytes().to_vec()),
+            (2, _, "Quiet") => quiet = parse_bool(closed.text()?)?,
+            (3, "Object", "Key") => key = Some(closed.text()?.as_bytes().to_vec()),
+            (3, "Object", "VersionId") => version_id = Some(closed.text()?.trim().to_owned()),
             (2, _, "Object") => {
                 let key = key.take().ok_or_else(|| malformed("Object without Key"))?;
-                if keys.len() == DELETE_KEYS_MAX {
+                if objects.len() == DELETE_KEYS_MAX {
                     return Err(XmlError::TooMany);
                 }
-                keys.push(key);
+                let version_id = version_id.take();
+                objects.push(DeleteObject { key, version_id });
             }
             _ => {}
         }
         Ok(())
     })?;
-    if keys.is_empty() {
+    if objects.is_empty() {
         return Err(malformed("no Object"));
     }
-    Ok((quiet, keys))
+    Ok((quiet, objects))
+}
+
+/// A `Delete` body: (Quiet, keys), [`parse_delete_objects`] without the version ids.
+pub fn parse_delete(body: &[u8]) -> Result<(bool, Vec<Vec<u8>>), XmlError> {
+    let (quiet, objects) = parse_delete_objects(body)?;
+    Ok((quiet, objects.into_iter().map(|object| object.key).collect()))
+}
+
+/// A `CreateBucketConfiguration` body: its `LocationConstraint`, trimmed, when it has one. An empty (or
+/// all-whitespace) body is no configuration.
+pub fn parse_create_bucket(body: &[u8]) -> Result<Option<String>, XmlError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let mut location = None;
+    walk(body, "CreateBucketConfiguration", |closed| {
+        if let (2, "LocationConstraint") = (closed.depth, closed.name) {
+            location = Some(closed.text()?.trim().to_owned());
+        }
+        Ok(())
+    })?;
+    Ok(location)
 }
 
 fn parse_bool(text: &str) -> Result<bool, XmlError> {
@@ -763,6 +1067,30 @@ fn parse_bool(text: &str) -> Result<bool, XmlError> {
     } else {
         Err(malformed(format!("{text:?} is not a boolean")))
     }
+}
+
+/// `ListAllMyBucketsResult` of one page of buckets: `continuation_token`
+/// when another page follows, `prefix` when the request named one.
+pub fn list_buckets_page(buckets: &[BucketEntry], continuation_token: Option<&str>, prefix: Option<&str>) -> Vec<u8> {
+    let mut document = Document::new();
+    document.open_root("ListAllMyBucketsResult");
+    document.owner("Owner");
+    document.open("Buckets");
+    for bucket in buckets {
+        document.open("Bucket");
+        document.element("Name", &bucket.name);
+        document.element("CreationDate", &iso8601_ms(bucket.created_ms));
+        document.close("Bucket");
+    }
+    document.close("Buckets");
+    if let Some(token) = continuation_token {
+        document.element("ContinuationToken", token);
+    }
+    if let Some(prefix) = prefix {
+        document.element("Prefix", prefix);
+    }
+    document.close("ListAllMyBucketsResult");
+    document.finish()
 }
 
 #[cfg(test)]
@@ -807,6 +1135,7 @@ mod tests {
             start_after: None,
             is_truncated: false,
             encoding_url: false,
+            fetch_owner: false,
             contents,
             common_prefixes,
         }
@@ -935,7 +1264,10 @@ mod tests {
                 "<Name>b</Name><Prefix></Prefix><Marker>k%200</Marker><NextMarker>k%201</NextMarker>\
                  <MaxKeys>1</MaxKeys><Delimiter>%20</Delimiter><EncodingType>url</EncodingType>\
                  <IsTruncated>true</IsTruncated>{}",
-                contents_xml("k%201", 7)
+                contents_xml("k%201", 7).replace(
+                    "</Contents>",
+                    "<Owner><ID>mkv</ID><DisplayName>mkv</DisplayName></Owner></Contents>"
+                )
             ),
         );
         assert_eq!(text(list_v1(&list)), expected);
@@ -1027,6 +1359,20 @@ mod tests {
             "<Location>http://host/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>&quot;e-2&quot;</ETag>",
         );
         assert_eq!(text(complete_multipart("http://host/b/k", "b", b"k", "e-2")), complete);
+        let checksum = ObjectChecksum {
+            algorithm: Algorithm::Crc32,
+            value: "1Fu2mQ==-2",
+            checksum_type: ChecksumType::Composite,
+        };
+        let checksummed = namespaced(
+            "CompleteMultipartUploadResult",
+            "<Location>l</Location><Bucket>b</Bucket><Key>k</Key><ETag>&quot;e-2&quot;</ETag>\
+             <ChecksumCRC32>1Fu2mQ==-2</ChecksumCRC32><ChecksumType>COMPOSITE</ChecksumType>",
+        );
+        assert_eq!(
+            text(complete_multipart_checksummed("l", "b", b"k", "e-2", Some(checksum))),
+            checksummed
+        );
     }
 
     #[test]
@@ -1338,5 +1684,368 @@ mod tests {
     fn errors_display() {
         assert_eq!(XmlError::Malformed("x".to_owned()).to_string(), "malformed XML: x");
         assert_eq!(XmlError::TooMany.to_string(), "too many entries (at most 1000)");
+    }
+
+    fn reason<T: fmt::Debug>(result: Result<T, XmlError>) -> String {
+        match result {
+            Err(XmlError::Malformed(reason)) => reason,
+            other => panic!("expected a malformed body, got {other:?}"),
+        }
+    }
+
+    /// A `Delete` of key `k` whose `Object` is wrapped in `wrappers` nested unknown elements.
+    fn wrapped_delete(wrappers: usize) -> String {
+        format!(
+            "<Delete><Object><Key>k</Key></Object>{}{}</Delete>",
+            "<w>".repeat(wrappers),
+            "</w>".repeat(wrappers)
+        )
+    }
+
+    /// The largest body the S3 API reads (`XML_BODY_BYTES_MAX`) of `unit` repeated after `head`.
+    fn two_mebibytes_of(head: &str, unit: &str) -> Vec<u8> {
+        let mut body = head.as_bytes().to_vec();
+        while body.len() + unit.len() <= 2 * 1024 * 1024 {
+            body.extend_from_slice(unit.as_bytes());
+        }
+        body
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        assert!(parse_delete(wrapped_delete(XML_DEPTH_MAX - 1).as_bytes()).is_ok());
+        let deep = reason(parse_delete(wrapped_delete(XML_DEPTH_MAX).as_bytes()));
+        assert!(deep.contains("nested deeper than 16"), "{deep}");
+        let nested = two_mebibytes_of("<CompleteMultipartUpload>", "<a>");
+        assert!(reason(parse_complete(&nested)).contains("nested deeper"));
+        let nested = two_mebibytes_of("<Delete><Object>", "<Key>");
+        assert!(reason(parse_delete(&nested)).contains("nested deeper"));
+        let nested = two_mebibytes_of("<CreateBucketConfiguration>", "<LocationConstraint>");
+        assert!(reason(parse_create_bucket(&nested)).contains("nested deeper"));
+    }
+
+    #[test]
+    fn too_many_elements_are_refused() {
+        let elements = |count: usize| format!("<Delete><Object><Key>k</Key></Object>{}</Delete>", "<a/>".repeat(count));
+        assert!(parse_delete(elements(XML_ELEMENTS_MAX - 3).as_bytes()).is_ok());
+        let many = reason(parse_delete(elements(XML_ELEMENTS_MAX - 2).as_bytes()));
+        assert!(many.contains("more than 100000 elements"), "{many}");
+        let flat = two_mebibytes_of("<CompleteMultipartUpload>", "<a></a>");
+        assert!(reason(parse_complete(&flat)).contains("more than 100000 elements"));
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let name = |bytes: usize| "n".repeat(bytes);
+        let longest = format!(
+            "<Delete><{0}/><{0}></{0}><Object><Key>k</Key></Object></Delete>",
+            name(XML_NAME_BYTES_MAX)
+        );
+        assert!(parse_delete(longest.as_bytes()).is_ok());
+        for tag in [
+            format!("<Delete><{}>", name(XML_NAME_BYTES_MAX + 1)),
+            format!("<Delete><{}/>", name(XML_NAME_BYTES_MAX + 1)),
+            format!("<Delete><{} attribute='1'>", name(XML_NAME_BYTES_MAX + 1)),
+            format!("<Delete><s3:{}>", name(XML_NAME_BYTES_MAX - 2)),
+            format!("<Delete><{}", name(2 * 1024 * 1024)),
+        ] {
+            let long = reason(parse_delete(tag.as_bytes()));
+            assert!(long.contains("longer than 256 bytes"), "{long}");
+        }
+        // A long closing tag is not copied, and the reason does not echo it whole.
+        let closing = format!("<Delete></{}>", name(1024 * 1024));
+        let mismatched = reason(parse_delete(closing.as_bytes()));
+        assert!(
+            mismatched.starts_with("element Delete is closed by nnn"),
+            "{mismatched}"
+        );
+        assert_eq!(mismatched.len(), REASON_BYTES_MAX);
+    }
+
+    #[test]
+    fn text_is_kept_up_to_its_limit() {
+        let delete_of = |key: &str| format!("<Delete><Object><Key>{key}</Key></Object></Delete>");
+        let longest = "k".repeat(XML_TEXT_BYTES_MAX);
+        assert_eq!(
+            parse_delete(delete_of(&longest).as_bytes()),
+            Ok((false, vec![longest.as_bytes().to_vec()]))
+        );
+        let too_long = reason(parse_delete(delete_of(&format!("{longest}k")).as_bytes()));
+        assert!(
+            too_long.contains("the text of Key is longer than 4096 bytes"),
+            "{too_long}"
+        );
+        let in_pieces = reason(parse_delete(delete_of(&format!("{longest}&amp;")).as_bytes()));
+        assert!(in_pieces.contains("longer than 4096"), "{in_pieces}");
+        let escaped = "&amp;".repeat(XML_TEXT_BYTES_MAX / 2);
+        let (_, keys) = parse_delete(delete_of(&escaped).as_bytes()).expect("its unescaped text is short enough");
+        assert_eq!(keys, [b"&".repeat(XML_TEXT_BYTES_MAX / 2)]);
+        // Text that is not kept (an ignored element's, whitespace between elements) has no limit.
+        let ignored = format!(
+            "<Delete>{0}<Ignored>{0}</Ignored><Object>{0}<Key>k</Key>{0}</Object>{0}</Delete>",
+            " ".repeat(1024 * 1024)
+        );
+        assert_eq!(parse_delete(ignored.as_bytes()), Ok((false, vec![b"k".to_vec()])));
+        // Unknown entities are refused even in text that is not kept.
+        assert!(is_malformed(parse_delete(
+            b"<Delete><Ignored>&bogus;</Ignored><Object><Key>k</Key></Object></Delete>"
+        )));
+        // An element with children has no text of its own.
+        assert_eq!(
+            parse_delete(b"<Delete><Object><Key>a<b/>c</Key></Object></Delete>"),
+            Ok((false, vec![Vec::new()]))
+        );
+    }
+
+    #[test]
+    fn complete_lists_checksums_and_at_most_10000_parts() {
+        let body = b"<CompleteMultipartUpload>\
+            <Part><PartNumber>1</PartNumber><ETag>\"a\"</ETag><ChecksumCRC64NVME> jSnVw/bqjr4= </ChecksumCRC64NVME></Part>\
+            <Part><ChecksumSHA256>x</ChecksumSHA256><ETag>b</ETag><PartNumber>2</PartNumber></Part>\
+            <Part><PartNumber>3</PartNumber><ETag>c</ETag><ChecksumType>COMPOSITE</ChecksumType></Part>\
+            </CompleteMultipartUpload>";
+        let expected = vec![
+            CompletedPart {
+                number: 1,
+                etag: "a".to_owned(),
+                checksum: Some((Algorithm::Crc64Nvme, "jSnVw/bqjr4=".to_owned())),
+            },
+            CompletedPart {
+                number: 2,
+                etag: "b".to_owned(),
+                checksum: Some((Algorithm::Sha256, "x".to_owned())),
+            },
+            CompletedPart {
+                number: 3,
+                etag: "c".to_owned(),
+                checksum: None,
+            },
+        ];
+        assert_eq!(parse_complete_parts(body), Ok(expected));
+        let two = b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>a</ETag>\
+            <ChecksumCRC32>AAAAAA==</ChecksumCRC32><ChecksumCRC32C>AAAAAA==</ChecksumCRC32C></Part></CompleteMultipartUpload>";
+        assert!(reason(parse_complete_parts(two)).contains("more than one checksum"));
+        let parts = |count: u32| {
+            let mut body = "<CompleteMultipartUpload>".to_owned();
+            for index in 0..count {
+                let number = index % PART_NUMBER_MAX + 1;
+                let element = Algorithm::ALL[index as usize % Algorithm::ALL.len()].xml_element();
+                body.push_str(&format!(
+                    "<Part><PartNumber>{number}</PartNumber><ETag>e</ETag><{element}>c</{element}></Part>"
+                ));
+            }
+            body + "</CompleteMultipartUpload>"
+        };
+        let listed = parse_complete_parts(parts(PART_NUMBER_MAX).as_bytes()).expect("10000 parts are fine");
+        assert_eq!(listed.len(), 10_000);
+        assert_eq!(listed[9_999].number, 10_000);
+        let too_many = reason(parse_complete_parts(parts(PART_NUMBER_MAX + 1).as_bytes()));
+        assert!(too_many.contains("more than 10000 parts"), "{too_many}");
+    }
+
+    #[test]
+    fn delete_objects_keep_version_ids() {
+        let body = b"<Delete><Quiet>true</Quiet><Object><Key>a</Key><VersionId> v1 </VersionId></Object>\
+            <Object><Key>b</Key></Object><Object><VersionId>null</VersionId><Key>c</Key><ETag>e</ETag></Object></Delete>";
+        let object = |key: &[u8], version_id: Option<&str>| DeleteObject {
+            key: key.to_vec(),
+            version_id: version_id.map(str::to_owned),
+        };
+        assert_eq!(
+            parse_delete_objects(body),
+            Ok((
+                true,
+                vec![object(b"a", Some("v1")), object(b"b", None), object(b"c", Some("null"))]
+            ))
+        );
+    }
+
+    #[test]
+    fn create_bucket_configuration() {
+        assert_eq!(parse_create_bucket(b""), Ok(None));
+        assert_eq!(parse_create_bucket(b" \r\n"), Ok(None));
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <CreateBucketConfiguration xmlns=\"{NAMESPACE}\"><LocationConstraint> eu-west-1 </LocationConstraint>\
+             </CreateBucketConfiguration>"
+        );
+        assert_eq!(parse_create_bucket(body.as_bytes()), Ok(Some("eu-west-1".to_owned())));
+        assert_eq!(parse_create_bucket(b"<CreateBucketConfiguration/>"), Ok(None));
+        assert_eq!(
+            parse_create_bucket(b"<CreateBucketConfiguration><LocationConstraint/></CreateBucketConfiguration>"),
+            Ok(Some(String::new()))
+        );
+        assert!(is_malformed(parse_create_bucket(b"<Other/>")));
+        assert!(is_malformed(parse_create_bucket(b"<CreateBucketConfiguration>")));
+        assert!(is_malformed(parse_create_bucket(b"us-east-1")));
+    }
+
+    #[test]
+    fn malformed_reasons_are_cut_on_a_character_boundary() {
+        let number = "é".repeat(1000);
+        let body = format!("<CompleteMultipartUpload><Part><PartNumber>{number}</PartNumber><ETag>e</ETag></Part></CompleteMultipartUpload>");
+        let cut = reason(parse_complete(body.as_bytes()));
+        assert!(cut.starts_with("PartNumber \"éé"), "{cut}");
+        assert!(
+            cut.len() <= REASON_BYTES_MAX && cut.len() > REASON_BYTES_MAX - 2,
+            "{}",
+            cut.len()
+        );
+        assert_eq!(malformed("short").to_string(), "malformed XML: short");
+    }
+
+    /// A global allocator counting each thread's live bytes, so that a test can bound what one parse
+    /// allocates while other tests run on other threads.
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
+            static PEAK_BYTES: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn record(delta: isize) {
+            // `try_with`: an allocation can come while the thread's locals are being torn down.
+            let _ = LIVE_BYTES.try_with(|live| {
+                live.set(live.get() + delta);
+                let _ = PEAK_BYTES.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+        }
+
+        fn signed(bytes: usize) -> isize {
+            isize::try_from(bytes).unwrap_or(isize::MAX)
+        }
+
+        pub struct Counting;
+
+        // SAFETY: every call is forwarded unchanged to the system allocator; counting touches only
+        // thread-local cells, which need no allocation.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                record(signed(layout.size()));
+                // SAFETY: the caller's contract is the system allocator's.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                record(signed(layout.size()));
+                // SAFETY: as above.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+
+            unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+                record(-signed(layout.size()));
+                // SAFETY: as above.
+                unsafe { System.dealloc(pointer, layout) }
+            }
+
+            unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                record(signed(new_size) - signed(layout.size()));
+                // SAFETY: as above.
+                unsafe { System.realloc(pointer, layout, new_size) }
+            }
+        }
+
+        /// What `run` returns, and the most bytes it had allocated at once on this thread.
+        pub fn peak_bytes<T>(run: impl FnOnce() -> T) -> (T, usize) {
+            let before = LIVE_BYTES.with(Cell::get);
+            PEAK_BYTES.with(|peak| peak.set(before));
+            let result = run();
+            let peak = PEAK_BYTES.with(Cell::get) - before;
+            (result, usize::try_from(peak).unwrap_or(0))
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: counting::Counting = counting::Counting;
+
+    /// The most a refused body may cost the walker: its bounded stack and text, and an error.
+    const WALKER_BYTES_MAX: usize = 2 * XML_DEPTH_MAX * (XML_NAME_BYTES_MAX + 8) + XML_TEXT_BYTES_MAX + 1024;
+
+    #[test]
+    fn parsing_memory_is_bounded_by_what_is_kept() {
+        let hostile = [
+            two_mebibytes_of("<CompleteMultipartUpload>", "<a>"),
+            two_mebibytes_of("<Delete><Object>", "<Key>"),
+            two_mebibytes_of("<Delete>", "<a/>"),
+            two_mebibytes_of("<Delete><Object><Key>", "k"),
+            two_mebibytes_of("<Delete><Object><Key>", "&#x10FFFF;"),
+            two_mebibytes_of("<Delete><", "n"),
+            two_mebibytes_of("<Delete></", "n"),
+            [two_mebibytes_of("<Delete></", "n"), b">".to_vec()].concat(),
+            two_mebibytes_of("<Delete><Object><Key>k</Key></Object><!--", "-"),
+        ];
+        for body in &hostile {
+            let head = String::from_utf8_lossy(&body[..40]);
+            let (result, peak) = counting::peak_bytes(|| parse_delete(body));
+            assert!(result.is_err(), "{head}");
+            assert!(peak <= WALKER_BYTES_MAX, "{head}...: {peak} bytes");
+            let (result, peak) = counting::peak_bytes(|| parse_complete(body));
+            assert!(result.is_err(), "{head}");
+            assert!(peak <= WALKER_BYTES_MAX, "{head}...: {peak} bytes");
+        }
+        // What is kept costs in proportion: 1000 keys of 100 bytes.
+        let keys: Vec<String> = (0..DELETE_KEYS_MAX).map(|index| format!("{index:0>100}")).collect();
+        let body = delete_body(Some("true"), &keys);
+        let (result, peak) = counting::peak_bytes(|| parse_delete(body.as_bytes()));
+        assert_eq!(result.map(|(_, keys)| keys.len()), Ok(DELETE_KEYS_MAX));
+        let kept_bytes = DELETE_KEYS_MAX * (100 + size_of::<DeleteObject>());
+        assert!(peak <= 2 * kept_bytes + WALKER_BYTES_MAX, "{peak} bytes");
+    }
+
+    #[test]
+    fn list_v1_leaves_the_prefix_unencoded_and_names_owners() {
+        let contents = [object(b"a b", 1)];
+        let list = ListV1 {
+            bucket: "b",
+            prefix: b"a ",
+            marker: b"",
+            next_marker: None,
+            delimiter: None,
+            max_keys: 1,
+            is_truncated: false,
+            encoding_url: true,
+            contents: &contents,
+            common_prefixes: &[],
+        };
+        let rendered = text(list_v1(&list));
+        assert!(rendered.contains("<Prefix>a </Prefix>"), "{rendered}");
+        assert!(rendered.contains("<Key>a%20b</Key>"), "{rendered}");
+        assert!(rendered.contains("<Owner><ID>mkv</ID>"), "{rendered}");
+    }
+
+    #[test]
+    fn list_v2_names_owners_when_asked() {
+        let contents = [object(b"k", 1)];
+        let plain = text(list_v2(&list_v2_of(&contents, &[])));
+        assert!(!plain.contains("<Owner>"), "{plain}");
+        let owned = text(list_v2(&ListV2 {
+            fetch_owner: true,
+            ..list_v2_of(&contents, &[])
+        }));
+        assert!(
+            owned.contains("<StorageClass>STANDARD</StorageClass><Owner><ID>mkv</ID><DisplayName>mkv</DisplayName></Owner></Contents>"),
+            "{owned}"
+        );
+    }
+
+    #[test]
+    fn list_buckets_page_names_the_next_page() {
+        let buckets = [BucketEntry {
+            name: "a".to_owned(),
+            created_ms: 0,
+        }];
+        let rendered = text(list_buckets_page(&buckets, Some("tok"), Some("a")));
+        assert!(
+            rendered.ends_with(
+                "</Buckets><ContinuationToken>tok</ContinuationToken><Prefix>a</Prefix></ListAllMyBucketsResult>"
+            ),
+            "{rendered}"
+        );
+        assert_eq!(
+            text(list_buckets_page(&buckets, None, None)),
+            text(list_buckets(&buckets))
+        );
     }
 }

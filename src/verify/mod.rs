@@ -2,9 +2,14 @@
 //!
 //! For every live key (`verify_key`), every replica its record names is
 //! HEADed: it must be there with the value's size (the size in the key's
-//! metadata; for a key without metadata, the size most replicas agree on).
-//! With `--md5` each copy that passes is read back and its md5 compared
-//! with the record's (without one, with the md5 most copies agree on). A
+//! metadata; for a key without metadata, the size every copy has, else the
+//! one most copies on placed volumes have: a rebalance's leftover that a
+//! rebuild recorded never outvotes them). With `--md5` each copy that
+//! passes is read back and its md5 compared with the record's (without
+//! one, agreed the same way). Nothing else is evidence: `rebuild` records
+//! a size or md5 only when every copy it found agrees. When the copies
+//! disagree and nothing says which is right, they are reported and left
+//! as they are. A
 //! volume that does not answer, or answers with an error, makes its replica
 //! "unreachable": a timeout is never "missing", and nothing is repaired on
 //! that evidence. With `--repair`, each missing, short or corrupt replica is
@@ -41,14 +46,14 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::app::App;
+use crate::app::{shutting_down, App};
 use crate::config::Config;
 use crate::index::IndexError;
 use crate::progress::{Progress, Sink};
 use crate::rebalance::Records;
 use crate::record::{Record, RecordError};
 
-pub use orphans::{remove_orphan, Orphan};
+pub use orphans::{remove_orphan, Orphan, Removal};
 pub use replicas::{purge_unlinked, verify_key, KeyReport, NotRepaired, Purge, Replica};
 
 /// What a verify run does besides looking.
@@ -96,7 +101,8 @@ pub struct Summary {
     pub repaired: u64,
     /// Bad replicas left as they were (repair off, failed, or refused).
     pub unrepaired: u64,
-    /// Keys with bad replicas and no good copy.
+    /// Keys with bad replicas and no good copy, or copies that disagree
+    /// with nothing to say which is right (left as they are).
     pub no_good_copy: u64,
     /// Records that do not decode.
     pub corrupt_records: u64,
@@ -112,6 +118,8 @@ pub struct Summary {
     /// Soft-deleted keys that could not be purged.
     pub purge_failed: u64,
     pub elapsed: Duration,
+    /// The run ended early: the master shut down.
+    pub stopped: bool,
 }
 
 impl Summary {
@@ -125,6 +133,7 @@ impl Summary {
             + self.strays
             + self.unlisted
             + self.purge_failed
+            + u64::from(self.stopped)
     }
 
     fn status(&self) -> String {
@@ -152,7 +161,10 @@ impl Summary {
         let bad = report.replicas.iter().filter(|(_, replica)| replica.is_bad()).count();
         self.repaired += report.repaired.len() as u64;
         self.unrepaired += (bad - report.repaired.len()) as u64;
-        self.no_good_copy += u64::from(report.not_repaired == Some(NotRepaired::NoGoodCopy));
+        self.no_good_copy += u64::from(matches!(
+            report.not_repaired,
+            Some(NotRepaired::NoGoodCopy | NotRepaired::Disagree)
+        ));
     }
 }
 
@@ -227,7 +239,10 @@ pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<S
     })?;
     let progress = Progress::with_sink("verify", "keys", Some(total), sink.clone());
     let mut summary = Summary::default();
-    let outcomes = stream::iter(Records::new(index))
+    // A serving master that shuts down ends the run: the keys in flight
+    // finish, no new one starts, and the orphan walk is left out.
+    let records = stream::iter(Records::new(index)).take_while(|_| std::future::ready(!shutting_down()));
+    let outcomes = records
         .map(|item| async move {
             let (key, record) = item?;
             let outcome = check_record(app, settings, &key, record).await?;
@@ -239,6 +254,13 @@ pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<S
         let (key, outcome) = item?;
         tally(&String::from_utf8_lossy(&key), outcome, &mut summary, &progress);
         progress.advance(1, || summary.status());
+    }
+    if shutting_down() {
+        summary.stopped = true;
+        summary.elapsed = progress.elapsed();
+        progress.report("stopped: the master is shutting down; run the verify again to finish");
+        progress.finish(&summary.to_string());
+        return Ok(summary);
     }
     progress.finish(&format!("{}; looking for orphans", summary.status()));
     let progress = Progress::with_sink("verify", "directories", None, sink);

@@ -50,26 +50,52 @@ fn still_orphan(app: &App, orphan: &Orphan) -> Result<bool, IndexError> {
     }
 }
 
+/// How often removing an orphan tries its key's lock before it gives up:
+/// the other copies of one key are removed at the same time and each holds
+/// the lock for one DELETE round trip.
+const ORPHAN_LOCK_TRIES_MAX: u32 = 100;
+/// Wait between two tries of an orphan's key lock.
+const ORPHAN_LOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// What removing one orphan did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Deleted.
+    Removed,
+    /// A record names it now: kept.
+    NoLongerOrphan,
+    /// Another write held the key's lock throughout: left for a later run.
+    Busy,
+}
+
 /// Delete the orphan file at `path` on volume `host`, if it still is one
-/// (under its key's lock). Returns whether it was deleted.
+/// (under its key's lock, waited for a while: the removals of one key's
+/// other copies take it too).
 pub async fn remove_orphan(
     app: &App,
     orphan: &Orphan,
     host: &str,
     path: &str,
     timeout: Duration,
-) -> Result<Result<bool, VolumeError>, IndexError> {
+) -> Result<Result<Removal, VolumeError>, IndexError> {
+    let mut tries = 0;
     let _guard = match orphan {
-        Orphan::Key { key, .. } => match app.store.try_lock(key)? {
-            Some(guard) => Some(guard),
-            None => return Ok(Ok(false)),
+        Orphan::Key { key, .. } => loop {
+            if let Some(guard) = app.store.try_lock(key)? {
+                break Some(guard);
+            }
+            tries += 1;
+            if tries == ORPHAN_LOCK_TRIES_MAX {
+                return Ok(Ok(Removal::Busy));
+            }
+            monoio::time::sleep(ORPHAN_LOCK_RETRY).await;
         },
         Orphan::Part { .. } => None,
     };
     if !still_orphan(app, orphan)? {
-        return Ok(Ok(false));
+        return Ok(Ok(Removal::NoLongerOrphan));
     }
-    Ok(volume::delete(host, path, timeout).await.map(|()| true))
+    Ok(volume::delete(host, path, timeout).await.map(|()| Removal::Removed))
 }
 /// Where a listed directory sits: the key layout (`rebuild`'s levels), or
 /// the S3 parts directory.
@@ -93,7 +119,7 @@ enum Done {
     Removed {
         path: String,
         host: String,
-        result: Result<bool, VolumeError>,
+        result: Result<Removal, VolumeError>,
     },
 }
 
@@ -111,7 +137,7 @@ async fn perform(app: &App, task: Task, timeout: Duration) -> Result<Done, Index
 }
 
 /// Walk every volume and count (and with `--repair`, remove) orphans. At
-/// most `--concurrency` requests in flight, depth first.
+/// most the job's `concurrency` (`--concurrency`) requests in flight, depth first.
 pub(super) async fn find_orphans(
     app: &App,
     settings: &Settings,
@@ -127,7 +153,7 @@ pub(super) async fn find_orphans(
         .collect();
     let mut running = FuturesUnordered::new();
     loop {
-        while running.len() < app.config.concurrency {
+        while running.len() < settings.concurrency {
             let Some(task) = pending.pop() else { break };
             running.push(perform(app, task, settings.timeout));
         }
@@ -144,9 +170,19 @@ pub(super) async fn find_orphans(
                 summary.unlisted += 1;
                 progress.report(&format!("{}{}: {error}", volume_of(&directory), directory.path));
             }
-            Done::Removed { result: Ok(true), .. } => summary.orphans_removed += 1,
             Done::Removed {
-                result: Ok(false),
+                result: Ok(Removal::Removed),
+                ..
+            } => summary.orphans_removed += 1,
+            Done::Removed {
+                result: Ok(Removal::Busy),
+                host,
+                path,
+            } => progress.report(&format!(
+                "{host}{path}: not removed: another write of the key is in progress; left for the next run"
+            )),
+            Done::Removed {
+                result: Ok(Removal::NoLongerOrphan),
                 host,
                 path,
             } => {

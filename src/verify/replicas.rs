@@ -67,6 +67,9 @@ impl fmt::Display for Replica {
 pub enum NotRepaired {
     /// No replica passed every check.
     NoGoodCopy,
+    /// The copies disagree and nothing recorded (metadata, md5) or agreed
+    /// by a majority of the placed copies says which is right.
+    Disagree,
     /// Another write holds the key's lock.
     Busy,
     /// The record changed since it was checked.
@@ -80,6 +83,10 @@ impl fmt::Display for NotRepaired {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(match self {
             NotRepaired::NoGoodCopy => "no good copy to repair from",
+            NotRepaired::Disagree => {
+                "not repaired: the copies disagree and nothing recorded or agreed by most placed copies says \
+                 which is right; left as they are"
+            }
             NotRepaired::Busy => "not repaired: another write of the key is in progress",
             NotRepaired::Changed => "not repaired: the record changed while it was checked",
             NotRepaired::SharedPath => "not repaired: the key's file name is shared with other keys",
@@ -126,12 +133,37 @@ fn majority<T: Copy + Eq>(values: impl IntoIterator<Item = T>) -> Option<T> {
     }
 }
 
+/// The value every one of `values` holds, if they all hold one and the same
+/// (and there is at least one).
+fn unanimous<T: Copy + Eq>(values: impl IntoIterator<Item = T>) -> Option<T> {
+    let mut values = values.into_iter();
+    let first = values.next()?;
+    values.all(|value| value == first).then_some(first)
+}
+
+/// What the copies say the value is when nothing recorded says it: the one
+/// value every copy has, else the value most of the copies on placed
+/// entries have (`placed[i]`: whether entry i is one key2volume places the
+/// key on). Copies on other entries (a rebalance's leftovers, which a
+/// rebuild records too) never outvote the placed ones; with no majority
+/// nothing is known (pure).
+fn agreed<T: Copy + Eq>(values: &[Option<T>], placed: &[bool]) -> Option<T> {
+    unanimous(values.iter().flatten().copied()).or_else(|| {
+        let placed_values = values.iter().zip(placed).filter(|(_, placed)| **placed);
+        majority(placed_values.filter_map(|(value, _)| *value))
+    })
+}
+
 /// What each replica holds, from what its HEAD answered (its size, None
-/// on 404, or why it failed), and the value's size: `meta_size`, or the
-/// size most replicas have (pure).
-fn judge(heads: &[Result<Option<u64>, String>], meta_size: Option<u64>) -> (Vec<Replica>, Option<u64>) {
-    let sizes = heads.iter().filter_map(|head| head.as_ref().ok().copied().flatten());
-    let expected = meta_size.or_else(|| majority(sizes));
+/// on 404, or why it failed), and the value's size: `meta_size`, or what
+/// the copies agree on (`agreed`) (pure).
+fn judge(
+    heads: &[Result<Option<u64>, String>],
+    placed: &[bool],
+    meta_size: Option<u64>,
+) -> (Vec<Replica>, Option<u64>) {
+    let sizes: Vec<Option<u64>> = heads.iter().map(|head| head.as_ref().ok().copied().flatten()).collect();
+    let expected = meta_size.or_else(|| agreed(&sizes, placed));
     let replicas = heads
         .iter()
         .map(|head| match head {
@@ -158,10 +190,13 @@ async fn head_all(entries: &[String], path: &str, timeout: Duration) -> Vec<Resu
 }
 
 /// Read back every replica judged Ok and mark those whose md5 is not the
-/// value's Corrupt. Returns the md5 the value has, when known.
+/// value's Corrupt. Returns the md5 the value has, when known: `recorded`,
+/// or what the copies agree on (`agreed`); when nothing says, every copy
+/// read is marked Corrupt and none is a source.
 async fn check_md5s(
     entries: &[String],
     replicas: &mut [Replica],
+    placed: &[bool],
     path: &str,
     recorded: Option<Md5Hex>,
     timeout: Duration,
@@ -173,7 +208,8 @@ async fn check_md5s(
         }
     });
     let md5s: Vec<Option<Result<Option<Md5Hex>, VolumeError>>> = join_all(reads).await;
-    let agreed = recorded.or_else(|| majority(md5s.iter().filter_map(|md5| md5.as_ref()?.as_ref().ok().copied()?)));
+    let read: Vec<Option<Md5Hex>> = md5s.iter().map(|md5| md5.as_ref()?.as_ref().ok().copied()?).collect();
+    let agreed = recorded.or_else(|| agreed(&read, placed));
     for (replica, md5) in replicas.iter_mut().zip(md5s) {
         match md5 {
             None => {}
@@ -193,11 +229,25 @@ async fn check_md5s(
 pub async fn verify_key(app: &App, settings: &Settings, key: &[u8], record: &Record) -> Result<KeyReport, IndexError> {
     let path = key2path(key);
     let meta_size = app.store.meta(key)?.map(|meta| meta.size);
+    let placed_entries = app.store.placement().place(key);
+    let placed: Vec<bool> = record
+        .volumes
+        .iter()
+        .map(|entry| placed_entries.contains(entry))
+        .collect();
     let heads = head_all(&record.volumes, &path, settings.timeout).await;
-    let (mut replicas, size) = judge(&heads, meta_size);
+    let (mut replicas, size) = judge(&heads, &placed, meta_size);
     let mut md5 = record.hash;
     if settings.md5 {
-        md5 = check_md5s(&record.volumes, &mut replicas, &path, record.hash, settings.timeout).await;
+        md5 = check_md5s(
+            &record.volumes,
+            &mut replicas,
+            &placed,
+            &path,
+            record.hash,
+            settings.timeout,
+        )
+        .await;
     }
     let mut report = KeyReport {
         replicas: record.volumes.iter().cloned().zip(replicas).collect(),
@@ -212,6 +262,13 @@ pub async fn verify_key(app: &App, settings: &Settings, key: &[u8], record: &Rec
         .filter(|(_, replica)| *replica == Replica::Ok)
         .map(|(entry, _)| entry.clone())
         .collect();
+    let has = |wanted: fn(&Replica) -> bool| report.replicas.iter().any(|(_, replica)| wanted(replica));
+    let sizes_disagree = size.is_none() && has(|replica| matches!(replica, Replica::WrongSize { .. }));
+    let md5s_disagree = settings.md5 && md5.is_none() && has(|replica| *replica == Replica::Corrupt);
+    if sizes_disagree || md5s_disagree {
+        report.not_repaired = Some(NotRepaired::Disagree);
+        return Ok(report);
+    }
     let Some(size) = size.filter(|_| !sources.is_empty()) else {
         report.not_repaired = Some(NotRepaired::NoGoodCopy);
         return Ok(report);
@@ -435,7 +492,7 @@ mod tests {
     #[test]
     fn a_timeout_is_never_missing() {
         let heads = [Ok(Some(5)), Err("volume a: timed out".to_owned()), Ok(None)];
-        let (replicas, size) = judge(&heads, Some(5));
+        let (replicas, size) = judge(&heads, &[true; 3], Some(5));
         assert_eq!(size, Some(5));
         assert_eq!(replicas[0], Replica::Ok);
         assert!(matches!(replicas[1], Replica::Unreachable(_)));
@@ -445,7 +502,7 @@ mod tests {
 
     #[test]
     fn sizes_come_from_metadata_or_the_replicas_agreement() {
-        let (replicas, _) = judge(&[Ok(Some(4)), Ok(Some(5))], Some(5));
+        let (replicas, _) = judge(&[Ok(Some(4)), Ok(Some(5))], &[true, true], Some(5));
         assert_eq!(
             replicas[0],
             Replica::WrongSize {
@@ -453,12 +510,28 @@ mod tests {
                 expected: Some(5)
             }
         );
-        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5)), Ok(Some(5))], None);
+        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5)), Ok(Some(5))], &[true; 3], None);
         assert_eq!(size, Some(5));
         assert!(replicas[0].is_bad() && replicas[1] == Replica::Ok);
         // Two replicas that disagree, and nothing to say which is right.
-        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5))], None);
+        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5))], &[true, true], None);
         assert_eq!(size, None);
         assert!(replicas.iter().all(Replica::is_bad));
+    }
+
+    #[test]
+    fn copies_off_placement_never_outvote_the_placed_ones() {
+        // Two stray copies of an old value against the one placed copy.
+        let heads = [Ok(Some(15)), Ok(Some(3)), Ok(Some(3))];
+        let (replicas, size) = judge(&heads, &[true, false, false], None);
+        assert_eq!(size, Some(15));
+        assert_eq!(replicas[0], Replica::Ok);
+        // The placed copies disagree: nothing is known, whatever the others say.
+        let (_, size) = judge(&heads, &[true, true, false], None);
+        assert_eq!(size, None);
+        // Copies that all agree are the value, placed or not.
+        let (replicas, size) = judge(&[Ok(Some(3)), Ok(None)], &[false, false], None);
+        assert_eq!(size, Some(3));
+        assert_eq!(replicas[0], Replica::Ok);
     }
 }

@@ -259,3 +259,63 @@ fn listing_more_than_a_million_keys_needs_a_limit() {
         r#"{"next":"/many/100","keys":["/many/0","/many/1","/many/10"]}"#
     );
 }
+
+/// Split `bytes` into responses, given which answer HEAD requests (no body
+/// whatever their `Content-Length`): the statuses, and bytes left over.
+fn responses(mut bytes: &[u8], heads: &[bool]) -> (Vec<u16>, usize) {
+    let mut statuses = Vec::new();
+    for &head in heads {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_bytes)) = response.parse(bytes) else {
+            break;
+        };
+        let length = response
+            .headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |header| {
+                std::str::from_utf8(header.value).unwrap().parse::<usize>().unwrap()
+            });
+        statuses.push(response.code.unwrap());
+        let body = if head { 0 } else { length };
+        bytes = &bytes[(head_bytes + body).min(bytes.len())..];
+    }
+    (statuses, bytes.len())
+}
+
+#[test]
+fn failed_head_requests_get_no_body_on_a_kept_connection() {
+    let mut cluster = Cluster::start(1, &["-replicas", "1", "-subvolumes", "1"]);
+    assert_eq!(request("PUT", &cluster.url("/down/k"), Some(b"v")).status, 201);
+    cluster.volumes[0].stop();
+    let down = crate::cluster::eventually(std::time::Duration::from_secs(10), || {
+        request("GET", &cluster.url("/down/k"), None).status == 503
+    });
+    assert!(down, "the volume is seen down");
+    let long_key = format!("/{}", "k".repeat(300));
+    let pipelined = [
+        ("HEAD", "/k?bogus".to_string(), 403),
+        ("HEAD", "/%zz".to_string(), 400),
+        ("HEAD", long_key, 414),
+        ("HEAD", "/down/k".to_string(), 503),
+        ("HEAD", "/?list&limit=x".to_string(), 400),
+        ("HEAD", "/missing".to_string(), 404),
+        ("GET", "/k?bogus".to_string(), 403),
+    ];
+    let mut bytes = String::new();
+    for (i, (method, path, _)) in pipelined.iter().enumerate() {
+        let close = if i + 1 == pipelined.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        bytes += &format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{close}\r\n");
+    }
+    let answer = crate::cluster::raw(cluster.port(), bytes.as_bytes(), std::time::Duration::from_secs(10));
+    let heads: Vec<bool> = pipelined.iter().map(|(method, _, _)| *method == "HEAD").collect();
+    let (statuses, left) = responses(answer.as_bytes(), &heads);
+    let expected: Vec<u16> = pipelined.iter().map(|(_, _, status)| *status).collect();
+    assert_eq!(statuses, expected, "{answer}");
+    assert_eq!(left, 0, "{answer}");
+}

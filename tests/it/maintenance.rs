@@ -262,12 +262,21 @@ fn rebalance_request_moves_one_key() {
     let files = count_files(&spare.dir);
 
     let moved = unbalanced[0];
+    // A reader redirected just before the move is on its way to the old copy.
+    let before = request("GET", &cluster.url(moved), None);
+    let old_location = before.header("location").unwrap().to_owned();
     assert_eq!(request("REBALANCE", &cluster.url(moved), None).status, 204);
+    let late_reader = request("GET", &old_location, None);
+    assert_eq!(late_reader.status, 200, "the old copy outlives the rewrite");
+    assert_eq!(late_reader.body, moved.as_bytes());
     let reply = request("HEAD", &cluster.url(moved), None);
     assert_eq!(reply.header("key-balance"), Some("balanced"));
     assert_ne!(reply.header("key-volumes"), Some(spare.host().as_str()));
     assert_eq!(fetch(&cluster.url(moved)).body, moved.as_bytes());
-    assert_eq!(count_files(&spare.dir), files - 1, "the old copy is deleted");
+    let deleted = crate::cluster::eventually(std::time::Duration::from_secs(10), || {
+        count_files(&spare.dir) == files - 1
+    });
+    assert!(deleted, "the old copy is deleted once its grace is over");
 
     // A key whose only copy is gone cannot move, and its record stays.
     let lost = unbalanced[1];

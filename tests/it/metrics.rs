@@ -226,3 +226,76 @@ fn metrics_count_a_put_a_volume_failed() {
         1.0
     );
 }
+
+#[test]
+fn a_request_that_waits_is_counted_with_its_own_status_and_cache_read() {
+    let metrics_port = free_port();
+    let metrics = metrics_port.to_string();
+    let cluster = Cluster::start(3, &["--threads", "1", "--metrics-port", &metrics]);
+    let s3 = ("x-amz-content-sha256", "UNSIGNED-PAYLOAD");
+    let big = vec![5u8; 32 << 20];
+    assert_eq!(
+        crate::cluster::request_full("PUT", &cluster.url("/mbkt"), &[s3], Some(b"")).status,
+        200
+    );
+    assert_eq!(
+        crate::cluster::request_full("PUT", &cluster.url("/mbkt/big"), &[s3], Some(&big)).status,
+        200
+    );
+    assert_eq!(request("PUT", &cluster.url("/hit"), Some(b"v")).status, 201);
+    assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
+    let before = Scrape::take(metrics_port);
+
+    // An S3 GET streamed to a client that does not read: its answer's
+    // status is written, then it waits on the client while the one reactor
+    // serves cache hits to others.
+    let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        slow,
+        "GET /mbkt/big HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut first = [0u8; 4096];
+    let read = slow.read(&mut first).unwrap();
+    assert!(first[..read].starts_with(b"HTTP/1.1 200"));
+    let hits = 20;
+    for _ in 0..hits {
+        assert_eq!(request("GET", &cluster.url("/hit"), None).status, 302);
+    }
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).unwrap();
+    assert!(read + rest.len() > big.len());
+    let after = Scrape::take(metrics_port);
+
+    let requests = |method: &str, status: u16| format!("mkv_requests_total{{method=\"{method}\",status=\"{status}\"}}");
+    assert_eq!(after.growth(&before, &requests("GET", 302)), f64::from(hits));
+    assert_eq!(after.growth(&before, &requests("GET", 200)), 1.0);
+    assert_eq!(after.growth(&before, "mkv_cache_hits_total"), f64::from(hits));
+    assert_eq!(after.growth(&before, "mkv_cache_misses_total"), 0.0);
+}
+
+#[test]
+fn scrapes_answer_while_slow_clients_hold_connections() {
+    let metrics_port = free_port();
+    let _cluster = Cluster::start(1, &["-replicas", "1", "--metrics-port", &metrics_port.to_string()]);
+    // Clients that connect and send nothing, or a head one byte at a time.
+    let silent: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", metrics_port)).unwrap())
+        .collect();
+    let mut trickling = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    trickling.write_all(b"G").unwrap();
+    // Each scrape must get its page while they are connected: read with a
+    // timeout shorter than the 5 s a silent client may hold its thread.
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .expect("the scrape is answered while others stall");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    drop(silent);
+}

@@ -1,13 +1,16 @@
 //! Maintenance while serving: with the index held by a running master,
-//! `mkv rebalance` and `mkv verify` given the master's `--metrics-port`
-//! have the master run the job (`POST /admin/<job>`) and stream its lines
-//! back. A rebalance beside writes and reads moves every key where
-//! placement wants it, and every GET during it redirects to a copy that
-//! exists; verify repairs a deleted replica; a second job while one runs is
-//! refused with 409; without the flag the locked index names it.
+//! `mkv rebalance` and `mkv verify` given the master's `--admin-port` and
+//! `--admin-token-file` have the master run the job (`POST /admin/<job>`)
+//! and stream its lines back. A rebalance beside writes and reads moves
+//! every key where placement wants it, and every GET during it redirects to
+//! a copy that exists; verify repairs a deleted replica; a second job while
+//! one runs is refused with 409; without the flags the locked index names
+//! them. The admin port runs jobs only for the token's holder, never for a
+//! web page, and the metrics port runs none.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,6 +26,46 @@ fn expect(output: &Output, code: i32) -> String {
     assert_eq!(output.status.code(), Some(code), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
+}
+
+/// A master's admin port and token file (in a directory of the test's).
+pub struct Admin {
+    pub port: u16,
+    pub token_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Admin {
+    pub fn new() -> Admin {
+        let dir = tempfile::tempdir().unwrap();
+        Admin {
+            port: free_port(),
+            token_file: dir.path().join("admin-token"),
+            _dir: dir,
+        }
+    }
+
+    /// The flags the master and the commands take.
+    pub fn flags(&self) -> Vec<String> {
+        vec![
+            "--admin-port".to_string(),
+            self.port.to_string(),
+            "--admin-token-file".to_string(),
+            self.token_file.display().to_string(),
+        ]
+    }
+
+    /// The token the master made.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file).unwrap().trim().to_owned()
+    }
+}
+
+/// `Cluster::start` with the admin flags after `extra`.
+fn start_with_admin(volumes: usize, extra: &[&str], admin: &Admin) -> Cluster {
+    let flags = admin.flags();
+    let all: Vec<&str> = extra.iter().copied().chain(flags.iter().map(String::as_str)).collect();
+    Cluster::start(volumes, &all)
 }
 
 /// PUT `count` keys named `prefix-i` of mixed sizes (one larger than a copy piece).
@@ -76,10 +119,8 @@ fn traffic(
 fn online_rebalance_beside_writes_and_reads_moves_every_key_and_loses_no_read() {
     let mut cluster = Cluster::start(3, &["-replicas", "2"]);
     let old = write_keys(&cluster, "/old/key", 200);
-    let metrics_port = free_port();
-    cluster
-        .extra
-        .extend(["--metrics-port".to_string(), metrics_port.to_string()]);
+    let admin = Admin::new();
+    cluster.extra.extend(admin.flags());
     cluster.kill_master();
     cluster.master = None;
     for i in 3..5 {
@@ -193,8 +234,8 @@ fn file_at(cluster: &Cluster, entry: &str, key: &str) -> std::path::PathBuf {
 
 #[test]
 fn online_verify_finds_a_deleted_replica_and_repair_restores_it_while_serving() {
-    let metrics_port = free_port().to_string();
-    let cluster = Cluster::start(3, &["-replicas", "2", "--metrics-port", &metrics_port]);
+    let admin = Admin::new();
+    let cluster = start_with_admin(3, &["-replicas", "2"], &admin);
     let keys = write_keys(&cluster, "/v/key", 10);
     let (key, body) = &keys[0];
     let entries = request("HEAD", &cluster.url(key), None)
@@ -219,10 +260,17 @@ fn online_verify_finds_a_deleted_replica_and_repair_restores_it_while_serving() 
     assert_eq!(fetch(&cluster.url(key)).body, *body);
 }
 
-/// POST a job on the admin port; the connection, its head read.
-fn post_job(metrics_port: u16, path: &str) -> (String, BufReader<TcpStream>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n").unwrap();
+/// POST a job with the token on the admin port; the connection, its head read.
+fn post_job(admin: &Admin, path: &str) -> (String, BufReader<TcpStream>) {
+    let authorization = format!("Authorization: Bearer {}\r\n", admin.token());
+    post(admin.port, path, &authorization)
+}
+
+/// POST `path` with `headers` (each line ending in CRLF) on `port`; the
+/// connection, its head read.
+fn post(port: u16, path: &str, headers: &str) -> (String, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\n\r\n").unwrap();
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
     reader.read_line(&mut status).unwrap();
@@ -235,18 +283,8 @@ fn post_job(metrics_port: u16, path: &str) -> (String, BufReader<TcpStream>) {
 
 #[test]
 fn a_second_job_while_one_runs_is_refused_with_409() {
-    let metrics_port = free_port();
-    let mut cluster = Cluster::start(
-        2,
-        &[
-            "-replicas",
-            "1",
-            "--metrics-port",
-            &metrics_port.to_string(),
-            "-voltimeout",
-            "60s",
-        ],
-    );
+    let admin = Admin::new();
+    let mut cluster = start_with_admin(2, &["-replicas", "1", "-voltimeout", "60s"], &admin);
     write_keys(&cluster, "/busy/key", 4);
     // A volume that takes connections and never answers: the job's HEAD of
     // it waits until the test lets go, so the job is running throughout.
@@ -254,11 +292,11 @@ fn a_second_job_while_one_runs_is_refused_with_409() {
     cluster.volumes[1].stop();
     let listener = TcpListener::bind(("127.0.0.1", held_port)).unwrap();
 
-    let (first, mut first_body) = post_job(metrics_port, "/admin/verify?concurrency=1");
+    let (first, mut first_body) = post_job(&admin, "/admin/verify?concurrency=1");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let (second, _) = post_job(metrics_port, "/admin/rebalance");
+    let (second, _) = post_job(&admin, "/admin/rebalance");
     assert!(second.starts_with("HTTP/1.1 409"), "{second}");
-    let (bad, _) = post_job(metrics_port, "/admin/verify?repair=maybe");
+    let (bad, _) = post_job(&admin, "/admin/verify?repair=maybe");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
 
     drop(listener);
@@ -269,7 +307,7 @@ fn a_second_job_while_one_runs_is_refused_with_409() {
         rest.trim_end().ends_with("exit 1") || rest.trim_end().ends_with("exit 0"),
         "{rest}"
     );
-    let (third, mut third_body) = post_job(metrics_port, "/admin/verify");
+    let (third, mut third_body) = post_job(&admin, "/admin/verify");
     assert!(third.starts_with("HTTP/1.1 200"), "{third}");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut third_body, &mut rest).unwrap();
@@ -277,15 +315,143 @@ fn a_second_job_while_one_runs_is_refused_with_409() {
 }
 
 #[test]
-fn without_metrics_port_a_locked_index_names_the_flag() {
+fn without_admin_port_a_locked_index_names_the_flag() {
     let cluster = Cluster::start(2, &["-replicas", "1"]);
     for command in ["rebalance", "verify"] {
         let stderr = expect(&cluster.run_command(&[], command), 1);
-        assert!(
-            stderr.contains("locked") && stderr.contains("--metrics-port"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("locked") && stderr.contains("--admin-port"), "{stderr}");
     }
     let stderr = expect(&cluster.run_command(&[], "rebuild"), 1);
     assert!(stderr.contains("only with the master stopped"), "{stderr}");
+}
+
+#[test]
+fn jobs_run_only_for_the_token_holder_never_for_a_web_page_or_a_scraper() {
+    use std::os::unix::fs::PermissionsExt;
+    let admin = Admin::new();
+    let metrics_port = free_port();
+    let metrics = metrics_port.to_string();
+    let cluster = start_with_admin(3, &["-replicas", "2", "--metrics-port", &metrics], &admin);
+    let mode = std::fs::metadata(&admin.token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the master made its token file private");
+    assert_eq!(admin.token().len(), 64);
+    assert_eq!(request("PUT", &cluster.url("/a/unlinked"), Some(b"kept")).status, 201);
+    let files = replica_files(&cluster, "/a/unlinked");
+    assert_eq!(request("UNLINK", &cluster.url("/a/unlinked"), None).status, 204);
+
+    // What a web page can send: a "simple" cross-origin POST.
+    let purge = "/admin/verify?purge-unlinked=0s&repair=true&orphan-grace=0s";
+    let simple = "Content-Type: text/plain\r\nOrigin: http://evil.example\r\n";
+    let (scraped, _) = post(metrics_port, purge, simple);
+    assert!(
+        scraped.starts_with("HTTP/1.1 404"),
+        "the metrics port runs no job: {scraped}"
+    );
+    let (anonymous, _) = post(admin.port, purge, simple);
+    assert!(anonymous.starts_with("HTTP/1.1 403"), "{anonymous}");
+    let (tokenless, _) = post(admin.port, purge, "");
+    assert!(tokenless.starts_with("HTTP/1.1 401"), "{tokenless}");
+    let wrong = format!("Authorization: Bearer {}\r\n", "0".repeat(64));
+    let (wrong, _) = post(admin.port, purge, &wrong);
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    // The token in a web page's request (it cannot read the file, but even
+    // so): refused for its Origin.
+    let with_origin = format!("Authorization: Bearer {}\r\n{simple}", admin.token());
+    let (with_origin, _) = post(admin.port, purge, &with_origin);
+    assert!(with_origin.starts_with("HTTP/1.1 403"), "{with_origin}");
+    // The token holder, without the confirmation a zero grace needs.
+    let (unconfirmed, mut body) = post_job(&admin, purge);
+    assert!(unconfirmed.starts_with("HTTP/1.1 400"), "{unconfirmed}");
+    let mut why = String::new();
+    std::io::Read::read_to_string(&mut body, &mut why).unwrap();
+    assert!(why.contains("confirm-short-grace"), "{why}");
+    assert!(
+        files.iter().all(|file| file.exists()),
+        "nothing refused changed anything"
+    );
+    assert_eq!(
+        request("GET", &format!("http://127.0.0.1:{metrics_port}/metrics"), None).status,
+        200
+    );
+
+    let (confirmed, mut body) = post_job(&admin, &format!("{purge}&confirm-short-grace=true"));
+    assert!(confirmed.starts_with("HTTP/1.1 200"), "{confirmed}");
+    let mut lines = String::new();
+    std::io::Read::read_to_string(&mut body, &mut lines).unwrap();
+    assert!(lines.trim_end().ends_with("exit 0"), "{lines}");
+    assert!(lines.contains("1 unlinked keys purged"), "{lines}");
+    assert!(files.iter().all(|file| !file.exists()));
+}
+
+/// The files of `key`'s replicas, from the master's `Key-Volumes`.
+fn replica_files(cluster: &Cluster, key: &str) -> Vec<PathBuf> {
+    let reply = request("HEAD", &cluster.url(key), None);
+    let entries = reply.header("key-volumes").expect("a live key").to_owned();
+    entries.split(',').map(|entry| file_at(cluster, entry, key)).collect()
+}
+
+#[test]
+fn a_job_from_a_command_placing_keys_otherwise_is_refused() {
+    let admin = Admin::new();
+    let cluster = start_with_admin(3, &["-replicas", "2"], &admin);
+    write_keys(&cluster, "/placed/key", 3);
+    let db = cluster.db().display().to_string();
+    for command in ["rebalance", "verify"] {
+        let output = crate::cluster::mkv()
+            .args(["-db", &db, "-volumes", &cluster.volume_list(), "-replicas", "3"])
+            .args(admin.flags())
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = expect(&output, 1);
+        assert!(
+            stderr.contains("400") && stderr.contains("-replicas 2, -subvolumes 10 here"),
+            "{stderr}"
+        );
+    }
+    // The master's own flags go through.
+    expect(&cluster.run_command(&[], "verify"), 0);
+}
+
+#[test]
+fn a_shutdown_during_an_online_rebalance_ends_the_job_with_an_exit_code_and_no_stale_copy() {
+    let admin = Admin::new();
+    let mut cluster = start_with_admin(3, &["-replicas", "2", "-subvolumes", "1"], &admin);
+    write_keys(&cluster, "/a/key", 60);
+    cluster.kill_master();
+    // Records without files after the real keys: the walk is still failing
+    // them one by one when the master is told to stop.
+    let seeded = cluster.run_command(&["--count", "20000", "--prefix", "/z/seeded-"], "seed");
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    for i in 3..5 {
+        let dir = cluster.dir.path().join(format!("volume{i}"));
+        cluster.volumes.push(crate::cluster::Volume::start(dir, free_port()));
+    }
+    cluster.master = None;
+    cluster.start_master();
+    let db = cluster.db().display().to_string();
+    let job = crate::cluster::mkv()
+        .args(["-db", &db, "-volumes", &cluster.volume_list()])
+        .args(&cluster.extra)
+        .args(["--concurrency", "1", "rebalance"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let master = cluster.master_process();
+    unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
+    let output = job.wait_with_output().unwrap();
+    let stderr = expect(&output, 1);
+    assert!(!stderr.contains("without an exit code"), "{stderr}");
+    assert!(stderr.contains("stopped: the master is shutting down"), "{stderr}");
+    assert_eq!(cluster.master_process().wait().unwrap().code(), Some(0));
+
+    // Every old copy of a moved key was deleted before the master exited.
+    cluster.master = None;
+    cluster.start_master();
+    let found = expect(&cluster.run_command(&["--orphan-grace", "0s"], "verify"), 1);
+    assert!(found.contains("orphans: 0 found"), "{found}");
 }

@@ -235,7 +235,12 @@ fn verify_removes_old_orphans_and_leaves_young_ones_and_unlinked_copies() {
 
     // A shorter grace makes the young file old enough.
     std::thread::sleep(Duration::from_millis(1100));
-    let removed = expect(&verify(&cluster, &["--repair", "--orphan-grace", "1s"]), 0);
+    // A grace this short needs the confirmation.
+    let refused = expect(&verify(&cluster, &["--repair", "--orphan-grace", "1s"]), 2);
+    assert!(refused.contains("--confirm-short-grace"), "{refused}");
+    assert!(young.exists());
+    let confirmed = ["--repair", "--orphan-grace", "1s", "--confirm-short-grace"];
+    let removed = expect(&verify(&cluster, &confirmed), 0);
     assert!(removed.contains("orphans: 1 found, 1 removed"), "{removed}");
     assert!(!young.exists());
     cluster.start_master();
@@ -261,7 +266,16 @@ fn purge_unlinked_hard_deletes_only_keys_older_than_the_threshold() {
     }
     cluster.kill_master();
 
-    let purged = expect(&verify(&cluster, &["--purge-unlinked", "4s"]), 0);
+    let refused = expect(&verify(&cluster, &["--purge-unlinked", "4s"]), 2);
+    assert!(refused.contains("--confirm-short-grace"), "{refused}");
+    assert!(
+        old_files.iter().all(|file| file.exists()),
+        "a refused run deletes nothing"
+    );
+    let purged = expect(
+        &verify(&cluster, &["--purge-unlinked", "4s", "--confirm-short-grace"]),
+        0,
+    );
     assert!(purged.contains("1 unlinked keys purged"), "{purged}");
     assert!(old_files.iter().all(|file| !file.exists()), "the copies are deleted");
     assert!(young_files.iter().all(|file| file.exists()));
@@ -326,4 +340,26 @@ fn verify_repair_killed_midway_converges_on_rerun() {
     }
     let clean = expect(&verify(&cluster, &["--md5"]), 0);
     assert!(clean.contains("80 ok, 0 missing, 0 wrong size, 0 corrupt"), "{clean}");
+}
+
+#[test]
+fn repair_removes_every_orphan_copy_of_one_key() {
+    let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    cluster.kill_master();
+    // One key with no record, an old copy on six entries: their removals
+    // run at once and each takes the key's lock.
+    let files: Vec<PathBuf> = cluster
+        .volumes
+        .iter()
+        .flat_map(|volume| ["sv01", "sv02"].map(|subvolume| format!("{}/{subvolume}", volume.host())))
+        .map(|entry| file_at(&cluster, &entry, "/v/orphaned-everywhere"))
+        .collect();
+    for file in &files {
+        plant(file, b"old copy", OLD);
+    }
+    let removed = expect(&verify(&cluster, &["--repair"]), 0);
+    assert!(removed.contains("orphans: 6 found, 6 removed"), "{removed}");
+    let left: Vec<&PathBuf> = files.iter().filter(|file| file.exists()).collect();
+    assert!(left.is_empty(), "{left:?}\n{removed}");
+    expect(&verify(&cluster, &[]), 0);
 }
