@@ -250,26 +250,29 @@ fn with_the_index_unreachable_writes_answer_503_and_cached_reads_go_on() {
 /// Keys and the values written under them.
 type Written = Vec<(String, Vec<u8>)>;
 
-/// One master over a fresh database (2 replicas, a metrics port for the
+/// A serving master, the admin port and token its maintenance jobs need,
+/// and the keys written.
+type Serving = (Database, Cluster, Written, crate::online::Admin);
+
+/// One master over a fresh database (2 replicas, an admin port for the
 /// maintenance jobs) holding `count` keys `<prefix><i>`, and their values.
-fn serving_with_keys(test: &str, prefix: &str, count: u64) -> Option<(Database, Cluster, Written)> {
+fn serving_with_keys(test: &str, prefix: &str, count: u64) -> Option<Serving> {
     let database = database(test)?;
-    let metrics = free_port().to_string();
-    let cluster = Cluster::start_over(
-        Some(database.url.clone()),
-        3,
-        &["-replicas", "2", "--metrics-port", &metrics],
-    );
+    let admin = crate::online::Admin::new();
+    let flags = admin.flags();
+    let mut extra = vec!["-replicas", "2"];
+    extra.extend(flags.iter().map(String::as_str));
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &extra);
     let keys: Written = (0..count).map(|i| (format!("{prefix}{i}"), value(2000, i))).collect();
     for (key, body) in &keys {
         assert_eq!(request("PUT", &cluster.url(key), Some(body)).status, 201);
     }
-    Some((database, cluster, keys))
+    Some((database, cluster, keys, admin))
 }
 
 #[test]
 fn maintenance_runs_inside_a_serving_master_and_rebuild_offline() {
-    let Some((_database, mut cluster, keys)) = serving_with_keys("maintenance", "/m/", 20) else {
+    let Some((_database, mut cluster, keys, _admin)) = serving_with_keys("maintenance", "/m/", 20) else {
         return;
     };
     assert_eq!(request("REBALANCE", &cluster.url(&keys[0].0), None).status, 204);
@@ -333,7 +336,7 @@ fn a_write_waiting_on_the_index_does_not_stop_its_reactor_answering() {
 
 #[test]
 fn an_online_rebalance_runs_inside_the_serving_master() {
-    let Some((_database, mut cluster, keys)) = serving_with_keys("rebalance", "/r/", 30) else {
+    let Some((_database, mut cluster, keys, _admin)) = serving_with_keys("rebalance", "/r/", 30) else {
         return;
     };
     // A fourth volume: placement now wants some keys elsewhere.
