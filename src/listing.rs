@@ -143,7 +143,9 @@ impl<'a> Source<'a> {
             return Ok(Source::Local(index.view()));
         }
         let shared = index.clone();
-        let snapshot = crate::offload::read(move || postgres(&shared).snapshot()).await?;
+        let snapshot = crate::offload::read(move || postgres(&shared).snapshot())
+            .await
+            .unwrap_or_else(|| Err(crate::index::not_answered()))?;
         Ok(Source::Shared(index.clone(), Some(Box::new(snapshot))))
     }
 
@@ -169,17 +171,14 @@ impl<'a> Source<'a> {
         let end = prefix_end(prefix);
         // One row past the visits allowed, to tell where the scan resumes.
         let rows_max = visits_max.saturating_add(1);
-        let read = crate::offload::read_within(move || {
+        let read = crate::offload::read(move || {
             let rows = postgres(&shared).snapshot_scan(&mut snapshot, &from, end.as_deref(), rows_max);
             (snapshot, rows)
         })
         .await;
         // Past the bound the snapshot stays with the call (dropped there).
         let Some((snapshot, rows)) = read else {
-            return Err(IndexError::Unavailable(format!(
-                "the index did not answer within {} ms",
-                crate::offload::INDEX_WAIT_MS_MAX
-            )));
+            return Err(crate::index::not_answered());
         };
         *slot = Some(snapshot);
         let rows = rows?;
@@ -194,7 +193,7 @@ impl<'a> Source<'a> {
     /// End the snapshot (PostgreSQL: its transaction, off the reactor).
     async fn close(self) {
         if let Source::Shared(index, Some(snapshot)) = self {
-            let _ = crate::offload::read_within(move || postgres(&index).end_snapshot(*snapshot)).await;
+            let _ = crate::offload::read(move || postgres(&index).end_snapshot(*snapshot)).await;
         }
     }
 }

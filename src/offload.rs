@@ -11,7 +11,7 @@
 //! request is cancelled (client gone) still runs to its end on the pool.
 //!
 //! Every wait is bounded (`INDEX_WAIT_MS_MAX`): past it the caller gets
-//! `IndexError::Unavailable` (503 with Retry-After), and a call no pool
+//! None (`index::not_answered`: 503 with Retry-After), and a call no pool
 //! thread has started yet is skipped, so a write the client was told
 //! failed is not applied later when the database comes back. A call
 //! already started runs to its end (its outcome is unknown to the caller;
@@ -24,8 +24,6 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use monoio::io::AsyncReadRent;
-
-use crate::index::IndexError;
 
 /// The longest a caller waits for an offloaded index call: a database that
 /// hangs (a stuck disk, a network that drops rather than refuses, a commit
@@ -106,26 +104,15 @@ fn work(receiver: &Mutex<Receiver<Job>>) {
 }
 
 /// Run the index write `call` on its pool and await its result without
-/// blocking the reactor, at most `INDEX_WAIT_MS_MAX`: past it the call is
-/// reported unavailable (its outcome unknown if it started; skipped if it
-/// had not).
-pub async fn write<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
-) -> Result<T, IndexError> {
-    run(&WRITES, call, drop).await.unwrap_or_else(|| Err(not_answered()))
+/// blocking the reactor, at most `INDEX_WAIT_MS_MAX`: None past it (the
+/// call's outcome unknown if it started; skipped if it had not).
+pub async fn write<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    run(&WRITES, call, drop).await
 }
 
 /// Run the index read `call` on its pool and await its result without
-/// blocking the reactor, at most `INDEX_WAIT_MS_MAX`.
-pub async fn read<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, IndexError> + Send + 'static,
-) -> Result<T, IndexError> {
-    run(&READS, call, drop).await.unwrap_or_else(|| Err(not_answered()))
-}
-
-/// `read` for a call whose result is not a plain `Result` (one that hands
-/// back what it was lent): None past `INDEX_WAIT_MS_MAX`.
-pub async fn read_within<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+/// blocking the reactor, at most `INDEX_WAIT_MS_MAX`: None past it.
+pub async fn read<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Option<R> {
     run(&READS, call, drop).await
 }
 
@@ -205,10 +192,6 @@ pub fn detach(call: impl FnOnce() + Send + 'static) {
 
 fn wait_max() -> Duration {
     Duration::from_millis(INDEX_WAIT_MS_MAX)
-}
-
-fn not_answered() -> IndexError {
-    IndexError::Unavailable(format!("the index did not answer within {INDEX_WAIT_MS_MAX} ms"))
 }
 
 /// Queue `job` on `pool`, or run it here if the pool cannot take it.
@@ -321,11 +304,10 @@ mod tests {
             .unwrap();
         let here = std::thread::current().id();
         let (elsewhere, value) = runtime
-            .block_on(read_within(move || (std::thread::current().id() != here, 42)))
+            .block_on(read(move || (std::thread::current().id() != here, 42)))
             .expect("answered in time");
         assert!(elsewhere, "ran on a pool thread");
         assert_eq!(value, 42);
-        let written = runtime.block_on(write(|| Ok::<_, IndexError>(7)));
-        assert_eq!(written.ok(), Some(7));
+        assert_eq!(runtime.block_on(write(|| 7)), Some(7));
     }
 }

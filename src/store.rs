@@ -605,7 +605,9 @@ impl Store {
         }
         let index = self.index.clone();
         let key = key.to_vec();
-        crate::offload::read(move || read(&index, &key)).await
+        crate::offload::read(move || read(&index, &key))
+            .await
+            .unwrap_or_else(|| Err(crate::index::not_answered()))
     }
 
     /// A write of `changes` failed, and may still have happened (its

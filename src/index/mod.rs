@@ -194,6 +194,7 @@ impl Index {
                     Index::Rocks(_) => unreachable!("the engine does not change"),
                 })
                 .await
+                .unwrap_or_else(|| Err(not_answered()))
             }
         }
     }
@@ -345,6 +346,15 @@ impl Index {
 /// What a key-lock call answers: the holding's token, or None (held
 /// elsewhere).
 type LockGrant = Result<Option<LockToken>, IndexError>;
+
+/// An offloaded index call that did not answer within
+/// `offload::INDEX_WAIT_MS_MAX` (503 with Retry-After).
+pub fn not_answered() -> IndexError {
+    IndexError::Unavailable(format!(
+        "the index did not answer within {} ms",
+        crate::offload::INDEX_WAIT_MS_MAX
+    ))
+}
 
 fn lock_not_answered() -> IndexError {
     IndexError::Unavailable(format!(
