@@ -219,9 +219,9 @@ const TABLES: &str = "
         END LOOP;
     END $$;
 ";
-/// The SQL state `mkv_apply` raises when a key's lock is gone.
+/// The SQL state `mkv_apply_fenced` raises when a key's lock is gone.
 const LOCK_LOST_STATE: &str = "MKVLK";
-/// The SQL state `mkv_apply` raises when the writer's lease lapsed.
+/// The SQL state `mkv_apply_fenced` raises when the writer's lease lapsed.
 const LEASE_LAPSED_STATE: &str = "MKVLS";
 
 /// A pooled connection and its prepared statements.
@@ -307,7 +307,7 @@ impl From<postgres::Error> for Failure {
     }
 }
 
-/// Changes ready for `Postgres::apply_batch`: `mkv_apply`'s arguments.
+/// Changes ready for `Postgres::apply_batch`: `mkv_apply_fenced`'s arguments.
 pub struct Batch {
     operations: Vec<&'static str>,
     keys: Vec<Vec<u8>>,
