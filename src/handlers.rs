@@ -241,7 +241,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
     // Writes are not the hot path: an owned key keeps the input buffer free
     // for reading the body.
     let key = key.to_vec();
-    let _guard = app.store.try_lock(&key)?.ok_or(Error::Locked)?;
+    let _guard = app.store.try_lock_async(&key).await?.ok_or(Error::Locked)?;
     let mut source = ClientBody {
         connection: &mut *connection,
         body: BodyReader::new(head.body, app.config.body_limits),
@@ -281,7 +281,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
 }
 
 async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
-    let _guard = app.store.try_lock(key)?.ok_or(Error::Locked)?;
+    let _guard = app.store.try_lock_async(key).await?.ok_or(Error::Locked)?;
     let Some(record) = app.store.get_async(key).await? else {
         return Err(Error::Client(404, "not found"));
     };
@@ -296,7 +296,7 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
 /// Take `key`'s write lock and read its record, which must be live (`live`)
 /// or soft-deleted (`!live`); otherwise 404. The guard holds the lock.
 async fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>, Record), Error> {
-    let guard = app.store.try_lock(key)?.ok_or(Error::Locked)?;
+    let guard = app.store.try_lock_async(key).await?.ok_or(Error::Locked)?;
     match app.store.get_async(key).await? {
         Some(record) if record.is_live() == live => Ok((guard, record)),
         _ => Err(Error::Client(404, "not found")),

@@ -102,6 +102,8 @@ pub enum GateError {
     Gone,
     /// A wait of the gate ran out.
     Busy,
+    /// The writer's lock on its key lapsed (`Gate::may_send`).
+    LockLost,
 }
 
 /// Where a replicated write's bytes come from: a client's body, or another
@@ -154,6 +156,13 @@ impl PieceSource for ClientBody<'_> {
 #[allow(async_fn_in_trait)]
 pub trait Gate {
     async fn before_last(&mut self) -> Result<(), ReplicationError>;
+    /// Whether the writer may still send bytes (it still provably holds
+    /// its key: `Store::still_held`). Asked before the first piece, before
+    /// each piece and before the uploads are finished; false fails the
+    /// write at once, so no byte goes out after the writer's lock lapsed.
+    fn may_send(&self) -> bool {
+        true
+    }
 }
 
 /// A write with nothing to do before its last bytes (a multipart part).
@@ -268,6 +277,9 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         gate.before_last().await.map_err(untouched)?;
         gated = true;
     }
+    if !gate.may_send() {
+        return Err(untouched(ReplicationError::Gate(GateError::LockLost)));
+    }
     let begins = entries.iter().map(|entry| {
         let first = first.clone();
         async move {
@@ -301,6 +313,9 @@ pub async fn replicate<S: PieceSource, G: Gate>(
     // to all replicas while reading the next one from the source.
     let mut piece: Option<Bytes> = None;
     while !is_last(source) || piece.is_some() {
+        if !gate.may_send() {
+            return Err(abandon(uploads, ReplicationError::Gate(GateError::LockLost)).await);
+        }
         let (sent, next) = monoio::join!(send_all(&mut uploads, piece.take()), source.next_piece(PIECE_BYTES));
         if let Err(error) = sent {
             return Err(abandon(uploads, ReplicationError::Volume(error)).await);
@@ -332,6 +347,10 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         if let Err(error) = gate.before_last().await {
             return Err(abandon(uploads, error).await);
         }
+    }
+    // A chunked upload's last bytes (its end) go out with the finish.
+    if !gate.may_send() {
+        return Err(abandon(uploads, ReplicationError::Gate(GateError::LockLost)).await);
     }
     let finishes = uploads
         .into_iter()

@@ -22,7 +22,7 @@ use crate::coherence::Coherence;
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::Event;
-use crate::index::{Change, Index, IndexError};
+use crate::index::{Change, Index, IndexError, LockToken};
 use crate::locks::{KeyLocks, LocalGuard};
 use crate::meta::Meta;
 use crate::metrics::{self, CacheRead};
@@ -372,16 +372,24 @@ pub struct Store {
 /// masters; dropping it unlocks both.
 pub struct KeyGuard<'a> {
     /// The index holds the key's lock too (PostgreSQL).
-    shared: Option<(&'a Index, Box<[u8]>)>,
+    shared: Option<SharedLock<'a>>,
     _local: LocalGuard<'a>,
+}
+
+/// The index's part of a `KeyGuard`.
+struct SharedLock<'a> {
+    index: &'a Arc<Index>,
+    key: Box<[u8]>,
+    token: LockToken,
 }
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
-        // Before the local lock (fields drop after this): no writer of this
-        // process can ask the index for the key while it still holds it.
-        if let Some((index, key)) = &self.shared {
-            index.unlock_key(key);
+        // On the lock pool, waited for briefly (`offload::lock_briefly`);
+        // should it run late, this master may lock the key again first,
+        // and the late unlock, naming its own token, removes nothing.
+        if let Some(shared) = &self.shared {
+            shared.index.unlock_key(&shared.key, shared.token);
         }
     }
 }
@@ -410,6 +418,12 @@ impl Store {
 
     /// The index under the store (listing, maintenance).
     pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The index, shareable with calls that leave the reactor (listings'
+    /// snapshots).
+    pub fn index_shared(&self) -> &Arc<Index> {
         &self.index
     }
 
@@ -484,7 +498,7 @@ impl Store {
     /// Take in what the index reports of other masters' changes.
     pub fn observe(&self, event: Event) {
         match event {
-            Event::Changed(key) => self.cache.invalidate(&key),
+            Event::Changed(key) | Event::ChangedHere(key) => self.cache.invalidate(&key),
             Event::Everything => self.cache.clear(),
             Event::Confirmed(sent) => self.coherence.confirm(sent),
         }
@@ -591,13 +605,39 @@ impl Store {
         }
         let index = self.index.clone();
         let key = key.to_vec();
-        crate::offload::read(move || read(&index, &key)).await
+        crate::offload::read(move || read(&index, &key))
+            .await
+            .unwrap_or_else(|| Err(crate::index::not_answered()))
+    }
+
+    /// A write of `changes` failed, and may still have happened (its
+    /// commit was sent, the answer lost): the cache must not keep serving
+    /// the records from before it. The keys are forgotten now, and on
+    /// PostgreSQL this master follows its own change notifications from
+    /// now on, so a commit that becomes visible later (one that waited on
+    /// a synchronous standby) evicts what a read cached meanwhile, within
+    /// the coherence bound like another master's change. Following is
+    /// turned on first: a notification of a commit that landed before the
+    /// failure was seen here is then either followed or older than the
+    /// eviction.
+    fn forget_after_failure(&self, changes: &[Change<'_>]) {
+        if let Some(engine) = self.index.postgres() {
+            engine.follow_own_changes();
+        }
+        for change in changes {
+            if let Change::Record(key, _) | Change::Remove(key) = *change {
+                self.cache.invalidate(key);
+            }
+        }
     }
 
     /// Write `record` under `key`: index first, then cache.
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
         let started = Instant::now();
-        self.index.put(key, record)?;
+        if let Err(error) = self.index.put(key, record) {
+            self.forget_after_failure(&[Change::Record(key, record)]);
+            return Err(error);
+        }
         metrics::observe_index_write(started.elapsed());
         self.cache.put(key, self.answer(key, Some(record)));
         Ok(())
@@ -641,7 +681,10 @@ impl Store {
     /// cache (None: forget it).
     async fn write(&self, key: &[u8], record: Option<&Record>, changes: &[Change<'_>]) -> Result<(), IndexError> {
         let started = Instant::now();
-        self.index.apply_async(changes).await?;
+        if let Err(error) = self.index.apply_async(changes).await {
+            self.forget_after_failure(changes);
+            return Err(error);
+        }
         metrics::observe_index_write(started.elapsed());
         match record {
             Some(record) => self.cache.put(key, self.answer(key, Some(record))),
@@ -662,7 +705,10 @@ impl Store {
     }
 
     /// Take `key`'s write lock, or None if another write holds it (in this
-    /// master or, on PostgreSQL, in another).
+    /// master or, on PostgreSQL, in another). On PostgreSQL this blocks
+    /// the caller for the lock's round trip, at most
+    /// `offload::INDEX_WAIT_MS_MAX`: a handler on a reactor calls
+    /// `try_lock_async` instead.
     pub fn try_lock(&self, key: &[u8]) -> Result<Option<KeyGuard<'_>>, IndexError> {
         let Some(local) = self.locks.try_lock(key) else {
             return Ok(None);
@@ -673,10 +719,49 @@ impl Store {
                 _local: local,
             }));
         }
-        Ok(self.index.try_lock_key(key)?.then(|| KeyGuard {
-            shared: Some((&self.index, key.into())),
+        Ok(self.index.try_lock_key(key)?.map(|token| KeyGuard {
+            shared: Some(SharedLock {
+                index: &self.index,
+                key: key.into(),
+                token,
+            }),
             _local: local,
         }))
+    }
+
+    /// `try_lock`, awaited without blocking the reactor (PostgreSQL: the
+    /// lock is taken on the lock pool, bounded by
+    /// `offload::INDEX_WAIT_MS_MAX`).
+    pub async fn try_lock_async(&self, key: &[u8]) -> Result<Option<KeyGuard<'_>>, IndexError> {
+        let Some(local) = self.locks.try_lock(key) else {
+            return Ok(None);
+        };
+        if self.index.postgres().is_none() {
+            return Ok(Some(KeyGuard {
+                shared: None,
+                _local: local,
+            }));
+        }
+        Ok(self.index.try_lock_key_async(key).await?.map(|token| KeyGuard {
+            shared: Some(SharedLock {
+                index: &self.index,
+                key: key.into(),
+                token,
+            }),
+            _local: local,
+        }))
+    }
+
+    /// Whether this master may still send bytes of `key`, whose lock it
+    /// took: true unless, on PostgreSQL, its lease on the key has less than
+    /// `pg::KEY_LEASE_LEFT_MIN_MS` left (renewals failing: the database
+    /// unreachable). A writer checks it before each piece it sends and
+    /// before the last one, and stops (fails the write) when it is false;
+    /// another master can take the key only once the lease has expired in
+    /// the database plus `LEASE_MARGIN_MS`, by when every piece sent before
+    /// the check has arrived or failed.
+    pub fn still_held(&self, key: &[u8]) -> bool {
+        self.index.still_held(key)
     }
 }
 

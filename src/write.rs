@@ -186,6 +186,10 @@ struct Commit<'a> {
 }
 
 impl Gate for Commit<'_> {
+    fn may_send(&self) -> bool {
+        self.app.store.still_held(self.key)
+    }
+
     async fn before_last(&mut self) -> Result<(), ReplicationError> {
         let Some(record) = self.record.take() else {
             return Ok(());
@@ -245,6 +249,11 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
     if record.is_live() {
         app.store.put_async(key, &record.with_deleted(true)).await?;
     }
+    // No copy is deleted once the key's lock lapsed: another master may be
+    // writing it by then.
+    if !app.store.still_held(key) {
+        return Err(Error::Index(IndexError::Unavailable("the key's lock lapsed".into())));
+    }
     let path = key2path(key);
     let timeout = app.config.volume_timeout;
     let copies = if path_is_own(key) {
@@ -279,6 +288,12 @@ async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, 
         .collect();
     let path = key2path(key);
     let timeout = app.config.volume_timeout;
+    // A cleanup deletes copies: not once the key's lock lapsed (another
+    // master may be writing it); the record stays as the failure left it.
+    if !app.store.still_held(key) {
+        eprintln!("failed write of {name:?}: its lock lapsed; copies left for a later write or DELETE");
+        return;
+    }
     let survivor = prior.and_then(|record| {
         let volumes: Vec<String> = record
             .volumes

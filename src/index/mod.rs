@@ -17,6 +17,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::meta::{Meta, MetaError};
 use crate::record::{Record, RecordError};
@@ -24,7 +25,7 @@ use crate::record::{Record, RecordError};
 pub mod pg;
 mod rocks;
 
-pub use pg::Event;
+pub use pg::{Event, LockToken};
 
 /// Records per write batch when filling the index in bulk.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
@@ -193,6 +194,7 @@ impl Index {
                     Index::Rocks(_) => unreachable!("the engine does not change"),
                 })
                 .await
+                .unwrap_or_else(|| Err(not_answered()))
             }
         }
     }
@@ -269,20 +271,96 @@ impl Index {
 
     /// Take `key`'s write lock across masters (PostgreSQL); always granted
     /// by RocksDB, which one master holds alone. `Ok(false)`: another
-    /// master holds it.
-    pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
-        match self {
-            Index::Rocks(_) => Ok(true),
-            Index::Postgres(engine) => engine.try_lock_key(key),
+    /// master holds it. Waits here, on the lock pool's thread, at most
+    /// `offload::INDEX_WAIT_MS_MAX` (a caller on a reactor blocks that
+    /// long at worst; `try_lock_key_async` does not block).
+    pub fn try_lock_key(self: &Arc<Index>, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
+        if self.postgres().is_none() {
+            return Ok(Some(0));
+        }
+        let (call, undo) = self.lock_call(key);
+        crate::offload::block_within(call, undo).unwrap_or_else(|| Err(lock_not_answered()))
+    }
+
+    /// A lock call for the lock pool, and what undoes its grant when the
+    /// caller gave up waiting for it.
+    fn lock_call(
+        self: &Arc<Index>,
+        key: &[u8],
+    ) -> (
+        impl FnOnce() -> LockGrant + Send + 'static,
+        impl FnOnce(LockGrant) + Send + 'static,
+    ) {
+        let (index, undone) = (self.clone(), self.clone());
+        let (key, unlocked) = (key.to_vec(), key.to_vec());
+        let call = move || index.postgres().expect("a PostgreSQL index").try_lock_key(&key);
+        let undo = move |granted: LockGrant| {
+            if let Ok(Some(token)) = granted {
+                undone
+                    .postgres()
+                    .expect("a PostgreSQL index")
+                    .unlock_key(&unlocked, token);
+            }
+        };
+        (call, undo)
+    }
+
+    /// `try_lock_key`, awaited without blocking the reactor.
+    pub async fn try_lock_key_async(self: &Arc<Index>, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
+        if self.postgres().is_none() {
+            return Ok(Some(0));
+        }
+        let (call, undo) = self.lock_call(key);
+        crate::offload::lock_within(call, undo)
+            .await
+            .unwrap_or_else(|| Err(lock_not_answered()))
+    }
+
+    /// Release a lock `try_lock_key` granted as `token`: at once in this
+    /// process (no renewal, no check in a commit), then in the database
+    /// on the lock pool, which the caller (a guard dropped on a reactor)
+    /// waits for at most `offload::UNLOCK_WAIT_MS_MAX`.
+    pub fn unlock_key(self: &Arc<Index>, key: &[u8], token: LockToken) {
+        if let Some(engine) = self.postgres() {
+            engine.release_key(key, token);
+            let index = self.clone();
+            let key = key.to_vec();
+            crate::offload::lock_briefly(move || index.postgres().expect("checked above").unlock_key(&key, token));
         }
     }
 
-    /// Release a lock `try_lock_key` granted.
-    pub fn unlock_key(&self, key: &[u8]) {
-        if let Index::Postgres(engine) = self {
-            engine.unlock_key(key);
+    /// Whether this process still holds `key`'s lock with at least
+    /// `pg::KEY_LEASE_LEFT_MIN_MS` of its lease left: a writer checks it
+    /// before each piece of a value it sends and before the last one.
+    /// Always on RocksDB (one master; its lock cannot be lost).
+    pub fn still_held(&self, key: &[u8]) -> bool {
+        match self {
+            Index::Rocks(_) => true,
+            Index::Postgres(engine) => engine
+                .key_lease_left(key)
+                .is_some_and(|left| left >= Duration::from_millis(pg::KEY_LEASE_LEFT_MIN_MS)),
         }
     }
+}
+
+/// What a key-lock call answers: the holding's token, or None (held
+/// elsewhere).
+type LockGrant = Result<Option<LockToken>, IndexError>;
+
+/// An offloaded index call that did not answer within
+/// `offload::INDEX_WAIT_MS_MAX` (503 with Retry-After).
+pub fn not_answered() -> IndexError {
+    IndexError::Unavailable(format!(
+        "the index did not answer within {} ms",
+        crate::offload::INDEX_WAIT_MS_MAX
+    ))
+}
+
+fn lock_not_answered() -> IndexError {
+    IndexError::Unavailable(format!(
+        "the index did not answer a key lock within {} ms",
+        crate::offload::INDEX_WAIT_MS_MAX
+    ))
 }
 
 /// A view of the index for scans (`Index::view`).

@@ -3,8 +3,9 @@
 //!
 //! Tables, made on first open: `mkv_records (key bytea, record bytea)` with
 //! the original master's record bytes, `mkv_meta (key, meta)` and
-//! `mkv_state (key, value)`, each keyed by its primary key. `bytea` compares
-//! byte by byte, so scans run in RocksDB's key order.
+//! `mkv_state (key, value)`, each keyed by its primary key; `mkv_masters`
+//! and `mkv_key_leases`, the leases below. `bytea` compares byte by byte,
+//! so scans run in RocksDB's key order.
 //!
 //! The client is the `postgres` crate: `tokio-postgres` driven by a small
 //! current-thread tokio runtime inside each connection. The index interface
@@ -13,20 +14,26 @@
 //! that grows to the number of concurrent callers (about one per reactor).
 //!
 //! What many masters need beyond storage:
-//! - Key locks: `try_lock_key` takes a session advisory lock, keyed by 64
-//!   bits of the key's md5, on one lock session per master. A master that
-//!   dies drops its session and so its locks. A write that goes live
-//!   checks, in its own transaction, that its lock is still held by the
-//!   session that took it, so a lock lost to a failover is never written
-//!   through.
+//! - Key locks: `try_lock_key` takes a lease on the key, a row of
+//!   `mkv_key_leases` with an expiry that the master's lease thread renews
+//!   while the key is held. A write that goes live checks, in its own
+//!   transaction, that the lease is still this holding's and keeps the
+//!   row locked to the end of the commit; `Index::still_held` tells a
+//!   writer whether it may send the next piece. A lease, unlike a session
+//!   lock, survives a restart, a failover or a terminated session, and no
+//!   other master can take the key before it expired (ARCHITECTURE.md,
+//!   "Key locks: leases that fence").
 //! - Change notifications: every transaction that changes records notifies
 //!   channel `mkv` with the changed keys; `listen` hands them to the
 //!   master's cache, with heartbeats that bound how stale the cache can be
 //!   (`coherence`).
-//! - Roles: a serving master holds a shared advisory lock, an offline
-//!   command (rebuild, seed, rebalance, verify) the exclusive one, so an
-//!   offline command never runs under serving masters (it is sent to a
-//!   running master instead, as with RocksDB's directory lock).
+//! - Roles: a serving master holds a shared advisory lock and a lease
+//!   (`Lease`, a row of `mkv_masters`) it renews from a session holding
+//!   that lock; an offline command (rebuild, seed, rebalance, verify)
+//!   takes the lock exclusively and goes ahead only with no lease live, so
+//!   it never runs under serving masters, whichever sessions died (it is
+//!   sent to a running master instead, as with RocksDB's directory lock).
+//! - Listings read a snapshot of their own (`Snapshot`).
 //!
 //! Errors that mean the database cannot be reached (connection lost, a
 //! standby that refuses writes after a failover, shutdown) are
@@ -36,7 +43,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -62,6 +70,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// drops it (unless the URL says): a primary that vanished from the network
 /// is noticed within this.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server-side bound on one statement of a serving master.
+const STATEMENT_MS_MAX: u64 = crate::offload::INDEX_WAIT_MS_MAX;
 /// After a failed connection attempt, calls fail at once for this long
 /// instead of each trying again (a failover takes seconds).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
@@ -72,10 +82,52 @@ const NOTIFY_PAYLOAD_MAX: usize = 7999;
 const ROLE_LOCK: i64 = 0x6d6b_762d_726f_6c65;
 /// How long opening waits for the role lock before reporting it held.
 const ROLE_WAIT: Duration = Duration::from_secs(2);
+/// A serving master's lease on the index (`Lease`): how long it holds
+/// after a renewal is sent.
+const LEASE_MS: u64 = 3_000;
+/// How often a serving master renews its lease: a few times a lease, so
+/// that a restart or a lost session does not let it lapse.
+const LEASE_RENEW_MS: u64 = 500;
+/// What an offline command adds to a lease's expiry before taking it as
+/// lapsed: the most the masters' clocks may run slow against the
+/// database's over one lease, and a statement's time in flight.
+const LEASE_MARGIN_MS: u64 = 1_000;
+/// How long an offline command waits for the masters' leases to lapse (a
+/// master just killed leaves its lease behind) before reporting the index
+/// held.
+const OFFLINE_WAIT: Duration = Duration::from_millis(LEASE_MS + LEASE_MARGIN_MS + 1_000);
+
+/// A key lock's lease (`HeldKey`): how long it holds after its latest
+/// renewal was sent, and so how long a key stays locked after its master
+/// died or lost the database (plus `LEASE_MARGIN_MS`).
+pub const KEY_LEASE_MS: u64 = 6_000;
+/// A writer stops sending a key's bytes once less than this is left of
+/// its lease (`Store::still_held`): renewals failed for
+/// `KEY_LEASE_MS - KEY_LEASE_LEFT_MIN_MS`. What is left, plus the margin,
+/// is the time a piece already sent has to arrive before another master
+/// may take the key: above the volume I/O timeout.
+pub const KEY_LEASE_LEFT_MIN_MS: u64 = 3_000;
+
+const _: () = assert!(LEASE_RENEW_MS * 3 <= LEASE_MS);
+const _: () = assert!(LEASE_RENEW_MS * 3 <= KEY_LEASE_LEFT_MIN_MS);
+const _: () = assert!(KEY_LEASE_LEFT_MIN_MS < KEY_LEASE_MS);
 /// Between attempts at the role lock.
 const ROLE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Advisory lock that serialises making the tables (`"mkv-tabl"`).
 const SCHEMA_LOCK: i64 = 0x6d6b_762d_7461_626c;
+
+/// Listings' snapshots one master holds open at once: each holds a
+/// connection, and PostgreSQL's connections (100 by default) are shared by
+/// every master.
+const SNAPSHOTS_MAX: usize = 16;
+/// How long a listing may read its snapshot: a transaction open that long
+/// keeps old row versions from vacuum. 1,000,000 keys take a few seconds
+/// per pass; a client that reads slower has its listing cut off.
+const SNAPSHOT_MS_MAX: u64 = 120_000;
+/// How long a snapshot's transaction may sit idle before PostgreSQL ends
+/// it (a master that vanished mid-listing): above the 30 s a listing may
+/// wait on its client between two batches.
+const SNAPSHOT_IDLE_MS_MAX: u64 = 60_000;
 
 /// How long a heartbeat may take to come back before the listening
 /// session is taken for dead and made again.
@@ -86,14 +138,64 @@ const TABLES: &str = "
     CREATE TABLE IF NOT EXISTS mkv_records (key bytea PRIMARY KEY, record bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_meta (key bytea PRIMARY KEY, meta bytea NOT NULL);
     CREATE TABLE IF NOT EXISTS mkv_state (key bytea PRIMARY KEY, value bytea NOT NULL);
-    CREATE OR REPLACE FUNCTION mkv_apply(
-        ops text[], keys bytea[], vals bytea[],
-        lock_pids int[], lock_classes oid[], lock_objects oid[], payloads text[]
+    CREATE TABLE IF NOT EXISTS mkv_masters (origin text PRIMARY KEY, expires timestamptz NOT NULL);
+    CREATE TABLE IF NOT EXISTS mkv_key_leases (
+        lock_id bigint PRIMARY KEY, master text NOT NULL, token bigint NOT NULL,
+        expires timestamptz NOT NULL);
+    CREATE OR REPLACE FUNCTION mkv_lock(
+        lock bigint, holder text, lease_token bigint, lease_ms int, margin_ms int
+    ) RETURNS boolean LANGUAGE plpgsql AS $$
+    BEGIN
+        -- A lease row locked by a commit in flight (one waiting on a
+        -- standby) is held: do not queue behind it.
+        PERFORM set_config('lock_timeout', '100ms', true);
+        INSERT INTO mkv_key_leases AS held
+            VALUES (lock, holder, lease_token, now() + lease_ms * interval '1 millisecond')
+            ON CONFLICT (lock_id) DO UPDATE
+                SET master = EXCLUDED.master, token = EXCLUDED.token, expires = EXCLUDED.expires
+                WHERE held.master = EXCLUDED.master
+                    OR held.expires < now() - margin_ms * interval '1 millisecond';
+        IF FOUND THEN
+            RETURN true;
+        END IF;
+        -- A refusal changed nothing: it need not wait for a standby.
+        PERFORM set_config('synchronous_commit', 'local', true);
+        RETURN false;
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('synchronous_commit', 'local', true);
+        RETURN false;
+    END $$;
+    CREATE OR REPLACE FUNCTION mkv_unlock(lock bigint, holder text, lease_token bigint)
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        -- Lost in a crash, an unlock only leaves the key to its lease's end.
+        PERFORM set_config('synchronous_commit', 'off', true);
+        DELETE FROM mkv_key_leases WHERE lock_id = lock AND master = holder AND token = lease_token;
+    END $$;
+    CREATE OR REPLACE FUNCTION mkv_apply_fenced(
+        ops text[], keys bytea[], vals bytea[], lock_ids bigint[], lock_tokens bigint[],
+        payloads text[], holder text, lease_ms int
     ) RETURNS void LANGUAGE plpgsql AS $$
     DECLARE
         i int;
         payload text;
     BEGIN
+        IF holder IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mkv_masters
+                WHERE origin = holder AND expires > now()) THEN
+            RAISE EXCEPTION 'mkv: this master''s lease on the index lapsed' USING ERRCODE = 'MKVLS';
+        END IF;
+        -- Each key's lease is checked and kept locked to the end of this
+        -- commit (a wait for a standby included): no other master can
+        -- take the key before this write is over.
+        FOR i IN 1 .. coalesce(array_length(lock_ids, 1), 0) LOOP
+            UPDATE mkv_key_leases
+                SET expires = greatest(expires, now() + lease_ms * interval '1 millisecond')
+                WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i]
+                    AND expires > now();
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'mkv: a key lock was lost' USING ERRCODE = 'MKVLK';
+            END IF;
+        END LOOP;
         FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
             CASE ops[i]
             WHEN 'record' THEN
@@ -112,20 +214,15 @@ const TABLES: &str = "
                 DELETE FROM mkv_state WHERE key = keys[i];
             END CASE;
         END LOOP;
-        FOR i IN 1 .. coalesce(array_length(lock_pids, 1), 0) LOOP
-            IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                    AND pid = lock_pids[i] AND classid = lock_classes[i]
-                    AND objid = lock_objects[i] AND objsubid = 1) THEN
-                RAISE EXCEPTION 'mkv: a key lock was lost' USING ERRCODE = 'MKVLK';
-            END IF;
-        END LOOP;
         FOREACH payload IN ARRAY payloads LOOP
             PERFORM pg_notify('mkv', payload);
         END LOOP;
     END $$;
 ";
-/// The SQL state `mkv_apply` raises when a key's lock is gone.
+/// The SQL state `mkv_apply_fenced` raises when a key's lock is gone.
 const LOCK_LOST_STATE: &str = "MKVLK";
+/// The SQL state `mkv_apply_fenced` raises when the writer's lease lapsed.
+const LEASE_LAPSED_STATE: &str = "MKVLS";
 
 /// A pooled connection and its prepared statements.
 struct Connection {
@@ -138,47 +235,70 @@ struct Statements {
     meta: Statement,
     state: Statement,
     apply: Statement,
+    lock: Statement,
+    unlock: Statement,
     notify: Statement,
     scan_records: Statement,
+    scan_records_open: Statement,
     scan_state: Statement,
+    scan_state_open: Statement,
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
-        let scan = |table: &str, column: &str| {
-            format!(
-                "SELECT key, {column} FROM {table} WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) \
-                 ORDER BY key LIMIT $3"
-            )
-        };
+        let scan = scan_sql;
         Ok(Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            apply: client.prepare("SELECT mkv_apply($1, $2, $3, $4, $5, $6, $7)")?,
+            apply: client.prepare("SELECT mkv_apply_fenced($1, $2, $3, $4, $5, $6, $7, $8)")?,
+            lock: client.prepare("SELECT mkv_lock($1, $2, $3, $4, $5)")?,
+            unlock: client.prepare("SELECT mkv_unlock($1, $2, $3)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
-            scan_records: client.prepare(&scan("mkv_records", "record"))?,
-            scan_state: client.prepare(&scan("mkv_state", "value"))?,
+            scan_records: client.prepare(&scan("mkv_records", "record", true))?,
+            scan_records_open: client.prepare(&scan("mkv_records", "record", false))?,
+            scan_state: client.prepare(&scan("mkv_state", "value", true))?,
+            scan_state_open: client.prepare(&scan("mkv_state", "value", false))?,
         })
     }
 }
 
-/// The session that holds this master's key locks.
-#[derive(Default)]
-struct LockSession {
-    client: Option<Client>,
-    /// The session's backend pid (what `pg_locks` names it by).
-    pid: i32,
-    /// Keys locked, each with the pid of the session that took its lock:
-    /// after a reconnection the old locks are gone, and a commit must see so.
-    held: HashMap<Vec<u8>, i32>,
+/// A listing's snapshot of the records (`Postgres::snapshot`).
+pub struct Snapshot {
+    /// None once a statement failed: the transaction cannot go on.
+    connection: Option<Connection>,
+    opened: Instant,
+    _permit: SnapshotPermit,
+}
+
+/// One of the `SNAPSHOTS_MAX` snapshots a master may hold open.
+struct SnapshotPermit(Arc<AtomicUsize>);
+
+impl Drop for SnapshotPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // A snapshot not ended (its listing was cancelled: the client went
+        // away) still holds its transaction open. Closing the connection
+        // waits on the network, which a reactor must not: a pool thread
+        // closes it.
+        if let Some(connection) = self.connection.take() {
+            crate::offload::detach(move || drop(connection));
+        }
+    }
 }
 
 /// Why a transaction did not commit.
 enum Failure {
     Database(postgres::Error),
-    /// A key's lock is no longer held by the session that took it.
+    /// A key's lease is no longer this writer's.
     LockLost,
+    /// This master's lease lapsed (`Lease`).
+    LeaseLapsed,
 }
 
 impl From<postgres::Error> for Failure {
@@ -187,19 +307,21 @@ impl From<postgres::Error> for Failure {
     }
 }
 
-/// Changes ready for `Postgres::apply_batch`: `mkv_apply`'s arguments.
+/// Changes ready for `Postgres::apply_batch`: `mkv_apply_fenced`'s arguments.
 pub struct Batch {
     operations: Vec<&'static str>,
     keys: Vec<Vec<u8>>,
     values: Vec<Vec<u8>>,
-    pids: Vec<i32>,
-    classes: Vec<u32>,
-    objects: Vec<u32>,
+    lock_ids: Vec<i64>,
+    lock_tokens: Vec<i64>,
     payloads: Vec<String>,
 }
 
+/// Names one holding of a key's lock (`Postgres::try_lock_key`).
+pub type LockToken = i64;
+
 /// A key and its value, as a scan reads them.
-type Row = (Vec<u8>, Vec<u8>);
+pub type Row = (Vec<u8>, Vec<u8>);
 
 /// What `listen` reports.
 #[derive(Debug, PartialEq, Eq)]
@@ -211,6 +333,9 @@ pub enum Event {
     Everything,
     /// Every change committed before this instant has been reported.
     Confirmed(Instant),
+    /// This master changed this key's record (reported only after
+    /// `follow_own_changes`).
+    ChangedHere(Vec<u8>),
 }
 
 /// The index in PostgreSQL.
@@ -221,11 +346,26 @@ pub struct Postgres {
     idle: Mutex<Vec<Connection>>,
     /// No connection attempt before this instant (`RECONNECT_PAUSE`).
     pause_until: Mutex<Option<Instant>>,
-    locks: Mutex<LockSession>,
-    /// This process's tag on its notifications, so it skips its own.
+    /// Listings' snapshots open now.
+    snapshots: Arc<AtomicUsize>,
+    /// Report this master's own changes too (`follow_own_changes`).
+    follow_own: AtomicBool,
+    /// This process's tag on its notifications (so it skips its own) and
+    /// its lease.
     origin: String,
-    /// The session holding the role lock, for the process's life.
-    _role: Mutex<Client>,
+    /// A serving master's lease on the index: no index call once it lapsed.
+    lease: Option<Arc<Lease>>,
+    /// An offline command's session, holding the role lock exclusively for
+    /// the process's life.
+    _offline: Option<Mutex<Client>>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(lease) = &self.lease {
+            lease.end();
+        }
+    }
 }
 
 impl Postgres {
@@ -245,35 +385,58 @@ impl Postgres {
             config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
         config.application_name("mkv");
+        if options.role == Role::Serve {
+            // A statement that runs past this is cancelled by the server,
+            // freeing the pool thread that waits on it about when the
+            // reactor stopped waiting (`offload::INDEX_WAIT_MS_MAX`). Not
+            // for offline commands, whose bulk statements (rebuild's
+            // clearing) may run longer. A commit's wait for a synchronous
+            // standby is not a statement's time: only the wait bound
+            // covers it.
+            let timeout = format!("-c statement_timeout={STATEMENT_MS_MAX}");
+            let options = match config.get_options() {
+                Some(given) => format!("{given} {timeout}"),
+                None => timeout,
+            };
+            config.options(&options);
+        }
         let mut role = config.connect(NoTls).map_err(open_error)?;
         // One simple query is one transaction: the lock is held to its end.
         let schema = format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {TABLES}");
         role.batch_execute(&schema).map_err(open_error)?;
-        let take = match options.role {
-            Role::Serve => "SELECT pg_try_advisory_lock_shared($1)",
-            Role::Offline => "SELECT pg_try_advisory_lock($1)",
-        };
-        // A master just stopped may hold it a moment longer: PostgreSQL
-        // notices its closed sessions within milliseconds.
-        let deadline = Instant::now() + ROLE_WAIT;
-        while !role
-            .query_one(take, &[&ROLE_LOCK])
-            .map_err(open_error)?
-            .get::<_, bool>(0)
-        {
-            if Instant::now() >= deadline {
-                return Err(IndexError::Locked(PathBuf::from(&name)));
+        let origin = origin();
+        let (lease, offline) = match options.role {
+            Role::Serve => {
+                let lease = Lease::take(&config, &origin, role).map_err(|error| match error {
+                    LeaseError::Held => IndexError::Locked(PathBuf::from(&name)),
+                    LeaseError::Database(error) => open_error(error),
+                })?;
+                let lease = Arc::new(lease);
+                let kept = lease.clone();
+                std::thread::Builder::new()
+                    .name("mkv-lease".into())
+                    .spawn(move || kept.keep())
+                    .map_err(|error| IndexError::Open(PathBuf::from(&name), error.to_string()))?;
+                (Some(lease), None)
             }
-            std::thread::sleep(ROLE_RETRY_DELAY);
-        }
+            Role::Offline => {
+                take_offline(&mut role).map_err(|error| match error {
+                    LeaseError::Held => IndexError::Locked(PathBuf::from(&name)),
+                    LeaseError::Database(error) => open_error(error),
+                })?;
+                (None, Some(Mutex::new(role)))
+            }
+        };
         Ok(Postgres {
             config,
             name,
             idle: Mutex::new(Vec::new()),
             pause_until: Mutex::new(None),
-            locks: Mutex::new(LockSession::default()),
-            origin: origin(),
-            _role: Mutex::new(role),
+            snapshots: Arc::new(AtomicUsize::new(0)),
+            follow_own: AtomicBool::new(false),
+            origin,
+            lease,
+            _offline: offline,
         })
     }
 
@@ -311,15 +474,7 @@ impl Postgres {
         &self,
         work: impl FnOnce(&mut Client, &Statements) -> Result<T, Failure>,
     ) -> Result<T, IndexError> {
-        let pooled = lock(&self.idle).pop();
-        let mut connection = match pooled {
-            Some(connection) => connection,
-            None => {
-                let mut client = self.connect()?;
-                let statements = Statements::prepare(&mut client).map_err(|error| self.error(&error))?;
-                Connection { client, statements }
-            }
-        };
+        let mut connection = self.take_connection()?;
         let result = work(&mut connection.client, &connection.statements);
         let broken = match &result {
             Err(Failure::Database(error)) => unreachable(error) || connection.client.is_closed(),
@@ -337,6 +492,7 @@ impl Postgres {
             Failure::LockLost => {
                 IndexError::Unavailable("the key's lock was lost with the index connection that held it".into())
             }
+            Failure::LeaseLapsed => self.lapsed(),
         })
     }
 
@@ -387,23 +543,24 @@ impl Postgres {
                 changed.push(key);
             }
         }
-        let locked: Vec<(i32, i64)> = {
-            let session = lock(&self.locks);
-            changed
-                .iter()
-                .filter_map(|key| session.held.get(*key).map(|&pid| (pid, lock_id(key))))
-                .collect()
+        let locked: Vec<(i64, i64)> = match &self.lease {
+            Some(lease) => {
+                let keys = lock(&lease.keys);
+                changed
+                    .iter()
+                    .filter_map(|key| keys.get(*key).map(|held| (held.id, held.token)))
+                    .collect()
+            }
+            None => Vec::new(),
         };
         let mut batch = Batch {
             operations: Vec::with_capacity(changes.len()),
             keys: Vec::with_capacity(changes.len()),
             values: Vec::with_capacity(changes.len()),
-            pids: locked.iter().map(|&(pid, _)| pid).collect(),
-            classes: Vec::with_capacity(locked.len()),
-            objects: Vec::with_capacity(locked.len()),
+            lock_ids: locked.iter().map(|&(id, _)| id).collect(),
+            lock_tokens: locked.iter().map(|&(_, token)| token).collect(),
             payloads: notifications(&self.origin, &changed),
         };
-        (batch.classes, batch.objects) = locked.iter().map(|&(_, id)| lock_halves(id)).unzip();
         for change in changes {
             let (operation, key, value) = match *change {
                 Change::Record(key, record) => ("record", key, record.encode()),
@@ -423,19 +580,25 @@ impl Postgres {
     /// function call is its own transaction, all of it or none).
     pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
         self.with_connection(|client, statements| {
-            let parameters: [&(dyn postgres::types::ToSql + Sync); 7] = [
+            let holder = self.lease.as_ref().map(|lease| lease.origin.as_str());
+            let lease_ms = KEY_LEASE_MS as i32;
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 8] = [
                 &batch.operations,
                 &batch.keys,
                 &batch.values,
-                &batch.pids,
-                &batch.classes,
-                &batch.objects,
+                &batch.lock_ids,
+                &batch.lock_tokens,
                 &batch.payloads,
+                &holder,
+                &lease_ms,
             ];
             match client.execute(&statements.apply, &parameters) {
                 Ok(_) => Ok(()),
                 Err(error) if error.code().is_some_and(|state| state.code() == LOCK_LOST_STATE) => {
                     Err(Failure::LockLost)
+                }
+                Err(error) if error.code().is_some_and(|state| state.code() == LEASE_LAPSED_STATE) => {
+                    Err(Failure::LeaseLapsed)
                 }
                 Err(error) => Err(Failure::Database(error)),
             }
@@ -495,14 +658,123 @@ impl Postgres {
     ) -> Result<Vec<Row>, IndexError> {
         let limit = rows_max as i64;
         let rows = self.read(|client, statements| {
-            let statement = if records {
-                &statements.scan_records
+            let (bounded, open) = if records {
+                (&statements.scan_records, &statements.scan_records_open)
             } else {
-                &statements.scan_state
+                (&statements.scan_state, &statements.scan_state_open)
             };
-            Ok(client.query(statement, &[&from, &end, &limit])?)
+            Ok(match end {
+                Some(end) => client.query(bounded, &[&from, &end, &limit])?,
+                None => client.query(open, &[&from, &limit])?,
+            })
         })?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// A snapshot for a listing: a connection of its own (pooled or new) in
+    /// a REPEATABLE READ, READ ONLY transaction, so that every batch of
+    /// every pass reads the records as of one instant. At most
+    /// `SNAPSHOTS_MAX` are open at once (each holds a connection, and
+    /// PostgreSQL's connections are shared by every master); more are
+    /// refused as unavailable (503), before the listing has answered.
+    pub fn snapshot(&self) -> Result<Snapshot, IndexError> {
+        let open = self.snapshots.fetch_add(1, Ordering::AcqRel);
+        let permit = SnapshotPermit(self.snapshots.clone());
+        if open >= SNAPSHOTS_MAX {
+            return Err(IndexError::Unavailable(format!(
+                "more than {SNAPSHOTS_MAX} listings at once on this master"
+            )));
+        }
+        let mut connection = self.take_connection()?;
+        let begin = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SET LOCAL idle_in_transaction_session_timeout = {SNAPSHOT_IDLE_MS_MAX}"
+        );
+        if let Err(error) = connection.client.batch_execute(&begin) {
+            return Err(self.error(&error));
+        }
+        Ok(Snapshot {
+            connection: Some(connection),
+            opened: Instant::now(),
+            _permit: permit,
+        })
+    }
+
+    /// Up to `rows_max` records of `snapshot` from `from` on, below `end`
+    /// (None: no end), in key order. Fails once the snapshot is older than
+    /// `SNAPSHOT_MS_MAX`: a long transaction keeps old row versions from
+    /// being vacuumed for every master.
+    pub fn snapshot_scan(
+        &self,
+        snapshot: &mut Snapshot,
+        from: &[u8],
+        end: Option<&[u8]>,
+        rows_max: usize,
+    ) -> Result<Vec<Row>, IndexError> {
+        if snapshot.opened.elapsed() > Duration::from_millis(SNAPSHOT_MS_MAX) {
+            return Err(IndexError::Unavailable(format!(
+                "a listing's snapshot is older than {SNAPSHOT_MS_MAX} ms"
+            )));
+        }
+        let Some(connection) = snapshot.connection.as_mut() else {
+            return Err(IndexError::Unavailable("a listing's snapshot was lost".into()));
+        };
+        let limit = rows_max as i64;
+        let statements = &connection.statements;
+        let read = match end {
+            Some(end) => connection
+                .client
+                .query(&statements.scan_records, &[&from, &end, &limit]),
+            None => connection.client.query(&statements.scan_records_open, &[&from, &limit]),
+        };
+        match read {
+            Ok(rows) => Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect()),
+            Err(error) => {
+                // The transaction is aborted (or the session gone): the
+                // snapshot cannot be read again.
+                snapshot.connection = None;
+                Err(self.error(&error))
+            }
+        }
+    }
+
+    /// End `snapshot`'s transaction and pool its connection.
+    pub fn end_snapshot(&self, mut snapshot: Snapshot) {
+        let Some(mut connection) = snapshot.connection.take() else {
+            return;
+        };
+        if connection.client.batch_execute("ROLLBACK").is_ok() && !connection.client.is_closed() {
+            let mut idle = lock(&self.idle);
+            if idle.len() < POOL_IDLE_MAX {
+                idle.push(connection);
+            }
+        }
+    }
+
+    /// Fails once this master's lease lapsed (a serving master only).
+    fn check_lease(&self) -> Result<(), IndexError> {
+        match &self.lease {
+            Some(lease) if !lease.valid() => Err(self.lapsed()),
+            _ => Ok(()),
+        }
+    }
+
+    fn lapsed(&self) -> IndexError {
+        IndexError::Unavailable(format!(
+            "this master's lease on {} lapsed (renewals failed, or an offline command holds the index)",
+            self.name
+        ))
+    }
+
+    /// A pooled connection, or a new one with its statements prepared.
+    fn take_connection(&self) -> Result<Connection, IndexError> {
+        self.check_lease()?;
+        if let Some(connection) = lock(&self.idle).pop() {
+            return Ok(connection);
+        }
+        let mut client = self.connect()?;
+        let statements = Statements::prepare(&mut client).map_err(|error| self.error(&error))?;
+        Ok(Connection { client, statements })
     }
 
     /// `View::scan_bounded`, batch by batch.
@@ -561,65 +833,91 @@ impl Postgres {
         Ok(())
     }
 
-    /// Take `key`'s lock across masters; `Ok(false)` when another master
-    /// holds it. The caller holds the key's lock within this process, so
-    /// no two of this master's writers ask for the same key.
-    pub fn try_lock_key(&self, key: &[u8]) -> Result<bool, IndexError> {
-        let mut session = lock(&self.locks);
-        match self.try_lock_in(&mut session, key) {
-            // The session was dead (the database restarted or failed over):
-            // its locks are gone with it, so a new session may take this one.
-            Err(IndexError::Unavailable(_)) => self.try_lock_in(&mut session, key),
-            result => result,
+    /// Take `key`'s lock across masters: its lease (`HeldKey`). `None`
+    /// when another master holds it; the token names this holding (for
+    /// `unlock_key`). The caller holds the key's lock within this process,
+    /// so no two of this master's writers ask for the same key. An offline
+    /// command holds the whole index: always granted.
+    pub fn try_lock_key(&self, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
+        let Some(lease) = &self.lease else {
+            return Ok(Some(0));
+        };
+        let id = lock_id(key);
+        let token = lease.next_token.fetch_add(1, Ordering::Relaxed);
+        let sent = lease.start.elapsed();
+        let lease_ms = KEY_LEASE_MS as i32;
+        let margin_ms = LEASE_MARGIN_MS as i32;
+        // Tried once more on a new session if the first was dead: the same
+        // token takes over a lease the first attempt may have written.
+        let granted = self.read(|client, statements| {
+            let row = client.query_one(&statements.lock, &[&id, &lease.origin, &token, &lease_ms, &margin_ms])?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        if !granted {
+            return Ok(None);
+        }
+        let until_micros = (sent + Duration::from_millis(KEY_LEASE_MS)).as_micros() as u64;
+        lock(&lease.keys).insert(
+            key.to_vec(),
+            HeldKey {
+                id,
+                token,
+                until_micros,
+            },
+        );
+        Ok(Some(token))
+    }
+
+    /// Stop holding `key` under `token` here: no renewal, no check in a
+    /// commit. Takes no round trip (a reactor calls it); `unlock_key`
+    /// then removes the lease in the database.
+    pub fn release_key(&self, key: &[u8], token: LockToken) {
+        if let Some(lease) = &self.lease {
+            let mut keys = lock(&lease.keys);
+            if keys.get(key).is_some_and(|held| held.token == token) {
+                keys.remove(key);
+            }
         }
     }
 
-    fn try_lock_in(&self, session: &mut LockSession, key: &[u8]) -> Result<bool, IndexError> {
-        if session.client.as_ref().is_none_or(Client::is_closed) {
-            let mut client = self.connect()?;
-            let pid: i32 = client
-                .query_one("SELECT pg_backend_pid()", &[])
-                .map_err(|error| self.error(&error))?
-                .get(0);
-            session.client = Some(client);
-            session.pid = pid;
-        }
+    /// Remove the lease `try_lock_key` granted as `token`. If it fails, the
+    /// lease ends on its own within `KEY_LEASE_MS` (it is not renewed).
+    pub fn unlock_key(&self, key: &[u8], token: LockToken) {
+        self.release_key(key, token);
+        let Some(lease) = &self.lease else { return };
         let id = lock_id(key);
-        let client = session.client.as_mut().expect("connected above");
-        match client.query_one("SELECT pg_try_advisory_lock($1)", &[&id]) {
-            Ok(row) => {
-                let granted: bool = row.get(0);
-                if granted {
-                    let pid = session.pid;
-                    session.held.insert(key.to_vec(), pid);
-                }
-                Ok(granted)
-            }
-            Err(error) => {
-                session.client = None;
-                Err(self.error(&error))
+        let unlocked = self.with_connection(|client, statements| {
+            client.execute(&statements.unlock, &[&id, &lease.origin, &token])?;
+            Ok(())
+        });
+        if let Err(error) = unlocked {
+            if !matches!(error, IndexError::Unavailable(_)) {
+                eprintln!("cannot release a key lock in {}: {error}", self.name);
             }
         }
     }
 
-    /// Release `key`'s lock. If the session that took it is gone, so is
-    /// the lock.
-    pub fn unlock_key(&self, key: &[u8]) {
-        let mut session = lock(&self.locks);
-        let Some(pid) = session.held.remove(key) else { return };
-        if pid != session.pid {
-            return;
+    /// How long this master's hold on `key` lasts from now, by its own
+    /// clock (`None`: not held, or the master's lease lapsed). An offline
+    /// command holds every key.
+    pub fn key_lease_left(&self, key: &[u8]) -> Option<Duration> {
+        let Some(lease) = &self.lease else {
+            return Some(Duration::MAX);
+        };
+        if !lease.valid() {
+            return None;
         }
-        let id = lock_id(key);
-        let Some(client) = session.client.as_mut() else { return };
-        if let Err(error) = client.query_one("SELECT pg_advisory_unlock($1)", &[&id]) {
-            // The session is unusable; its end releases its locks. Lost with
-            // the database (a failover) that is expected: no message.
-            if !unreachable(&error) {
-                eprintln!("cannot release a key lock in {}: {}", self.name, describe(&error));
-            }
-            session.client = None;
-        }
+        let until = lock(&lease.keys).get(key)?.until_micros;
+        let now = lease.start.elapsed().as_micros() as u64;
+        until.checked_sub(now).map(Duration::from_micros)
+    }
+
+    /// From now on, `listen` reports this master's own changes too
+    /// (`Event::ChangedHere`): a write whose outcome this master does not
+    /// know (the connection was lost while it committed) may become visible
+    /// at any later moment, and only its notification says when.
+    pub fn follow_own_changes(&self) {
+        self.follow_own.store(true, Ordering::Release);
     }
 
     /// Report other masters' changes to `on` until the process ends,
@@ -690,11 +988,266 @@ impl Postgres {
                     on(Event::Confirmed(sent));
                 } else if !payload.starts_with(&own) {
                     parse_payload(payload, on);
+                } else if self.follow_own.load(Ordering::Acquire) {
+                    // This master's own change, which its cache already
+                    // holds unless the write's outcome was unknown to it.
+                    parse_payload(payload, &mut |event| {
+                        if let Event::Changed(key) = event {
+                            on(Event::ChangedHere(key));
+                        }
+                    });
                 }
             }
         }
         unreachable!("the beat sequence is unbounded")
     }
+}
+
+/// Why a role could not be taken.
+enum LeaseError {
+    /// Another process holds the role lock in the other mode, or (offline)
+    /// a master's lease is live.
+    Held,
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for LeaseError {
+    fn from(error: postgres::Error) -> Self {
+        LeaseError::Database(error)
+    }
+}
+
+/// A serving master's lease on the index: a row of `mkv_masters` whose
+/// `expires` (the database's clock) it renews every `LEASE_RENEW_MS`,
+/// always from a session that holds the role lock shared; and its own
+/// deadline, `LEASE_MS` after the renewal was sent (its own clock), past
+/// which it makes no index call. A session lost (a restart, a terminated
+/// backend, a failover) is made again and the role lock taken again; while
+/// an offline command holds the lock exclusively, no renewal can succeed
+/// and the lease lapses. An offline command goes ahead only holding the
+/// lock exclusively with no lease live (`take_offline`), so no master uses
+/// the index under it, whichever sessions died.
+struct Lease {
+    config: Config,
+    origin: String,
+    /// The session holding the role lock shared; None once it failed.
+    session: Mutex<Option<Client>>,
+    start: Instant,
+    /// Microseconds after `start` until which the lease holds (0: lapsed).
+    until_micros: AtomicU64,
+    /// The index was dropped: stop renewing.
+    ended: AtomicBool,
+    /// The keys this master holds (`HeldKey`), renewed with the lease.
+    keys: Mutex<HashMap<Vec<u8>, HeldKey>>,
+    /// The next key lease's token.
+    next_token: AtomicI64,
+}
+
+/// A key this master holds: its lease's row and deadline.
+struct HeldKey {
+    id: i64,
+    token: LockToken,
+    /// Microseconds after the lease's `start` until which it holds, by
+    /// this master's clock: `KEY_LEASE_MS` after its latest renewal was
+    /// sent, so it ends before the row's expiry.
+    until_micros: u64,
+}
+
+impl Lease {
+    /// Take the role lock shared on `session` and the first lease.
+    fn take(config: &Config, origin: &str, mut session: Client) -> Result<Lease, LeaseError> {
+        // A master just stopped may hold it a moment longer: PostgreSQL
+        // notices its closed sessions within milliseconds.
+        let deadline = Instant::now() + ROLE_WAIT;
+        while !session
+            .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&ROLE_LOCK])?
+            .get::<_, bool>(0)
+        {
+            if Instant::now() >= deadline {
+                return Err(LeaseError::Held);
+            }
+            std::thread::sleep(ROLE_RETRY_DELAY);
+        }
+        let lease = Lease {
+            config: config.clone(),
+            origin: origin.to_string(),
+            session: Mutex::new(Some(session)),
+            start: Instant::now(),
+            until_micros: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            keys: Mutex::new(HashMap::new()),
+            next_token: AtomicI64::new(1),
+        };
+        lease.renew().map_err(|error| match error {
+            RenewError::Held => LeaseError::Held,
+            RenewError::Database(error) => LeaseError::Database(error),
+        })?;
+        Ok(lease)
+    }
+
+    /// Whether the lease holds now.
+    fn valid(&self) -> bool {
+        (self.start.elapsed().as_micros() as u64) < self.until_micros.load(Ordering::Acquire)
+    }
+
+    /// Renew every `LEASE_RENEW_MS` until the index is dropped; say when
+    /// renewals start and stop failing.
+    fn keep(&self) {
+        let mut failing = false;
+        while !self.ended.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(LEASE_RENEW_MS));
+            match self.renew() {
+                Ok(()) if failing => {
+                    eprintln!("this master's lease on the index is renewed again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    let why = match error {
+                        RenewError::Held => "an offline command holds the index".to_string(),
+                        RenewError::Database(error) => describe(&error),
+                    };
+                    eprintln!(
+                        "cannot renew this master's lease on the index ({why}); \
+                         index calls fail once it lapses"
+                    );
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One renewal: (re)connect and take the role lock if the session was
+    /// lost, then push the row's expiry. The local deadline counts from
+    /// before the statement was sent, so it ends no later than the row's.
+    fn renew(&self) -> Result<(), RenewError> {
+        let mut session = lock(&self.session);
+        if session.as_ref().is_none_or(Client::is_closed) {
+            *session = None;
+            let mut client = self.config.connect(NoTls)?;
+            let held: bool = client
+                .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&ROLE_LOCK])?
+                .get(0);
+            if !held {
+                return Err(RenewError::Held);
+            }
+            *session = Some(client);
+        }
+        let client = session.as_mut().expect("connected above");
+        let sent = self.start.elapsed();
+        let renewed = client.execute(
+            &format!(
+                "INSERT INTO mkv_masters VALUES ($1, now() + interval '{LEASE_MS} milliseconds') \
+                 ON CONFLICT (origin) DO UPDATE SET expires = EXCLUDED.expires"
+            ),
+            &[&self.origin],
+        );
+        if let Err(error) = renewed {
+            *session = None;
+            return Err(RenewError::Database(error));
+        }
+        let until = sent + Duration::from_millis(LEASE_MS);
+        self.until_micros.fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+        if let Err(error) = self.renew_keys(client) {
+            *session = None;
+            return Err(RenewError::Database(error));
+        }
+        Ok(())
+    }
+
+    /// Push the expiry of every key lease this master holds, except those
+    /// a commit in flight has locked (that commit extends them itself);
+    /// move each renewed one's deadline.
+    fn renew_keys(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        let (ids, tokens): (Vec<i64>, Vec<i64>) = lock(&self.keys).values().map(|held| (held.id, held.token)).unzip();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sent = self.start.elapsed();
+        let rows = client.query(
+            &format!(
+                "UPDATE mkv_key_leases AS lease SET expires = now() + interval '{KEY_LEASE_MS} milliseconds' \
+                 FROM (SELECT lock_id FROM mkv_key_leases WHERE master = $3 AND lock_id = ANY($1) \
+                       AND token = ANY($2) AND expires > now() FOR UPDATE SKIP LOCKED) AS held \
+                 WHERE lease.lock_id = held.lock_id RETURNING lease.lock_id, lease.token"
+            ),
+            &[&ids, &tokens, &self.origin],
+        )?;
+        let renewed: std::collections::HashSet<(i64, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let until = (sent + Duration::from_millis(KEY_LEASE_MS)).as_micros() as u64;
+        for held in lock(&self.keys).values_mut() {
+            if renewed.contains(&(held.id, held.token)) {
+                held.until_micros = held.until_micros.max(until);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop renewing and give the lease up (an offline command need not
+    /// wait for it to lapse).
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.until_micros.store(0, Ordering::Release);
+        let mut session = lock(&self.session);
+        if let Some(client) = session.as_mut() {
+            let _ = client.execute("DELETE FROM mkv_masters WHERE origin = $1", &[&self.origin]);
+        }
+        // The session's end releases the role lock (the renewing thread,
+        // which shares this lease, may sleep a while yet).
+        *session = None;
+    }
+}
+
+/// Why a renewal failed.
+enum RenewError {
+    /// An offline command holds the role lock.
+    Held,
+    Database(postgres::Error),
+}
+
+impl From<postgres::Error> for RenewError {
+    fn from(error: postgres::Error) -> Self {
+        RenewError::Database(error)
+    }
+}
+
+/// Take the role lock exclusively on `session` for an offline command, once
+/// no master's lease is live: a master whose sessions died may still serve
+/// until its lease lapses, and cannot renew it while the lock is held here.
+/// Waits up to `OFFLINE_WAIT` (a master killed leaves its lease to lapse).
+fn take_offline(session: &mut Client) -> Result<(), LeaseError> {
+    let deadline = Instant::now() + OFFLINE_WAIT;
+    let live =
+        format!("SELECT count(*) FROM mkv_masters WHERE expires > now() - interval '{LEASE_MARGIN_MS} milliseconds'");
+    loop {
+        let locked: bool = session
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])?
+            .get(0);
+        if locked {
+            let serving: i64 = session.query_one(&live, &[])?.get(0);
+            if serving == 0 {
+                return Ok(());
+            }
+            // Let the serving masters renew; they serve.
+            session.query_one("SELECT pg_advisory_unlock($1)", &[&ROLE_LOCK])?;
+        }
+        if Instant::now() >= deadline {
+            return Err(LeaseError::Held);
+        }
+        std::thread::sleep(ROLE_RETRY_DELAY);
+    }
+}
+
+/// A scan of `table` from `$1` on, below `$2` if `bounded`, at most the
+/// last parameter's rows. Two statements per table, with and without an
+/// end, rather than one with `($2 IS NULL OR key < $2)`: under a generic
+/// plan (which PostgreSQL may pick for a statement after five executions)
+/// that condition is a filter, not an index bound, and a scan of a prefix
+/// with fewer keys than the limit walks the index to the table's end.
+pub(super) fn scan_sql(table: &str, column: &str, bounded: bool) -> String {
+    let (end, limit) = if bounded { ("AND key < $2 ", "$3") } else { ("", "$2") };
+    format!("SELECT key, {column} FROM {table} WHERE key >= $1 {end}ORDER BY key LIMIT {limit}")
 }
 
 /// Report the changes one notification names.
@@ -785,11 +1338,6 @@ fn lock_id(key: &[u8]) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("md5 has 16 bytes"))
 }
 
-/// How `pg_locks` shows a bigint advisory lock: high and low 32 bits.
-fn lock_halves(id: i64) -> (u32, u32) {
-    ((id as u64 >> 32) as u32, id as u32)
-}
-
 /// A tag unique to this process among the masters.
 fn origin() -> String {
     let seed = format!(
@@ -851,12 +1399,5 @@ mod tests {
             "postgres://mkv:***@h1:5432,h2:5433/mkv?x=1"
         );
         assert_eq!(redact("postgres://h1/mkv"), "postgres://h1/mkv");
-    }
-
-    #[test]
-    fn lock_halves_match_pg_locks() {
-        // pg_advisory_lock(bigint) shows classid = high, objid = low half.
-        assert_eq!(lock_halves(0x0000_0001_0000_0002), (1, 2));
-        assert_eq!(lock_halves(-1), (u32::MAX, u32::MAX));
     }
 }

@@ -269,38 +269,58 @@ fn two_masters(name: &str) -> Option<(Index, Index)> {
 }
 
 #[test]
-fn key_locks_hold_across_masters_and_die_with_their_session() {
-    let Some((a, b)) = two_masters("locks") else { return };
-    assert!(a.try_lock_key(b"/k").unwrap());
-    assert!(!b.try_lock_key(b"/k").unwrap(), "held by the other master");
-    assert!(b.try_lock_key(b"/other").unwrap(), "other keys are free");
-    a.unlock_key(b"/k");
-    assert!(b.try_lock_key(b"/k").unwrap(), "released");
-    // A lock lost with its session (a failover) is never written through.
-    let url = postgres_url().unwrap();
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let (class, object) = pg_lock_halves(b"/k");
+fn key_locks_hold_across_masters_and_outlive_their_sessions() {
+    let Some(url) = postgres_url() else { return };
+    // Sessions are ended database-wide: a database of this test's own.
+    let (mut admin, database) = own_database(&url, "locks");
+    let url = database_url(&url, &database);
+    let open = || Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+    let (a, b) = (open(), open());
+    let (a_locks, b_locks) = (a.postgres().unwrap(), b.postgres().unwrap());
+    let token = a_locks.try_lock_key(b"/k").unwrap().expect("a free key");
+    assert_eq!(b_locks.try_lock_key(b"/k").unwrap(), None, "held by the other master");
+    assert!(
+        b_locks.try_lock_key(b"/other").unwrap().is_some(),
+        "other keys are free"
+    );
+    a_locks.unlock_key(b"/k", token);
+    let token = b_locks.try_lock_key(b"/k").unwrap().expect("released");
+    // A lock is a lease, not a session's: ending every session (a restart,
+    // a failover) leaves it held, and its holder's write goes through.
     let ended = admin
         .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
-             AND classid = $1 AND objid = $2 AND objsubid = 1",
-            &[&class, &object],
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&database],
         )
         .unwrap();
-    assert_eq!(ended, 1, "one session held the lock");
-    let written = b.put(b"/k", &live("v"));
+    assert!(ended >= 2, "both masters' sessions ended: {ended}");
+    assert_eq!(a_locks.try_lock_key(b"/k").unwrap(), None, "still held");
+    // A read replaces the dead pooled connection (a write is not retried).
+    assert_eq!(b.get(b"/k").unwrap(), None);
+    assert!(b.put(b"/k", &live("v")).is_ok(), "the holder writes");
+    // A lease that ran out (its master could not renew it) is never
+    // written through, and the key is free for another master.
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let expired = client
+        .execute("UPDATE mkv_key_leases SET expires = now() - interval '1 hour'", &[])
+        .unwrap();
+    assert!(expired >= 1, "{expired}");
+    let written = b.put(b"/k", &live("w"));
     assert!(
         matches!(written, Err(IndexError::Unavailable(_))),
         "a write under a lost lock: {written:?}"
     );
-    assert_eq!(b.get(b"/k").unwrap(), None, "nothing was written");
+    assert_eq!(b.get(b"/k").unwrap(), Some(live("v")), "nothing was written");
+    assert!(
+        a_locks.try_lock_key(b"/k").unwrap().is_some(),
+        "the other master takes it"
+    );
+    b_locks.release_key(b"/k", token);
     assert!(b.put(b"/unlocked", &live("v")).is_ok(), "keys not locked are written");
-}
-
-fn pg_lock_halves(key: &[u8]) -> (u32, u32) {
-    use md5::{Digest, Md5};
-    let id = u64::from_be_bytes(Md5::digest(key)[..8].try_into().unwrap());
-    ((id >> 32) as u32, id as u32)
+    drop((a, b, client));
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .unwrap();
 }
 
 #[test]
@@ -352,7 +372,7 @@ fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     let (mut admin, database) = own_database(&url, "restart");
     let index = Index::open(Path::new(&database_url(&url, &database)), &options(Role::Serve)).unwrap();
     index.put(b"/k", &live("v")).unwrap();
-    assert!(index.try_lock_key(b"/locked").unwrap());
+    assert!(index.postgres().unwrap().try_lock_key(b"/locked").unwrap().is_some());
     // Pool several connections: concurrent readers.
     std::thread::scope(|scope| {
         for _ in 0..4 {
@@ -369,14 +389,52 @@ fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     // Every pooled connection is dead; the first read still answers.
     assert_eq!(index.get(b"/k").unwrap(), Some(live("v")));
     assert_eq!(index.get(b"/k").unwrap(), Some(live("v")));
-    assert!(index.try_lock_key(b"/other").unwrap(), "a new lock session");
-    // The lock taken before is gone with its session: a write under it fails.
-    assert!(matches!(
-        index.put(b"/locked", &live("v")),
-        Err(IndexError::Unavailable(_))
-    ));
+    assert!(
+        index.postgres().unwrap().try_lock_key(b"/other").unwrap().is_some(),
+        "locks are taken on a new session"
+    );
+    // The lock taken before is a lease, not the session's: still held.
+    assert!(index.put(b"/locked", &live("v")).is_ok());
     drop(index);
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .unwrap();
+}
+
+#[test]
+fn a_bounded_scan_stops_at_its_end_under_a_generic_plan() {
+    let Some(url) = postgres_url() else { return };
+    let url = schema_url(&url, "generic");
+    let index = Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+    let records: Vec<(Vec<u8>, Record)> = (0..3000)
+        .map(|i| (format!("/z/{i:05}").into_bytes(), live("v")))
+        .collect();
+    index
+        .put_batch(records.iter().map(|(key, record)| (key.as_slice(), record)))
+        .unwrap();
+    index.put(b"/a/1", &live("v")).unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan; ANALYZE mkv_records; \
+             PREPARE scan(bytea, bytea, bigint) AS {}",
+            super::pg::scan_sql("mkv_records", "record", true)
+        ))
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) \
+             EXECUTE scan('\\x2f612f'::bytea, '\\x2f622f'::bytea, 1000)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("rows=1 loops=1"), "the prefix's one row: {plan}");
+    assert!(
+        !plan.contains("Rows Removed by Filter"),
+        "the scan reads past its end: {plan}"
+    );
 }

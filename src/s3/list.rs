@@ -222,7 +222,7 @@ async fn probe_unprobed(app: &App, page: &mut Page) {
 /// since it was probed (then that write's metadata stands). Best effort: a
 /// key not stored is probed again.
 async fn store_probed(app: &App, key: &[u8], record: &Record, meta: &Meta) {
-    let Ok(Some(_guard)) = app.store.try_lock(key) else {
+    let Ok(Some(_guard)) = app.store.try_lock_async(key).await else {
         return;
     };
     let unchanged = matches!(app.store.get_async(key).await, Ok(Some(current)) if current == *record);

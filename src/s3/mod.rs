@@ -70,7 +70,7 @@ pub async fn lock<'a>(app: &'a App, key: &[u8]) -> Result<KeyGuard<'a>, S3Error>
     let deadline = Instant::now() + WRITE_TURN_WAIT;
     let mut pause = Duration::from_millis(1);
     loop {
-        if let Some(guard) = app.store.try_lock(key)? {
+        if let Some(guard) = app.store.try_lock_async(key).await? {
             return Ok(guard);
         }
         if Instant::now() + pause > deadline {
@@ -227,6 +227,9 @@ impl From<WriteError> for S3Error {
                 ReplicationError::Gate(GateError::Index(error)) => error.into(),
                 ReplicationError::Gate(GateError::Gone) => S3Error::no_such_upload(),
                 ReplicationError::Gate(GateError::Busy) => S3Error::slow_down(),
+                ReplicationError::Gate(GateError::LockLost) => {
+                    S3Error::unavailable("the write's lock on its key lapsed (the index did not answer)")
+                }
             },
         }
     }

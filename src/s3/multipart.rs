@@ -470,7 +470,7 @@ pub async fn sweep(app: &App, expiry: Duration) -> (usize, usize) {
 /// if it predates them; under the upload's lock, skipped while a request
 /// holds it. Returns whether the upload was removed.
 async fn sweep_one(app: &App, id: &str, upload: &Upload, expired: bool) -> Result<bool, S3Error> {
-    let Some(_guard) = app.store.try_lock(&upload_lock_key(id))? else {
+    let Some(_guard) = app.store.try_lock_async(&upload_lock_key(id)).await? else {
         return Ok(false);
     };
     // Completed or aborted since the batch was read: nothing to do.

@@ -15,7 +15,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{eventually, fetch, free_port, mkv, request, value, wait_for_port, Cluster};
-use crate::online::Admin;
 
 /// A test database's URL, and the server's for administration.
 struct Database {
@@ -251,16 +250,19 @@ fn with_the_index_unreachable_writes_answer_503_and_cached_reads_go_on() {
 /// Keys and the values written under them.
 type Written = Vec<(String, Vec<u8>)>;
 
-/// One master over a fresh database (2 replicas, an admin port and token
-/// for the maintenance jobs) holding `count` keys `<prefix><i>`, and their
-/// values.
-fn serving_with_keys(test: &str, prefix: &str, count: u64) -> Option<(Database, Cluster, Written, Admin)> {
+/// A serving master, the admin port and token its maintenance jobs need,
+/// and the keys written.
+type Serving = (Database, Cluster, Written, crate::online::Admin);
+
+/// One master over a fresh database (2 replicas, an admin port for the
+/// maintenance jobs) holding `count` keys `<prefix><i>`, and their values.
+fn serving_with_keys(test: &str, prefix: &str, count: u64) -> Option<Serving> {
     let database = database(test)?;
-    let admin = Admin::new();
+    let admin = crate::online::Admin::new();
     let flags = admin.flags();
-    let mut all = vec!["-replicas", "2"];
-    all.extend(flags.iter().map(String::as_str));
-    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &all);
+    let mut extra = vec!["-replicas", "2"];
+    extra.extend(flags.iter().map(String::as_str));
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &extra);
     let keys: Written = (0..count).map(|i| (format!("{prefix}{i}"), value(2000, i))).collect();
     for (key, body) in &keys {
         assert_eq!(request("PUT", &cluster.url(key), Some(body)).status, 201);
@@ -381,4 +383,493 @@ fn a_read_waiting_on_the_index_does_not_stop_its_reactor_answering() {
     );
     transaction.commit().unwrap();
     assert_eq!(reader.join().unwrap(), 404);
+}
+
+/// Records `<prefix><i>` for i in 0..count, each key padded to
+/// `key_bytes`, written straight into the index (live, one replica): a big
+/// listing without a PUT per key.
+fn insert_records(database: &Database, prefix: &str, count: u32, key_bytes: i32) {
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .execute(
+            "INSERT INTO mkv_records SELECT convert_to(rpad($1 || lpad(i::text, 8, '0'), $3, 'x'), 'UTF8'), \
+             convert_to('127.0.0.1:1', 'UTF8') FROM generate_series(1, $2) i",
+            &[&prefix, &(count as i32), &key_bytes],
+        )
+        .unwrap();
+}
+
+/// A response's head and body, read until the server closes or is silent
+/// for `silence`; and whether it closed.
+fn read_response(stream: &mut TcpStream, silence: Duration) -> (String, Vec<u8>, bool) {
+    stream.set_read_timeout(Some(silence)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let closed = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+            Err(_) => break false,
+        }
+    };
+    let split = received
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&received[..split]).into_owned();
+    (head, received[split + 4..].to_vec(), closed)
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .expect("a Content-Length")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_listing_is_as_long_as_its_content_length_while_keys_change() {
+    let Some(database) = database("listing_exact") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    insert_records(&database, "/l/", 4000, 40);
+    // A writer adds and removes keys of many lengths under the prefix as
+    // fast as it can, so the keys change between any two reads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let url = database.url.clone();
+    let writer = std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut round = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let key = format!("/l/{:08}{}", round % 4000, "y".repeat((round % 50) as usize));
+            client
+                .execute(
+                    "INSERT INTO mkv_records VALUES (convert_to($1, 'UTF8'), convert_to('127.0.0.1:1', 'UTF8')) \
+                     ON CONFLICT DO NOTHING",
+                    &[&key],
+                )
+                .unwrap();
+            client
+                .execute("DELETE FROM mkv_records WHERE key = convert_to($1, 'UTF8')", &[&key])
+                .unwrap();
+            round += 1;
+        }
+    });
+    for listing in 0..30 {
+        let mut stream = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+        stream
+            .write_all(b"GET /l/?list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (head, body, closed) = read_response(&mut stream, Duration::from_secs(10));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(closed, "listing {listing}: the connection closes as asked");
+        assert_eq!(body.len(), content_length(&head), "listing {listing}");
+        assert!(body.ends_with(b"]}"), "listing {listing}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_listing_whose_client_stops_reading_is_cut_off_not_followed_by_an_error() {
+    let Some(database) = database("listing_stall") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    // About 64 MB of keys: more than the kernel's socket buffers hold
+    // (32 MiB to receive, 4 MiB to send at most, as Linux ships).
+    insert_records(&database, "/s/", 16_000, 4000);
+    let mut stream = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    stream.write_all(b"GET /s/?list HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // Past the master's 30 s write timeout without reading a byte (its
+    // write blocks a few seconds in, once the buffers are full).
+    std::thread::sleep(Duration::from_secs(40));
+    let (head, body, closed) = read_response(&mut stream, Duration::from_secs(5));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.len() < content_length(&head), "the body was cut short");
+    assert!(
+        !body.windows(9).any(|window| window == b"HTTP/1.1 "),
+        "nothing follows the cut-off body"
+    );
+    assert!(closed, "a response that cannot be completed closes its connection");
+}
+
+/// `synchronous_standby_names` for the whole server: commits of sessions
+/// with `synchronous_commit = on` (only the test's own database has it)
+/// wait for a standby that never comes while it is set.
+fn set_phantom_standby(admin: &mut postgres::Client, on: bool) {
+    let names = if on { "'mkv_phantom_standby'" } else { "''" };
+    // ALTER SYSTEM may not share a transaction with anything.
+    admin
+        .batch_execute(&format!("ALTER SYSTEM SET synchronous_standby_names = {names}"))
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+/// The phantom standby, set until this is dropped (a failed test too).
+struct PhantomStandby(String);
+
+impl PhantomStandby {
+    /// Set it, and wait until commits wait for it (the server takes the
+    /// setting in a moment after the reload).
+    fn set(database: &Database) -> PhantomStandby {
+        let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+        set_phantom_standby(&mut admin, true);
+        let phantom = PhantomStandby(database.admin.clone());
+        let url = database.url.clone();
+        // A probe that waits until the standby is unset again (not joined).
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            // Making a table writes the catalog: its commit waits.
+            let _ = client.batch_execute("CREATE TEMP TABLE mkv_probe (x int)");
+        });
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE query LIKE 'CREATE TEMP TABLE mkv_probe%' AND wait_event = 'SyncRep'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    > 0
+            }),
+            "commits wait for the phantom standby"
+        );
+        phantom
+    }
+}
+
+impl Drop for PhantomStandby {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&self.0, postgres::NoTls) {
+            let _ = admin.batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''");
+            let _ = admin.batch_execute("SELECT pg_reload_conf()");
+        }
+    }
+}
+
+/// A database whose sessions commit synchronously (so that a phantom
+/// standby stalls their commits), and the server's admin session.
+fn synchronous_database(test: &str) -> Option<(Database, postgres::Client)> {
+    let database = database(test)?;
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET synchronous_commit = on", database.name))
+        .unwrap();
+    Some((database, admin))
+}
+
+/// Which of the test database's sessions wait on the standby to commit
+/// a request's write (`mkv_apply...`, not a heartbeat or a lease renewal,
+/// which wait too).
+const STALLED_WRITES: &str = "FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep' \
+     AND query LIKE 'SELECT mkv_apply%'";
+
+/// Terminate the test database's sessions whose write's commit waits on
+/// the standby, once there is one; how many.
+fn terminate_stalled_commits(admin: &mut postgres::Client, database: &Database) -> u64 {
+    let mut terminated = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            terminated = admin
+                .query_one(
+                    &format!("SELECT count(pg_terminate_backend(pid)) {STALLED_WRITES}"),
+                    &[&database.name],
+                )
+                .unwrap()
+                .get::<_, i64>(0) as u64;
+            terminated > 0
+        }),
+        "a commit waits on the standby"
+    );
+    terminated
+}
+
+#[test]
+fn a_write_that_committed_but_failed_does_not_leave_its_master_serving_the_old_record() {
+    let _serial = PHANTOM_STANDBY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some((database, mut admin)) = synchronous_database("unknown_outcome") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--coherence-ms", "500"]);
+    // A chunked PUT whose record is in (soft-deleted: cached as missing
+    // by its master) and whose body is still coming.
+    let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    slow.write_all(b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("GET", &cluster.url("/?unlinked"), None).body == br#"{"next":"","keys":["/k"]}"#
+        }),
+        "the PUT's record is in"
+    );
+    assert_eq!(request("GET", &cluster.url("/k"), None).status, 404);
+    // The commit that makes it live waits on the standby, and its session
+    // is terminated: committed, but the master never hears so.
+    let phantom = PhantomStandby::set(&database);
+    slow.write_all(b"0\r\n\r\n").unwrap();
+    terminate_stalled_commits(&mut admin, &database);
+    drop(phantom);
+    let (head, _, _) = read_response(&mut slow, Duration::from_secs(10));
+    assert!(
+        head.starts_with("HTTP/1.1 503"),
+        "the outcome is unknown to the master: {head}"
+    );
+    let record = admin_query_record(&database, "/k");
+    assert!(
+        !record.starts_with(b"DELETED"),
+        "the value went live: {:?}",
+        String::from_utf8_lossy(&record)
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        read_through(&cluster.url("/k")),
+        Some(b"hello".to_vec()),
+        "past the bound the master serves the record the index holds"
+    );
+}
+
+/// The raw record of `key` in the test database.
+fn admin_query_record(database: &Database, key: &str) -> Vec<u8> {
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .query_one(
+            "SELECT record FROM mkv_records WHERE key = convert_to($1, 'UTF8')",
+            &[&key],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn rebuild_is_refused_while_a_master_serves_whatever_sessions_died() {
+    let Some(database) = database("role_sessions") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    assert_eq!(request("PUT", &cluster.url("/kept"), Some(b"value")).status, 201);
+    // For 1.5 s, end every session that holds the role lock shared (the
+    // master's, as a restart or a failover would), as soon as it has it;
+    // meanwhile `rebuild` tries to take the index for itself.
+    let url = database.url.clone();
+    let storm = std::thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let started = Instant::now();
+        let mut ended = 0u64;
+        while started.elapsed() < Duration::from_millis(1500) {
+            ended += admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                     AND mode = 'ShareLock' AND classid = $1 AND objid = $2 AND objsubid = 1 \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[&0x6d6b_762d_u32, &0x726f_6c65_u32],
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ended
+    });
+    let rebuild = cluster.run_command(&[], "rebuild");
+    let ended = storm.join().unwrap();
+    assert!(ended > 0, "the master's role sessions were ended");
+    let stderr = String::from_utf8_lossy(&rebuild.stderr);
+    assert_ne!(
+        rebuild.status.code(),
+        Some(0),
+        "rebuild ran beside a serving master: {stderr}"
+    );
+    assert!(stderr.contains("locked"), "{stderr}");
+    assert_eq!(read_through(&cluster.url("/kept")), Some(b"value".to_vec()));
+}
+
+/// The test database's sessions, stopped with SIGSTOP (a database that
+/// hangs rather than refuses, as a stuck disk or a network that drops
+/// packets does) until this is dropped.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn freeze(database: &Database) -> Frozen {
+        let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+        let pids: Vec<i32> = admin
+            .query("SELECT pid FROM pg_stat_activity WHERE datname = $1", &[&database.name])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert!(!pids.is_empty(), "the master has sessions");
+        let frozen = Frozen(pids);
+        frozen.signal("-STOP");
+        frozen
+    }
+
+    fn signal(&self, signal: &str) {
+        let pids: Vec<String> = self.0.iter().map(i32::to_string).collect();
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pids:?}");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+    }
+}
+
+#[test]
+fn with_the_index_frozen_a_write_answers_503_and_cache_hits_go_on() {
+    let Some((database, cluster)) = one_reactor_with_a_hit("frozen") else {
+        return;
+    };
+    // The key lock session exists (the first PUT took a lock on it).
+    let frozen = Frozen::freeze(&database);
+    let port = cluster.port();
+    let writer = std::thread::spawn(move || {
+        let put = b"PUT /during HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvalue";
+        crate::cluster::raw(port, put, Duration::from_secs(30))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let hit = crate::cluster::raw(port, connection_close, Duration::from_secs(20));
+    assert!(
+        hit.starts_with("HTTP/1.1 302"),
+        "the only reactor answers a hit: {hit:?}"
+    );
+    let written = writer.join().unwrap();
+    assert!(written.starts_with("HTTP/1.1 503"), "{written:?}");
+    assert!(written.contains("Retry-After: 1"), "{written:?}");
+    drop(frozen);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            request("PUT", &cluster.url("/after"), Some(b"value")).status == 201
+        }),
+        "writes succeed again once the index answers"
+    );
+    assert_eq!(request("GET", &cluster.url("/during"), None).status, 404);
+}
+
+#[test]
+fn a_write_in_flight_keeps_its_key_when_its_index_sessions_end() {
+    let Some((database, cluster, second)) = two_masters("fence_sessions", &[]) else {
+        return;
+    };
+    // A chunked PUT on the first master that has sent only part of its body.
+    let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    slow.write_all(b"PUT /busy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("GET", &cluster.url("/?unlinked"), None).body == br#"{"next":"","keys":["/busy"]}"#
+        }),
+        "the PUT's record is in"
+    );
+    // Every session of the database ends, the lock's included (as in a
+    // restart or a failover).
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    let ended = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&database.name],
+        )
+        .unwrap();
+    assert!(ended > 0);
+    let mut refused = 0;
+    for _ in 0..5 {
+        let status = request("PUT", &second.url("/busy"), Some(b"other")).status;
+        assert_ne!(status, 201, "another master wrote a key whose write is in flight");
+        refused += u32::from(status == 409);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused > 0, "the other master is refused the key");
+    // A read replaces the first master's dead pooled connections.
+    assert_eq!(request("GET", &cluster.url("/absent"), None).status, 404);
+    slow.write_all(b"5\r\nworld\r\n0\r\n\r\n").unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201");
+    for master in [cluster.url("/busy"), second.url("/busy")] {
+        assert_eq!(read_through(&master), Some(b"helloworld".to_vec()), "{master}");
+    }
+}
+
+/// The tests that set `synchronous_standby_names` (server-wide) run one
+/// at a time.
+static PHANTOM_STANDBY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_commit_waiting_on_the_standby_keeps_its_key_from_other_masters() {
+    let _serial = PHANTOM_STANDBY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some((database, mut admin)) = synchronous_database("fence_commit") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let second = Second::start(&cluster);
+    // A chunked PUT on the first master, its record in, its body coming.
+    let mut slow = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    slow.write_all(b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("GET", &cluster.url("/?unlinked"), None).body == br#"{"next":"","keys":["/k"]}"#
+        }),
+        "the PUT's record is in"
+    );
+    // The commit that makes it live waits on the standby; every other
+    // session of the database ends (the first master's lock's included).
+    let phantom = PhantomStandby::set(&database);
+    slow.write_all(b"0\r\n\r\n").unwrap();
+    let waiting = |admin: &mut postgres::Client| {
+        admin
+            .query_one(&format!("SELECT count(*) {STALLED_WRITES}"), &[&database.name])
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || waiting(&mut admin) > 0),
+        "a commit waits"
+    );
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event IS DISTINCT FROM 'SyncRep'",
+            &[&database.name],
+        )
+        .unwrap();
+    let other = request("PUT", &second.url("/k"), Some(b"second"));
+    drop(phantom);
+    assert_eq!(other.status, 409, "{:?}", String::from_utf8_lossy(&other.body));
+    let (head, _, _) = read_response(&mut slow, Duration::from_secs(10));
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    assert_eq!(read_through(&second.url("/k")), Some(b"first".to_vec()));
+}
+
+#[test]
+fn a_commit_that_never_returns_answers_503_and_leaves_the_key_to_later_writes() {
+    let _serial = PHANTOM_STANDBY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some((database, _admin)) = synchronous_database("stuck_commit") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let phantom = PhantomStandby::set(&database);
+    let stuck = request("PUT", &cluster.url("/k"), Some(b"first"));
+    drop(phantom);
+    assert_eq!(stuck.status, 503, "{:?}", String::from_utf8_lossy(&stuck.body));
+    assert_eq!(stuck.header("retry-after"), Some("1"));
+    // Once the database answers again, the key is free (its stuck commit,
+    // if it landed, left it soft-deleted).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            request("PUT", &cluster.url("/k"), Some(b"second")).status == 201
+        }),
+        "the key is written once the database answers"
+    );
+    assert_eq!(read_through(&cluster.url("/k")), Some(b"second".to_vec()));
 }
