@@ -13,10 +13,7 @@
 //! from the cache.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use crate::app::App;
 
 /// How often the freshness is re-checked against the clock (`tick`): the
 /// bound holds to within this.
@@ -90,25 +87,6 @@ impl Coherence {
         };
         self.fresh.store(fresh, Ordering::Release);
     }
-}
-
-/// Start following other masters' changes (PostgreSQL index): one thread
-/// applies the index's notifications to the record cache, one re-checks
-/// freshness every `TICK`. Both run until the process ends.
-pub fn follow(app: Arc<App>) -> std::io::Result<()> {
-    let listening = app.clone();
-    std::thread::Builder::new().name("mkv-follow".into()).spawn(move || {
-        let store = &listening.store;
-        let engine = store.index().postgres().expect("follow is for the PostgreSQL index");
-        engine.listen(store.coherence().beat(), |event| store.observe(event))
-    })?;
-    std::thread::Builder::new()
-        .name("mkv-coherence".into())
-        .spawn(move || loop {
-            app.store.coherence().tick();
-            std::thread::sleep(TICK);
-        })?;
-    Ok(())
 }
 
 #[cfg(test)]

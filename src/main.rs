@@ -89,7 +89,7 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
             );
             let app = Arc::new(App { config, store, volumes });
             if app.store.index().postgres().is_some() {
-                mkv::coherence::follow(app.clone()).context("cannot start following the index")?;
+                mkv::server::follow(app.clone()).context("cannot start following the index")?;
             }
             let warming = app.clone();
             std::thread::Builder::new()

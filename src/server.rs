@@ -45,6 +45,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use crate::admin;
 use crate::app::{shutting_down, App};
+use crate::coherence;
 use crate::connection::{Connection, OUTPUT_FLUSH_BYTES};
 use crate::handlers;
 use crate::http::{self, write_text, KeepAlive, Method};
@@ -1100,6 +1101,26 @@ async fn close_lingering(connection: &mut Connection) {
             Ok(_) => {}
         }
     }
+}
+
+/// Start following other masters' changes (PostgreSQL index; the state is
+/// `coherence`'s, the threads start here, above `app`): one thread
+/// applies the index's notifications to the record cache, one re-checks
+/// freshness every `TICK`. Both run until the process ends.
+pub fn follow(app: Arc<App>) -> std::io::Result<()> {
+    let listening = app.clone();
+    std::thread::Builder::new().name("mkv-follow".into()).spawn(move || {
+        let store = &listening.store;
+        let engine = store.index().postgres().expect("follow is for the PostgreSQL index");
+        engine.listen(store.coherence().beat(), |event| store.observe(event))
+    })?;
+    std::thread::Builder::new()
+        .name("mkv-coherence".into())
+        .spawn(move || loop {
+            app.store.coherence().tick();
+            std::thread::sleep(coherence::TICK);
+        })?;
+    Ok(())
 }
 
 #[cfg(test)]
