@@ -6,6 +6,8 @@
 //!
 //! - `server`: reactors (one monoio runtime per thread), listeners, the
 //!   per-connection request loop.
+//! - `shutdown`: the process's end: signals, the orderly shutdown, the
+//!   watchdog that exits when a thread the master needs ended.
 //! - `app`: the state every reactor shares (config, store, volume health).
 //! - `connection`: a client connection's buffers and body reading.
 //! - `http`: the sans-IO HTTP/1.x codec (request heads, chunked bodies, responses).
@@ -53,6 +55,7 @@ pub mod record;
 pub mod replication;
 pub mod s3;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod verify;
 pub mod volume;

@@ -6,14 +6,15 @@
 //! Panics (ARCHITECTURE.md, "Panics"): a panic while serving a connection is
 //! caught, logged and counted, and closes that connection only; a reactor or
 //! the health thread that ends, for any reason, ends the process with
-//! `EXIT_THREAD_ENDED` so a supervisor restarts it.
+//! `shutdown::EXIT_THREAD_ENDED` so a supervisor restarts it.
 //!
 //! Shutdown (ARCHITECTURE.md, "Shutdown"): SIGTERM or SIGINT sets a flag
 //! every reactor reads and shuts the listeners down (which wakes their
 //! accepts); each reactor then closes its idle connections, lets those in a
 //! request finish (reads end at `--shutdown-timeout`) and ends. When every
 //! reactor has ended the process exits 0; at the limit, plus a grace for
-//! cut writes to clean up, it exits anyway.
+//! cut writes to clean up, it exits anyway. The main thread's part of
+//! that (the signals, the wait, the exit) is `shutdown`.
 //!
 //! File descriptors: `main` raises the soft limit to the hard one
 //! (`raise_fd_limit`), and each reactor admits at most `clients_per_reactor`
@@ -51,6 +52,7 @@ use crate::handlers;
 use crate::http::{self, write_text, KeepAlive, Method};
 use crate::metrics::{self, Gauges, VolumeGauge};
 use crate::s3;
+use crate::shutdown::{self, Event, REACTOR_THREAD_PREFIX};
 
 /// Open client connections per reactor at most, whatever the fd limit.
 pub const CONNECTIONS_PER_REACTOR_MAX: usize = 16 * 1024;
@@ -87,14 +89,7 @@ const PANIC_PATH_BYTES_MAX: usize = 256;
 const URING_ENTRIES: u32 = 4096;
 /// Listen backlog per reactor.
 const LISTEN_BACKLOG: i32 = 4096;
-/// The exit status when a reactor or the health thread ended
-/// (`EX_SOFTWARE`, sysexits.h).
-pub const EXIT_THREAD_ENDED: i32 = 70;
 
-/// After the shutdown limit, how long writes cut by it get to go through
-/// their failure path (delete the copies written, drop the record) before
-/// the process exits anyway: a few volume round trips.
-const SHUTDOWN_CLEANUP_GRACE: Duration = Duration::from_secs(5);
 /// Shutting down, how long a connection accepted before the signal may take
 /// to send its first request: a client that just connected has its request
 /// on the way (closing would cut a request the master never read), one that
@@ -164,7 +159,7 @@ impl std::error::Error for ServerError {}
 /// Start one reactor per configured thread, the health thread, the signal
 /// thread and (with `--metrics-port`) the metrics thread, and serve until
 /// the process ends: if a reactor or the health thread ends, the process
-/// exits with `EXIT_THREAD_ENDED`; on SIGTERM or SIGINT it shuts down
+/// exits with `shutdown::EXIT_THREAD_ENDED`; on SIGTERM or SIGINT it shuts down
 /// (`shut_down`) and exits 0.
 pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     let address = SocketAddr::from(([0, 0, 0, 0], app.config.port));
@@ -177,7 +172,7 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     }
     let (events_sender, events) = mpsc::channel();
     // Before the reactors, so a signal during start already shuts down.
-    spawn_signal_thread(&events_sender)?;
+    shutdown::spawn_signal_thread(&events_sender).map_err(|error| ServerError::Thread("signal", error))?;
     if let Some(port) = app.config.metrics_port {
         spawn_metrics_thread(&app, port)?;
     }
@@ -190,7 +185,7 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     for id in 0..app.config.threads {
         let app = app.clone();
         let ready_sender = ready_sender.clone();
-        spawn_watched(format!("{REACTOR_THREAD_PREFIX}{id}"), &events_sender, move || {
+        shutdown::spawn_watched(format!("{REACTOR_THREAD_PREFIX}{id}"), &events_sender, move || {
             run_reactor(id, app, address, clients_max, ready_sender)
         })
         .map_err(|error| ServerError::Reactor(id, error))?;
@@ -211,7 +206,7 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     }
     let volumes = app.volumes.clone();
     let (interval, timeout) = (app.config.health_interval, app.config.volume_timeout);
-    spawn_watched("mkv-health".into(), &events_sender, move || {
+    shutdown::spawn_watched("mkv-health".into(), &events_sender, move || {
         volumes.check_forever(interval, timeout)
     })
     .map_err(ServerError::Health)?;
@@ -237,101 +232,10 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     );
     // Our own sender stays alive, so this waits for an event.
     match events.recv() {
-        Ok(Event::Signal(signal)) => shut_down(signal, listeners, &events, &app),
-        Ok(Event::Ended(name)) => thread_ended(&name),
-        Err(_) => thread_ended("(unknown)"),
+        Ok(Event::Signal(signal)) => shutdown::shut_down(signal, listeners, &events, &app),
+        Ok(Event::Ended(name)) => shutdown::thread_ended(&name),
+        Err(_) => shutdown::thread_ended("(unknown)"),
     }
-}
-
-/// Reactor threads are named this, then their number.
-const REACTOR_THREAD_PREFIX: &str = "mkv-reactor-";
-
-/// What the main thread waits for.
-#[derive(Debug, PartialEq, Eq)]
-enum Event {
-    /// A watched thread ended, by return or by panic.
-    Ended(String),
-    /// SIGTERM or SIGINT arrived.
-    Signal(i32),
-}
-
-/// A thread the master cannot serve without ended: exit so a supervisor
-/// restarts it.
-fn thread_ended(name: &str) -> ! {
-    eprintln!(
-        "mkv: thread {name} ended; exiting with status {EXIT_THREAD_ENDED} (a supervisor should restart the master)"
-    );
-    exit_now(EXIT_THREAD_ENDED)
-}
-
-/// The orderly end: stop accepting (shut the listeners down, which wakes
-/// every reactor's accept), let the requests in flight finish within
-/// `--shutdown-timeout`, exit 0 once every reactor has ended. At the limit
-/// every read from a client fails (a PUT whose body is still arriving goes
-/// through the write protocol's failure path) and after
-/// `SHUTDOWN_CLEANUP_GRACE` the process exits anyway, as a killed master
-/// would (ARCHITECTURE.md, "Shutdown"). A second signal exits at once.
-fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<Event>, app: &App) -> ! {
-    let limit = app.config.shutdown_timeout;
-    eprintln!("mkv: signal {signal}: closing the listeners, finishing requests in flight (at most {limit:?})");
-    let started = Instant::now();
-    crate::app::start_shutting_down();
-    for listener in &listeners {
-        // SAFETY: `listener` is an open descriptor this thread owns (a dup
-        // of a reactor's listener, so its number cannot be reused meanwhile).
-        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-    }
-    drop(listeners);
-    let exit_by = started + limit + SHUTDOWN_CLEANUP_GRACE;
-    let mut reactors_left = app.config.threads;
-    loop {
-        let left = exit_by.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(Event::Ended(name)) if name.starts_with(REACTOR_THREAD_PREFIX) => {
-                reactors_left -= 1;
-                if reactors_left == 0 {
-                    eprintln!("mkv: every request finished in {:?}", started.elapsed());
-                    // A maintenance job stops taking items, finishes those
-                    // in flight and its pending deletes, and tells its
-                    // operator how it ended.
-                    if !admin::wait_for_job(exit_by) {
-                        eprintln!("mkv: the maintenance job did not end in time; exiting");
-                    }
-                    eprintln!("mkv: exiting");
-                    exit_now(0);
-                }
-            }
-            Ok(Event::Ended(name)) => thread_ended(&name),
-            Ok(Event::Signal(signal)) => {
-                eprintln!("mkv: signal {signal} again: exiting at once");
-                exit_now(128 + signal);
-            }
-            Err(_) => {
-                eprintln!(
-                    "mkv: requests still in flight after {:?}; exiting (a cut write leaves at most a deleted record and stray copies, as a killed master does)",
-                    started.elapsed()
-                );
-                exit_now(0);
-            }
-        }
-    }
-}
-
-/// The signal thread: SIGTERM and SIGINT become events for the main thread.
-fn spawn_signal_thread(events: &mpsc::Sender<Event>) -> Result<(), ServerError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| ServerError::Thread("signal", error))?;
-    let events = events.clone();
-    std::thread::Builder::new()
-        .name("mkv-signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                let _ = events.send(Event::Signal(signal));
-            }
-        })
-        .map_err(|error| ServerError::Thread("signal", error))?;
-    Ok(())
 }
 
 /// The metrics thread: `GET /metrics` on `--metrics-bind`:`port`.
@@ -385,44 +289,6 @@ fn gauges(app: &App) -> Gauges {
         index,
         panics_contained: panics_contained(),
     }
-}
-
-/// End the process at once with `status`. `_exit` skips atexit handlers and
-/// static destructors (RocksDB has some) that would race the threads still
-/// running; like a `kill -9`, which the index survives (WAL).
-fn exit_now(status: i32) -> ! {
-    // SAFETY: `_exit` takes no pointers and cannot fail.
-    unsafe { libc::_exit(status) }
-}
-
-/// Reports a watched thread's name when it ends, by return or by panic
-/// (unwinding drops it too).
-struct Ending {
-    name: String,
-    ended: mpsc::Sender<Event>,
-}
-
-impl Drop for Ending {
-    fn drop(&mut self) {
-        let _ = self.ended.send(Event::Ended(std::mem::take(&mut self.name)));
-    }
-}
-
-/// Spawn a thread the server cannot run without: its name goes to `ended`
-/// when it ends, however it ends.
-fn spawn_watched(
-    name: String,
-    ended: &mpsc::Sender<Event>,
-    body: impl FnOnce() + Send + 'static,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let ending = Ending {
-        name: name.clone(),
-        ended: ended.clone(),
-    };
-    std::thread::Builder::new().name(name).spawn(move || {
-        let _ending = ending;
-        body();
-    })
 }
 
 /// The current (soft, hard) limit on open file descriptors.
@@ -1126,20 +992,6 @@ pub fn follow(app: Arc<App>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_watched_thread_reports_its_end_by_return_or_by_panic() {
-        let (sender, ended) = mpsc::channel();
-        spawn_watched("returns".into(), &sender, || {}).unwrap();
-        spawn_watched("panics".into(), &sender, || panic!("a watched thread panics")).unwrap();
-        let name = |event| match event {
-            Event::Ended(name) => name,
-            Event::Signal(signal) => panic!("signal {signal}"),
-        };
-        let mut names = [name(ended.recv().unwrap()), name(ended.recv().unwrap())];
-        names.sort();
-        assert_eq!(names, ["panics", "returns"]);
-    }
 
     #[test]
     fn client_connections_fit_the_fd_limit() {
