@@ -49,6 +49,19 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         Ok(limit) => eprintln!("{limit}"),
         Err(error) => eprintln!("cannot raise the fd limit: {error}"),
     }
+    // Verify and rebalance judge the volumes against an index: one that
+    // does not exist (a mistyped -db) would be made empty here, and every
+    // file on the volumes would look like an orphan. Only the server, seed
+    // and rebuild make an index.
+    let judges = matches!(config.command, Command::Verify | Command::Rebalance);
+    let is_url = config.db.to_string_lossy().contains("://");
+    if judges && !is_url && !config.db.exists() {
+        eprintln!(
+            "mkv: no index at {:?}: verify and rebalance need an existing index (is -db right? rebuild makes one)",
+            config.db
+        );
+        return Ok(ExitCode::from(2));
+    }
     let opened = Index::open(
         &config.db,
         &IndexOptions {

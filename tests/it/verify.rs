@@ -363,3 +363,31 @@ fn repair_removes_every_orphan_copy_of_one_key() {
     assert!(left.is_empty(), "{left:?}\n{removed}");
     expect(&verify(&cluster, &[]), 0);
 }
+
+#[test]
+fn verify_and_rebalance_refuse_an_index_that_does_not_exist() {
+    let cluster = Cluster::start(3, &[]);
+    let kept = value(1000, 5);
+    assert_eq!(request("PUT", &cluster.url("/kept"), Some(&kept)).status, 201);
+    // A mistyped -db: made empty, every file would look like an orphan.
+    let missing = cluster.dir.path().join("typo");
+    let repair: &[&str] = &["--repair", "--orphan-grace", "0s", "--confirm-short-grace"];
+    for (command, flags) in [("verify", repair), ("rebalance", &[][..])] {
+        let output = mkv()
+            .args([
+                "-db",
+                &missing.display().to_string(),
+                "-volumes",
+                &cluster.volume_list(),
+            ])
+            .args(flags)
+            .arg(command)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("no index"), "{command}: {stderr}");
+        assert!(!missing.exists(), "{command} made no index");
+    }
+    assert_eq!(fetch(&cluster.url("/kept")).body, kept);
+}
