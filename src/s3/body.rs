@@ -25,6 +25,11 @@ use super::S3Error;
 /// (`x-amz-checksum-mode: ENABLED`), never as user metadata.
 pub const CHECKSUM_ENTRY_PREFIX: &str = "!";
 
+/// The metadata entry that keeps `algorithm`'s checksum `value` of a value.
+pub fn checksum_entry(algorithm: Algorithm, value: String) -> (String, String) {
+    (format!("{CHECKSUM_ENTRY_PREFIX}{}", algorithm.header()), value)
+}
+
 /// A request body, decoded from `aws-chunked` when it is so encoded, and
 /// checked as it goes.
 pub struct RequestBody<'a> {
@@ -82,22 +87,15 @@ impl Checks {
             let expected = checksum::parse_expected(algorithm, value).map_err(refuse)?;
             checksum = Some((Checksummer::new(algorithm), Expected::Header(expected)));
         }
-        let named = |name: &str| {
-            headers
-                .refusable
-                .iter()
-                .find(|(header, _)| header == name)
-                .map(|(_, value)| value)
-        };
         if checksum.is_none() {
-            if let Some(trailer) = named("x-amz-trailer") {
+            if let Some(trailer) = headers.amz("x-amz-trailer") {
                 let algorithm = Algorithm::from_trailer(trailer)
                     .ok_or_else(|| S3Error::invalid_argument("x-amz-trailer names no checksum this server knows"))?;
                 if !headers.is_aws_chunked() {
                     return Err(S3Error::invalid_argument("x-amz-trailer needs an aws-chunked body"));
                 }
                 checksum = Some((Checksummer::new(algorithm), Expected::Trailer));
-            } else if let Some(value) = named("x-amz-sdk-checksum-algorithm") {
+            } else if let Some(value) = headers.amz("x-amz-sdk-checksum-algorithm") {
                 let algorithm = checksum::parse_algorithm(value).map_err(refuse)?;
                 checksum = Some((Checksummer::new(algorithm), Expected::Computed));
             }
@@ -201,8 +199,8 @@ impl PieceSource for RequestBody<'_> {
     }
 
     fn checksum(&self) -> Option<(String, String)> {
-        let (algorithm, value) = self.checks.verified.as_ref()?;
-        Some((format!("{CHECKSUM_ENTRY_PREFIX}{}", algorithm.header()), value.clone()))
+        let (algorithm, value) = self.checks.verified.clone()?;
+        Some(checksum_entry(algorithm, value))
     }
 }
 

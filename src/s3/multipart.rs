@@ -24,10 +24,11 @@ use crate::http::RequestHead;
 use crate::meta::{now_ms, Meta};
 use crate::placement::{entry_host, hex_lower};
 use crate::replication::{self, entry_path, Gate, GateError, PieceSource, ReplicationError, Target, VOLUME_IO_TIMEOUT};
+use crate::store::KeyGuard;
 use crate::volume::{Download, Settled, VolumeError};
 use crate::write::{self, Plan};
 
-use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
+use super::body::{checksum_entry, request_body, CHECKSUM_ENTRY_PREFIX};
 use super::checksum::{self, Algorithm, ChecksumType};
 use super::object::{
     checked_key, content_md5, copy_source_object, open_download, read_small_body, user_metadata, write_precondition,
@@ -93,18 +94,25 @@ fn part_number(request: &S3Request) -> Result<u32, S3Error> {
         .ok_or_else(|| S3Error::invalid_argument("Part number must be an integer between 1 and 10000, inclusive"))
 }
 
+/// What a part request (UploadPart, UploadPartCopy) names: the part
+/// number, the upload, the object's native key; and the part's lock, held.
+async fn part_of<'a>(app: &'a App, request: &S3Request) -> Result<(u32, String, Vec<u8>, KeyGuard<'a>), S3Error> {
+    let number = part_number(request)?;
+    let (id, _) = named_upload(app, request)?;
+    let key = checked_key(request)?;
+    let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
+    let guard = super::lock(app, &lock_key).await?;
+    Ok((number, id, key, guard))
+}
+
 pub async fn upload_part(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let number = part_number(request)?;
-    let (id, _) = named_upload(app, request)?;
-    let key = checked_key(request)?;
+    let (number, id, key, _guard) = part_of(app, request).await?;
     let expected_md5 = content_md5(request)?;
-    let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
-    let _guard = super::lock(app, &lock_key).await?;
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
     let part = write_part(app, &id, number, &key, &mut body, declared, expected_md5).await;
@@ -126,11 +134,7 @@ pub async fn upload_part_copy(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let number = part_number(request)?;
-    let (id, _) = named_upload(app, request)?;
-    let key = checked_key(request)?;
-    let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
-    let _guard = super::lock(app, &lock_key).await?;
+    let (number, id, key, _guard) = part_of(app, request).await?;
     let (source_key, source) = copy_source_object(app, request).await?;
     let range = match request.headers.copy_source_range.as_deref() {
         None => None,
@@ -246,7 +250,7 @@ async fn write_part<S: PieceSource>(
 struct PartGate<'a> {
     app: &'a App,
     id: &'a str,
-    guard: Option<crate::store::KeyGuard<'a>>,
+    guard: Option<KeyGuard<'a>>,
 }
 
 impl Gate for PartGate<'_> {
@@ -674,15 +678,6 @@ pub async fn complete(
         },
         changes: &changes,
     };
-    let mut plan = plan;
-    if let Some((algorithm, value)) = &checksum {
-        plan.meta
-            .user
-            .push((format!("{CHECKSUM_ENTRY_PREFIX}{}", algorithm.header()), value.clone()));
-        if !crate::meta::Meta::user_fits(&plan.meta.user) {
-            plan.meta.user.pop();
-        }
-    }
     let mut source = PartsSource {
         app,
         id: &id,
@@ -690,6 +685,7 @@ pub async fn complete(
         next: 0,
         download: None,
         delivered: 0,
+        checksum: checksum.clone(),
     };
     write::store_value(app, &key, &mut source, plan).await?;
     if let Some(download) = source.download.take() {
@@ -718,6 +714,8 @@ struct PartsSource<'a> {
     next: usize,
     download: Option<Download>,
     delivered: u64,
+    /// The value's checksum of checksums, kept with it (`store_value`).
+    checksum: Option<(Algorithm, String)>,
 }
 
 impl PartsSource<'_> {
@@ -781,6 +779,11 @@ impl PieceSource for PartsSource<'_> {
 
     fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    fn checksum(&self) -> Option<(String, String)> {
+        let (algorithm, value) = self.checksum.clone()?;
+        Some(checksum_entry(algorithm, value))
     }
 }
 

@@ -422,9 +422,8 @@ pub async fn get(
     let head_only = head.method == Method::Head;
     let checksum_mode = request
         .headers
-        .refusable
-        .iter()
-        .any(|(name, value)| name == "x-amz-checksum-mode" && value.eq_ignore_ascii_case("enabled"));
+        .amz("x-amz-checksum-mode")
+        .is_some_and(|mode| mode.eq_ignore_ascii_case("enabled"));
     let mut attempts = 0;
     let (reply, length, mut download) = loop {
         attempts += 1;

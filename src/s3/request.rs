@@ -234,6 +234,15 @@ impl Headers {
         headers
     }
 
+    /// The value of another `x-amz-*` header (`name` lower-case), the
+    /// first if it came more than once.
+    pub fn amz(&self, name: &str) -> Option<&str> {
+        self.refusable
+            .iter()
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// The body is `aws-chunked` (SigV4 streaming, signed or not).
     pub fn is_aws_chunked(&self) -> bool {
         let encoded = self.stored.iter().any(|(name, value)| {
