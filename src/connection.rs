@@ -76,6 +76,8 @@ pub struct Connection {
     pub moves: u64,
     /// Accepted on the S3 port: every request is an S3 one.
     pub s3_only: bool,
+    /// The current S3 request's id (`x-amz-request-id`).
+    pub request_id: u64,
 }
 
 impl Connection {
@@ -88,6 +90,7 @@ impl Connection {
             scratch: Vec::with_capacity(256),
             body_touched: false,
             body_done: true,
+            request_id: 0,
             moves: 0,
             s3_only: false,
         }
@@ -222,6 +225,12 @@ pub struct BodyReader {
     pace: Pace,
     /// Body bytes delivered so far.
     pub received: u64,
+    /// Bytes after a length-framed body that cannot start a request are
+    /// noted in `excess` instead of failing the last piece: the caller
+    /// checks the body's digest first (a body cut by its `Content-Length`
+    /// is foremost a body that does not match its Content-MD5).
+    defer_excess: bool,
+    pub excess: bool,
 }
 
 /// The time a body has spent waiting on its client, against its allowance.
@@ -290,7 +299,15 @@ impl BodyReader {
                 waited: Duration::ZERO,
             },
             received: 0,
+            defer_excess: false,
+            excess: false,
         }
+    }
+
+    /// Report excess after the body through `excess`, not as an error.
+    pub fn deferring_excess(mut self) -> BodyReader {
+        self.defer_excess = true;
+        self
     }
 
     /// The next piece of at most `bytes_max` body bytes; None once the body ended.
@@ -298,7 +315,18 @@ impl BodyReader {
         connection.body_touched = true;
         let (pace, received) = (&mut self.pace, self.received);
         let piece = match &mut self.framing {
-            Framing::Length { remaining } => read_length(connection, pace, received, remaining, bytes_max).await?,
+            Framing::Length { remaining } => {
+                let piece = read_length(connection, pace, received, remaining, bytes_max).await?;
+                if *remaining == 0 {
+                    if let Err(error) = reject_trailing_garbage(connection) {
+                        if !self.defer_excess {
+                            return Err(error);
+                        }
+                        self.excess = true;
+                    }
+                }
+                piece
+            }
             Framing::Chunked { decoder, done } => {
                 read_chunked(connection, pace, received, decoder, done, bytes_max).await?
             }
@@ -358,9 +386,6 @@ async fn read_length(
         read_error(result)?;
     }
     *remaining -= piece.len() as u64;
-    if *remaining == 0 {
-        reject_trailing_garbage(connection)?;
-    }
     Ok(piece)
 }
 

@@ -91,6 +91,9 @@ pub struct RequestHead {
     pub body: BodyFraming,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// An `Expect` with any other value was sent: the native API answers
+    /// 417 (as Go's net/http), S3 ignores it (as AWS does).
+    pub expect_other: bool,
     /// Whether the connection stays open after this request, and how the
     /// response says so.
     pub keep_alive: KeepAlive,
@@ -214,6 +217,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<RequestHead>, HttpError> {
         query,
         body: BodyFraming::None,
         expect_continue: false,
+        expect_other: false,
         keep_alive: if http10 { KeepAlive::Close } else { KeepAlive::Open },
         http10,
         head_bytes,
@@ -253,10 +257,11 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
         } else if is_s3_header(name, value) {
             head.s3 = true;
         } else if name.eq_ignore_ascii_case(b"expect") {
-            if !value.eq_ignore_ascii_case(b"100-continue") {
-                return Err(HttpError::ExpectationFailed);
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                head.expect_continue = !head.http10;
+            } else {
+                head.expect_other = true;
             }
-            head.expect_continue = !head.http10;
         }
     }
     head.keep_alive = head.keep_alive.unless(close);
@@ -274,9 +279,13 @@ fn read_headers(headers: &[httparse::Header<'_>], head: &mut RequestHead) -> Res
 /// Whether a header is one only S3 clients send: `x-amz-*`, or an
 /// `Authorization` of an AWS signature (V4 or V2).
 fn is_s3_header(name: &[u8], value: &[u8]) -> bool {
-    const AMZ: &[u8] = b"x-amz-";
-    let amz = name.len() > AMZ.len() && name[..AMZ.len()].eq_ignore_ascii_case(AMZ);
-    amz || (name.eq_ignore_ascii_case(b"authorization") && (value.starts_with(b"AWS4-") || value.starts_with(b"AWS ")))
+    let has_prefix = |prefix: &[u8]| name.len() > prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix);
+    // `amz-sdk-invocation-id` and `amz-sdk-request` come with every request
+    // of the AWS SDKs, anonymous ones too (pyarrow's 0-byte directory
+    // markers carry nothing else of S3).
+    has_prefix(b"x-amz-")
+        || has_prefix(b"amz-sdk-")
+        || (name.eq_ignore_ascii_case(b"authorization") && (value.starts_with(b"AWS4-") || value.starts_with(b"AWS ")))
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {

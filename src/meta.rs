@@ -43,6 +43,9 @@ pub struct Meta {
     /// the prefix. A name starting with `:` is a standard header stored
     /// with the value and sent back on reads (`:cache-control`,
     /// `:content-disposition`, ...): no `x-amz-meta-` name can start so.
+    /// A name starting with `!` is an entry of mkv's own (a checksum, a
+    /// multipart value's part sizes), never sent as user metadata nor
+    /// counted against `USER_BYTES_MAX`; S3 refuses such user names.
     pub user: Vec<(String, String)>,
 }
 
@@ -79,8 +82,16 @@ impl Meta {
 
     /// Whether user metadata fits the limits.
     pub fn user_fits(user: &[(String, String)]) -> bool {
-        let bytes: usize = user.iter().map(|(name, value)| name.len() + value.len()).sum();
-        bytes <= USER_BYTES_MAX && user.len() <= USER_FIELDS_MAX && user.iter().all(|(name, _)| name.len() <= 255)
+        let bytes: usize = user
+            .iter()
+            .filter(|(name, _)| !name.starts_with('!'))
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        bytes <= USER_BYTES_MAX
+            && user.len() <= USER_FIELDS_MAX
+            && user
+                .iter()
+                .all(|(name, value)| name.len() <= 255 && value.len() <= usize::from(u16::MAX))
     }
 
     /// The bytes stored in the index.

@@ -116,6 +116,12 @@ pub trait PieceSource {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError>;
     /// Bytes delivered so far.
     fn delivered(&self) -> u64;
+    /// Whether the source ended cleanly, asked once its last piece is in
+    /// hand and its digest matched: a client body followed by bytes that
+    /// are no request was longer than it said.
+    fn end_check(&self) -> Result<(), ReplicationError> {
+        Ok(())
+    }
     /// A checksum the source verified its bytes against, to keep with the
     /// value: (metadata entry name, value).
     fn checksum(&self) -> Option<(String, String)> {
@@ -145,6 +151,13 @@ impl PieceSource for ClientBody<'_> {
 
     fn delivered(&self) -> u64 {
         self.body.received
+    }
+
+    fn end_check(&self) -> Result<(), ReplicationError> {
+        match self.body.excess {
+            true => Err(ReplicationError::Body(BodyError::TooLong)),
+            false => Ok(()),
+        }
     }
 }
 
@@ -268,8 +281,11 @@ pub async fn replicate<S: PieceSource, G: Gate>(
     // is checked before it goes out (an empty body ends at once).
     let declared = if first.is_empty() { Some(0) } else { target.declared };
     let is_last = |source: &S| declared == Some(source.delivered());
-    if is_last(source) && !digest.finish(target.expected_md5).await {
-        return Err(untouched(ReplicationError::BadDigest));
+    if is_last(source) {
+        if !digest.finish(target.expected_md5).await {
+            return Err(untouched(ReplicationError::BadDigest));
+        }
+        source.end_check().map_err(untouched)?;
     }
     // Whether the gate was passed: once, before the last bytes go out.
     let mut gated = false;
@@ -326,6 +342,9 @@ pub async fn replicate<S: PieceSource, G: Gate>(
                 if is_last(source) {
                     if !digest.finish(target.expected_md5).await {
                         return Err(abandon(uploads, ReplicationError::BadDigest).await);
+                    }
+                    if let Err(error) = source.end_check() {
+                        return Err(abandon(uploads, error).await);
                     }
                     if let Err(error) = gate.before_last().await {
                         return Err(abandon(uploads, error).await);

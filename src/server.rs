@@ -854,6 +854,17 @@ async fn serve_requests(
                     let is_s3 = connection.s3_only
                         || head.s3
                         || query.is_some_and(|query| s3::is_s3_query(&connection.input[query]));
+                    if head.expect_other && !is_s3 {
+                        let error = http::HttpError::ExpectationFailed;
+                        write_text(
+                            &mut connection.output,
+                            error.status(),
+                            KeepAlive::Close,
+                            b"",
+                            &format!("{error:?}"),
+                        );
+                        return Closing::Lingering;
+                    }
                     let handled = async {
                         if is_s3 {
                             s3::handle(app, connection, &head, request_start).await

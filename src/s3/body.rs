@@ -198,6 +198,10 @@ impl PieceSource for RequestBody<'_> {
         }
     }
 
+    fn end_check(&self) -> Result<(), ReplicationError> {
+        self.body.end_check()
+    }
+
     fn checksum(&self) -> Option<(String, String)> {
         let (algorithm, value) = self.checks.verified.clone()?;
         Some(checksum_entry(algorithm, value))
@@ -259,7 +263,7 @@ pub fn request_body<'a>(
 ) -> Result<(RequestBody<'a>, Option<u64>), S3Error> {
     let body = ClientBody {
         connection,
-        body: BodyReader::new(head.body, app.config.body_limits),
+        body: BodyReader::new(head.body, app.config.body_limits).deferring_excess(),
         continue_pending: head.expect_continue,
     };
     let checks = Checks::from_request(request)?;
@@ -272,7 +276,15 @@ pub fn request_body<'a>(
     if !chunked {
         let declared = match head.body {
             BodyFraming::Length(length) => Some(length),
-            BodyFraming::None => Some(0),
+            // Neither a length nor chunked framing: an empty value is sent
+            // with `Content-Length: 0`, so this is a client that forgot it.
+            BodyFraming::None => {
+                return Err(S3Error::new(
+                    411,
+                    "MissingContentLength",
+                    "You must provide the Content-Length HTTP header.",
+                ))
+            }
             BodyFraming::Chunked => None,
         };
         let body = RequestBody {

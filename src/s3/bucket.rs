@@ -132,7 +132,7 @@ pub async fn create(
     }
     Reply::empty(200)
         .header("Location", format_args!("/{}", request.bucket))
-        .write(&mut connection.output, head.keep_alive, false);
+        .write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -140,7 +140,7 @@ pub fn head(app: &App, connection: &mut Connection, head: &RequestHead, request:
     check_exists(app, &request.bucket)?;
     Reply::empty(200)
         .header("x-amz-bucket-region", "us-east-1")
-        .write(&mut connection.output, head.keep_alive, true);
+        .write(connection, head.keep_alive, true);
     Ok(Sent::status(200))
 }
 
@@ -186,7 +186,7 @@ pub async fn delete(
         ));
     }
     state::delete_bucket(&app.store, &request.bucket).await?;
-    Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
+    Reply::empty(204).write(connection, head.keep_alive, false);
     Ok(Sent::status(204))
 }
 
@@ -232,7 +232,7 @@ pub fn list_buckets(
         .collect();
     let prefix = request.param_text("prefix");
     Reply::xml(200, xml::list_buckets_page(&buckets, next_token.as_deref(), prefix)).write(
-        &mut connection.output,
+        connection,
         head.keep_alive,
         head.method == Method::Head,
     );
@@ -279,7 +279,7 @@ pub fn fixed_answer(
     document: Vec<u8>,
 ) -> Result<Sent, S3Error> {
     check_exists(app, &request.bucket)?;
-    Reply::xml(200, document).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, document).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 

@@ -180,7 +180,7 @@ pub async fn list(
             common_prefixes: &page.common_prefixes,
         }),
     };
-    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, head.method == Method::Head);
+    Reply::xml(200, body).write(connection, head.keep_alive, head.method == Method::Head);
     Ok(Sent::status(200))
 }
 

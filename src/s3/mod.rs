@@ -34,6 +34,7 @@ pub mod chunked;
 pub mod list;
 pub mod multipart;
 pub mod object;
+pub mod parts;
 pub mod refuse;
 pub mod request;
 pub mod state;
@@ -270,24 +271,68 @@ impl Reply {
 
     /// Append the response; a HEAD gets the headers only, with the length
     /// the body would have.
-    pub fn write(&self, output: &mut Vec<u8>, keep_alive: KeepAlive, head_only: bool) {
-        write_head(output, self.status, &self.headers, self.body.len() as u64, keep_alive);
+    pub fn write(&self, connection: &mut Connection, keep_alive: KeepAlive, head_only: bool) {
+        write_head(connection, self.status, &self.headers, self.body.len() as u64, keep_alive);
         if !head_only {
-            output.extend_from_slice(&self.body);
+            connection.output.extend_from_slice(&self.body);
         }
     }
 }
 
-/// Append a status line, `headers`, `Content-Length` and the connection
-/// header.
-pub fn write_head(output: &mut Vec<u8>, status: u16, headers: &str, length: u64, keep_alive: KeepAlive) {
+/// Append a status line, `headers`, the request's `x-amz-request-id`,
+/// `Content-Length` and the connection header.
+pub fn write_head(connection: &mut Connection, status: u16, headers: &str, length: u64, keep_alive: KeepAlive) {
+    let request_id = connection.request_id;
+    let output = &mut connection.output;
     write_status_line(output, status);
     output.extend_from_slice(headers.as_bytes());
+    output.extend_from_slice(format!("x-amz-request-id: {}\r\n", RequestId(request_id)).as_bytes());
     if status != 304 && status != 204 {
         output.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
     }
     write_connection(output, keep_alive);
     output.extend_from_slice(b"\r\n");
+}
+
+/// A request's id as clients see it (`x-amz-request-id`, the error body's
+/// `RequestId`): 16 upper-case hex digits, as AWS writes them.
+struct RequestId(u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{:016X}", self.0)
+    }
+}
+
+/// A new request id, unique in this process and unlikely to repeat across
+/// restarts and masters: the process's start time mixed with its pid in
+/// the high 16 bits, the reactor thread in the next 8, a per-thread count in
+/// the low 40.
+fn next_request_id() -> u64 {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static NEXT: Cell<u64> = const { Cell::new(0) };
+    }
+    let base = *BASE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        // Mixed so that two masters started in the same second differ.
+        (nanos ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFFFF << 48
+    });
+    NEXT.with(|next| {
+        if next.get() == 0 {
+            // Each thread its own range of 2^40 ids (256 threads).
+            next.set(((THREADS.fetch_add(1, Ordering::Relaxed) & 0xFF) << 40) | 1);
+        }
+        let count = next.get();
+        next.set(count + 1);
+        base ^ count
+    })
 }
 
 /// What an operation sent.
@@ -309,6 +354,7 @@ impl Sent {
 /// the connection may serve another request.
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
     connection.begin_request(head);
+    connection.request_id = next_request_id();
     let request = &connection.input[request_start..request_start + head.head_bytes];
     let parsed = S3Request::parse(request, head).and_then(|request| {
         auth::check(&request)?;
@@ -331,14 +377,15 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
         Err(error) => error.status,
     };
     if let Err(error) = &result {
-        let body = xml::error(error.code, &error.message, "", "mkv");
+        let request_id = RequestId(connection.request_id).to_string();
+        let body = xml::error(error.code, &error.message, "", &request_id);
         let mut reply = Reply::xml(error.status, body);
         reply.headers.push_str(&error.headers);
         if error.status == 503 {
             // As the native API: a busy or failing-over index is worth a retry.
             reply = reply.header("Retry-After", 1);
         }
-        reply.write(&mut connection.output, keep_alive, head.method == Method::Head);
+        reply.write(connection, keep_alive, head.method == Method::Head);
     }
     if app.config.verbose {
         eprintln!("S3 {:?} {status}", head.method);
@@ -411,12 +458,6 @@ async fn object_operation(
         Method::Put if request.headers.copy_source.is_some() => object::copy(app, connection, head, request).await,
         Method::Put => object::put(app, connection, head, request).await,
         Method::Get if upload => multipart::list_parts(app, connection, head, request),
-        // A part of a completed multipart value: its part sizes are not kept.
-        Method::Get | Method::Head if request.has("partNumber") => Err(S3Error::new(
-            501,
-            "NotImplemented",
-            "GetObject and HeadObject by partNumber are not implemented.",
-        )),
         Method::Get | Method::Head => object::get(app, connection, head, request).await,
         Method::Delete if upload => multipart::abort(app, connection, head, request).await,
         Method::Delete => object::delete(app, connection, head, request).await,

@@ -81,7 +81,7 @@ pub async fn create(
     };
     state::put_upload(&app.store, &id, &upload).await?;
     let body = xml::initiate_multipart(&request.bucket, &request.key, &id);
-    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -122,7 +122,7 @@ pub async fn upload_part(
     if let Some((name, value)) = &part.checksum {
         reply = reply.header(name, value);
     }
-    reply.write(&mut connection.output, keep_alive, false);
+    reply.write(connection, keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -150,7 +150,7 @@ pub async fn upload_part_copy(
         copied.finish();
         part
     };
-    Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms)).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -302,7 +302,7 @@ pub fn list_parts(
         is_truncated: truncated,
         parts: &entries,
     });
-    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -349,7 +349,7 @@ pub fn list_uploads(
         is_truncated: truncated,
         uploads: &uploads,
     });
-    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -391,7 +391,7 @@ pub async fn abort(
         return Err(S3Error::no_such_upload());
     }
     remove_upload(app, &id, &upload).await?;
-    Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
+    Reply::empty(204).write(connection, head.keep_alive, false);
     Ok(Sent::status(204))
 }
 
@@ -624,7 +624,7 @@ async fn complete_again(
     }
     let location = format!("/{}/{}", request.bucket, String::from_utf8_lossy(&request.key));
     let body = xml::complete_multipart(&location, &request.bucket, &request.key, &etag);
-    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -673,7 +673,12 @@ pub async fn complete(
         meta: Meta {
             etag: Some(etag.clone()),
             content_type: upload.content_type.clone(),
-            user: upload.user.clone(),
+            user: upload
+                .user
+                .iter()
+                .cloned()
+                .chain(super::parts::entry(parts.iter().map(|(_, part)| part.size)))
+                .collect(),
             ..Meta::default()
         },
         changes: &changes,
@@ -701,7 +706,7 @@ pub async fn complete(
         checksum_type: ChecksumType::Composite,
     });
     let body = xml::complete_multipart_checksummed(&location, &request.bucket, &request.key, &etag, object_checksum);
-    Reply::xml(200, body).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 

@@ -33,7 +33,7 @@ use crate::write::{self, Plan};
 use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
 use super::list::{etag_hex, etag_of};
 use super::request::{native_key, parse_range, ByteRange, RangeAsk, S3Request};
-use super::{bucket, write_head, xml, Reply, S3Error, Sent};
+use super::{bucket, parts, write_head, xml, Reply, S3Error, Sent};
 
 /// Largest XML request body read (DeleteObjects of 1000 long keys,
 /// CompleteMultipartUpload of 10,000 parts).
@@ -82,6 +82,15 @@ pub fn content_md5(request: &S3Request) -> Result<Option<[u8; 16]>, S3Error> {
 /// request (`Content-Encoding` less the upload's own `aws-chunked`).
 pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Error> {
     let mut user = request.headers.user.clone();
+    // `x-amz-meta-!...` would pose as mkv's own entries (a checksum the
+    // value was never checked against).
+    if user.iter().any(|(name, _)| parts::is_internal(name)) {
+        return Err(S3Error::new(
+            400,
+            "InvalidArgument",
+            "User metadata names may not start with '!'",
+        ));
+    }
     for (name, value) in &request.headers.stored {
         let value = if name == ":content-encoding" {
             let tokens: Vec<&str> = value
@@ -154,7 +163,7 @@ pub async fn put(
             reply = reply.header(checksum, value);
         }
     }
-    reply.write(&mut connection.output, keep_alive, false);
+    reply.write(connection, keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -364,9 +373,11 @@ fn object_headers(object: &Object, checksum_mode: bool) -> Reply {
         .header("Last-Modified", xml::http_date(object.mtime_ms))
         .header("Accept-Ranges", "bytes");
     for (name, value) in &object.user {
-        if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX) {
-            if checksum_mode {
-                reply = reply.header(checksum, value);
+        if parts::is_internal(name) {
+            if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX).filter(|_| name != parts::PARTS_ENTRY) {
+                if checksum_mode {
+                    reply = reply.header(checksum, value);
+                }
             }
             continue;
         }
@@ -424,6 +435,7 @@ pub async fn get(
         .headers
         .amz("x-amz-checksum-mode")
         .is_some_and(|mode| mode.eq_ignore_ascii_case("enabled"));
+    let part_number = parts::requested(request)?;
     let mut attempts = 0;
     let (reply, length, mut download) = loop {
         attempts += 1;
@@ -440,23 +452,31 @@ pub async fn get(
             Some(status) => {
                 let mut reply = object_headers(&object, false);
                 reply.status = status;
-                reply.write(&mut connection.output, head.keep_alive, true);
+                reply.write(connection, head.keep_alive, true);
                 return Ok(Sent::status(status));
             }
             None => {}
         }
-        let range = match parse_range(request.headers.range.as_deref(), object.size) {
-            RangeAsk::Whole => None,
-            RangeAsk::Part(range) => Some(range),
-            RangeAsk::Unsatisfiable => {
-                return Err(
-                    S3Error::new(416, "InvalidRange", "The requested range is not satisfiable")
-                        .header("Content-Range", format_args!("bytes */{}", object.size)),
-                );
-            }
+        // A part is answered as the range it covers (206 and
+        // Content-Range, an empty one as the whole empty value).
+        let (range, parts_count) = match part_number {
+            Some(number) => parts::range(number, object.size, &object.etag, &object.user)?,
+            None => match parse_range(request.headers.range.as_deref(), object.size) {
+                RangeAsk::Whole => (None, None),
+                RangeAsk::Part(range) => (Some(range), None),
+                RangeAsk::Unsatisfiable => {
+                    return Err(
+                        S3Error::new(416, "InvalidRange", "The requested range is not satisfiable")
+                            .header("Content-Range", format_args!("bytes */{}", object.size)),
+                    );
+                }
+            },
         };
         let mut reply =
             object_headers(&object, checksum_mode && range.is_none()).header("Content-Type", &object.content_type);
+        if let Some(count) = parts_count {
+            reply = reply.header("x-amz-mp-parts-count", count);
+        }
         let length = match range {
             Some(ByteRange { first, last }) => {
                 reply.status = 206;
@@ -467,7 +487,7 @@ pub async fn get(
         };
         if head_only || length == 0 {
             write_head(
-                &mut connection.output,
+                connection,
                 reply.status,
                 &reply.headers,
                 length,
@@ -491,7 +511,7 @@ pub async fn get(
         }
     };
     write_head(
-        &mut connection.output,
+                connection,
         reply.status,
         &reply.headers,
         length,
@@ -570,7 +590,7 @@ pub async fn delete(
 ) -> Result<Sent, S3Error> {
     bucket::check_exists(app, &request.bucket)?;
     delete_one(app, &request.bucket, &request.key, request.headers.if_match.as_deref()).await?;
-    Reply::empty(204).write(&mut connection.output, head.keep_alive, false);
+    Reply::empty(204).write(connection, head.keep_alive, false);
     Ok(Sent::status(204))
 }
 
@@ -649,7 +669,7 @@ pub async fn delete_objects(
             }),
         }
     }
-    Reply::xml(200, xml::delete_result(&deleted, &errors)).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, xml::delete_result(&deleted, &errors)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
@@ -743,11 +763,20 @@ pub async fn copy(
     bucket::ensure_for_write(app, &request.bucket).await?;
     let headers = &request.headers;
     let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
-    let (content_type, user) = if replace {
+    let (content_type, mut user) = if replace {
         (content_type(request)?, user_metadata(request)?)
     } else {
         (Some(source.content_type.clone()), source.user.clone())
     };
+    if source_native == key {
+        // New metadata on the same bytes: mkv's own entries (checksum,
+        // part sizes) stay true.
+        let internal = source.user.iter().filter(|(name, _)| parts::is_internal(name));
+        user.extend(internal.filter(|entry| !user.contains(entry)).cloned().collect::<Vec<_>>());
+    } else {
+        // A copy is one part, whatever its source was.
+        user.retain(|(name, _)| name != parts::PARTS_ENTRY);
+    }
     let (etag, mtime_ms) = if source_native == key {
         if !replace {
             return Err(S3Error::new(
@@ -798,7 +827,7 @@ pub async fn copy(
             stored.meta.mtime_ms,
         )
     };
-    Reply::xml(200, xml::copy_object(&etag, mtime_ms)).write(&mut connection.output, head.keep_alive, false);
+    Reply::xml(200, xml::copy_object(&etag, mtime_ms)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 
