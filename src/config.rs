@@ -116,6 +116,20 @@ struct Args {
     /// requests on --port are recognised by their AWS headers and queries.
     #[arg(long = "s3-port")]
     s3_port: Option<u16>,
+    /// Address --port binds to. The native API has no authentication (as
+    /// the original's): bind it where only trusted clients reach it.
+    #[arg(long = "bind", default_value = "0.0.0.0")]
+    bind: std::net::IpAddr,
+    /// Address --s3-port binds to (default: --bind's), so that S3, with
+    /// --s3-auth, may face clients the native API must not.
+    #[arg(long = "s3-bind")]
+    s3_bind: Option<std::net::IpAddr>,
+    /// S3 access control: a TOML file of access keys, their secrets and
+    /// what each may do in which bucket (README.md, "S3 access control");
+    /// reloaded on SIGHUP. With neither it nor MKV_S3_ACCESS_KEY and
+    /// MKV_S3_SECRET_KEY, S3 is open to every client, as the original's.
+    #[arg(long = "s3-auth")]
+    s3_auth: Option<PathBuf>,
     /// Serve Prometheus metrics (`GET /metrics`) on this port; off when
     /// absent. Read-only: nothing on it changes data.
     #[arg(long = "metrics-port")]
@@ -254,6 +268,9 @@ pub struct Config {
     pub volumes: Vec<String>,
     pub port: u16,
     pub s3_port: Option<u16>,
+    pub bind: std::net::IpAddr,
+    pub s3_bind: std::net::IpAddr,
+    pub s3_auth: Option<PathBuf>,
     pub metrics_port: Option<u16>,
     pub metrics_bind: std::net::IpAddr,
     pub admin_port: Option<u16>,
@@ -330,6 +347,9 @@ const LONG_FLAGS: &[&str] = &[
     "volumes",
     "port",
     "s3-port",
+    "bind",
+    "s3-bind",
+    "s3-auth",
     "metrics-port",
     "metrics-bind",
     "admin-port",
@@ -507,6 +527,9 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         volumes,
         port: args.port,
         s3_port: args.s3_port,
+        bind: args.bind,
+        s3_bind: args.s3_bind.unwrap_or(args.bind),
+        s3_auth: args.s3_auth,
         metrics_port: args.metrics_port,
         metrics_bind: args.metrics_bind,
         admin_port: args.admin_port,

@@ -78,6 +78,9 @@ pub struct Connection {
     pub s3_only: bool,
     /// The current S3 request's id (`x-amz-request-id`).
     pub request_id: u64,
+    /// Header lines every answer to the current S3 request carries
+    /// (CORS), each ending in CRLF.
+    pub s3_headers: String,
 }
 
 impl Connection {
@@ -91,6 +94,7 @@ impl Connection {
             body_touched: false,
             body_done: true,
             request_id: 0,
+            s3_headers: String::new(),
             moves: 0,
             s3_only: false,
         }

@@ -139,6 +139,7 @@ async fn route(
         Method::Relink => relink(app, &mut connection.output, head, key).await,
         Method::Rebalance => rebalance(app, &mut connection.output, head, key).await,
         Method::Post => Err(Error::Client(403, "POST is only for S3 requests")),
+        Method::Options => Err(Error::Client(405, "OPTIONS is only for S3 requests (CORS preflights)")),
     }
 }
 

@@ -28,10 +28,12 @@ pub enum Method {
     Unlink,
     Relink,
     Rebalance,
+    /// S3 only: a CORS preflight.
+    Options,
 }
 
 /// Every method name the master knows, as sent on the wire.
-const METHOD_NAMES: [&[u8]; 8] = [
+const METHOD_NAMES: [&[u8]; 9] = [
     b"GET",
     b"HEAD",
     b"PUT",
@@ -40,6 +42,7 @@ const METHOD_NAMES: [&[u8]; 8] = [
     b"UNLINK",
     b"RELINK",
     b"REBALANCE",
+    b"OPTIONS",
 ];
 
 /// Whether `bytes` can be the beginning of a request to this server: its
@@ -64,6 +67,7 @@ impl Method {
             b"UNLINK" => Method::Unlink,
             b"RELINK" => Method::Relink,
             b"REBALANCE" => Method::Rebalance,
+            b"OPTIONS" => Method::Options,
             _ => return None,
         })
     }
@@ -285,6 +289,8 @@ fn is_s3_header(name: &[u8], value: &[u8]) -> bool {
     // markers carry nothing else of S3).
     has_prefix(b"x-amz-")
         || has_prefix(b"amz-sdk-")
+        // A browser's CORS preflight: the native API has no CORS.
+        || name.eq_ignore_ascii_case(b"access-control-request-method")
         || (name.eq_ignore_ascii_case(b"authorization") && (value.starts_with(b"AWS4-") || value.starts_with(b"AWS ")))
 }
 

@@ -74,7 +74,7 @@ const STATUSES: [u16; 23] = [
 /// The slot of statuses not in `STATUSES`.
 const STATUS_OTHER: usize = STATUSES.len();
 /// The methods, in `Method`'s order.
-const METHODS: [(Method, &str); 8] = [
+const METHODS: [(Method, &str); 9] = [
     (Method::Get, "GET"),
     (Method::Head, "HEAD"),
     (Method::Put, "PUT"),
@@ -83,6 +83,7 @@ const METHODS: [(Method, &str); 8] = [
     (Method::Unlink, "UNLINK"),
     (Method::Relink, "RELINK"),
     (Method::Rebalance, "REBALANCE"),
+    (Method::Options, "OPTIONS"),
 ];
 
 /// Add `amount` to a counter only this thread writes: a load and a store,

@@ -162,12 +162,12 @@ impl std::error::Error for ServerError {}
 /// exits with `shutdown::EXIT_THREAD_ENDED`; on SIGTERM or SIGINT it shuts down
 /// (`shut_down`) and exits 0.
 pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
-    let address = SocketAddr::from(([0, 0, 0, 0], app.config.port));
+    let address = SocketAddr::new(app.config.bind, app.config.port);
     // Every reactor binds with SO_REUSEPORT, which would happily share the
     // port with another mkv; one plain bind first turns that into an error.
     StdTcpListener::bind(address).map_err(|error| ServerError::PortInUse(app.config.port, error))?;
     if let Some(s3_port) = app.config.s3_port {
-        StdTcpListener::bind(SocketAddr::new(address.ip(), s3_port))
+        StdTcpListener::bind(SocketAddr::new(app.config.s3_bind, s3_port))
             .map_err(|error| ServerError::PortInUse(s3_port, error))?;
     }
     let (events_sender, events) = mpsc::channel();
@@ -399,7 +399,7 @@ fn run_reactor(
         let clients = Rc::new(Clients::new(clients_max));
         let mut listeners = vec![listener.as_raw_fd()];
         if let Some(s3_port) = app.config.s3_port {
-            let s3_address = SocketAddr::new(address.ip(), s3_port);
+            let s3_address = SocketAddr::new(app.config.s3_bind, s3_port);
             match TcpListener::bind_with_config(s3_address, &options) {
                 Ok(s3_listener) => {
                     listeners.push(s3_listener.as_raw_fd());

@@ -124,7 +124,7 @@ pub async fn create(
     }
     // A CreateBucketConfiguration body (a region) is read and ignored.
     if head.has_body() {
-        super::object::read_small_body(app, connection, head).await?;
+        super::object::read_small_body(app, connection, head, request).await?;
     }
     // Creating a bucket one already owns succeeds, as in us-east-1.
     if state::bucket_created(app.store.index(), &request.bucket)?.is_none() {

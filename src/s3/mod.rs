@@ -20,6 +20,8 @@
 //! - `body`: the body of a value: decoded, and checked against its
 //!   declared length, checksum and payload hash before its last piece.
 //! - `xml`: response documents and request bodies (sans-IO, quick-xml).
+//! - `operation`: which operation a request asks for and what it needs:
+//!   the one reading both the dispatch and `auth` use.
 //! - `auth`: where request signatures would be checked (accepts all).
 //! - `refuse`: features asked for that mkv does not have, refused before
 //!   anything is touched rather than ignored.
@@ -31,9 +33,11 @@ pub mod body;
 pub mod bucket;
 pub mod checksum;
 pub mod chunked;
+pub mod cors;
 pub mod list;
 pub mod multipart;
 pub mod object;
+pub mod operation;
 pub mod parts;
 pub mod refuse;
 pub mod request;
@@ -53,6 +57,7 @@ use crate::volume::VolumeError;
 use crate::write::WriteError;
 
 pub use request::is_s3_query;
+use operation::Operation;
 use request::S3Request;
 
 /// How long an S3 write of a key waits for its turn while another write
@@ -286,6 +291,7 @@ pub fn write_head(connection: &mut Connection, status: u16, headers: &str, lengt
     let output = &mut connection.output;
     write_status_line(output, status);
     output.extend_from_slice(headers.as_bytes());
+    output.extend_from_slice(connection.s3_headers.as_bytes());
     output.extend_from_slice(format!("x-amz-request-id: {}\r\n", RequestId(request_id)).as_bytes());
     if status != 304 && status != 204 {
         output.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
@@ -355,13 +361,18 @@ impl Sent {
 pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, request_start: usize) -> bool {
     connection.begin_request(head);
     connection.request_id = next_request_id();
+    connection.s3_headers.clear();
     let request = &connection.input[request_start..request_start + head.head_bytes];
     let parsed = S3Request::parse(request, head).and_then(|request| {
         auth::check(&request)?;
         Ok(request)
     });
     let result = match parsed {
-        Ok(request) => dispatch(app, connection, head, &request).await,
+        Ok(request) => {
+            connection.s3_headers = cors::actual_request_headers(app, head.method, &request);
+            let operation = operation::classify(head.method, &request);
+            dispatch(app, connection, head, &request, operation).await
+        }
         Err(error) => Err(error),
     };
     let framing_lost = matches!(&result, Err(error) if error.status == 400) && connection.body_touched;
@@ -398,71 +409,41 @@ async fn dispatch(
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
+    operation: Operation,
 ) -> Result<Sent, S3Error> {
     refuse::check(request)?;
-    if request.bucket.is_empty() {
-        return match head.method {
-            Method::Get => bucket::list_buckets(app, connection, head, request),
-            _ => Err(S3Error::new(
-                405,
-                "MethodNotAllowed",
-                "The specified method is not allowed against this resource.",
-            )),
-        };
-    }
-    if request.key.is_empty() {
-        return bucket_operation(app, connection, head, request).await;
-    }
-    object_operation(app, connection, head, request).await
-}
-
-async fn bucket_operation(
-    app: &App,
-    connection: &mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<Sent, S3Error> {
-    match head.method {
-        Method::Put if request.query.is_empty() => bucket::create(app, connection, head, request).await,
-        Method::Head => bucket::head(app, connection, head, request),
-        Method::Delete if request.query.is_empty() => bucket::delete(app, connection, head, request).await,
-        Method::Get if request.has("location") => bucket::fixed_answer(app, connection, head, request, xml::location()),
-        Method::Get if request.has("versioning") => {
-            bucket::fixed_answer(app, connection, head, request, xml::versioning())
-        }
-        Method::Get if request.has("uploads") => multipart::list_uploads(app, connection, head, request),
-        Method::Get if request.has("versions") => {
-            list::list(app, connection, head, request, list::Flavour::Versions).await
-        }
-        Method::Get if request.param("list-type") == Some(b"2") => {
-            list::list(app, connection, head, request, list::Flavour::V2).await
-        }
-        Method::Get => list::list(app, connection, head, request, list::Flavour::V1).await,
-        Method::Post if request.has("delete") => object::delete_objects(app, connection, head, request).await,
-        _ => Err(S3Error::not_implemented()),
-    }
-}
-
-async fn object_operation(
-    app: &App,
-    connection: &mut Connection,
-    head: &RequestHead,
-    request: &S3Request,
-) -> Result<Sent, S3Error> {
-    let upload = request.has("uploadId");
-    match head.method {
-        Method::Put if upload && request.headers.copy_source.is_some() => {
-            multipart::upload_part_copy(app, connection, head, request).await
-        }
-        Method::Put if upload => multipart::upload_part(app, connection, head, request).await,
-        Method::Put if request.headers.copy_source.is_some() => object::copy(app, connection, head, request).await,
-        Method::Put => object::put(app, connection, head, request).await,
-        Method::Get if upload => multipart::list_parts(app, connection, head, request),
-        Method::Get | Method::Head => object::get(app, connection, head, request).await,
-        Method::Delete if upload => multipart::abort(app, connection, head, request).await,
-        Method::Delete => object::delete(app, connection, head, request).await,
-        Method::Post if request.has("uploads") => multipart::create(app, connection, head, request).await,
-        Method::Post if upload => multipart::complete(app, connection, head, request).await,
-        _ => Err(S3Error::not_implemented()),
+    use Operation::*;
+    match operation {
+        ListBuckets => bucket::list_buckets(app, connection, head, request),
+        ServiceMethodNotAllowed => Err(S3Error::new(
+            405,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+        )),
+        CreateBucket => bucket::create(app, connection, head, request).await,
+        HeadBucket => bucket::head(app, connection, head, request),
+        DeleteBucket => bucket::delete(app, connection, head, request).await,
+        GetBucketLocation => bucket::fixed_answer(app, connection, head, request, xml::location()),
+        GetBucketVersioning => bucket::fixed_answer(app, connection, head, request, xml::versioning()),
+        ListMultipartUploads => multipart::list_uploads(app, connection, head, request),
+        ListObjectVersions => list::list(app, connection, head, request, list::Flavour::Versions).await,
+        ListObjectsV2 => list::list(app, connection, head, request, list::Flavour::V2).await,
+        ListObjectsV1 => list::list(app, connection, head, request, list::Flavour::V1).await,
+        DeleteObjects => object::delete_objects(app, connection, head, request).await,
+        UploadPartCopy => multipart::upload_part_copy(app, connection, head, request).await,
+        UploadPart => multipart::upload_part(app, connection, head, request).await,
+        CopyObject => object::copy(app, connection, head, request).await,
+        PutObject => object::put(app, connection, head, request).await,
+        ListParts => multipart::list_parts(app, connection, head, request),
+        GetObject | HeadObject => object::get(app, connection, head, request).await,
+        AbortMultipartUpload => multipart::abort(app, connection, head, request).await,
+        DeleteObject => object::delete(app, connection, head, request).await,
+        CreateMultipartUpload => multipart::create(app, connection, head, request).await,
+        CompleteMultipartUpload => multipart::complete(app, connection, head, request).await,
+        PutBucketCors => cors::put(app, connection, head, request).await,
+        GetBucketCors => cors::get(app, connection, head, request),
+        DeleteBucketCors => cors::delete(app, connection, head, request).await,
+        Preflight => cors::preflight(app, connection, head, request),
+        NotImplemented => Err(S3Error::not_implemented()),
     }
 }

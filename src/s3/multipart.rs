@@ -612,7 +612,7 @@ async fn complete_again(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let body = read_small_body(app, connection, head).await?;
+    let body = read_small_body(app, connection, head, request).await?;
     let listed = xml::parse_complete(&body).map_err(|_| S3Error::no_such_upload())?;
     let md5s: Option<Vec<[u8; 16]>> = listed.iter().map(|(_, etag)| etag_md5(etag)).collect();
     let etag = multipart_etag(&md5s.ok_or_else(S3Error::no_such_upload)?);
@@ -647,7 +647,7 @@ pub async fn complete(
     if state::upload(app.store.index(), &id)?.is_none() {
         return complete_again(app, connection, head, request).await;
     }
-    let body = read_small_body(app, connection, head).await?;
+    let body = read_small_body(app, connection, head, request).await?;
     let completed = xml::parse_complete_parts(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
     let uploaded = all_parts(app, &id)?;

@@ -197,8 +197,56 @@ pub async fn write_precondition(app: &App, request: &S3Request, key: &[u8]) -> R
     Ok(())
 }
 
-/// Read a small request body (XML) whole.
-pub async fn read_small_body(app: &App, connection: &mut Connection, head: &RequestHead) -> Result<Vec<u8>, S3Error> {
+/// Read a small request body (XML) whole, and check it against the
+/// digests the request declares: its `Content-MD5` and the payload hash
+/// `x-amz-content-sha256` (which a signature covers).
+pub async fn read_small_body(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Vec<u8>, S3Error> {
+    let body = read_small_body_unchecked(app, connection, head).await?;
+    check_small_body(request, &body)?;
+    Ok(body)
+}
+
+fn check_small_body(request: &S3Request, body: &[u8]) -> Result<(), S3Error> {
+    if request.headers.is_aws_chunked() {
+        return Err(S3Error::invalid_argument(
+            "an XML request body may not be aws-chunked",
+        ));
+    }
+    if let Some(expected) = content_md5(request)? {
+        use md5::{Digest, Md5};
+        if <[u8; 16]>::from(Md5::digest(body)) != expected {
+            return Err(S3Error::new(
+                400,
+                "BadDigest",
+                "The Content-MD5 you specified did not match what we received.",
+            ));
+        }
+    }
+    let declared = request.headers.content_sha256.as_deref().unwrap_or("");
+    if declared.len() == 64 && declared.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        use sha2::{Digest, Sha256};
+        let computed = super::checksum::hex(&Sha256::digest(body));
+        if !computed.eq_ignore_ascii_case(declared) {
+            return Err(S3Error::new(
+                400,
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn read_small_body_unchecked(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+) -> Result<Vec<u8>, S3Error> {
     let too_large = || S3Error::new(400, "MaxMessageLengthExceeded", "Your request was too big.");
     if matches!(head.body, BodyFraming::Length(length) if length > XML_BODY_BYTES_MAX) {
         return Err(too_large());
@@ -633,17 +681,7 @@ pub async fn delete_objects(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     bucket::check_exists(app, &request.bucket)?;
-    let body = read_small_body(app, connection, head).await?;
-    if let Some(expected) = content_md5(request)? {
-        use md5::{Digest, Md5};
-        if <[u8; 16]>::from(Md5::digest(&body)) != expected {
-            return Err(S3Error::new(
-                400,
-                "BadDigest",
-                "The Content-MD5 you specified did not match what we received.",
-            ));
-        }
-    }
+    let body = read_small_body(app, connection, head, request).await?;
     let (quiet, objects) =
         xml::parse_delete_objects(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let mut deleted = Vec::new();

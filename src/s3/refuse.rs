@@ -21,7 +21,6 @@ pub const UNSUPPORTED_SUB_RESOURCES: &[&str] = &[
     "acl",
     "analytics",
     "attributes",
-    "cors",
     "encryption",
     "intelligent-tiering",
     "inventory",

@@ -72,6 +72,11 @@ pub struct Headers {
     pub copy_if_modified_since: Option<String>,
     pub copy_if_unmodified_since: Option<String>,
     pub authorization: Option<String>,
+    /// `Origin`, `Access-Control-Request-Method` and
+    /// `Access-Control-Request-Headers` (CORS).
+    pub origin: Option<String>,
+    pub cors_method: Option<String>,
+    pub cors_headers: Option<String>,
     /// `x-amz-meta-NAME: VALUE` user metadata, names lower-case without
     /// the prefix, in the order sent.
     pub user: Vec<(String, String)>,
@@ -223,6 +228,9 @@ impl Headers {
                 "x-amz-copy-source-if-modified-since" => &mut headers.copy_if_modified_since,
                 "x-amz-copy-source-if-unmodified-since" => &mut headers.copy_if_unmodified_since,
                 "authorization" => &mut headers.authorization,
+                "origin" => &mut headers.origin,
+                "access-control-request-method" => &mut headers.cors_method,
+                "access-control-request-headers" => &mut headers.cors_headers,
                 _ if name.starts_with("x-amz-") => {
                     headers.refusable.push((name, value));
                     continue;

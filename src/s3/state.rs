@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cors::Rule;
 use crate::index::{Change, Index, IndexError};
 use crate::store::Store;
 
@@ -32,6 +33,9 @@ pub const PARTS_DIRECTORY: &str = "/mkv-parts";
 #[derive(Serialize, Deserialize)]
 struct BucketState {
     created_ms: u64,
+    /// The bucket's CORS rules (PutBucketCors), if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cors: Option<Vec<Rule>>,
 }
 
 /// A multipart upload in progress.
@@ -124,20 +128,41 @@ pub fn part_path(upload_id: &str, number: u32) -> String {
     format!("{PARTS_DIRECTORY}/{upload_id}/{number:05}")
 }
 
-/// When `bucket` was created, if it was.
-pub fn bucket_created(index: &Index, bucket: &str) -> Result<Option<u64>, IndexError> {
+fn bucket_state(index: &Index, bucket: &str) -> Result<Option<BucketState>, IndexError> {
     let key = bucket_key(bucket);
     match index.state(&key)? {
         None => Ok(None),
-        Some(bytes) => {
-            let state: BucketState = serde_json::from_slice(&bytes).map_err(|_| corrupt(&key))?;
-            Ok(Some(state.created_ms))
-        }
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|_| corrupt(&key))?)),
     }
 }
 
+/// When `bucket` was created, if it was.
+pub fn bucket_created(index: &Index, bucket: &str) -> Result<Option<u64>, IndexError> {
+    Ok(bucket_state(index, bucket)?.map(|state| state.created_ms))
+}
+
+/// The CORS rules of `bucket`, if it is recorded and has any.
+pub fn bucket_cors(index: &Index, bucket: &str) -> Result<Option<Vec<Rule>>, IndexError> {
+    Ok(bucket_state(index, bucket)?.and_then(|state| state.cors))
+}
+
+/// Give `bucket` these CORS rules (None: none), recording it (created
+/// `created_ms`) if it is not.
+pub async fn set_bucket_cors(
+    store: &Store,
+    bucket: &str,
+    cors: Option<Vec<Rule>>,
+    created_ms: u64,
+) -> Result<(), IndexError> {
+    let created_ms = bucket_created(store.index(), bucket)?.unwrap_or(created_ms);
+    let value = serde_json::to_vec(&BucketState { created_ms, cors }).expect("serializable");
+    store
+        .apply_async(&[Change::StatePut(&bucket_key(bucket), &value)])
+        .await
+}
+
 pub async fn create_bucket(store: &Store, bucket: &str, created_ms: u64) -> Result<(), IndexError> {
-    let value = serde_json::to_vec(&BucketState { created_ms }).expect("serializable");
+    let value = serde_json::to_vec(&BucketState { created_ms, cors: None }).expect("serializable");
     store
         .apply_async(&[Change::StatePut(&bucket_key(bucket), &value)])
         .await

@@ -165,13 +165,13 @@ impl std::error::Error for XmlError {}
 // ---------------------------------------------------------------------------------------------------
 
 /// A document being written into memory.
-struct Document {
+pub(super) struct Document {
     writer: Writer<Vec<u8>>,
 }
 
 impl Document {
     /// A document holding only the XML declaration.
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut document = Document {
             writer: Writer::new(Vec::new()),
         };
@@ -184,29 +184,29 @@ impl Document {
     }
 
     /// Opens the root element, in the S3 namespace.
-    fn open_root(&mut self, name: &str) {
+    pub(super) fn open_root(&mut self, name: &str) {
         self.write(Event::Start(
             BytesStart::new(name).with_attributes([("xmlns", NAMESPACE)]),
         ));
     }
 
-    fn open(&mut self, name: &str) {
+    pub(super) fn open(&mut self, name: &str) {
         self.write(Event::Start(BytesStart::new(name)));
     }
 
-    fn close(&mut self, name: &str) {
+    pub(super) fn close(&mut self, name: &str) {
         self.write(Event::End(BytesEnd::new(name)));
     }
 
     /// `<name>text</name>`, text escaped.
-    fn element(&mut self, name: &str, text: &str) {
+    pub(super) fn element(&mut self, name: &str, text: &str) {
         self.open(name);
         self.write(Event::Text(BytesText::new(text)));
         self.close(name);
     }
 
     /// An element holding a number or a boolean.
-    fn value(&mut self, name: &str, value: impl fmt::Display) {
+    pub(super) fn value(&mut self, name: &str, value: impl fmt::Display) {
         self.element(name, &value.to_string());
     }
 
@@ -261,7 +261,7 @@ impl Document {
         }
     }
 
-    fn finish(self) -> Vec<u8> {
+    pub(super) fn finish(self) -> Vec<u8> {
         self.writer.into_inner()
     }
 }
@@ -664,13 +664,13 @@ const _: () = assert!(DELETE_KEYS_MAX * OBJECT_ELEMENTS_MAX + 2 <= XML_ELEMENTS_
 const _: () = assert!(XML_DEPTH_MAX >= 3 && XML_TEXT_BYTES_MAX >= 1024);
 
 /// An element just closed, as seen by a visitor of [`walk`].
-struct Closed<'a> {
+pub(super) struct Closed<'a> {
     /// 1 for the root.
-    depth: usize,
+    pub(super) depth: usize,
     /// Local name of the parent element; empty for the root.
-    parent: &'a str,
+    pub(super) parent: &'a str,
     /// Local name of the element (namespace prefix dropped).
-    name: &'a str,
+    pub(super) name: &'a str,
     /// The element's own unescaped text when it has no child element (empty when it has one); `None`
     /// when that text is longer than [`XML_TEXT_BYTES_MAX`] and so was not kept.
     text: Option<&'a str>,
@@ -678,7 +678,7 @@ struct Closed<'a> {
 
 impl<'a> Closed<'a> {
     /// The element's text, for a visitor that keeps it: malformed when it was too long to keep.
-    fn text(&self) -> Result<&'a str, XmlError> {
+    pub(super) fn text(&self) -> Result<&'a str, XmlError> {
         self.text.ok_or_else(|| {
             malformed(format!(
                 "the text of {} is longer than {XML_TEXT_BYTES_MAX} bytes",
@@ -689,7 +689,7 @@ impl<'a> Closed<'a> {
 }
 
 /// A `Malformed` error; its reason is cut to [`REASON_BYTES_MAX`] bytes, on a character boundary.
-fn malformed(reason: impl fmt::Display) -> XmlError {
+pub(super) fn malformed(reason: impl fmt::Display) -> XmlError {
     let mut bounded = BoundedText(String::new());
     // A cut reason reports fmt::Error, which only means the rest was dropped.
     let _ = fmt::write(&mut bounded, format_args!("{reason}"));
@@ -857,7 +857,7 @@ impl<'r> Walker<'r> {
 ///
 /// Memory: the walker's buffers stay within the limits whatever the body; quick-xml borrows the body
 /// and copies only the names of open elements, which [`check_next_name`] bounds before it reads them.
-fn walk(body: &[u8], root: &str, mut visit: impl FnMut(Closed<'_>) -> Result<(), XmlError>) -> Result<(), XmlError> {
+pub(super) fn walk(body: &[u8], root: &str, mut visit: impl FnMut(Closed<'_>) -> Result<(), XmlError>) -> Result<(), XmlError> {
     let mut reader = Reader::from_reader(body);
     // The walker matches closing tags against its own bounded stack: quick-xml's check would copy both
     // names into its error, however long the closing one is.

@@ -242,7 +242,7 @@ def test_not_implemented(s3, bucket):
         s3.get_object_tagging(Bucket=bucket, Key="t")
     assert error_code(info.value) == (501, "NotImplemented")
     with pytest.raises(ClientError) as info:
-        s3.get_bucket_cors(Bucket=bucket)
+        s3.get_bucket_lifecycle_configuration(Bucket=bucket)
     assert error_code(info.value) == (501, "NotImplemented")
     # And nothing happened to the object.
     assert s3.get_object(Bucket=bucket, Key="t")["Body"].read() == b"x"
