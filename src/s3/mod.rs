@@ -41,6 +41,7 @@ pub mod operation;
 pub mod parts;
 pub mod refuse;
 pub mod request;
+pub mod sigv4;
 pub mod state;
 pub mod xml;
 
