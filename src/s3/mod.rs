@@ -34,6 +34,7 @@ pub mod bucket;
 pub mod checksum;
 pub mod chunked;
 pub mod cors;
+pub mod identity;
 pub mod list;
 pub mod multipart;
 pub mod object;
