@@ -1,5 +1,6 @@
 use sha2::{Digest as _, Sha256};
 
+use super::key::hmac;
 use super::suite::{self, CASES};
 use super::*;
 
