@@ -373,21 +373,7 @@ fn parse_presigned(view: &RequestView, profile: &'static Profile) -> Result<Clai
     let timestamp = Timestamp::parse_basic(date.as_bytes()).ok_or(malformed(
         "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"",
     ))?;
-    let digits = expires.strip_prefix('-').unwrap_or(&expires);
-    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
-        return Err(malformed("X-Amz-Expires should be a number"));
-    }
-    if digits.len() < expires.len() {
-        return Err(malformed("X-Amz-Expires must be non-negative"));
-    }
-    let expires_seconds: i64 = digits
-        .parse()
-        .map_err(|_| malformed("X-Amz-Expires should be a number"))?;
-    if expires_seconds > PRESIGNED_EXPIRES_SECONDS_MAX {
-        return Err(malformed(
-            "X-Amz-Expires must be less than a week (in seconds) that is 604800",
-        ));
-    }
+    let expires_seconds = parse_expires(&expires)?;
     if timestamp.day().as_bytes() != scope.date {
         return Err(malformed(
             "Invalid credential date. Date is not the same as X-Amz-Date.",
@@ -420,6 +406,27 @@ fn parse_presigned(view: &RequestView, profile: &'static Profile) -> Result<Clai
     })
 }
 
+/// `X-Amz-Expires`: whole seconds, at most a week.
+fn parse_expires(text: &str) -> Result<i64, AuthError> {
+    let malformed = AuthError::QueryMalformed;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(malformed("X-Amz-Expires should be a number"));
+    }
+    if digits.len() < text.len() {
+        return Err(malformed("X-Amz-Expires must be non-negative"));
+    }
+    let seconds: i64 = digits
+        .parse()
+        .map_err(|_| malformed("X-Amz-Expires should be a number"))?;
+    if seconds > PRESIGNED_EXPIRES_SECONDS_MAX {
+        return Err(malformed(
+            "X-Amz-Expires must be less than a week (in seconds) that is 604800",
+        ));
+    }
+    Ok(seconds)
+}
+
 /// Which of S3's two malformed-credential errors applies.
 #[derive(Clone, Copy)]
 enum Place {
@@ -434,6 +441,13 @@ impl Place {
             Place::Query => AuthError::QueryMalformed(detail),
         }
     }
+
+    fn credential_malformed(self, detail: &'static str) -> AuthError {
+        match self {
+            Place::Header => AuthError::HeaderMalformed(detail),
+            Place::Query => AuthError::QueryCredentialMalformed(detail),
+        }
+    }
 }
 
 const CREDENTIAL_SHAPE: &str =
@@ -446,26 +460,30 @@ fn parse_credential(text: &str, profile: &Profile, place: Place) -> Result<(Stri
     let (Some(terminal), Some(service), Some(region), Some(date), Some(access_key)) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(place.malformed(CREDENTIAL_SHAPE));
+        return Err(place.credential_malformed(CREDENTIAL_SHAPE));
     };
     if access_key.is_empty()
         || access_key.len() > CREDENTIAL_PART_BYTES_MAX
         || region.is_empty()
         || region.len() > CREDENTIAL_PART_BYTES_MAX
     {
-        return Err(place.malformed(CREDENTIAL_SHAPE));
+        return Err(place.credential_malformed(CREDENTIAL_SHAPE));
     }
-    let date: [u8; 8] = date
-        .as_bytes()
-        .try_into()
-        .ok()
-        .filter(|date: &[u8; 8]| date.iter().all(u8::is_ascii_digit))
-        .ok_or(place.malformed("incorrect date format in the Credential; it must be in the format \"yyyyMMdd\"."))?;
+    let date: [u8; 8] =
+        date.as_bytes()
+            .try_into()
+            .ok()
+            .filter(|date: &[u8; 8]| date.iter().all(u8::is_ascii_digit))
+            .ok_or(place.credential_malformed(
+                "incorrect date format in the Credential; it must be in the format \"yyyyMMdd\".",
+            ))?;
     if service != profile.service {
-        return Err(place.malformed("incorrect service in the Credential; this endpoint belongs to \"s3\"."));
+        return Err(place.credential_malformed("incorrect service in the Credential; this endpoint belongs to \"s3\"."));
     }
     if terminal != "aws4_request" {
-        return Err(place.malformed("incorrect terminal in the Credential; this endpoint uses \"aws4_request\"."));
+        return Err(
+            place.credential_malformed("incorrect terminal in the Credential; this endpoint uses \"aws4_request\".")
+        );
     }
     let scope = Scope {
         date,

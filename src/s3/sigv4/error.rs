@@ -16,6 +16,8 @@ pub enum AuthError {
     HeaderMalformed(&'static str),
     /// 400 `AuthorizationQueryParametersError`.
     QueryMalformed(&'static str),
+    /// 400 `AuthorizationQueryParametersError` about `X-Amz-Credential`.
+    QueryCredentialMalformed(&'static str),
     /// 400 `InvalidRequest`: S3 needs `x-amz-content-sha256` with SigV4.
     MissingContentSha256,
     /// 400 `XAmzContentSHA256Mismatch`: the body's hash is not the signed one
@@ -71,6 +73,7 @@ impl AuthError {
             | AuthError::SigV2
             | AuthError::HeaderMalformed(_)
             | AuthError::QueryMalformed(_)
+            | AuthError::QueryCredentialMalformed(_)
             | AuthError::MissingContentSha256
             | AuthError::ContentSha256Mismatch
             | AuthError::InvalidToken
@@ -91,7 +94,9 @@ impl AuthError {
             AuthError::InvalidArgument(_) | AuthError::PostFieldMissing(_) => "InvalidArgument",
             AuthError::SigV2 | AuthError::MissingContentSha256 => "InvalidRequest",
             AuthError::HeaderMalformed(_) => "AuthorizationHeaderMalformed",
-            AuthError::QueryMalformed(_) => "AuthorizationQueryParametersError",
+            AuthError::QueryMalformed(_) | AuthError::QueryCredentialMalformed(_) => {
+                "AuthorizationQueryParametersError"
+            }
             AuthError::ContentSha256Mismatch => "XAmzContentSHA256Mismatch",
             AuthError::InvalidToken => "InvalidToken",
             AuthError::InvalidUri => "InvalidURI",
@@ -112,6 +117,9 @@ impl AuthError {
                 "The authorization mechanism you have provided is not supported. Please use AWS4-HMAC-SHA256.".to_owned()
             }
             AuthError::HeaderMalformed(detail) => format!("The authorization header is malformed; {detail}"),
+            AuthError::QueryCredentialMalformed(detail) => {
+                format!("Error parsing the X-Amz-Credential parameter; {detail}")
+            }
             AuthError::MissingContentSha256 => "Missing required header for this request: x-amz-content-sha256".to_owned(),
             AuthError::ContentSha256Mismatch => {
                 "The provided 'x-amz-content-sha256' header does not match what was computed.".to_owned()

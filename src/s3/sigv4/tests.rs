@@ -463,7 +463,12 @@ fn presigned_parameters_are_checked() {
         AuthError::QueryMalformed("Invalid credential date. Date is not the same as X-Amz-Date.")
     );
     let service = presigned_with("%2Fs3%2F", "%2Fec2%2F");
-    assert!(matches!(service.parse_claim(&S3), Err(AuthError::QueryMalformed(_))));
+    let error = service.parse_claim(&S3).unwrap_err();
+    assert!(matches!(error, AuthError::QueryCredentialMalformed(_)));
+    assert_eq!(error.code(), "AuthorizationQueryParametersError");
+    assert!(error
+        .message()
+        .starts_with("Error parsing the X-Amz-Credential parameter; incorrect service"));
     let signature = presigned_with("X-Amz-Signature=aeeed9bb", "X-Amz-Signature=zzeed9bb");
     assert!(matches!(signature.parse_claim(&S3), Err(AuthError::QueryMalformed(_))));
 }
