@@ -12,6 +12,7 @@ use mkv::config::{self, Command, Config, ConfigError};
 use mkv::health::Volumes;
 use mkv::index::{Index, IndexError, IndexOptions, Role, BATCH_RECORDS_MAX};
 use mkv::record::Record;
+use mkv::s3::auth::Auth;
 use mkv::server;
 use mkv::store::{Placement, Store};
 use mkv::verify::Settings;
@@ -53,6 +54,22 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
     // does not exist (a mistyped -db) would be made empty here, and every
     // file on the volumes would look like an orphan. Only the server, seed
     // and rebuild make an index.
+    // The S3 credentials are read before anything opens: a file that does
+    // not parse stops the master with a clear message.
+    let s3_auth = match config.command {
+        Command::Server => {
+            let loaded =
+                Auth::environment_key().and_then(|environment| Auth::load(config.s3_auth.clone(), environment));
+            match loaded {
+                Ok(auth) => auth,
+                Err(error) => {
+                    eprintln!("mkv: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        _ => Auth::open(),
+    };
     let judges = matches!(config.command, Command::Verify | Command::Rebalance);
     let is_url = config.db.to_string_lossy().contains("://");
     if judges && !is_url && !config.db.exists() {
@@ -100,7 +117,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
                 config.threads,
                 coherence,
             );
-            let app = Arc::new(App { config, store, volumes });
+            let app = Arc::new(App {
+                config,
+                store,
+                volumes,
+                s3_auth,
+            });
             if app.store.index().postgres().is_some() {
                 mkv::server::follow(app.clone()).context("cannot start following the index")?;
             }
@@ -137,7 +159,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
                 1,
                 Coherence::owned(),
             );
-            let app = App { config, store, volumes };
+            let app = App {
+                config,
+                store,
+                volumes,
+                s3_auth,
+            };
             let settings = Settings::from_config(&app.config);
             let summary = maintenance_runtime()?.block_on(mkv::verify::run(&app, &settings, None))?;
             Ok(exit_code(summary.failures()))

@@ -231,10 +231,13 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
         app.config.port, app.config.threads
     );
     // Our own sender stays alive, so this waits for an event.
-    match events.recv() {
-        Ok(Event::Signal(signal)) => shutdown::shut_down(signal, listeners, &events, &app),
-        Ok(Event::Ended(name)) => shutdown::thread_ended(&name),
-        Err(_) => shutdown::thread_ended("(unknown)"),
+    loop {
+        match events.recv() {
+            Ok(Event::Reload) => app.s3_auth.reload(),
+            Ok(Event::Signal(signal)) => shutdown::shut_down(signal, listeners, &events, &app),
+            Ok(Event::Ended(name)) => shutdown::thread_ended(&name),
+            Err(_) => shutdown::thread_ended("(unknown)"),
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub enum Event {
     Ended(String),
     /// SIGTERM or SIGINT arrived.
     Signal(i32),
+    /// SIGHUP arrived: read the S3 credentials again.
+    Reload,
 }
 
 /// A thread the master cannot serve without ended: exit so a supervisor
@@ -80,6 +82,7 @@ pub fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<E
                 }
             }
             Ok(Event::Ended(name)) => thread_ended(&name),
+            Ok(Event::Reload) => {}
             Ok(Event::Signal(signal)) => {
                 eprintln!("mkv: signal {signal} again: exiting at once");
                 exit_now(128 + signal);
@@ -95,14 +98,20 @@ pub fn shut_down(signal: i32, listeners: Vec<OwnedFd>, events: &mpsc::Receiver<E
     }
 }
 
-/// The signal thread: SIGTERM and SIGINT become events for the main thread.
+/// The signal thread: SIGTERM and SIGINT become events for the main
+/// thread, SIGHUP a reload.
 pub fn spawn_signal_thread(events: &mpsc::Sender<Event>) -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let events = events.clone();
     std::thread::Builder::new().name("mkv-signals".into()).spawn(move || {
         for signal in signals.forever() {
-            let _ = events.send(Event::Signal(signal));
+            let event = if signal == SIGHUP {
+                Event::Reload
+            } else {
+                Event::Signal(signal)
+            };
+            let _ = events.send(event);
         }
     })?;
     Ok(())
@@ -157,7 +166,7 @@ mod tests {
         spawn_watched("panics".into(), &sender, || panic!("a watched thread panics")).unwrap();
         let name = |event| match event {
             Event::Ended(name) => name,
-            Event::Signal(signal) => panic!("signal {signal}"),
+            other => panic!("{other:?}"),
         };
         let mut names = [name(ended.recv().unwrap()), name(ended.recv().unwrap())];
         names.sort();

@@ -222,7 +222,13 @@ async fn next_decoded(
     bytes_max: usize,
 ) -> Result<Option<Bytes>, ReplicationError> {
     let malformed = |what| ReplicationError::Body(BodyError::Malformed(what));
-    let decode_error = |AwsChunkedError::Malformed(what)| malformed(what);
+    let decode_error = |error| match error {
+        AwsChunkedError::Malformed(what) => malformed(what),
+        AwsChunkedError::Signature => ReplicationError::Body(BodyError::Rejected {
+            code: "SignatureDoesNotMatch",
+            message: "The chunk signature we calculated does not match the signature you provided.".into(),
+        }),
+    };
     let mut decoded = Vec::new();
     loop {
         if decoder.is_done() {
@@ -268,6 +274,12 @@ pub fn request_body<'a>(
     };
     let checks = Checks::from_request(request)?;
     let chunked = request.headers.is_aws_chunked();
+    let signer = request.access.chunk_signer();
+    if signer.is_some() && !chunked {
+        return Err(S3Error::invalid_argument(
+            "a streaming signature goes with an aws-chunked body",
+        ));
+    }
     if chunked != request.headers.decoded_length.is_some() {
         return Err(S3Error::invalid_argument(
             "x-amz-decoded-content-length goes with an aws-chunked body, and only with one",
@@ -301,9 +313,13 @@ pub fn request_body<'a>(
         ),
         None => None,
     };
+    let decoder = match signer {
+        Some((signer, trailer)) => AwsChunkedDecoder::with_signer(signer, trailer),
+        None => AwsChunkedDecoder::new(),
+    };
     let body = RequestBody {
         body,
-        chunked: Some((AwsChunkedDecoder::new(), declared)),
+        chunked: Some((decoder, declared)),
         checks,
     };
     Ok((body, declared))

@@ -219,7 +219,9 @@ pub fn list_buckets(
     let scan_prefix = state::bucket_key(prefix);
     let start = after.map_or_else(|| scan_prefix.clone(), |after| key_after(&state::bucket_key(&after)));
     // One more than a page: whether another page follows.
-    let mut buckets = recorded_buckets(app, &scan_prefix, &start, buckets_max as usize + 1)?;
+    // Only those the asker may list (all, with access control off).
+    let listable = |name: &str| request.access.may_list_bucket(name);
+    let mut buckets = recorded_buckets(app, &scan_prefix, &start, buckets_max as usize + 1, listable)?;
     let next_token = if buckets.len() as u64 > buckets_max {
         buckets.truncate(buckets_max as usize);
         buckets.last().map(|(name, _)| URL_SAFE_NO_PAD.encode(name))
@@ -246,6 +248,7 @@ fn recorded_buckets(
     scan_prefix: &[u8],
     start: &[u8],
     count_max: usize,
+    wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, u64)>, S3Error> {
     /// A bucket's state entry (`state`'s `b/<bucket>` value).
     #[derive(serde::Deserialize)]
@@ -256,12 +259,16 @@ fn recorded_buckets(
     let mut corrupt = false;
     app.store
         .index()
-        .scan_state(scan_prefix, start, count_max, |key, value| {
+        .scan_state(scan_prefix, start, usize::MAX, |key, value| {
+            let name = String::from_utf8_lossy(&key[2..]).into_owned();
+            if !wanted(&name) {
+                return true;
+            }
             match serde_json::from_slice::<Recorded>(value) {
-                Ok(recorded) => found.push((String::from_utf8_lossy(&key[2..]).into_owned(), recorded.created_ms)),
+                Ok(recorded) => found.push((name, recorded.created_ms)),
                 Err(_) => corrupt = true,
             }
-            !corrupt
+            !corrupt && found.len() < count_max
         })?;
     if corrupt {
         return Err(S3Error::internal("a bucket's state entry is corrupt"));

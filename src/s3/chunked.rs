@@ -15,12 +15,18 @@
 //!
 //! [`AwsChunkedDecoder`] is sans-IO: the caller feeds it the body in whatever slices the socket
 //! delivers (split anywhere, even inside a size line or a CRLF) and gets the payload bytes back.
-//! Chunk extensions of any name are accepted and ignored: checking chunk and trailer signatures is
-//! a separate step, not done here. Like real SDK peers it tolerates a stream whose final blank line
+//! Chunk extensions of any name are accepted; with a [`ChunkSigner`] (`with_signer`, a request
+//! whose signature was verified) every chunk's `chunk-signature` is checked as the chunk ends, the
+//! final empty one included, and with signed trailers the `x-amz-trailer-signature` once the
+//! trailers end: a chunk whose signature does not match fails the body (`Signature`). Like real SDK peers it tolerates a stream whose final blank line
 //! is missing, but only once the caller says, through [`AwsChunkedDecoder::finish`], that the input
 //! ended.
 
 use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+
+use super::sigv4::{trailer_sha256, ChunkSigner};
 
 /// Longest chunk header or trailer line, CRLF included; a signed header is about 90 bytes, so 4096
 /// leaves ample room for unknown extensions while bounding what a peer can make us buffer.
@@ -39,12 +45,15 @@ pub const CHUNK_BYTES_MAX: u64 = 5 * 1024 * 1024 * 1024;
 pub enum AwsChunkedError {
     /// Bad framing: the text says what (e.g. "bad chunk size", "missing CRLF after chunk data").
     Malformed(&'static str),
+    /// A chunk or trailer signature is missing or does not match its chain.
+    Signature,
 }
 
 impl fmt::Display for AwsChunkedError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AwsChunkedError::Malformed(reason) => write!(formatter, "malformed aws-chunked body: {reason}"),
+            AwsChunkedError::Signature => write!(formatter, "an aws-chunked signature does not match"),
         }
     }
 }
@@ -68,6 +77,20 @@ enum State {
     Done,
     /// An earlier call failed; every later call reports the same error.
     Failed(&'static str),
+    /// A signature failed; every later call reports it.
+    SignatureFailed,
+}
+
+/// The signature chain of a signed stream, checked as it goes.
+#[derive(Debug, Clone)]
+struct Signing {
+    signer: ChunkSigner,
+    /// The trailers are signed (`x-amz-trailer-signature`).
+    trailer: bool,
+    /// The current chunk's data, hashed.
+    hasher: Sha256,
+    /// The current chunk's `chunk-signature`.
+    signature: Vec<u8>,
 }
 
 /// Incremental decoder for one aws-chunked request body; see the module documentation.
@@ -78,6 +101,7 @@ pub struct AwsChunkedDecoder {
     line: Vec<u8>,
     trailers: Vec<(String, String)>,
     decoded_bytes: u64,
+    signing: Option<Box<Signing>>,
 }
 
 impl Default for AwsChunkedDecoder {
@@ -93,6 +117,21 @@ impl AwsChunkedDecoder {
             line: Vec::new(),
             trailers: Vec::new(),
             decoded_bytes: 0,
+            signing: None,
+        }
+    }
+
+    /// A decoder that checks each chunk's signature with `signer`, and the
+    /// trailers' when `trailer`.
+    pub fn with_signer(signer: ChunkSigner, trailer: bool) -> AwsChunkedDecoder {
+        AwsChunkedDecoder {
+            signing: Some(Box::new(Signing {
+                signer,
+                trailer,
+                hasher: Sha256::new(),
+                signature: Vec::new(),
+            })),
+            ..AwsChunkedDecoder::new()
         }
     }
 
@@ -100,8 +139,10 @@ impl AwsChunkedDecoder {
     /// consumed (a partial header or trailer line is kept inside the decoder, at most
     /// `LINE_BYTES_MAX` bytes, else Malformed). Bytes after the final blank line are an error.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), AwsChunkedError> {
-        if let State::Failed(reason) = self.state {
-            return Err(AwsChunkedError::Malformed(reason));
+        match self.state {
+            State::Failed(reason) => return Err(AwsChunkedError::Malformed(reason)),
+            State::SignatureFailed => return Err(AwsChunkedError::Signature),
+            _ => {}
         }
         let mut rest = input;
         while !rest.is_empty() {
@@ -124,7 +165,8 @@ impl AwsChunkedDecoder {
         let outcome = match self.state {
             State::Done => Ok(()),
             State::Failed(reason) => Err(AwsChunkedError::Malformed(reason)),
-            State::Trailer if self.line.is_empty() => Ok(()),
+            State::SignatureFailed => Err(AwsChunkedError::Signature),
+            State::Trailer if self.line.is_empty() => self.check_trailer_signature(),
             State::Trailer => Err(AwsChunkedError::Malformed("body ended inside a trailer line")),
             State::ChunkHeader if self.line.is_empty() => {
                 Err(AwsChunkedError::Malformed("body ended before the final chunk"))
@@ -154,10 +196,48 @@ impl AwsChunkedDecoder {
 
     /// Remember `error` so that later calls report it too, and hand it back.
     fn fail(&mut self, error: AwsChunkedError) -> AwsChunkedError {
-        let AwsChunkedError::Malformed(reason) = error;
-        self.state = State::Failed(reason);
+        self.state = match error {
+            AwsChunkedError::Malformed(reason) => State::Failed(reason),
+            AwsChunkedError::Signature => State::SignatureFailed,
+        };
         self.line = Vec::new();
         error
+    }
+
+    /// The current chunk ended, its data hashing to what was fed: check its
+    /// signature.
+    fn check_chunk_signature(&mut self) -> Result<(), AwsChunkedError> {
+        let Some(signing) = self.signing.as_mut() else {
+            return Ok(());
+        };
+        let hash: [u8; 32] = std::mem::take(&mut signing.hasher).finalize().into();
+        let signature = std::mem::take(&mut signing.signature);
+        signing
+            .signer
+            .chunk(&hash, &signature)
+            .map_err(|_| AwsChunkedError::Signature)
+    }
+
+    /// The trailers ended: check their signature, when they are signed.
+    fn check_trailer_signature(&mut self) -> Result<(), AwsChunkedError> {
+        let Some(signing) = self.signing.as_mut().filter(|signing| signing.trailer) else {
+            return Ok(());
+        };
+        let signature = self
+            .trailers
+            .iter()
+            .find(|(name, _)| name == "x-amz-trailer-signature")
+            .map(|(_, value)| value.clone())
+            .ok_or(AwsChunkedError::Signature)?;
+        let hash = trailer_sha256(
+            self.trailers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        signing
+            .signer
+            .trailer(&hash, signature.as_bytes())
+            .map_err(|_| AwsChunkedError::Signature)
     }
 
     /// Consume a prefix of the non-empty `input` according to the current state; returns its length.
@@ -166,9 +246,14 @@ impl AwsChunkedDecoder {
             State::ChunkHeader | State::Trailer => self.take_line(input),
             State::ChunkData { remaining } => Ok(self.copy_data(input, remaining, out)),
             State::DataCr => self.take_data_end(input[0], b'\r', State::DataLf),
-            State::DataLf => self.take_data_end(input[0], b'\n', State::ChunkHeader),
+            State::DataLf => {
+                let used = self.take_data_end(input[0], b'\n', State::ChunkHeader)?;
+                self.check_chunk_signature()?;
+                Ok(used)
+            }
             State::Done => Err(AwsChunkedError::Malformed("data after the final chunk")),
             State::Failed(reason) => Err(AwsChunkedError::Malformed(reason)),
+            State::SignatureFailed => Err(AwsChunkedError::Signature),
         }
     }
 
@@ -176,6 +261,9 @@ impl AwsChunkedDecoder {
     fn copy_data(&mut self, input: &[u8], remaining: u64, out: &mut Vec<u8>) -> usize {
         let used = input.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
         out.extend_from_slice(&input[..used]);
+        if let Some(signing) = self.signing.as_mut() {
+            signing.hasher.update(&input[..used]);
+        }
         let count = used as u64;
         self.decoded_bytes += count;
         self.state = if count == remaining {
@@ -223,12 +311,18 @@ impl AwsChunkedDecoder {
         };
         if self.state == State::ChunkHeader {
             let size = parse_chunk_size(content)?;
+            if let Some(signing) = self.signing.as_mut() {
+                signing.signature = chunk_signature(content).ok_or(AwsChunkedError::Signature)?.to_vec();
+            }
             self.state = if size == 0 {
+                // The final chunk signs no data.
+                self.check_chunk_signature()?;
                 State::Trailer
             } else {
                 State::ChunkData { remaining: size }
             };
         } else if content.is_empty() {
+            self.check_trailer_signature()?;
             self.state = State::Done;
         } else {
             if self.trailers.len() == TRAILER_COUNT_MAX {
@@ -259,6 +353,14 @@ fn parse_chunk_size(content: &[u8]) -> Result<u64, AwsChunkedError> {
         }
     }
     Ok(size)
+}
+
+/// The `chunk-signature` extension of a chunk header line.
+fn chunk_signature(content: &[u8]) -> Option<&[u8]> {
+    content.split(|&byte| byte == b';').skip(1).find_map(|extension| {
+        let extension = trim_blanks_start(trim_blanks_end(extension));
+        extension.strip_prefix(b"chunk-signature=")
+    })
 }
 
 /// Parse a trailer line without its CRLF: `name:value`, name lower-cased, both trimmed.
@@ -379,6 +481,7 @@ mod tests {
     fn decode_error(input: &[u8]) -> &'static str {
         match decode(input) {
             Err(AwsChunkedError::Malformed(reason)) => reason,
+            Err(AwsChunkedError::Signature) => panic!("no signer, no signature error"),
             Ok((out, _)) => panic!("decoded {} bytes from malformed input", out.len()),
         }
     }

@@ -195,7 +195,10 @@ pub fn headers(rule: &Rule, origin: &str, preflight: Option<&[&str]>) -> String 
     let any_origin = rule.origins.iter().any(|pattern| pattern == "*");
     let allowed_origin = if any_origin { "*" } else { origin };
     lines.push_str(&format!("Access-Control-Allow-Origin: {allowed_origin}\r\n"));
-    lines.push_str(&format!("Access-Control-Allow-Methods: {}\r\n", rule.methods.join(", ")));
+    lines.push_str(&format!(
+        "Access-Control-Allow-Methods: {}\r\n",
+        rule.methods.join(", ")
+    ));
     if let Some(requested) = preflight {
         if !requested.is_empty() {
             lines.push_str(&format!("Access-Control-Allow-Headers: {}\r\n", requested.join(", ")));
@@ -205,7 +208,10 @@ pub fn headers(rule: &Rule, origin: &str, preflight: Option<&[&str]>) -> String 
         }
     }
     if !rule.expose.is_empty() {
-        lines.push_str(&format!("Access-Control-Expose-Headers: {}\r\n", rule.expose.join(", ")));
+        lines.push_str(&format!(
+            "Access-Control-Expose-Headers: {}\r\n",
+            rule.expose.join(", ")
+        ));
     }
     if !any_origin {
         // Credentials are allowed only with a named origin, as AWS does.
@@ -244,13 +250,8 @@ pub async fn put(
 /// GetBucketCors.
 pub fn get(app: &App, connection: &mut Connection, head: &RequestHead, request: &S3Request) -> Result<Sent, S3Error> {
     bucket::check_exists(app, &request.bucket)?;
-    let rules = state::bucket_cors(app.store.index(), &request.bucket)?.ok_or_else(|| {
-        S3Error::new(
-            404,
-            "NoSuchCORSConfiguration",
-            "The CORS configuration does not exist",
-        )
-    })?;
+    let rules = state::bucket_cors(app.store.index(), &request.bucket)?
+        .ok_or_else(|| S3Error::new(404, "NoSuchCORSConfiguration", "The CORS configuration does not exist"))?;
     Reply::xml(200, render(&rules)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
@@ -364,7 +365,10 @@ mod tests {
         ];
         assert_eq!(find(&rules, "a.put", "PUT", &[]), Some(&rules[0]));
         assert_eq!(find(&rules, "a.put", "DELETE", &[]), None);
-        assert_eq!(find(&rules, "x", "GET", &["X-Amz-Date", "Content-Type"]), Some(&rules[1]));
+        assert_eq!(
+            find(&rules, "x", "GET", &["X-Amz-Date", "Content-Type"]),
+            Some(&rules[1])
+        );
         assert_eq!(find(&rules, "x", "GET", &["authorization"]), None);
     }
 
@@ -391,7 +395,11 @@ mod tests {
 
     #[test]
     fn a_named_origin_is_echoed_a_wildcard_is_not() {
-        let named = headers(&rule(&["https://a.example"], &["GET", "PUT"], &[]), "https://a.example", None);
+        let named = headers(
+            &rule(&["https://a.example"], &["GET", "PUT"], &[]),
+            "https://a.example",
+            None,
+        );
         assert!(named.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
         assert!(named.contains("Access-Control-Allow-Methods: GET, PUT\r\n"));
         let any = headers(&rule(&["*"], &["GET"], &[]), "https://b.example", Some(&["x-amz-date"]));

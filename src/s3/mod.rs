@@ -22,7 +22,10 @@
 //! - `xml`: response documents and request bodies (sans-IO, quick-xml).
 //! - `operation`: which operation a request asks for and what it needs:
 //!   the one reading both the dispatch and `auth` use.
-//! - `auth`: where request signatures would be checked (accepts all).
+//! - `auth`: who sent a request and whether they may run its operation
+//!   (off unless configured): `sigv4` verifies signatures, `identity`
+//!   reads the credentials file.
+//! - `cors`: CORS rules per bucket, preflights. `post`: POST Object.
 //! - `refuse`: features asked for that mkv does not have, refused before
 //!   anything is touched rather than ignored.
 //! - `object`, `bucket`, `list`, `multipart`: the operations.
@@ -40,6 +43,7 @@ pub mod multipart;
 pub mod object;
 pub mod operation;
 pub mod parts;
+pub mod post;
 pub mod refuse;
 pub mod request;
 pub mod sigv4;
@@ -58,8 +62,8 @@ use crate::store::KeyGuard;
 use crate::volume::VolumeError;
 use crate::write::WriteError;
 
-pub use request::is_s3_query;
 use operation::Operation;
+pub use request::is_s3_query;
 use request::S3Request;
 
 /// How long an S3 write of a key waits for its turn while another write
@@ -97,6 +101,9 @@ pub struct S3Error {
     pub message: String,
     /// Header lines the error's answer carries, each ending in CRLF.
     pub headers: String,
+    /// More elements of the error document (a signature mismatch's
+    /// `StringToSign`, `CanonicalRequest`, ...).
+    pub details: Vec<(&'static str, String)>,
 }
 
 impl S3Error {
@@ -106,6 +113,7 @@ impl S3Error {
             code,
             message: message.into(),
             headers: String::new(),
+            details: Vec::new(),
         }
     }
 
@@ -221,7 +229,10 @@ impl From<WriteError> for S3Error {
                     "Your socket connection to the server was not read from or written to within the timeout period.",
                 ),
                 ReplicationError::Body(BodyError::Malformed(what)) => S3Error::new(400, "InvalidRequest", what),
-                ReplicationError::Body(BodyError::Rejected { code, message }) => S3Error::new(400, code, message),
+                ReplicationError::Body(BodyError::Rejected { code, message }) => {
+                    let status = if code == "SignatureDoesNotMatch" { 403 } else { 400 };
+                    S3Error::new(status, code, message)
+                }
                 ReplicationError::Body(BodyError::TooLong) => {
                     S3Error::new(400, "InvalidRequest", "the body is longer than its declared length")
                 }
@@ -279,7 +290,13 @@ impl Reply {
     /// Append the response; a HEAD gets the headers only, with the length
     /// the body would have.
     pub fn write(&self, connection: &mut Connection, keep_alive: KeepAlive, head_only: bool) {
-        write_head(connection, self.status, &self.headers, self.body.len() as u64, keep_alive);
+        write_head(
+            connection,
+            self.status,
+            &self.headers,
+            self.body.len() as u64,
+            keep_alive,
+        );
         if !head_only {
             connection.output.extend_from_slice(&self.body);
         }
@@ -365,14 +382,15 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     connection.request_id = next_request_id();
     connection.s3_headers.clear();
     let request = &connection.input[request_start..request_start + head.head_bytes];
-    let parsed = S3Request::parse(request, head).and_then(|request| {
-        auth::check(&request)?;
-        Ok(request)
+    let parsed = S3Request::parse(request, head).and_then(|mut parsed| {
+        let operation = operation::classify(head.method, &parsed);
+        // Who asks, and whether they may: before anything is touched.
+        parsed.access = auth::check(app, request, &parsed, operation)?;
+        Ok((parsed, operation))
     });
     let result = match parsed {
-        Ok(request) => {
+        Ok((request, operation)) => {
             connection.s3_headers = cors::actual_request_headers(app, head.method, &request);
-            let operation = operation::classify(head.method, &request);
             dispatch(app, connection, head, &request, operation).await
         }
         Err(error) => Err(error),
@@ -391,7 +409,7 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     };
     if let Err(error) = &result {
         let request_id = RequestId(connection.request_id).to_string();
-        let body = xml::error(error.code, &error.message, "", &request_id);
+        let body = xml::error(error.code, &error.message, "", &request_id, &error.details);
         let mut reply = Reply::xml(error.status, body);
         reply.headers.push_str(&error.headers);
         if error.status == 503 {
@@ -446,6 +464,7 @@ async fn dispatch(
         GetBucketCors => cors::get(app, connection, head, request),
         DeleteBucketCors => cors::delete(app, connection, head, request).await,
         Preflight => cors::preflight(app, connection, head, request),
+        PostObject => post::post(app, connection, head, request, &request.access).await,
         NotImplemented => Err(S3Error::not_implemented()),
     }
 }

@@ -43,7 +43,11 @@ const CONTENT_TYPE_DEFAULT: &str = "binary/octet-stream";
 
 /// The native key of the request's object, refused if it cannot be stored.
 pub fn checked_key(request: &S3Request) -> Result<Vec<u8>, S3Error> {
-    let key = request.native_key();
+    checked_native_key(request.native_key())
+}
+
+/// `key`, a native key of an S3 object, if it can be stored.
+pub fn checked_native_key(key: Vec<u8>) -> Result<Vec<u8>, S3Error> {
     if key.len() > KEY_BYTES_MAX {
         return Err(S3Error::new(
             400,
@@ -82,15 +86,6 @@ pub fn content_md5(request: &S3Request) -> Result<Option<[u8; 16]>, S3Error> {
 /// request (`Content-Encoding` less the upload's own `aws-chunked`).
 pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Error> {
     let mut user = request.headers.user.clone();
-    // `x-amz-meta-!...` would pose as mkv's own entries (a checksum the
-    // value was never checked against).
-    if user.iter().any(|(name, _)| parts::is_internal(name)) {
-        return Err(S3Error::new(
-            400,
-            "InvalidArgument",
-            "User metadata names may not start with '!'",
-        ));
-    }
     for (name, value) in &request.headers.stored {
         let value = if name == ":content-encoding" {
             let tokens: Vec<&str> = value
@@ -105,6 +100,20 @@ pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Err
         if !value.is_empty() {
             user.push((name.clone(), value));
         }
+    }
+    checked_user_metadata(user)
+}
+
+/// User metadata (and stored headers) to keep with a value, if it may be.
+pub fn checked_user_metadata(user: Vec<(String, String)>) -> Result<Vec<(String, String)>, S3Error> {
+    // `x-amz-meta-!...` would pose as mkv's own entries (a checksum the
+    // value was never checked against).
+    if user.iter().any(|(name, _)| parts::is_internal(name)) {
+        return Err(S3Error::new(
+            400,
+            "InvalidArgument",
+            "User metadata names may not start with '!'",
+        ));
     }
     if !Meta::user_fits(&user) {
         return Err(S3Error::new(
@@ -213,9 +222,7 @@ pub async fn read_small_body(
 
 fn check_small_body(request: &S3Request, body: &[u8]) -> Result<(), S3Error> {
     if request.headers.is_aws_chunked() {
-        return Err(S3Error::invalid_argument(
-            "an XML request body may not be aws-chunked",
-        ));
+        return Err(S3Error::invalid_argument("an XML request body may not be aws-chunked"));
     }
     if let Some(expected) = content_md5(request)? {
         use md5::{Digest, Md5};
@@ -422,7 +429,10 @@ fn object_headers(object: &Object, checksum_mode: bool) -> Reply {
         .header("Accept-Ranges", "bytes");
     for (name, value) in &object.user {
         if parts::is_internal(name) {
-            if let Some(checksum) = name.strip_prefix(CHECKSUM_ENTRY_PREFIX).filter(|_| name != parts::PARTS_ENTRY) {
+            if let Some(checksum) = name
+                .strip_prefix(CHECKSUM_ENTRY_PREFIX)
+                .filter(|_| name != parts::PARTS_ENTRY)
+            {
                 if checksum_mode {
                     reply = reply.header(checksum, value);
                 }
@@ -534,13 +544,7 @@ pub async fn get(
             None => object.size,
         };
         if head_only || length == 0 {
-            write_head(
-                connection,
-                reply.status,
-                &reply.headers,
-                length,
-                head.keep_alive,
-            );
+            write_head(connection, reply.status, &reply.headers, length, head.keep_alive);
             return Ok(Sent::status(reply.status));
         }
         let opened = open_download(app, &key, &object.record, range, length).await;
@@ -558,13 +562,7 @@ pub async fn get(
             _ => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
         }
     };
-    write_head(
-                connection,
-        reply.status,
-        &reply.headers,
-        length,
-        head.keep_alive,
-    );
+    write_head(connection, reply.status, &reply.headers, length, head.keep_alive);
     let complete = stream(connection, &mut download, length).await;
     if complete {
         download.finish();
@@ -810,7 +808,12 @@ pub async fn copy(
         // New metadata on the same bytes: mkv's own entries (checksum,
         // part sizes) stay true.
         let internal = source.user.iter().filter(|(name, _)| parts::is_internal(name));
-        user.extend(internal.filter(|entry| !user.contains(entry)).cloned().collect::<Vec<_>>());
+        user.extend(
+            internal
+                .filter(|entry| !user.contains(entry))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
     } else {
         // A copy is one part, whatever its source was.
         user.retain(|(name, _)| name != parts::PARTS_ENTRY);

@@ -44,19 +44,14 @@ pub enum Operation {
     /// A CORS preflight (`OPTIONS`): never signed, answered from the
     /// bucket's rules alone.
     Preflight,
+    /// A browser's form upload (`POST /bucket`, multipart/form-data),
+    /// signed in the form: `auth::check_post`.
+    PostObject,
     /// Anything else: answered 501 NotImplemented.
     NotImplemented,
 }
 
-/// What a key must be granted on a bucket (`[[key]] buckets` in the
-/// credentials file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Permission {
-    Read,
-    Write,
-    List,
-    Delete,
-}
+pub use super::identity::Permission;
 
 /// What an operation needs of the identity that asks for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +67,11 @@ pub enum Need {
     /// Nothing: a CORS preflight, which reads only the bucket's CORS rules
     /// and which browsers never sign.
     Nothing,
+    /// Making a bucket: a key granted `write` on every bucket (`"*"`); one
+    /// that may write the bucket, if it exists already (a no-op).
+    CreateBucket,
+    /// Deleting a bucket: a key granted `delete` on every bucket.
+    DeleteBucket,
 }
 
 impl Operation {
@@ -84,15 +84,21 @@ impl Operation {
             ListBuckets | ServiceMethodNotAllowed => Need::AnyKey,
             NotImplemented => Need::AnyKey,
             HeadBucket | GetBucketLocation | GetBucketVersioning | GetBucketCors => Need::AnyOn,
-            Preflight => Need::Nothing,
+            // Checked once the form's fields are read (`auth::check_post`).
+            Preflight | PostObject => Need::Nothing,
             PutBucketCors | DeleteBucketCors => Need::On(Write),
-            // A key that may write a bucket may make it: a PutObject makes
-            // it too (implicit buckets).
-            CreateBucket => Need::On(Write),
-            DeleteBucket | DeleteObjects | DeleteObject => Need::On(Delete),
+            CreateBucket => Need::CreateBucket,
+            DeleteBucket => Need::DeleteBucket,
+            DeleteObjects | DeleteObject => Need::On(Delete),
             ListMultipartUploads | ListObjectVersions | ListObjectsV2 | ListObjectsV1 => Need::On(List),
-            UploadPartCopy | UploadPart | CopyObject | PutObject | ListParts | AbortMultipartUpload
-            | CreateMultipartUpload | CompleteMultipartUpload => Need::On(Write),
+            UploadPartCopy
+            | UploadPart
+            | CopyObject
+            | PutObject
+            | ListParts
+            | AbortMultipartUpload
+            | CreateMultipartUpload
+            | CompleteMultipartUpload => Need::On(Write),
             GetObject | HeadObject => Need::On(Read),
         }
     }
@@ -133,6 +139,7 @@ pub fn classify(method: Method, request: &S3Request) -> Operation {
             Method::Get if request.param("list-type") == Some(b"2") => ListObjectsV2,
             Method::Get => ListObjectsV1,
             Method::Post if request.has("delete") => DeleteObjects,
+            Method::Post if request.query.is_empty() => PostObject,
             _ => NotImplemented,
         };
     }
@@ -183,20 +190,35 @@ mod tests {
     fn each_request_is_one_operation() {
         let cases = [
             ("GET / HTTP/1.1\r\n\r\n", Operation::ListBuckets),
-            ("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Operation::ServiceMethodNotAllowed),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                Operation::ServiceMethodNotAllowed,
+            ),
             ("PUT /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Operation::CreateBucket),
             ("GET /b?list-type=2 HTTP/1.1\r\n\r\n", Operation::ListObjectsV2),
             ("GET /b HTTP/1.1\r\n\r\n", Operation::ListObjectsV1),
-            ("POST /b?delete HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Operation::DeleteObjects),
+            (
+                "POST /b?delete HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                Operation::DeleteObjects,
+            ),
             ("GET /b/k HTTP/1.1\r\n\r\n", Operation::GetObject),
             ("HEAD /b/k HTTP/1.1\r\n\r\n", Operation::HeadObject),
-            ("PUT /b/k HTTP/1.1\r\nx-amz-copy-source: /a/k\r\nContent-Length: 0\r\n\r\n", Operation::CopyObject),
+            (
+                "PUT /b/k HTTP/1.1\r\nx-amz-copy-source: /a/k\r\nContent-Length: 0\r\n\r\n",
+                Operation::CopyObject,
+            ),
             (
                 "PUT /b/k?uploadId=u&partNumber=1 HTTP/1.1\r\nx-amz-copy-source: a/k\r\nContent-Length: 0\r\n\r\n",
                 Operation::UploadPartCopy,
             ),
-            ("POST /b/k?uploads HTTP/1.1\r\nContent-Length: 0\r\n\r\n", Operation::CreateMultipartUpload),
-            ("DELETE /b/k?uploadId=u HTTP/1.1\r\n\r\n", Operation::AbortMultipartUpload),
+            (
+                "POST /b/k?uploads HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                Operation::CreateMultipartUpload,
+            ),
+            (
+                "DELETE /b/k?uploadId=u HTTP/1.1\r\n\r\n",
+                Operation::AbortMultipartUpload,
+            ),
             ("PATCH /b/k HTTP/1.1\r\n\r\n", Operation::NotImplemented),
         ];
         for (text, expected) in cases {

@@ -84,7 +84,7 @@ pub fn check_version(version: &[u8]) -> Result<(), S3Error> {
     Err(S3Error::invalid_argument("Invalid version id specified"))
 }
 
-fn not_implemented(reason: &str) -> S3Error {
+pub fn not_implemented(reason: &str) -> S3Error {
     S3Error::new(
         501,
         "NotImplemented",
@@ -95,7 +95,7 @@ fn not_implemented(reason: &str) -> S3Error {
 /// Whether the header `name` (lower-case) with `value` asks for something
 /// mkv does not do, and why. An SSE-C key sent with a read is refused
 /// too: the client believes the object is encrypted.
-fn header_refusal(name: &str, value: &str) -> Option<String> {
+pub fn header_refusal(name: &str, value: &str) -> Option<String> {
     let value_lower = value.to_ascii_lowercase();
     let refused = match name {
         // Encryption of any kind (SSE-S3, SSE-KMS, SSE-C, and SSE-C of a

@@ -50,6 +50,8 @@ pub struct S3Request {
     /// Query parameters, names as sent, values percent-decoded.
     pub query: Vec<(String, Vec<u8>)>,
     pub headers: Headers,
+    /// Who sent it (`auth::check`), once checked.
+    pub access: super::auth::Access,
 }
 
 /// The headers S3 operations give meaning to.
@@ -143,6 +145,7 @@ impl S3Request {
             key: key.to_vec(),
             query,
             headers,
+            access: super::auth::Access::Open,
         })
     }
 

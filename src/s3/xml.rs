@@ -425,11 +425,14 @@ pub fn versioning() -> Vec<u8> {
 }
 
 /// `Error`, without namespace.
-pub fn error(code: &str, message: &str, resource: &str, request_id: &str) -> Vec<u8> {
+pub fn error(code: &str, message: &str, resource: &str, request_id: &str, details: &[(&str, String)]) -> Vec<u8> {
     let mut document = Document::new();
     document.open("Error");
     document.element("Code", code);
     document.element("Message", message);
+    for (name, value) in details {
+        document.element(name, value);
+    }
     document.element("Resource", resource);
     document.element("RequestId", request_id);
     document.close("Error");
@@ -614,6 +617,65 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     };
     let year = era * 400 + year_of_era + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's `days_from_civil`); None before 1970.
+pub fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let year = if month <= 2 { year.checked_sub(1)? } else { year };
+    let era = year / 400;
+    let year_of_era = year % 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    (era * 146_097 + day_of_era).checked_sub(719_468)
+}
+
+/// Unix milliseconds of an ISO 8601 UTC instant as S3 writes them
+/// (`2026-11-24T19:21:19Z`, `2026-11-24T19:21:19.123Z`); None otherwise.
+pub fn parse_iso8601(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = bytes.get(range)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| {
+            digits
+                .iter()
+                .fold(0, |total, digit| total * 10 + u64::from(digit - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if bytes.len() < 20 || separators.iter().any(|&(at, byte)| bytes[at] != byte) {
+        return None;
+    }
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let millis = match &bytes[19..] {
+        b"Z" => 0,
+        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+            let digits = number(20..20 + fraction.len().min(3))?;
+            number(20..20 + fraction.len())?;
+            digits * 10u64.pow(3 - fraction.len().min(3) as u32)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(number(0..4)?, number(5..7)?, number(8..10)?)?;
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
+/// `PostResponse`, POST Object's answer with `success_action_status` 201.
+pub fn post_response(location: &str, bucket: &str, key: &str, etag: &str) -> Vec<u8> {
+    let mut document = Document::new();
+    document.open("PostResponse");
+    document.element("Location", location);
+    document.element("Bucket", bucket);
+    document.element("Key", key);
+    document.etag(etag);
+    document.close("PostResponse");
+    document.finish()
 }
 
 /// `Tue, 24 Nov 2026 19:21:19 GMT`, the dates of HTTP headers (milliseconds dropped; instants past
@@ -857,7 +919,11 @@ impl<'r> Walker<'r> {
 ///
 /// Memory: the walker's buffers stay within the limits whatever the body; quick-xml borrows the body
 /// and copies only the names of open elements, which [`check_next_name`] bounds before it reads them.
-pub(super) fn walk(body: &[u8], root: &str, mut visit: impl FnMut(Closed<'_>) -> Result<(), XmlError>) -> Result<(), XmlError> {
+pub(super) fn walk(
+    body: &[u8],
+    root: &str,
+    mut visit: impl FnMut(Closed<'_>) -> Result<(), XmlError>,
+) -> Result<(), XmlError> {
     let mut reader = Reader::from_reader(body);
     // The walker matches closing tags against its own bounded stack: quick-xml's check would copy both
     // names into its error, however long the closing one is.
@@ -1342,7 +1408,7 @@ mod tests {
              <Resource>/b/k&amp;1</Resource><RequestId>r1</RequestId></Error>"
         );
         assert_eq!(
-            text(error("NoSuchKey", "The key <k> does not exist", "/b/k&1", "r1")),
+            text(error("NoSuchKey", "The key <k> does not exist", "/b/k&1", "r1", &[])),
             expected
         );
     }
@@ -1503,6 +1569,22 @@ mod tests {
         assert_eq!(http_date(1_709_164_800_000), "Thu, 29 Feb 2024 00:00:00 GMT");
         assert_eq!(http_date(1_795_548_079_123), "Tue, 24 Nov 2026 19:21:19 GMT");
         assert_eq!(http_date(u64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+    }
+
+    #[test]
+    fn iso8601_instants_parse_back() {
+        for unix_ms in [0, 951_782_400_000, 1_764_627_200_123, 4_102_444_800_000] {
+            assert_eq!(parse_iso8601(&iso8601_ms(unix_ms)), Some(unix_ms));
+        }
+        assert_eq!(parse_iso8601("2026-12-02T00:00:00Z"), Some(1_796_169_600_000));
+        for bad in [
+            "2026-12-02 00:00:00",
+            "2026-13-02T00:00:00Z",
+            "2026-12-02T24:00:00Z",
+            "2026-12-02T00:00:00+01:00",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
     }
 
     #[test]
