@@ -38,6 +38,4 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub volumes: Arc<Volumes>,
-    /// Who may use S3 (`--s3-auth`), reloaded on SIGHUP.
-    pub s3_auth: crate::s3::auth::Auth,
 }

@@ -50,26 +50,22 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         Ok(limit) => eprintln!("{limit}"),
         Err(error) => eprintln!("cannot raise the fd limit: {error}"),
     }
+    // The S3 credentials are read before anything opens: a file that does
+    // not parse stops the master with a clear message.
+    if config.command == Command::Server {
+        let loaded = Auth::environment_key().and_then(|environment| Auth::load(config.s3_auth.clone(), environment));
+        match loaded {
+            Ok(auth) => mkv::s3::auth::install(auth),
+            Err(error) => {
+                eprintln!("mkv: {error}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
     // Verify and rebalance judge the volumes against an index: one that
     // does not exist (a mistyped -db) would be made empty here, and every
     // file on the volumes would look like an orphan. Only the server, seed
     // and rebuild make an index.
-    // The S3 credentials are read before anything opens: a file that does
-    // not parse stops the master with a clear message.
-    let s3_auth = match config.command {
-        Command::Server => {
-            let loaded =
-                Auth::environment_key().and_then(|environment| Auth::load(config.s3_auth.clone(), environment));
-            match loaded {
-                Ok(auth) => auth,
-                Err(error) => {
-                    eprintln!("mkv: {error}");
-                    return Ok(ExitCode::from(2));
-                }
-            }
-        }
-        _ => Auth::open(),
-    };
     let judges = matches!(config.command, Command::Verify | Command::Rebalance);
     let is_url = config.db.to_string_lossy().contains("://");
     if judges && !is_url && !config.db.exists() {
@@ -117,12 +113,7 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
                 config.threads,
                 coherence,
             );
-            let app = Arc::new(App {
-                config,
-                store,
-                volumes,
-                s3_auth,
-            });
+            let app = Arc::new(App { config, store, volumes });
             if app.store.index().postgres().is_some() {
                 mkv::server::follow(app.clone()).context("cannot start following the index")?;
             }
@@ -159,12 +150,7 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
                 1,
                 Coherence::owned(),
             );
-            let app = App {
-                config,
-                store,
-                volumes,
-                s3_auth,
-            };
+            let app = App { config, store, volumes };
             let settings = Settings::from_config(&app.config);
             let summary = maintenance_runtime()?.block_on(mkv::verify::run(&app, &settings, None))?;
             Ok(exit_code(summary.failures()))

@@ -233,7 +233,7 @@ pub fn serve(app: Arc<App>) -> Result<Infallible, ServerError> {
     // Our own sender stays alive, so this waits for an event.
     loop {
         match events.recv() {
-            Ok(Event::Reload) => app.s3_auth.reload(),
+            Ok(Event::Reload) => s3::auth::reload(),
             Ok(Event::Signal(signal)) => shutdown::shut_down(signal, listeners, &events, &app),
             Ok(Event::Ended(name)) => shutdown::thread_ended(&name),
             Err(_) => shutdown::thread_ended("(unknown)"),

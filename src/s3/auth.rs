@@ -2,7 +2,8 @@
 //! run its operation.
 //!
 //! Off unless configured (`--s3-auth FILE`, or `MKV_S3_ACCESS_KEY` and
-//! `MKV_S3_SECRET_KEY`): then every request is `Access::Open`, as the
+//! `MKV_S3_SECRET_KEY`; `main` installs it, the master's SIGHUP reloads
+//! it): until then every request is `Access::Open`, as the
 //! original master's S3 was. On, `check` runs for every S3 request, on
 //! the S3 port and the main port alike, after the request is parsed and
 //! before its operation (`super::dispatch`) touches anything:
@@ -30,7 +31,7 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use base64::Engine as _;
 
@@ -63,15 +64,6 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// S3 open to everyone.
-    pub fn open() -> Auth {
-        Auth {
-            file: None,
-            environment: None,
-            current: RwLock::new(None),
-        }
-    }
-
     /// The identities of `file` and of the environment's key, if either
     /// is given; an error says what is wrong with them.
     pub fn load(file: Option<PathBuf>, environment: Option<(String, String)>) -> Result<Auth, String> {
@@ -130,8 +122,6 @@ impl Auth {
             Ok(identities) => {
                 let keys = identities.as_ref().map_or(0, Identities::len);
                 *self.current.write().expect("not poisoned") = identities.map(Arc::new);
-                // A key's secret may have changed: its derived keys go too.
-                GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 eprintln!("mkv: S3 credentials reloaded: {keys} keys");
             }
             Err(error) => eprintln!("mkv: S3 credentials not reloaded, the old rules stay: {error}"),
@@ -141,32 +131,39 @@ impl Auth {
     fn identities(&self) -> Option<Arc<Identities>> {
         self.current.read().expect("not poisoned").clone()
     }
+}
 
-    /// Whether S3 requests are checked at all.
-    pub fn is_on(&self) -> bool {
-        self.identities().is_some()
+/// The master's access control, installed once at start (`install`);
+/// none installed is S3 open (the maintenance commands, tests in-process).
+static INSTALLED: OnceLock<Auth> = OnceLock::new();
+
+/// Make `auth` the master's access control.
+pub fn install(auth: Auth) {
+    if INSTALLED.set(auth).is_err() {
+        eprintln!("mkv: S3 access control was installed already; the second is ignored");
     }
 }
 
-/// Bumped by every reload: a thread's cached signing keys from before it
-/// are dropped.
-static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Read the credentials file again (SIGHUP).
+pub fn reload() {
+    if let Some(auth) = INSTALLED.get() {
+        auth.reload();
+    }
+}
+
+fn identities() -> Option<Arc<Identities>> {
+    INSTALLED.get()?.identities()
+}
 
 thread_local! {
-    /// Derived signing keys of this reactor thread, and the generation
-    /// they were derived in.
-    static SIGNING_KEYS: RefCell<(u64, SigningKeyCache)> = RefCell::new((0, SigningKeyCache::new()));
+    /// Derived signing keys of this reactor thread. The cache keeps the
+    /// secret each was derived from: a reload that changes a secret never
+    /// reuses a key derived from the old one.
+    static SIGNING_KEYS: RefCell<SigningKeyCache> = RefCell::new(SigningKeyCache::new());
 }
 
 fn signing_key(access_key: &str, secret: &str, scope: &sigv4::Scope) -> SigningKey {
-    let generation = GENERATION.load(std::sync::atomic::Ordering::Relaxed);
-    SIGNING_KEYS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.0 != generation {
-            *cache = (generation, SigningKeyCache::new());
-        }
-        cache.1.signing_key(access_key, secret, scope)
-    })
+    SIGNING_KEYS.with(|cache| cache.borrow_mut().signing_key(access_key, secret, scope))
 }
 
 /// Who sent a request, as far as S3 access control is concerned.
@@ -257,7 +254,7 @@ fn with_view<T>(raw: &[u8], use_view: impl FnOnce(&RequestView) -> T) -> T {
 /// Who sent `request` (whose head is `raw`), and whether they may run
 /// `operation`: the error to answer when not.
 pub fn check(app: &App, raw: &[u8], request: &S3Request, operation: Operation) -> Result<Access, S3Error> {
-    let Some(identities) = app.s3_auth.identities() else {
+    let Some(identities) = identities() else {
         return Ok(Access::Open);
     };
     let now = Timestamp::now_unix();
