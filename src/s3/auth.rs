@@ -209,9 +209,15 @@ impl Access {
         }
     }
 
-    /// The payload must be signed chunk by chunk (a streaming signature).
-    pub fn streams_signed(&self) -> bool {
-        self.chunk_signer().is_some()
+    /// The body's SHA-256 the signature covers, when it covers one.
+    pub fn signed_payload_hash(&self) -> Option<[u8; 32]> {
+        match self {
+            Access::Signed { verified, .. } => match verified.payload {
+                sigv4::Payload::Hash(hash) => Some(hash),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 

@@ -386,6 +386,11 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
         let operation = operation::classify(head.method, &parsed);
         // Who asks, and whether they may: before anything is touched.
         parsed.access = auth::check(app, request, &parsed, operation)?;
+        // A presigned URL may sign the body's hash in its query: the body
+        // is checked against it as against the header's.
+        if let Some(hash) = parsed.access.signed_payload_hash() {
+            parsed.headers.content_sha256 = Some(checksum::hex(&hash));
+        }
         Ok((parsed, operation))
     });
     let result = match parsed {

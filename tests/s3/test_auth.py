@@ -342,6 +342,37 @@ def test_a_signed_payload_hash_must_match_the_body(cluster):
     assert stored(cluster, "mine", "hashed") == body
 
 
+def test_a_presigned_url_may_sign_the_body_hash(cluster):
+    """A presigned PUT whose query signs `X-Amz-Content-Sha256`: only that
+    body may be stored through it."""
+    body = b"the one body this link may store"
+    digest = hashlib.sha256(body).hexdigest()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    scope = f"{stamp[:8]}/{REGION}/s3/aws4_request"
+    host = f"127.0.0.1:{cluster.port}"
+    query = {
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Content-Sha256": digest,
+        "X-Amz-Credential": f"{USER[0]}/{scope}",
+        "X-Amz-Date": stamp,
+        "X-Amz-Expires": "600",
+        "X-Amz-SignedHeaders": "host",
+    }
+    encoded = "&".join(
+        f"{urllib.parse.quote(name, safe='-_.~')}={urllib.parse.quote(value, safe='-_.~')}"
+        for name, value in sorted(query.items())
+    )
+    canonical = "\n".join(["PUT", "/mine/hashed-link", encoded, f"host:{host}", "", "host", digest])
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    signature = hmac.new(signing_key(USER[1], stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+    url = f"{cluster.endpoint}/mine/hashed-link?{encoded}&X-Amz-Signature={signature}"
+    other = requests.put(url, data=b"another body of the same size!!!", timeout=10)
+    assert other.status_code == 400 and b"XAmzContentSHA256Mismatch" in other.content, other.content
+    assert stored(cluster, "mine", "hashed-link") is None
+    assert requests.put(url, data=body, timeout=10).status_code == 200
+    assert stored(cluster, "mine", "hashed-link") == body
+
+
 # ---- the other clients ---------------------------------------------------------------------------
 
 
