@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Failover driver for bench/pg-failover (Python 3, standard library only).
+"""Fault driver for bench/pg-failover (Python 3, standard library only).
 
-Drives PUTs of fresh keys and GETs through every master, kills -9 the
-PostgreSQL primary FAILOVERS times, and reports per failover how long writes
-were unavailable, how writes were answered meanwhile, how many reads were
-still served, and at the end whether every acknowledged (201) write reads
-back with its bytes. See bench/pg-failover for the environment it reads.
+Drives writers of every kind and readers through every master, injects a
+PostgreSQL fault FAULTS times (FAULT: a node or postmaster kill with a
+failover, the masters' lock and lease sessions terminated, a commit stalled
+on a synchronous standby, the primary frozen, a restart), and reports per
+fault how long writes were unavailable, how every request was answered
+meanwhile and how long the slowest answer took; at the end, whether every
+acknowledged write reads back with its bytes on every replica, every
+acknowledged delete stays deleted, no key had two writers acknowledged and
+no key is left locked. See bench/pg-failover for the environment it reads.
 """
 
 import hashlib
@@ -18,19 +22,31 @@ import threading
 import time
 import urllib.parse
 
-# A request that takes longer than this counts as hung ("timeout"): no
-# answer at all is worse than a 503, and long enough that a slow but honest
-# answer during a failover is not mistaken for one.
-REQUEST_TIMEOUT_SECONDS = 15.0
-# Writes must succeed this long in a row before a failover counts as over.
+# A request with no answer after this long counts as hung ("timeout"). Long,
+# so that a slow answer is measured (and counted past BOUND_SECONDS) rather
+# than cut.
+REQUEST_TIMEOUT_SECONDS = 30.0
+# Every answer is due within this long of the request's last byte: the
+# master's bound on any wait for the index (offload::INDEX_WAIT_MS_MAX, 5 s)
+# plus a second for everything else on this loaded box.
+BOUND_SECONDS = 6.0
+# Writes must succeed this long in a row before a fault counts as over.
 RECOVERED_SECONDS = 2.0
-# The longest a failover may take before the run gives up on it.
+# The longest a fault may take to clear before the run gives up on it.
 FAILOVER_DEADLINE_SECONDS = 120.0
-# The longest a killed node may take to rejoin as a standby.
+# The longest a node may take to rejoin (3 members, one a sync standby).
 REJOIN_DEADLINE_SECONDS = 180.0
-# Each value's size: small, the index is what is under test.
+# A key lease of a master that lost the database lapses after 6 s
+# (KEY_LEASE_MS) plus a 1 s margin; the check for keys left locked waits
+# this long after the last fault.
+LEASE_EXPIRY_SECONDS = 8.0
+# Value sizes: small, the index is what is under test; the slow PUTs are
+# large enough to stream for SLOW_PUT_SECONDS in pieces.
 VALUE_BYTES = 1024
-# Parallel readers in the final check of every acknowledged key.
+S3_VALUE_BYTES = 4096
+SLOW_PIECES = 8
+SLOW_PIECE_BYTES = 32 * 1024
+# Parallel readers in the final check.
 CHECKERS = 4
 
 
@@ -40,24 +56,45 @@ def env(name, default):
 
 MASTERS = env("MASTER_URLS", "http://127.0.0.1:3000,http://127.0.0.1:3010").split(",")
 REST_PORTS = [int(port) for port in env("REST_PORTS", "8008,8009,8010").split(",")]
-FAILOVERS = int(env("FAILOVERS", "10"))
-KILL = env("KILL", "node")
+PG_PORTS = [int(port) for port in env("PG_PORTS", "5441,5442,5443").split(",")]
+FAULTS = int(env("FAULTS", env("FAILOVERS", "10")))
+FAULT = env("FAULT", env("KILL", "node"))
+FAULT_KINDS = ("node", "postgres", "terminate-locks", "stall-commit", "freeze", "restart")
 WRITERS = int(env("WRITERS", "2"))
 READERS = int(env("READERS", "2"))
+SLOW_WRITERS = int(env("SLOW_WRITERS", "1"))
+DELETERS = int(env("DELETERS", "1"))
+UNLINKERS = int(env("UNLINKERS", "1"))
+S3_WRITERS = int(env("S3_WRITERS", "1"))
 STEADY_SECONDS = float(env("STEADY_SECONDS", "5"))
+FREEZE_SECONDS = float(env("FREEZE_SECONDS", "20"))
+STALL_SECONDS = float(env("STALL_SECONDS", "10"))
+TERMINATE_SECONDS = float(env("TERMINATE_SECONDS", "3"))
+SLOW_PUT_SECONDS = float(env("SLOW_PUT_SECONDS", "2"))
 PG_CLUSTER = env("PG_CLUSTER", "scripts/pg-cluster")
 DATA = env("DATA", "/tmp/mkv-pg")
 RUN = "%x" % random.getrandbits(32)
+BUCKET = "pgfo-%s" % RUN
+S3_HEADERS = {"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+
+# The masters' sessions that hold key locks and leases: a lock or unlock
+# call, a lease or key-lease renewal, or an advisory (role) lock.
+LOCK_SESSIONS = ("application_name = 'mkv' AND pid <> pg_backend_pid() AND ("
+                 "query LIKE '%mkv_lock%' OR query LIKE '%mkv_unlock%' "
+                 "OR query LIKE '%mkv_masters%' OR query LIKE '%mkv_key_leases%' "
+                 "OR pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory'))")
+# A standby no node is: commits wait for it as for one that is stopped.
+PHANTOM_STANDBY = "mkv_stopped_standby"
 
 
 def log(message):
     print("%s %s" % (time.strftime("%H:%M:%S"), message), file=sys.stderr, flush=True)
 
 
-def value_of(key):
-    """The bytes of a key's value, derived from the key: nothing to keep."""
-    seed = hashlib.sha256(key.encode()).digest()
-    return (seed * (VALUE_BYTES // len(seed) + 1))[:VALUE_BYTES]
+def value_of(identity, size):
+    """The bytes of one write, derived from its identity: nothing to keep."""
+    seed = hashlib.sha256(identity.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
 
 
 class Client:
@@ -66,37 +103,55 @@ class Client:
     def __init__(self):
         self.connections = {}
 
-    def request(self, method, url, body=None):
-        """(status, headers dict, body bytes); status is a string on failure."""
+    def request(self, method, url, body=None, headers=None):
+        """(status, headers dict, body bytes, seconds from the last byte sent
+        to the answer); status is a string on failure. A body that is a
+        generator is sent chunked and never retried."""
         parts = urllib.parse.urlsplit(url)
         host = parts.netloc
         path = parts.path + ("?" + parts.query if parts.query else "")
+        streamed = body is not None and not isinstance(body, (bytes, bytearray))
+        sent = [time.time()]
+        if streamed:
+            body = self.timed(body, sent)
         for attempt in (1, 2):
             connection = self.connections.get(host)
+            reused = connection is not None
             if connection is None:
                 connection = http.client.HTTPConnection(host, timeout=REQUEST_TIMEOUT_SECONDS)
                 self.connections[host] = connection
             try:
-                connection.request(method, path, body=body)
+                sent[0] = time.time()
+                connection.request(method, path, body=body, headers=headers or {}, encode_chunked=streamed)
+                if not streamed:
+                    sent[0] = time.time()
                 response = connection.getresponse()
                 data = response.read()
-                headers = {name.lower(): value for name, value in response.getheaders()}
-                if headers.get("connection", "").lower() == "close":
+                answered = time.time() - sent[0]
+                response_headers = {name.lower(): value for name, value in response.getheaders()}
+                if response_headers.get("connection", "").lower() == "close":
                     self.drop(host)
-                return response.status, headers, data
+                return response.status, response_headers, data, answered
             except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as error:
                 self.drop(host)
-                # A kept-alive connection the server closed while idle: retry once
-                # on a fresh one. A second failure is the answer.
-                if attempt == 2:
-                    return "reset", {}, repr(error).encode()
+                # A kept-alive connection the server closed while idle: retry
+                # once on a fresh one. A second failure is the answer.
+                if attempt == 2 or streamed or not reused:
+                    return "reset", {}, repr(error).encode(), time.time() - sent[0]
             except TimeoutError:
                 self.drop(host)
-                return "timeout", {}, b""
+                return "timeout", {}, b"", time.time() - sent[0]
             except OSError as error:
                 self.drop(host)
-                return "refused" if isinstance(error, ConnectionRefusedError) else "oserror", {}, repr(error).encode()
-        return "reset", {}, b""
+                status = "refused" if isinstance(error, ConnectionRefusedError) else "oserror"
+                return status, {}, repr(error).encode(), time.time() - sent[0]
+        return "reset", {}, b"", time.time() - sent[0]
+
+    @staticmethod
+    def timed(pieces, sent):
+        for piece in pieces:
+            yield piece
+        sent[0] = time.time()
 
     def drop(self, host):
         connection = self.connections.pop(host, None)
@@ -104,21 +159,76 @@ class Client:
             connection.close()
 
 
+ABSENT = ("absent",)
+
+
+class Tracked:
+    """One key and what its acknowledged writes say it must hold.
+
+    A state is ABSENT or ("live", identity) (the bytes value_of(identity,
+    size)). `acked` is the state after the last acknowledged write (ABSENT
+    before any); `unknown` the states of writes answered neither yes nor no
+    (503, no answer) since: the key may hold any of them. A key whose write
+    had an unknown outcome gets no further writes but the contender's.
+    """
+
+    def __init__(self, kind, key, size):
+        self.kind, self.key, self.size = kind, key, size
+        self.acked = ABSENT
+        self.unknown = []
+        self.acks = []  # (master, method, identity) of every acknowledged write
+        self.history = []  # (time, master, method, status)
+
+    def allowed(self):
+        return [self.acked] + self.unknown
+
+
 class Ledger:
-    """Every request's outcome, and the keys acknowledged with 201."""
+    """Every request's outcome, and every key written."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.writes = []  # (start, end, master, status, has_retry_after)
-        self.reads = []  # (start, end, master, status)
-        self.acknowledged = []  # (key, end)
+        # (start, end, master, kind, status, has_retry_after, answered_seconds)
+        self.writes = []
+        self.reads = []
+        self.acknowledged = []  # (key, end) of the PUT writers' 201s, for the readers
+        self.keys = []  # Tracked
         self.failures = []  # (time, what) first lines of unexpected answers
 
-    def write(self, record, key):
+    def track(self, kind, key, size):
+        tracked = Tracked(kind, key, size)
         with self.lock:
-            self.writes.append(record)
-            if record[3] == 201:
-                self.acknowledged.append((key, record[1]))
+            self.keys.append(tracked)
+        return tracked
+
+    def write(self, tracked, master, method, kind, start, answer, state, expected=(201, 204, 200), refusals=()):
+        """Record a write's answer and what it means for its key: `state`
+        when acknowledged (a status in `expected`), unchanged when refused (a
+        status in `refusals`), possibly `state` otherwise. True when
+        acknowledged, False when refused, None when unknown."""
+        status, headers, body, answered = answer
+        end = time.time()
+        with self.lock:
+            self.writes.append((start, end, master, kind, status, "retry-after" in headers, answered))
+            tracked.history.append((end, master, method, status))
+            if status in expected:
+                tracked.acks.append((master, method, state[1] if len(state) > 1 else None))
+                tracked.acked = state
+                tracked.unknown = []
+                if tracked.kind == "put":
+                    self.acknowledged.append((tracked.key, end))
+                outcome = True
+            elif status in refusals:
+                outcome = False
+            else:
+                if state not in tracked.unknown:
+                    tracked.unknown.append(state)
+                outcome = None
+        if status not in expected and status not in refusals and status != 503:
+            self.note("%s %s via %s: %s %s" % (method, tracked.key, master, status, body[:200]))
+        if status == 503 and "retry-after" not in headers:
+            self.note("%s %s via %s: 503 without Retry-After" % (method, tracked.key, master))
+        return outcome
 
     def read(self, record):
         with self.lock:
@@ -134,24 +244,150 @@ class Ledger:
             return [key for key, end in self.acknowledged if end < moment]
 
 
-def writer(number, ledger, stop):
+def url(master, key):
+    return "%s/%s" % (master, key)
+
+
+def backoff(outcome):
+    # Not a tight loop against a master that refuses: a client backing off.
+    if outcome is not True:
+        time.sleep(0.05)
+
+
+def put_writer(number, ledger, stop):
+    """Fresh 1 KiB keys one after another, alternating masters."""
     client = Client()
     sequence = 0
     while not stop.is_set():
         master = MASTERS[sequence % len(MASTERS)]
         key = "pgfo-%s-%d-%d" % (RUN, number, sequence)
         sequence += 1
+        tracked = ledger.track("put", key, VALUE_BYTES)
         start = time.time()
-        status, headers, body = client.request("PUT", "%s/%s" % (master, key), value_of(key))
-        end = time.time()
-        ledger.write((start, end, master, status, "retry-after" in headers), key)
-        if status not in (201, 503):
-            ledger.note("PUT %s via %s: %s %s" % (key, master, status, body[:200]))
-        if status == 503 and "retry-after" not in headers:
-            ledger.note("PUT %s via %s: 503 without Retry-After" % (key, master))
-        if status != 201:
-            # Not a tight loop against a master that refuses: a client backing off.
-            time.sleep(0.05)
+        answer = client.request("PUT", url(master, key), value_of(key, VALUE_BYTES))
+        backoff(ledger.write(tracked, master, "PUT", "put", start, answer, ("live", key), expected=(201,)))
+
+
+def slow_writer(number, ledger, stop):
+    """A PUT whose body streams for SLOW_PUT_SECONDS in pieces through one
+    master while a contender PUTs the same key through the other every
+    150 ms until the slow one is answered: a fault that takes a lock away
+    mid-PUT shows as two acknowledged writers or the wrong bytes."""
+    client = Client()
+    sequence = 0
+    size = SLOW_PIECES * SLOW_PIECE_BYTES
+    while not stop.is_set():
+        master = MASTERS[sequence % len(MASTERS)]
+        other = MASTERS[(sequence + 1) % len(MASTERS)]
+        key = "pgfo-%s-slow%d-%d" % (RUN, number, sequence)
+        sequence += 1
+        tracked = ledger.track("slow", key, size)
+        identity = key + "#slow"
+        value = value_of(identity, size)
+        answered = threading.Event()
+
+        def pieces():
+            for index in range(SLOW_PIECES):
+                if index:
+                    time.sleep(SLOW_PUT_SECONDS / SLOW_PIECES)
+                yield value[index * SLOW_PIECE_BYTES:(index + 1) * SLOW_PIECE_BYTES]
+
+        contender = threading.Thread(target=contend, args=(ledger, tracked, other, answered), daemon=True)
+        contender.start()
+        start = time.time()
+        answer = client.request("PUT", url(master, key), pieces())
+        answered.set()
+        outcome = ledger.write(tracked, master, "PUT", "slow", start, answer, ("live", identity),
+                               expected=(201,), refusals=(409, 403))
+        contender.join()
+        backoff(outcome)
+
+
+def contend(ledger, tracked, master, answered):
+    client = Client()
+    identity = tracked.key + "#contender"
+    value = value_of(identity, tracked.size)
+    answered.wait(0.3)
+    while not answered.is_set():
+        start = time.time()
+        answer = client.request("PUT", url(master, tracked.key), value)
+        # 409: the key is held (the slow PUT); 403: it is live already.
+        outcome = ledger.write(tracked, master, "PUT", "contend", start, answer, ("live", identity),
+                               expected=(201,), refusals=(409, 403))
+        if outcome is True or answer[0] == 403:
+            return
+        answered.wait(0.15)
+
+
+def delete_writer(number, ledger, stop):
+    """PUT a fresh key through one master, DELETE it through the other."""
+    client = Client()
+    sequence = 0
+    while not stop.is_set():
+        first, second = MASTERS[sequence % len(MASTERS)], MASTERS[(sequence + 1) % len(MASTERS)]
+        key = "pgfo-%s-del%d-%d" % (RUN, number, sequence)
+        sequence += 1
+        tracked = ledger.track("delete", key, VALUE_BYTES)
+        start = time.time()
+        answer = client.request("PUT", url(first, key), value_of(key, VALUE_BYTES))
+        outcome = ledger.write(tracked, first, "PUT", "put", start, answer, ("live", key), expected=(201,))
+        if outcome is True:
+            start = time.time()
+            answer = client.request("DELETE", url(second, key))
+            outcome = ledger.write(tracked, second, "DELETE", "delete", start, answer, ABSENT, expected=(204,))
+        backoff(outcome)
+
+
+def unlink_writer(number, ledger, stop):
+    """PUT, UNLINK, RELINK, UNLINK of one key, alternating masters; a step
+    with an unknown outcome ends the key."""
+    client = Client()
+    sequence = 0
+    steps = (("UNLINK", "unlink", ABSENT), ("RELINK", "relink", None), ("UNLINK", "unlink", ABSENT))
+    while not stop.is_set():
+        key = "pgfo-%s-unl%d-%d" % (RUN, number, sequence)
+        master = MASTERS[sequence % len(MASTERS)]
+        sequence += 1
+        tracked = ledger.track("unlink", key, VALUE_BYTES)
+        live = ("live", key)
+        start = time.time()
+        answer = client.request("PUT", url(master, key), value_of(key, VALUE_BYTES))
+        outcome = ledger.write(tracked, master, "PUT", "put", start, answer, live, expected=(201,))
+        for index, (method, kind, state) in enumerate(steps):
+            if outcome is not True or stop.is_set():
+                break
+            master = MASTERS[(sequence + index + 1) % len(MASTERS)]
+            start = time.time()
+            answer = client.request(method, url(master, key))
+            outcome = ledger.write(tracked, master, method, kind, start, answer, state or live, expected=(204,))
+        backoff(outcome)
+
+
+def s3_writer(number, ledger, stop):
+    """S3 PutObject of one key 5 times over (overwrites), alternating
+    masters, then DeleteObject; a step with an unknown outcome ends the key."""
+    client = Client()
+    sequence = 0
+    while not stop.is_set():
+        key = "%s/obj%d-%d" % (BUCKET, number, sequence)
+        sequence += 1
+        tracked = ledger.track("s3", key, S3_VALUE_BYTES)
+        outcome = True
+        for version in range(6):
+            if outcome is not True or stop.is_set():
+                break
+            master = MASTERS[(sequence + version) % len(MASTERS)]
+            start = time.time()
+            if version < 5:
+                identity = "%s#%d" % (key, version)
+                answer = client.request("PUT", url(master, key), value_of(identity, S3_VALUE_BYTES), S3_HEADERS)
+                outcome = ledger.write(tracked, master, "S3 PUT", "s3-put", start, answer, ("live", identity),
+                                       expected=(200,))
+            else:
+                answer = client.request("DELETE", url(master, key), headers=S3_HEADERS)
+                outcome = ledger.write(tracked, master, "S3 DELETE", "s3-delete", start, answer, ABSENT,
+                                       expected=(204,))
+        backoff(outcome)
 
 
 def reader(number, ledger, stop):
@@ -166,9 +402,9 @@ def reader(number, ledger, stop):
         master = MASTERS[(sequence + number) % len(MASTERS)]
         sequence += 1
         start = time.time()
-        status, headers, body = client.request("GET", "%s/%s" % (master, key))
+        status, headers, body, answered = client.request("GET", url(master, key))
         end = time.time()
-        ledger.read((start, end, master, status))
+        ledger.read((start, end, master, status, answered))
         if status not in (302, 503):
             ledger.note("GET %s via %s: %s %s" % (key, master, status, body[:200]))
         time.sleep(0.01)
@@ -194,22 +430,31 @@ def primary_node():
     return None
 
 
+def cluster_env():
+    return dict(os.environ, DATA=DATA)
+
+
 def cluster_ready():
-    return subprocess.run([PG_CLUSTER, "ready"], env=dict(os.environ, DATA=DATA)).returncode == 0
+    return subprocess.run([PG_CLUSTER, "ready"], env=cluster_env()).returncode == 0
 
 
-def kill_primary(node):
-    if KILL == "node":
-        subprocess.run([PG_CLUSTER, "node-stop", node], env=dict(os.environ, DATA=DATA), check=True)
-        return
+def psql(node, sql, database="mkv"):
+    """Run SQL on a node as the superuser; its output, or None on failure."""
+    port = PG_PORTS[int(node[2:]) - 1]
+    result = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", database,
+                             "-Atqc", sql], capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        log("psql on %s: %s" % (node, result.stderr.strip()))
+        return None
+    return result.stdout.strip()
+
+
+def postgres_pids(node):
+    """The postmaster of a node and its children."""
     with open(os.path.join(DATA, node, "data", "postmaster.pid")) as pidfile:
-        os.kill(int(pidfile.readline()), 9)
-
-
-def restart_node(node):
-    if KILL == "node":
-        subprocess.run([PG_CLUSTER, "node-start", node], env=dict(os.environ, DATA=DATA), check=True)
-    # KILL=postgres: the node's Patroni lives on and brings PostgreSQL back as a standby.
+        postmaster = int(pidfile.readline())
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    return [postmaster] + [int(pid) for pid in children]
 
 
 def wait_until(predicate, deadline_seconds, what):
@@ -222,171 +467,350 @@ def wait_until(predicate, deadline_seconds, what):
 
 
 def writes_recovered(ledger, since):
-    """True once every write that ended in the last RECOVERED_SECONDS, after
-    `since`, was a 201, and there were some."""
+    """True once every PUT of a fresh key that ended in the last
+    RECOVERED_SECONDS, after `since`, was a 201, and there were some."""
     now = time.time()
     with ledger.lock:
-        recent = [w for w in ledger.writes[-2000:] if w[1] > max(since, now - RECOVERED_SECONDS)]
-    return now - since > RECOVERED_SECONDS and recent and all(w[3] == 201 for w in recent)
+        recent = [w for w in ledger.writes[-3000:] if w[3] == "put" and w[1] > max(since, now - RECOVERED_SECONDS)]
+    return now - since > RECOVERED_SECONDS and recent and all(w[4] == 201 for w in recent)
 
 
-def failover(round_number, ledger):
+def inject_kill(node):
+    """node, postgres: kill -9 the primary and wait for a new one."""
+    if FAULT == "node":
+        subprocess.run([PG_CLUSTER, "node-stop", node], env=cluster_env(), check=True)
+    else:
+        os.kill(postgres_pids(node)[0], 9)
+    killed = time.time()
+    promoted = wait_until(lambda: primary_node() not in (None, node), FAILOVER_DEADLINE_SECONDS, "a new primary")
+    return "kill -9 %s, a new primary promoted after %.1f s" % (FAULT, promoted - killed)
+
+
+def inject_terminate(node):
+    """terminate-locks: for TERMINATE_SECONDS, every 0.2 s, end every
+    session of the masters that holds or renews a key lock, a lease or the
+    role lock (they are made again at once, and ended again)."""
+    ended = 0
+    deadline = time.time() + TERMINATE_SECONDS
+    while time.time() < deadline:
+        output = psql(node, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE " + LOCK_SESSIONS)
+        ended += int(output or 0)
+        time.sleep(0.2)
+    return "%d sessions ended" % ended
+
+
+def set_phantom(node, on):
+    value = "'\"%s\"'" % PHANTOM_STANDBY if on else "DEFAULT"
+    # ALTER SYSTEM overrides the synchronous_standby_names Patroni writes
+    # to postgresql.conf; RESET hands it back.
+    sql = "ALTER SYSTEM SET synchronous_standby_names = %s" % value if on else "ALTER SYSTEM RESET synchronous_standby_names"
+    psql(node, sql, "postgres")
+    psql(node, "SELECT pg_reload_conf()", "postgres")
+
+
+def inject_stall(node):
+    """stall-commit: synchronous_standby_names names a standby that is not
+    there, so every commit waits for it; 1 s in, the masters' other
+    sessions (locks, leases) are ended, as in a restart of those alone;
+    after STALL_SECONDS the setting is restored and the waiting commits
+    complete."""
+    set_phantom(node, True)
+    try:
+        time.sleep(1.0)
+        waiting = psql(node, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        ended = psql(node, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                     "application_name = 'mkv' AND wait_event IS DISTINCT FROM 'SyncRep' AND pid <> pg_backend_pid()")
+        time.sleep(max(0.0, STALL_SECONDS - 1.0))
+        still = psql(node, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+    finally:
+        set_phantom(node, False)
+    return "%s commits waiting at 1 s, %s sessions ended, %s waiting at the end" % (waiting, ended, still)
+
+
+def inject_freeze(node):
+    """freeze: SIGSTOP the primary's postmaster and every backend for
+    FREEZE_SECONDS, then SIGCONT (Patroni on the node is not stopped: past
+    its ttl it loses the leader key and a standby is promoted)."""
+    pids = postgres_pids(node)
+    for pid in pids:
+        os.kill(pid, 19)
+    try:
+        time.sleep(FREEZE_SECONDS)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, 18)
+            except ProcessLookupError:
+                pass
+    return "%d processes frozen" % len(pids)
+
+
+def inject_restart(node):
+    """restart: Patroni restarts the primary's PostgreSQL in place (fast
+    shutdown, start; no failover)."""
+    result = subprocess.run(["patronictl", "-c", os.path.join(DATA, "pg1", "patroni.yml"), "restart", "mkv", node,
+                             "--force"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit("pg-failover: patronictl restart: %s" % result.stderr)
+    wait_until(lambda: primary_node() is not None, FAILOVER_DEADLINE_SECONDS, "the primary back")
+    return "restarted"
+
+
+INJECT = {"node": inject_kill, "postgres": inject_kill, "terminate-locks": inject_terminate,
+          "stall-commit": inject_stall, "freeze": inject_freeze, "restart": inject_restart}
+
+
+def fault(round_number, ledger):
     wait_until(primary_node, FAILOVER_DEADLINE_SECONDS, "a primary")
     old = primary_node()
-    killed_at = time.time()
-    kill_primary(old)
-    log("failover %d: killed %s (%s)" % (round_number, old, KILL))
-    wait_until(lambda: primary_node() not in (None, old), FAILOVER_DEADLINE_SECONDS, "a new primary")
-    promoted_at = time.time()
-    new = primary_node()
-    recovered_at = wait_until(lambda: writes_recovered(ledger, killed_at), FAILOVER_DEADLINE_SECONDS,
+    started = time.time()
+    log("fault %d: %s on %s" % (round_number, FAULT, old))
+    what = INJECT[FAULT](old)
+    ended = time.time()
+    recovered_at = wait_until(lambda: writes_recovered(ledger, ended), FAILOVER_DEADLINE_SECONDS,
                               "writes to succeed again")
-    log("failover %d: %s promoted after %.1f s" % (round_number, new, promoted_at - killed_at))
-    restart_node(old)
-    wait_until(cluster_ready, REJOIN_DEADLINE_SECONDS, "%s to rejoin" % old)
-    rejoined_at = time.time()
-    log("failover %d: %s rejoined after %.1f s" % (round_number, old, rejoined_at - killed_at))
-    return {"round": round_number, "old": old, "new": new, "killed": killed_at,
-            "promoted": promoted_at - killed_at, "recovered": recovered_at}
+    new = primary_node()
+    log("fault %d: %s over after %.1f s (%s), writes back %.1f s later, primary %s"
+        % (round_number, FAULT, ended - started, what, recovered_at - ended, new))
+    if FAULT == "node":
+        subprocess.run([PG_CLUSTER, "node-start", old], env=cluster_env(), check=True)
+    wait_until(cluster_ready, REJOIN_DEADLINE_SECONDS, "3 members, one a sync standby")
+    log("fault %d: cluster ready %.1f s after the fault began" % (round_number, time.time() - started))
+    return {"round": round_number, "old": old, "new": new, "started": started, "ended": ended,
+            "what": what, "recovered": recovered_at}
 
 
 def summarize(event, ledger):
-    """Figures for one failover from the ledger, over [kill - 1 s, recovered]."""
-    killed, recovered = event["killed"], event["recovered"]
+    """Figures for one fault from the ledger, over [start - 1 s, recovered]."""
+    started, recovered = event["started"], event["recovered"]
     with ledger.lock:
-        writes = [w for w in ledger.writes if w[1] >= killed - 1.0 and w[0] <= recovered]
-        reads = list(ledger.reads)
-    failed = [w for w in writes if w[3] != 201 and w[1] >= killed]
-    if failed:
-        first_failed = min(w[1] for w in failed)
-        after = [w[1] for w in writes if w[3] == 201 and w[0] >= first_failed]
+        writes = [w for w in ledger.writes if w[1] >= started - 1.0 and w[0] <= recovered]
+        reads = [r for r in ledger.reads if r[1] >= started and r[0] <= recovered]
+    # The contender's 409s and 403s are its expected answers, not failures.
+    failed = [w for w in writes if w[1] >= started and w[4] not in (200, 201, 204)
+              and not (w[3] in ("contend", "slow") and w[4] in (409, 403))]
+    puts = [w for w in writes if w[3] == "put"]
+    failed_puts = [w for w in puts if w[4] != 201 and w[1] >= started]
+    if failed_puts:
+        first_failed = min(w[1] for w in failed_puts)
+        after = [w[1] for w in puts if w[4] == 201 and w[0] >= first_failed]
         first_ok = min(after) if after else recovered
         unavailable = first_ok - first_failed
     else:
-        first_failed, first_ok, unavailable = killed, killed, 0.0
-    # Longest stretch with no write answered 201: counts writes that hang, too.
-    ok_ends = sorted([killed] + [w[1] for w in writes if w[3] == 201 and w[1] >= killed])
+        first_failed, first_ok, unavailable = started, started, 0.0
+    ok_ends = sorted([started] + [w[1] for w in puts if w[4] == 201 and w[1] >= started])
     gap = max(b - a for a, b in zip(ok_ends, ok_ends[1:])) if len(ok_ends) > 1 else 0.0
     statuses = {}
     for w in failed:
-        statuses[w[3]] = statuses.get(w[3], 0) + 1
-    switch = [r for r in reads if r[0] >= first_failed and r[1] <= first_ok] if failed else []
-    served = sum(1 for r in switch if r[3] == 302)
-    # Past the first second of a switch a hit must come from a cache that
-    # outlives --coherence-ms, a miss from a standby: neither is expected.
-    served_late = sum(1 for r in switch if r[3] == 302 and r[0] >= first_failed + 1.0)
+        name = "%s %s" % (w[3], w[4])
+        statuses[name] = statuses.get(name, 0) + 1
     event.update({"unavailable": unavailable, "gap": gap, "statuses": statuses,
-                  "no_retry_after": sum(1 for w in failed if w[3] == 503 and not w[4]),
-                  "reads_switch": len(switch), "reads_served": served,
-                  "reads_served_late": served_late})
+                  "no_retry_after": sum(1 for w in failed if w[4] == 503 and not w[5]),
+                  "slowest_write": max([w[6] for w in writes] or [0.0]),
+                  "slowest_read": max([r[4] for r in reads] or [0.0]),
+                  "reads": len(reads), "reads_served": sum(1 for r in reads if r[3] == 302)})
     return event
 
 
-def check_key(client, key):
-    """None when the key reads back right through a master, else what went wrong."""
-    master = random.choice(MASTERS)
-    for attempt in range(3):
-        status, headers, body = client.request("GET", "%s/%s" % (master, key))
+def observe(client, master, key, size):
+    """What a key holds through one master: ABSENT, ("live", bytes) with
+    every replica of its record alike and matching its MD5, or ("wrong",
+    why) / ("error", why)."""
+    for _ in range(5):
+        status, headers, body, _ = client.request("GET", url(master, key))
         if status == 503 or isinstance(status, str):
             time.sleep(0.5)
             continue
         break
+    if status == 404:
+        return ABSENT
     if status != 302:
-        return "GET via %s: %s" % (master, status)
+        return ("error", "GET via %s: %s" % (master, status))
     location = headers.get("location", "")
-    status, _, body = client.request("GET", location)
-    if status != 200:
-        return "volume %s: %s" % (location, status)
-    if body != value_of(key):
-        return "volume %s: wrong bytes (%d)" % (location, len(body))
+    md5 = headers.get("content-md5", "")
+    # Every replica the record names: the Location's path on each of them.
+    # (http://HOST:PORT/SUBVOLUME/PATH; Key-Volumes lists HOST:PORT/SUBVOLUME.)
+    suffix = "/" + location.split("/", 4)[4] if location.count("/") >= 4 else ""
+    replicas = [location]
+    for volume in headers.get("key-volumes", "").split(","):
+        if volume:
+            replicas.append("http://%s%s" % (volume, suffix))
+    first = None
+    for replica in dict.fromkeys(replicas):
+        status, _, data, _ = client.request("GET", replica)
+        if status != 200:
+            return ("wrong", "replica %s: %s" % (replica, status))
+        if hashlib.md5(data).hexdigest() != md5:
+            return ("wrong", "replica %s: %d bytes, md5 %s, record %s" % (replica, len(data), hashlib.md5(data).hexdigest(), md5))
+        if first is None:
+            first = data
+    return ("live", first)
+
+
+def judge(tracked, observed):
+    """None when what a key holds is one its writes allow, else the kind of
+    finding and its detail."""
+    if observed[0] in ("wrong", "error"):
+        return (observed[0], observed[1])
+    allowed = tracked.allowed()
+    if observed == ABSENT:
+        if ABSENT in allowed:
+            return None
+        if tracked.unknown and tracked.kind == "s3":
+            return ("lost after a failed overwrite", "acknowledged %s, then %s" % (tracked.acked[1], tracked.unknown))
+        return ("lost", "acknowledged %s" % (tracked.acked[1],))
+    data = observed[1]
+    for state in allowed:
+        if state != ABSENT and data == value_of(state[1], tracked.size):
+            return None
+    if tracked.acked == ABSENT and tracked.acks:
+        return ("resurrected", "deleted after %s, reads %d bytes" % (tracked.acks, len(data)))
+    return ("wrong", "%d bytes match none of %s" % (len(data), allowed))
+
+
+def check_key(client, tracked):
+    """Every key read through a master (a random one for the PUT writers'
+    keys, both for the others, which must agree)."""
+    masters = [random.choice(MASTERS)] if tracked.kind == "put" and not tracked.unknown else MASTERS
+    verdicts = [judge(tracked, observe(client, master, tracked.key, tracked.size)) for master in masters]
+    for verdict in verdicts:
+        if verdict:
+            return verdict
     return None
 
 
-def check_all(keys):
-    lost = []
+def locked_check(client, tracked):
+    """A native PUT of a fresh value: 201 (the key was free) or 403 (live) is
+    right; 409 means the key is still locked past every lease."""
+    for _ in range(5):
+        status, _, body, _ = client.request("PUT", url(random.choice(MASTERS), tracked.key), b"after")
+        if status != 503:
+            break
+        time.sleep(1.0)
+    if status in (201, 403):
+        return None
+    return ("left locked" if status == 409 else "unwritable", "PUT after the run: %s %s" % (status, body[:100]))
+
+
+def in_parallel(function, items):
+    findings = []
     lock = threading.Lock()
 
     def work(part):
         client = Client()
-        for key in part:
-            problem = check_key(client, key)
-            if problem:
+        for item in part:
+            finding = function(client, item)
+            if finding:
                 with lock:
-                    lost.append((key, problem))
+                    findings.append((item, finding))
 
-    threads = [threading.Thread(target=work, args=(keys[i::CHECKERS],)) for i in range(CHECKERS)]
+    threads = [threading.Thread(target=work, args=(items[i::CHECKERS],)) for i in range(CHECKERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return lost
+    return findings
 
 
 def status_text(statuses):
     return " ".join("%s:%d" % (status, count) for status, count in sorted(statuses.items(), key=str)) or "-"
 
 
-def report(events, ledger, lost):
+def report(events, ledger, findings, locked):
     print()
-    print("pg-failover: %d failovers, KILL=%s, %d writers and %d readers over %s"
-          % (len(events), KILL, WRITERS, READERS, " ".join(MASTERS)))
+    print("pg-failover: %d faults, FAULT=%s; over %s: %d PUT writers, %d slow PUT writers (each with a contender), "
+          "%d DELETE, %d UNLINK/RELINK, %d S3 writers, %d readers"
+          % (len(events), FAULT, " ".join(MASTERS), WRITERS, SLOW_WRITERS, DELETERS, UNLINKERS, S3_WRITERS, READERS))
     print()
-    print("| # | killed | new primary | promoted s | writes unavailable s | longest no-201 gap s "
-          "| writes failed (status:count) | 503 without Retry-After | reads during switch | reads served (302) "
-          "| of them 1 s or more into the switch |")
+    print("| # | primary before, after | fault | fault s | writes unavailable s | longest no-201 gap s "
+          "| writes failed (kind status:count) | 503 without Retry-After | slowest write answer s "
+          "| slowest read answer s | reads served (302) of reads |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for e in events:
-        print("| %d | %s | %s | %.1f | %.2f | %.2f | %s | %d | %d | %d | %d |"
-              % (e["round"], e["old"], e["new"], e["promoted"], e["unavailable"], e["gap"],
-                 status_text(e["statuses"]), e["no_retry_after"], e["reads_switch"], e["reads_served"], e["reads_served_late"]))
+        print("| %d | %s, %s | %s | %.1f | %.2f | %.2f | %s | %d | %.2f | %.2f | %d of %d |"
+              % (e["round"], e["old"], e["new"], e["what"], e["ended"] - e["started"], e["unavailable"], e["gap"],
+                 status_text(e["statuses"]), e["no_retry_after"], e["slowest_write"], e["slowest_read"],
+                 e["reads_served"], e["reads"]))
     unavailable = sorted(e["unavailable"] for e in events)
     if unavailable:
         print()
-        print("write unavailability: median %.2f s, max %.2f s"
-              % (unavailable[len(unavailable) // 2], unavailable[-1]))
+        print("write unavailability: median %.2f s, max %.2f s" % (unavailable[len(unavailable) // 2], unavailable[-1]))
     with ledger.lock:
-        writes = len(ledger.writes)
-        acknowledged = len(ledger.acknowledged)
-        reads = len(ledger.reads)
-        totals = {}
-        for w in ledger.writes:
-            totals[w[3]] = totals.get(w[3], 0) + 1
-        read_totals = {}
-        for r in ledger.reads:
-            read_totals[r[3]] = read_totals.get(r[3], 0) + 1
-    print("writes: %d (%s); acknowledged 201: %d; lost: %d" % (writes, status_text(totals), acknowledged, len(lost)))
-    print("reads: %d (%s)" % (reads, status_text(read_totals)))
-    for key, problem in lost[:20]:
-        print("  LOST %s: %s" % (key, problem))
+        writes = list(ledger.writes)
+        reads = list(ledger.reads)
+        keys = list(ledger.keys)
+    totals, acked = {}, {}
+    for w in writes:
+        name = "%s %s" % (w[3], w[4])
+        totals[name] = totals.get(name, 0) + 1
+        if w[4] in (200, 201, 204):
+            acked[w[3]] = acked.get(w[3], 0) + 1
+    read_totals = {}
+    for r in reads:
+        read_totals[r[3]] = read_totals.get(r[3], 0) + 1
+    slow = [w for w in writes if w[6] > BOUND_SECONDS or isinstance(w[4], str)]
+    slow += [r for r in reads if r[4] > BOUND_SECONDS or isinstance(r[3], str)]
+    kinds = {}
+    for item, (kind, _) in findings + locked:
+        kinds[kind] = kinds.get(kind, 0) + 1
+    double = [t for t in keys if t.kind == "slow" and len(t.acks) > 1]
+    print("writes: %d (%s)" % (len(writes), status_text(totals)))
+    print("acknowledged: %s; keys written: %d" % (status_text(acked), len(keys)))
+    print("reads: %d (%s)" % (len(reads), status_text(read_totals)))
+    print("slowest answer: write %.2f s, read %.2f s; answers past %.0f s or none: %d"
+          % (max([w[6] for w in writes] or [0]), max([r[4] for r in reads] or [0]), BOUND_SECONDS, len(slow)))
+    print("keys with two writers acknowledged: %d" % len(double))
+    print("findings: %s" % (status_text(kinds) if kinds else "none (0 lost, 0 wrong bytes, 0 resurrected, "
+                                                              "0 left locked)"))
+    for tracked, (kind, detail) in (findings + locked)[:30]:
+        print("  %s %s (%s): %s; history %s" % (kind.upper(), tracked.key, tracked.kind, detail,
+                                                 [(time.strftime("%H:%M:%S", time.localtime(t)) + ("%.3f" % (t % 1))[1:],
+                                                   m.rsplit(":", 1)[1], method, s) for t, m, method, s in tracked.history]))
+    for w in slow[:10]:
+        print("  SLOW %s" % (w,))
     if ledger.failures:
         print("unexpected answers (first %d):" % min(len(ledger.failures), 20))
         for moment, what in ledger.failures[:20]:
             print("  %s %s" % (time.strftime("%H:%M:%S", time.localtime(moment)), what))
+    return bool(findings or locked or double or slow or ledger.failures)
 
 
 def main():
+    if FAULT not in FAULT_KINDS:
+        raise SystemExit("pg-failover: FAULT must be one of %s" % ", ".join(FAULT_KINDS))
     ledger = Ledger()
+    client = Client()
+    status = client.request("PUT", url(MASTERS[0], BUCKET), b"", S3_HEADERS)[0]
+    if status != 200:
+        raise SystemExit("pg-failover: CreateBucket %s: %s" % (BUCKET, status))
     stop = threading.Event()
-    threads = [threading.Thread(target=writer, args=(i, ledger, stop), daemon=True) for i in range(WRITERS)]
-    threads += [threading.Thread(target=reader, args=(i, ledger, stop), daemon=True) for i in range(READERS)]
+    workers = [(put_writer, WRITERS), (slow_writer, SLOW_WRITERS), (delete_writer, DELETERS),
+               (unlink_writer, UNLINKERS), (s3_writer, S3_WRITERS), (reader, READERS)]
+    threads = [threading.Thread(target=work, args=(i, ledger, stop), daemon=True)
+               for work, count in workers for i in range(count)]
     for thread in threads:
         thread.start()
     events = []
     try:
-        for round_number in range(1, FAILOVERS + 1):
+        for round_number in range(1, FAULTS + 1):
             time.sleep(STEADY_SECONDS)
-            events.append(failover(round_number, ledger))
+            events.append(fault(round_number, ledger))
         time.sleep(STEADY_SECONDS)
     finally:
         stop.set()
         for thread in threads:
-            thread.join(REQUEST_TIMEOUT_SECONDS + 1)
+            thread.join(REQUEST_TIMEOUT_SECONDS + 5)
     events = [summarize(event, ledger) for event in events]
-    keys = [key for key, _ in ledger.acknowledged]
-    log("checking %d acknowledged keys" % len(keys))
-    lost = check_all(keys)
-    report(events, ledger, lost)
-    bad = lost or any(e["statuses"].keys() - {503} or e["no_retry_after"] for e in events)
+    keys = list(ledger.keys)
+    log("checking %d keys" % len(keys))
+    findings = in_parallel(check_key, keys)
+    last = max([e["ended"] for e in events] or [0.0])
+    time.sleep(max(0.0, last + LEASE_EXPIRY_SECONDS - time.time()))
+    suspects = [t for t in keys if t.kind != "put" or t.unknown]
+    log("checking %d keys for locks left" % len(suspects))
+    locked = in_parallel(locked_check, suspects)
+    bad = report(events, ledger, findings, locked)
+    bad = bad or any(e["no_retry_after"] for e in events)
     return 1 if bad else 0
 
 

@@ -348,6 +348,7 @@ pub fn list_uploads(
         max_uploads,
         is_truncated: truncated,
         uploads: &uploads,
+        encoding_url: request.param("encoding-type") == Some(b"url"),
     });
     Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))

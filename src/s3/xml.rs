@@ -130,6 +130,9 @@ pub struct ListUploads<'a> {
     pub max_uploads: usize,
     pub is_truncated: bool,
     pub uploads: &'a [UploadEntry],
+    /// `encoding-type=url`: keys, prefix and markers percent-encoded (keys
+    /// with bytes XML cannot carry list only so).
+    pub encoding_url: bool,
 }
 
 /// A key a `Delete` request could not delete.
@@ -537,21 +540,25 @@ pub fn list_parts(list: &ListParts) -> Vec<u8> {
 pub fn list_uploads(list: &ListUploads) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root("ListMultipartUploadsResult");
+    let encoded = list.encoding_url;
     document.element("Bucket", list.bucket);
-    document.key("KeyMarker", list.key_marker, false);
+    document.key("KeyMarker", list.key_marker, encoded);
     document.element("UploadIdMarker", list.upload_id_marker);
     if let Some(next_key_marker) = list.next_key_marker {
-        document.key("NextKeyMarker", next_key_marker, false);
+        document.key("NextKeyMarker", next_key_marker, encoded);
     }
     if let Some(next_upload_id_marker) = list.next_upload_id_marker {
         document.element("NextUploadIdMarker", next_upload_id_marker);
     }
-    document.key("Prefix", list.prefix, false);
+    document.key("Prefix", list.prefix, encoded);
+    if encoded {
+        document.element("EncodingType", "url");
+    }
     document.value("MaxUploads", list.max_uploads);
     document.value("IsTruncated", list.is_truncated);
     for upload in list.uploads {
         document.open("Upload");
-        document.key("Key", &upload.key, false);
+        document.key("Key", &upload.key, encoded);
         document.element("UploadId", &upload.upload_id);
         document.owner("Initiator");
         document.owner("Owner");
@@ -1503,6 +1510,7 @@ mod tests {
             max_uploads: 1,
             is_truncated: true,
             uploads: &uploads,
+            encoding_url: false,
         };
         let owner = "<ID>mkv</ID><DisplayName>mkv</DisplayName>";
         let expected = namespaced(
@@ -1517,6 +1525,18 @@ mod tests {
             ),
         );
         assert_eq!(text(list_uploads(&list)), expected);
+        // Keys XML cannot carry list percent-encoded when asked.
+        let control = [UploadEntry {
+            key: b"a\x01b".to_vec(),
+            upload_id: "u2".to_owned(),
+            initiated_ms: 0,
+        }];
+        let encoded = text(list_uploads(&ListUploads {
+            uploads: &control,
+            encoding_url: true,
+            ..list
+        }));
+        assert!(encoded.contains("<Key>a%01b</Key>") && encoded.contains("<EncodingType>url</EncodingType>"));
     }
 
     #[test]
