@@ -30,6 +30,10 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 # master's bound on any wait for the index (offload::INDEX_WAIT_MS_MAX, 5 s)
 # plus a second for everything else on this loaded box.
 BOUND_SECONDS = 6.0
+# An S3 write waits for its turn while another write holds its key, up to
+# s3::WRITE_TURN_WAIT (30 s), where a native write is refused (409): a key
+# whose unlock was lost stays held until its lease runs out.
+S3_BOUND_SECONDS = 30.0 + BOUND_SECONDS
 # Writes must succeed this long in a row before a fault counts as over.
 RECOVERED_SECONDS = 2.0
 # The longest a fault may take to clear before the run gives up on it.
@@ -604,9 +608,13 @@ def summarize(event, ledger):
     for w in failed:
         name = "%s %s" % (w[3], w[4])
         statuses[name] = statuses.get(name, 0) + 1
-    event.update({"unavailable": unavailable, "gap": gap, "statuses": statuses,
+    # Slow PUTs whose body was still streaming when the fault began or
+    # that began while it lasted.
+    streaming = sum(1 for w in writes if w[3] == "slow" and w[0] <= event["ended"]
+                    and w[1] - w[6] >= started)
+    event.update({"unavailable": unavailable, "gap": gap, "statuses": statuses, "streaming": streaming,
                   "no_retry_after": sum(1 for w in failed if w[4] == 503 and not w[5]),
-                  "slowest_write": max([w[6] for w in writes] or [0.0]),
+                  "slowest_write": max([(w[6], w[3]) for w in writes] or [(0.0, "-")]),
                   "slowest_read": max([r[4] for r in reads] or [0.0]),
                   "reads": len(reads), "reads_served": sum(1 for r in reads if r[3] == 302)})
     return event
@@ -647,6 +655,10 @@ def observe(client, master, key, size):
     return ("live", first)
 
 
+def md5_of(tracked, state):
+    return hashlib.md5(value_of(state[1], tracked.size)).hexdigest()
+
+
 def judge(tracked, observed):
     """None when what a key holds is one its writes allow, else the kind of
     finding and its detail."""
@@ -657,8 +669,9 @@ def judge(tracked, observed):
         if ABSENT in allowed:
             return None
         if tracked.unknown and tracked.kind == "s3":
-            return ("lost after a failed overwrite", "acknowledged %s, then %s" % (tracked.acked[1], tracked.unknown))
-        return ("lost", "acknowledged %s" % (tracked.acked[1],))
+            return ("lost after a failed overwrite", "acknowledged %s (md5 %s), then %s"
+                    % (tracked.acked[1], md5_of(tracked, tracked.acked), tracked.unknown))
+        return ("lost", "acknowledged %s (md5 %s)" % (tracked.acked[1], md5_of(tracked, tracked.acked)))
     data = observed[1]
     for state in allowed:
         if state != ABSENT and data == value_of(state[1], tracked.size):
@@ -692,6 +705,16 @@ def locked_check(client, tracked):
     return ("left locked" if status == 409 else "unwritable", "PUT after the run: %s %s" % (status, body[:100]))
 
 
+def raw_record(key):
+    """The key's record as the primary holds it (DELETED... when soft-deleted)."""
+    node = primary_node()
+    if node is None:
+        return "(no primary)"
+    quoted = ("/" + key).replace("'", "''")
+    record = psql(node, "SELECT encode(record, 'escape') FROM mkv_records WHERE key = convert_to('%s', 'UTF8')" % quoted)
+    return repr(record[:200]) if record else "(none)"
+
+
 def in_parallel(function, items):
     findings = []
     lock = threading.Lock()
@@ -722,14 +745,17 @@ def report(events, ledger, findings, locked):
           "%d DELETE, %d UNLINK/RELINK, %d S3 writers, %d readers"
           % (len(events), FAULT, " ".join(MASTERS), WRITERS, SLOW_WRITERS, DELETERS, UNLINKERS, S3_WRITERS, READERS))
     print()
-    print("| # | primary before, after | fault | fault s | writes unavailable s | longest no-201 gap s "
+    print("| # | primary before, after | fault | fault s | slow PUTs streaming in it | writes unavailable s "
+          "| longest no-201 gap s "
           "| writes failed (kind status:count) | 503 without Retry-After | slowest write answer s "
           "| slowest read answer s | reads served (302) of reads |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for e in events:
-        print("| %d | %s, %s | %s | %.1f | %.2f | %.2f | %s | %d | %.2f | %.2f | %d of %d |"
-              % (e["round"], e["old"], e["new"], e["what"], e["ended"] - e["started"], e["unavailable"], e["gap"],
-                 status_text(e["statuses"]), e["no_retry_after"], e["slowest_write"], e["slowest_read"],
+        print("| %d | %s, %s | %s | %.1f | %d | %.2f | %.2f | %s | %d | %.2f (%s) | %.2f | %d of %d |"
+              % (e["round"], e["old"], e["new"], e["what"], e["ended"] - e["started"], e["streaming"],
+                 e["unavailable"], e["gap"],
+                 status_text(e["statuses"]), e["no_retry_after"], e["slowest_write"][0], e["slowest_write"][1],
+                 e["slowest_read"],
                  e["reads_served"], e["reads"]))
     unavailable = sorted(e["unavailable"] for e in events)
     if unavailable:
@@ -748,7 +774,11 @@ def report(events, ledger, findings, locked):
     read_totals = {}
     for r in reads:
         read_totals[r[3]] = read_totals.get(r[3], 0) + 1
-    slow = [w for w in writes if w[6] > BOUND_SECONDS or isinstance(w[4], str)]
+    slowest = {}
+    for w in writes:
+        slowest[w[3]] = max(slowest.get(w[3], 0.0), w[6])
+    slow = [w for w in writes if isinstance(w[4], str)
+            or w[6] > (S3_BOUND_SECONDS if w[3].startswith("s3") else BOUND_SECONDS)]
     slow += [r for r in reads if r[4] > BOUND_SECONDS or isinstance(r[3], str)]
     kinds = {}
     for item, (kind, _) in findings + locked:
@@ -757,13 +787,15 @@ def report(events, ledger, findings, locked):
     print("writes: %d (%s)" % (len(writes), status_text(totals)))
     print("acknowledged: %s; keys written: %d" % (status_text(acked), len(keys)))
     print("reads: %d (%s)" % (len(reads), status_text(read_totals)))
-    print("slowest answer: write %.2f s, read %.2f s; answers past %.0f s or none: %d"
-          % (max([w[6] for w in writes] or [0]), max([r[4] for r in reads] or [0]), BOUND_SECONDS, len(slow)))
+    print("slowest answer (s): %s, read %.2f; answers past %.0f s (S3 writes: %.0f s) or none: %d"
+          % (", ".join("%s %.2f" % item for item in sorted(slowest.items())), max([r[4] for r in reads] or [0]),
+             BOUND_SECONDS, S3_BOUND_SECONDS, len(slow)))
     print("keys with two writers acknowledged: %d" % len(double))
     print("findings: %s" % (status_text(kinds) if kinds else "none (0 lost, 0 wrong bytes, 0 resurrected, "
                                                               "0 left locked)"))
     for tracked, (kind, detail) in (findings + locked)[:30]:
-        print("  %s %s (%s): %s; history %s" % (kind.upper(), tracked.key, tracked.kind, detail,
+        print("  %s %s (%s): %s; index record %s; history %s" % (kind.upper(), tracked.key, tracked.kind, detail,
+                                                                 raw_record(tracked.key),
                                                  [(time.strftime("%H:%M:%S", time.localtime(t)) + ("%.3f" % (t % 1))[1:],
                                                    m.rsplit(":", 1)[1], method, s) for t, m, method, s in tracked.history]))
     for w in slow[:10]:
@@ -806,7 +838,9 @@ def main():
     findings = in_parallel(check_key, keys)
     last = max([e["ended"] for e in events] or [0.0])
     time.sleep(max(0.0, last + LEASE_EXPIRY_SECONDS - time.time()))
-    suspects = [t for t in keys if t.kind != "put" or t.unknown]
+    # A key with a finding keeps what it holds, for the report.
+    found = {id(tracked) for tracked, _ in findings}
+    suspects = [t for t in keys if (t.kind != "put" or t.unknown) and id(t) not in found]
     log("checking %d keys for locks left" % len(suspects))
     locked = in_parallel(locked_check, suspects)
     bad = report(events, ledger, findings, locked)
