@@ -413,6 +413,17 @@ fn is_token(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
+/// Whether `text` may be a header's value in a response: no byte of it
+/// could end the header line (CR, LF) or is another control.
+pub fn is_header_value(text: &str) -> bool {
+    !text.bytes().any(is_control)
+}
+
+/// Whether `text` may be a header's name: a non-empty token.
+pub fn is_header_name(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(is_token)
+}
+
 impl ChunkedDecoder {
     /// A byte after a chunk's size digits: the line's end, an extension, or
     /// whitespace before either.

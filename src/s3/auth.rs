@@ -308,20 +308,25 @@ fn permit(
             false => Err(access_denied()),
         };
     };
-    let allowed = match need {
-        Need::Nothing | Need::AnyKey => true,
-        Need::AnyOn => [
-            Permission::Read,
-            Permission::Write,
-            Permission::List,
-            Permission::Delete,
-        ]
-        .into_iter()
-        .any(|permission| key.may(bucket, permission)),
-        Need::On(permission) => key.may(bucket, permission),
-        Need::CreateBucket => key.may_create_bucket() || (key.may(bucket, Permission::Write) && exists(bucket)?),
-        Need::DeleteBucket => key.may_delete_bucket(),
-    };
+    // What anyone may read, a key without a grant may read too.
+    let public_read = need == Need::On(Permission::Read)
+        && matches!(operation, Operation::GetObject | Operation::HeadObject)
+        && identities.public_read(bucket);
+    let allowed = public_read
+        || match need {
+            Need::Nothing | Need::AnyKey => true,
+            Need::AnyOn => [
+                Permission::Read,
+                Permission::Write,
+                Permission::List,
+                Permission::Delete,
+            ]
+            .into_iter()
+            .any(|permission| key.may(bucket, permission)),
+            Need::On(permission) => key.may(bucket, permission),
+            Need::CreateBucket => key.may_create_bucket() || (key.may(bucket, Permission::Write) && exists(bucket)?),
+            Need::DeleteBucket => key.may_delete_bucket(),
+        };
     if !allowed {
         return Err(access_denied());
     }

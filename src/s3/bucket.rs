@@ -95,10 +95,24 @@ pub fn check_exists(app: &App, name: &str) -> Result<(), S3Error> {
     }
 }
 
-/// Before a write into bucket `name` (PutObject, CopyObject, multipart):
-/// record the bucket unless it is recorded, as the original master, where
+/// After a write into bucket `name` (PutObject, CopyObject, POST Object,
+/// once the value is stored; CreateMultipartUpload): record the bucket
+/// unless it is recorded (again, if a DeleteBucket came while the value
+/// streamed), as the original master, where
 /// every first path segment is a bucket that exists. A name S3 does not
 /// allow is not recorded: such a bucket exists only through native keys.
+/// Whether a write into bucket `name` may go ahead (it exists, or may be
+/// made): what `ensure_for_write` would refuse, without recording anything.
+pub fn check_writable(app: &App, name: &str) -> Result<(), S3Error> {
+    if valid_name(name) || state::bucket_created(app.store.index(), name)?.is_some() {
+        return Ok(());
+    }
+    match holding(app, name)? {
+        Holding::NoLive => Err(S3Error::invalid_bucket_name()),
+        Holding::Live | Holding::Unknown => Ok(()),
+    }
+}
+
 pub async fn ensure_for_write(app: &App, name: &str) -> Result<(), S3Error> {
     if state::bucket_created(app.store.index(), name)?.is_some() {
         return Ok(());

@@ -94,6 +94,23 @@ pub fn parse(body: &[u8]) -> Result<Vec<Rule>, S3Error> {
 }
 
 fn check(rule: &Rule) -> Result<(), S3Error> {
+    // Origins, methods and exposed headers are sent back in header lines.
+    let strings = rule
+        .origins
+        .iter()
+        .chain(&rule.methods)
+        .chain(&rule.headers)
+        .chain(&rule.expose);
+    if !strings.chain(&rule.id).all(|text| crate::http::is_header_value(text)) {
+        return Err(S3Error::malformed_xml("a CORS rule holds a control character"));
+    }
+    if let Some(header) = rule.expose.iter().find(|header| !crate::http::is_header_name(header)) {
+        return Err(S3Error::new(
+            400,
+            "InvalidRequest",
+            format!("ExposeHeader \"{header}\" is not a header name"),
+        ));
+    }
     if rule.origins.is_empty() || rule.methods.is_empty() {
         return Err(S3Error::malformed_xml(
             "a CORSRule needs an AllowedOrigin and an AllowedMethod",

@@ -330,9 +330,9 @@ impl std::fmt::Display for RequestId {
 }
 
 /// A new request id, unique in this process and unlikely to repeat across
-/// restarts and masters: the process's start time mixed with its pid in
-/// the high 16 bits, the reactor thread in the next 8, a per-thread count in
-/// the low 40.
+/// restarts and masters: 24 bits of the process's start time mixed with its
+/// pid in the high bits, the reactor thread in the next 8, a per-thread
+/// count in the low 32 (4 billion requests a thread before it wraps).
 fn next_request_id() -> u64 {
     use std::cell::Cell;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -347,16 +347,16 @@ fn next_request_id() -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as u64);
         // Mixed so that two masters started in the same second differ.
-        (nanos ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFFFF << 48
+        (nanos ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFF_FFFF << 40
     });
     NEXT.with(|next| {
         if next.get() == 0 {
-            // Each thread its own range of 2^40 ids (256 threads).
-            next.set(((THREADS.fetch_add(1, Ordering::Relaxed) & 0xFF) << 40) | 1);
+            next.set(((THREADS.fetch_add(1, Ordering::Relaxed) & 0xFF) << 32) | 1);
         }
         let count = next.get();
-        next.set(count + 1);
-        base ^ count
+        // The count stays in its thread's 32 bits.
+        next.set((count & !0xFFFF_FFFF) | ((count + 1) & 0xFFFF_FFFF));
+        base | count
     })
 }
 

@@ -70,13 +70,14 @@ pub async fn create(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     checked_key(request)?;
+    let user = user_metadata(request)?;
     bucket::ensure_for_write(app, &request.bucket).await?;
     let id = state::new_upload_id();
     let upload = Upload {
         bucket: request.bucket.clone(),
         key: request.key.clone(),
         content_type: request.headers.content_type.clone(),
-        user: user_metadata(request)?,
+        user,
         initiated_ms: now_ms(),
     };
     state::put_upload(&app.store, &id, &upload).await?;

@@ -115,6 +115,15 @@ pub fn checked_user_metadata(user: Vec<(String, String)>) -> Result<Vec<(String,
             "User metadata names may not start with '!'",
         ));
     }
+    // Each is sent back as a header line: nothing in it may end the line.
+    let sendable = |(name, value): &(String, String)| {
+        crate::http::is_header_name(name.strip_prefix(':').unwrap_or(name)) && crate::http::is_header_value(value)
+    };
+    if !user.iter().all(sendable) {
+        return Err(S3Error::invalid_argument(
+            "a metadata name is not a header name, or its value holds a control character",
+        ));
+    }
     if !Meta::user_fits(&user) {
         return Err(S3Error::new(
             400,
@@ -141,7 +150,7 @@ pub async fn put(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::ensure_for_write(app, &request.bucket).await?;
+    bucket::check_writable(app, &request.bucket)?;
     let expected_md5 = content_md5(request)?;
     let meta = Meta {
         content_type: content_type(request)?,
@@ -165,6 +174,8 @@ pub async fn put(
     };
     let stored = write::store_value(app, &key, &mut body, plan).await?;
     drop(body);
+    // Recorded once the value is: a refused body makes no bucket.
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let etag = stored.md5.as_ref().map(etag_hex).unwrap_or_default();
     let mut reply = Reply::empty(200).header("ETag", format_args!("\"{etag}\""));
     for (name, value) in &stored.meta.user {
@@ -232,6 +243,21 @@ fn check_small_body(request: &S3Request, body: &[u8]) -> Result<(), S3Error> {
                 "BadDigest",
                 "The Content-MD5 you specified did not match what we received.",
             ));
+        }
+    }
+    // An additional checksum header (boto3 sends `x-amz-checksum-crc32`
+    // with DeleteObjects and PutBucketCors) is checked, never ignored.
+    for algorithm in super::checksum::Algorithm::ALL {
+        let Some(value) = request.headers.amz(algorithm.header()) else {
+            continue;
+        };
+        let checked = super::checksum::parse_expected(algorithm, value).and_then(|expected| {
+            let mut checksummer = super::checksum::Checksummer::new(algorithm);
+            checksummer.update(body);
+            checksummer.verify(&expected)
+        });
+        if let Err(error) = checked {
+            return Err(S3Error::new(400, error.code(), error.to_string()));
         }
     }
     let declared = request.headers.content_sha256.as_deref().unwrap_or("");
@@ -466,9 +492,17 @@ fn with_overrides(mut object: Object, request: &S3Request) -> Result<Object, S3E
         let Some(value) = request.param(parameter) else {
             continue;
         };
+        // As S3: a public object's link cannot restyle it (as HTML).
+        if matches!(request.access, super::auth::Access::Anonymous(_)) {
+            return Err(S3Error::new(
+                400,
+                "InvalidRequest",
+                "Request specific response headers cannot be used for anonymous GET requests.",
+            ));
+        }
         let value = std::str::from_utf8(value)
             .ok()
-            .filter(|text| !text.chars().any(char::is_control))
+            .filter(|text| crate::http::is_header_value(text))
             .ok_or_else(|| S3Error::invalid_argument("a response-* parameter is not a header value"))?;
         if *header == "content-type" {
             object.content_type = value.to_owned();
@@ -517,11 +551,14 @@ pub async fn get(
         }
         // A part is answered as the range it covers (206 and
         // Content-Range, an empty one as the whole empty value).
-        let (range, parts_count) = match part_number {
-            Some(number) => parts::range(number, object.size, &object.etag, &object.user)?,
+        let (range, part_length, parts_count) = match part_number {
+            Some(number) => {
+                let (range, length, count) = parts::range(number, object.size, &object.etag, &object.user)?;
+                (range, Some(length), count)
+            }
             None => match parse_range(request.headers.range.as_deref(), object.size) {
-                RangeAsk::Whole => (None, None),
-                RangeAsk::Part(range) => (Some(range), None),
+                RangeAsk::Whole => (None, None, None),
+                RangeAsk::Part(range) => (Some(range), None, None),
                 RangeAsk::Unsatisfiable => {
                     return Err(
                         S3Error::new(416, "InvalidRange", "The requested range is not satisfiable")
@@ -530,8 +567,8 @@ pub async fn get(
                 }
             },
         };
-        let mut reply =
-            object_headers(&object, checksum_mode && range.is_none()).header("Content-Type", &object.content_type);
+        let mut reply = object_headers(&object, checksum_mode && range.is_none() && part_number.is_none())
+            .header("Content-Type", &object.content_type);
         if let Some(count) = parts_count {
             reply = reply.header("x-amz-mp-parts-count", count);
         }
@@ -541,7 +578,8 @@ pub async fn get(
                 reply = reply.header("Content-Range", format_args!("bytes {first}-{last}/{}", object.size));
                 last - first + 1
             }
-            None => object.size,
+            // The whole value, or an empty part of it.
+            None => part_length.unwrap_or(object.size),
         };
         if head_only || length == 0 {
             write_head(connection, reply.status, &reply.headers, length, head.keep_alive);
@@ -794,9 +832,7 @@ pub async fn copy(
     let (source_native, source) = copy_source_object(app, request).await?;
     // Conditions on the destination, as a PutObject's, under its lock.
     write_precondition(app, request, &key).await?;
-    // The destination's bucket is made (if it is new) only for a copy
-    // whose source is there.
-    bucket::ensure_for_write(app, &request.bucket).await?;
+    bucket::check_writable(app, &request.bucket)?;
     let headers = &request.headers;
     let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
     let (content_type, mut user) = if replace {
@@ -868,6 +904,8 @@ pub async fn copy(
             stored.meta.mtime_ms,
         )
     };
+    // Recorded once the copy is stored: a failed copy makes no bucket.
+    bucket::ensure_for_write(app, &request.bucket).await?;
     Reply::xml(200, xml::copy_object(&etag, mtime_ms)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }

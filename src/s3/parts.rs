@@ -82,14 +82,15 @@ pub fn requested(request: &S3Request) -> Result<Option<u32>, S3Error> {
 }
 
 /// Part `number` of a value of `size` bytes with ETag `etag` and metadata
-/// entries `user`: its byte range (None for an empty value) and the value's
-/// part count when it is a multipart one (`x-amz-mp-parts-count`).
+/// entries `user`: its byte range (None for an empty part), its length,
+/// and the value's part count when it is a multipart one
+/// (`x-amz-mp-parts-count`).
 pub fn range(
     number: u32,
     size: u64,
     etag: &str,
     user: &[(String, String)],
-) -> Result<(Option<ByteRange>, Option<u32>), S3Error> {
+) -> Result<(Option<ByteRange>, u64, Option<u32>), S3Error> {
     let entry = user.iter().find(|(name, _)| name == PARTS_ENTRY);
     let multipart = etag.contains('-');
     let sizes = match entry {
@@ -118,7 +119,7 @@ pub fn range(
         first,
         last: first + part - 1,
     });
-    Ok((range, multipart.then_some(count)))
+    Ok((range, part, multipart.then_some(count)))
 }
 
 /// Whether `name` is a metadata entry of mkv's own (a checksum, the part
@@ -161,17 +162,23 @@ mod tests {
     fn parts_of_a_multipart_value() {
         let user = user(entry([10, 10, 3]));
         let part = |number| range(number, 23, "abc-3", &user).map_err(|error| (error.status, error.code));
-        assert_eq!(part(1), Ok((Some(ByteRange { first: 0, last: 9 }), Some(3))));
-        assert_eq!(part(2), Ok((Some(ByteRange { first: 10, last: 19 }), Some(3))));
-        assert_eq!(part(3), Ok((Some(ByteRange { first: 20, last: 22 }), Some(3))));
+        assert_eq!(part(1), Ok((Some(ByteRange { first: 0, last: 9 }), 10, Some(3))));
+        assert_eq!(part(2), Ok((Some(ByteRange { first: 10, last: 19 }), 10, Some(3))));
+        assert_eq!(part(3), Ok((Some(ByteRange { first: 20, last: 22 }), 3, Some(3))));
         assert_eq!(part(4), Err((416, "InvalidPartNumber")));
+        // An empty last part is empty, not the whole value.
+        let user = super::tests::user(entry([10, 0]));
+        assert_eq!(
+            range(2, 10, "abc-2", &user).map_err(|error| error.status),
+            Ok((None, 0, Some(2)))
+        );
     }
 
     #[test]
     fn a_single_part_value_is_one_part() {
         let part = |number, size| range(number, size, "abc", &[]).map_err(|error| error.status);
-        assert_eq!(part(1, 4), Ok((Some(ByteRange { first: 0, last: 3 }), None)));
-        assert_eq!(part(1, 0), Ok((None, None)));
+        assert_eq!(part(1, 4), Ok((Some(ByteRange { first: 0, last: 3 }), 4, None)));
+        assert_eq!(part(1, 0), Ok((None, 0, None)));
         assert_eq!(part(2, 4), Err(416));
     }
 

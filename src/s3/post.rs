@@ -227,37 +227,30 @@ fn body_error(error: ReplicationError) -> S3Error {
     }
 }
 
-/// A part's `Content-Disposition` and `Content-Type`.
+/// A part's `Content-Disposition` (its `Content-Type` is not used: the
+/// value's is the form's field).
 #[derive(Debug)]
 struct PartHead {
     name: String,
     filename: Option<String>,
-    content_type: Option<String>,
 }
 
 impl PartHead {
     fn parse(head: &str) -> Result<PartHead, S3Error> {
         let mut name = None;
         let mut filename = None;
-        let mut content_type = None;
         for line in head.split("\r\n") {
             let Some((header, value)) = line.split_once(':') else {
                 continue;
             };
-            if header.trim().eq_ignore_ascii_case("content-type") {
-                content_type = Some(value.trim().to_owned());
-            }
             if !header.trim().eq_ignore_ascii_case("content-disposition") {
                 continue;
             }
-            for param in value.split(';').skip(1) {
-                let Some((key, raw)) = param.split_once('=') else {
-                    continue;
-                };
-                let unquoted = raw.trim().trim_matches('"').to_owned();
-                match key.trim().to_ascii_lowercase().as_str() {
-                    "name" => name = Some(unquoted),
-                    "filename" => filename = Some(unquoted),
+            for (key, value) in disposition_params(value)? {
+                match key.to_ascii_lowercase().as_str() {
+                    "name" if name.is_none() => name = Some(value),
+                    "filename" if filename.is_none() => filename = Some(value),
+                    "name" | "filename" => return Err(malformed("a part names itself twice")),
                     _ => {}
                 }
             }
@@ -265,8 +258,51 @@ impl PartHead {
         Ok(PartHead {
             name: name.ok_or_else(|| malformed("a part has no name"))?,
             filename,
-            content_type,
         })
+    }
+}
+
+/// The parameters of a `Content-Disposition` value (`form-data; name="a";
+/// filename="b"`), quoted strings read as RFC 9110 reads them: a `;` or
+/// `name=` inside quotes is text, `\"` an escaped quote.
+fn disposition_params(value: &str) -> Result<Vec<(String, String)>, S3Error> {
+    let mut params = Vec::new();
+    let mut rest = value.split_once(';').map_or("", |(_, rest)| rest);
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Ok(params);
+        }
+        let (key, after) = rest
+            .split_once('=')
+            .ok_or_else(|| malformed("a parameter without '='"))?;
+        let after = after.trim_start();
+        let (value, remainder) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut text = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => text.push(chars.next().ok_or_else(|| malformed("a quoted string ends"))?.1),
+                        Some((at, '"')) => break at + 1,
+                        Some((_, other)) => text.push(other),
+                        None => return Err(malformed("a quoted string is not closed")),
+                    }
+                };
+                (text, &quoted[end..])
+            }
+            None => {
+                let end = after.find(';').unwrap_or(after.len());
+                (after[..end].trim_end().to_owned(), &after[end..])
+            }
+        };
+        params.push((key.trim().to_owned(), value));
+        let remainder = remainder.trim_start();
+        rest = match remainder.strip_prefix(';') {
+            Some(next) => next,
+            None if remainder.is_empty() => "",
+            None => return Err(malformed("text after a parameter")),
+        };
     }
 }
 
@@ -468,15 +504,6 @@ pub async fn post(
         Some(policy) => check_policy(policy, &request.bucket, &fields, crate::meta::now_ms())?,
         None => None,
     };
-    for field in &fields.0 {
-        let name = field.name.to_ascii_lowercase();
-        let header = if name == "acl" { "x-amz-acl".to_owned() } else { name };
-        if header.starts_with("x-amz-") && !header.starts_with("x-amz-meta-") {
-            if let Some(reason) = refuse::header_refusal(&header, &field.value) {
-                return Err(refuse::not_implemented(&reason));
-            }
-        }
-    }
     let key_text = fields
         .get("key")
         .ok_or_else(|| S3Error::invalid_argument("Bucket POST must contain a field named 'key'."))?;
@@ -490,21 +517,25 @@ pub async fn post(
         ));
     }
     let key = object::checked_native_key(native_key(&request.bucket, key_text.as_bytes()))?;
-    let content_type = fields.get("content-type").map(str::to_owned).or(file.content_type);
+    bucket::check_writable(app, &request.bucket)?;
+    // The value's content type is the form's field, which the policy
+    // governs, never the file part's own header, which it does not.
+    let content_type = fields.get("content-type").map(str::to_owned);
     if content_type
         .as_ref()
-        .is_some_and(|text| text.len() > CONTENT_TYPE_BYTES_MAX)
+        .is_some_and(|text| text.len() > CONTENT_TYPE_BYTES_MAX || !crate::http::is_header_value(text))
     {
-        return Err(S3Error::invalid_argument("Content-Type is too long"));
+        return Err(S3Error::invalid_argument(
+            "Content-Type is too long or holds a control character",
+        ));
     }
-    let mut user = Vec::new();
-    for field in &fields.0 {
-        if let Some(name) = field.name.to_ascii_lowercase().strip_prefix("x-amz-meta-") {
-            user.push((name.to_owned(), field.value.clone()));
-        }
+    let redirect = fields.get("success_action_redirect").or_else(|| fields.get("redirect"));
+    if redirect.is_some_and(|url| !crate::http::is_header_value(url)) {
+        return Err(S3Error::invalid_argument(
+            "success_action_redirect holds a control character",
+        ));
     }
-    let user = object::checked_user_metadata(user)?;
-    bucket::ensure_for_write(app, &request.bucket).await?;
+    let user = form_metadata(&fields)?;
     let _guard = super::lock(app, &key).await?;
     let plan = Plan {
         overwrite: true,
@@ -527,9 +558,12 @@ pub async fn post(
     };
     let stored = write::store_value(app, &key, &mut source, plan).await?;
     drop(form);
+    // Recorded once the value is: a refused upload makes no bucket.
+    bucket::ensure_for_write(app, &request.bucket).await?;
     let etag = stored.md5.as_ref().map(etag_hex).unwrap_or_default();
-    let location = format!("/{}/{key_text}", request.bucket);
-    if let Some(redirect) = fields.get("success_action_redirect").or_else(|| fields.get("redirect")) {
+    // The key as a URL path: it may hold any character, CR and LF too.
+    let location = format!("/{}/{}", request.bucket, encode(&key_text));
+    if let Some(redirect) = redirect {
         let separator = if redirect.contains('?') { '&' } else { '?' };
         let target = format!(
             "{redirect}{separator}bucket={}&key={}&etag=%22{etag}%22",
@@ -556,6 +590,48 @@ pub async fn post(
         .header("Location", &location)
         .write(connection, keep_alive, false);
     Ok(Sent::status(status))
+}
+
+/// Headers a form may give that S3 keeps with the value, as a PutObject's.
+const STORED_FIELDS: &[&str] = &[
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+];
+
+/// The metadata a form gives its value: `x-amz-meta-*` fields and the
+/// headers S3 stores; a field asking for what mkv does not do (tags, a
+/// checksum it would not verify) is refused, never ignored.
+fn form_metadata(fields: &Fields) -> Result<Vec<(String, String)>, S3Error> {
+    let mut user = Vec::new();
+    for field in &fields.0 {
+        let name = field.name.to_ascii_lowercase();
+        if let Some(user_name) = name.strip_prefix("x-amz-meta-") {
+            user.push((user_name.to_owned(), field.value.clone()));
+        } else if STORED_FIELDS.contains(&name.as_str()) {
+            user.push((format!(":{name}"), field.value.clone()));
+        } else if name == "tagging" || name == "content-md5" || name.starts_with("x-amz-checksum-") {
+            return Err(refuse::not_implemented(&format!(
+                "the {name} field of POST Object is not implemented"
+            )));
+        } else if name == "acl" || (name.starts_with("x-amz-") && !is_form_auth_field(&name)) {
+            let header = if name == "acl" { "x-amz-acl" } else { name.as_str() };
+            if let Some(reason) = refuse::header_refusal(header, &field.value) {
+                return Err(refuse::not_implemented(&reason));
+            }
+        }
+    }
+    object::checked_user_metadata(user)
+}
+
+/// The fields that carry a form's signature.
+fn is_form_auth_field(name: &str) -> bool {
+    matches!(
+        name,
+        "x-amz-signature" | "x-amz-credential" | "x-amz-algorithm" | "x-amz-date" | "x-amz-security-token"
+    )
 }
 
 /// Percent-encode a query value.
@@ -629,14 +705,17 @@ mod tests {
             "Content-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain",
         )
         .unwrap();
-        assert_eq!(
-            (
-                head.name.as_str(),
-                head.filename.as_deref(),
-                head.content_type.as_deref()
-            ),
-            ("file", Some("a.txt"), Some("text/plain"))
-        );
+        assert_eq!((head.name.as_str(), head.filename.as_deref()), ("file", Some("a.txt")));
         assert!(PartHead::parse("Content-Type: text/plain").is_err());
+        // Quoting is honoured: a `; name=file` inside a quoted filename is
+        // the filename's text, not a second name.
+        let head =
+            PartHead::parse("Content-Disposition: form-data; name=\"notfile\"; filename=\"a; name=file\"").unwrap();
+        assert_eq!(
+            (head.name.as_str(), head.filename.as_deref()),
+            ("notfile", Some("a; name=file"))
+        );
+        assert!(PartHead::parse("Content-Disposition: form-data; name=\"a\"; name=\"file\"").is_err());
+        assert!(PartHead::parse("Content-Disposition: form-data; name=\"unclosed").is_err());
     }
 }

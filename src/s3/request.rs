@@ -117,11 +117,17 @@ impl S3Request {
         let mut query = Vec::new();
         if let Some(range) = head.query.clone() {
             for (name, value) in query_pairs(&request[range]) {
+                // Names are decoded as values are, as the signature's
+                // canonical query decodes them: `?upload%49d=` is the
+                // `uploadId` it was signed as, never another operation.
+                let mut decoded_name = Vec::new();
                 let mut decoded = Vec::new();
-                if !percent_decode_into(value, &mut decoded) {
+                if !percent_decode_into(name, &mut decoded_name) || !percent_decode_into(value, &mut decoded) {
                     return Err(S3Error::invalid_argument("invalid percent-encoding in the query"));
                 }
-                query.push((String::from_utf8_lossy(name).into_owned(), decoded));
+                let name = String::from_utf8(decoded_name)
+                    .map_err(|_| S3Error::invalid_argument("a query parameter's name is not UTF-8"))?;
+                query.push((name, decoded));
             }
         }
         // S3 keys are UTF-8: one that is not could not be listed as itself.
@@ -270,7 +276,13 @@ impl Headers {
 /// Whether a query string carries an S3 sub-resource or presigned-URL
 /// parameter.
 pub fn is_s3_query(query: &[u8]) -> bool {
+    let mut decoded = Vec::new();
     query_pairs(query).any(|(name, _)| {
+        // Decoded as `S3Request::parse` decodes it.
+        let name = match name.contains(&b'%') && percent_decode_into(name, &mut decoded) {
+            true => decoded.as_slice(),
+            false => name,
+        };
         SUB_RESOURCES.contains(&name)
             || super::refuse::UNSUPPORTED_SUB_RESOURCES
                 .iter()
@@ -392,6 +404,9 @@ mod tests {
         assert!(is_s3_query(b"X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0"));
         assert!(!is_s3_query(b"list"));
         assert!(!is_s3_query(b"unlinked&start=a"));
+        // Names percent-encoded are recognised as the names they encode.
+        assert!(is_s3_query(b"upload%49d=u"));
+        assert!(is_s3_query(b"%61cl"));
     }
 
     #[test]

@@ -631,3 +631,82 @@ def test_a_file_that_does_not_parse_stops_the_master(tmp_path):
     )
     assert proc.returncode != 0
     assert "fly" in proc.stderr and "--s3-auth" in proc.stderr
+
+
+# ---- found by review -----------------------------------------------------------------------------
+
+
+def curl_raw(method, url, data=None):
+    """curl with the URL exactly as given (requests would re-encode it)."""
+    cmd = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--path-as-is", url]
+    if data is not None:
+        cmd += ["--data-binary", data, "-H", "Content-Type:"]
+    out = subprocess.run(cmd, capture_output=True, timeout=30).stdout
+    body, _, status = out.rpartition(b"\n")
+    return int(status), body
+
+
+def test_a_percent_encoded_parameter_name_is_the_parameter_it_encodes(cluster):
+    user = client(cluster, USER, signature_version="s3v4")
+    user.put_object(Bucket="mine", Key="report", Body=b"GENUINE REPORT")
+    upload = user.create_multipart_upload(Bucket="mine", Key="report")["UploadId"]
+    part_url = user.generate_presigned_url(
+        "upload_part", Params={"Bucket": "mine", "Key": "report", "UploadId": upload, "PartNumber": 1}
+    )
+    # The link for one part, its parameter name re-encoded: still that part,
+    # never a PutObject of the key.
+    status, _ = curl_raw("PUT", part_url.replace("uploadId=", "upload%49d="), b"ATTACKER CONTENT")
+    assert status in (200, 403)
+    assert stored(cluster, "mine", "report") == b"GENUINE REPORT"
+    list_url = user.generate_presigned_url(
+        "list_parts", Params={"Bucket": "mine", "Key": "report", "UploadId": upload}
+    )
+    status, body = curl_raw("GET", list_url.replace("uploadId=", "uploadI%64="))
+    assert b"GENUINE REPORT" not in body
+    user.abort_multipart_upload(Bucket="mine", Key="report", UploadId=upload)
+
+
+def test_nothing_a_client_stores_can_end_a_header_line(cluster):
+    user = client(cluster, USER)
+    post = user.generate_presigned_post(
+        "mine", "crlf/${filename}", Conditions=[["starts-with", "$Content-Type", "image/"],
+                                               ["starts-with", "$x-amz-meta-note", ""]], ExpiresIn=600
+    )
+    url = f"{cluster.s3_endpoint}/mine"
+    for field, value in (("Content-Type", "image/png\r\nSet-Cookie: injected=1"),
+                         ("x-amz-meta-note", "a\r\nSet-Cookie: injected=2")):
+        fields = dict(post["fields"], **{"Content-Type": "image/png", "x-amz-meta-note": "ok"})
+        fields[field] = value
+        answer = requests.post(url, data=fields, files={"file": ("a.png", b"x")}, timeout=10)
+        assert answer.status_code == 400 and "set-cookie" not in answer.headers, (field, answer.headers)
+        assert stored(cluster, "mine", "crlf/a.png") is None
+    # A key may hold CR and LF; the answer's Location encodes them.
+    fields = dict(post["fields"], **{"Content-Type": "image/png", "x-amz-meta-note": "ok"})
+    answer = requests.post(url, data=fields, files={"file": ("b\r\nSet-Cookie: c=1", b"x")}, timeout=10)
+    assert "set-cookie" not in answer.headers
+    with pytest.raises(ClientError) as raised:
+        user.put_bucket_cors(
+            Bucket="mine",
+            CORSConfiguration={"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"],
+                                              "ExposeHeaders": ["ETag\r\nSet-Cookie: cors=1"]}]},
+        )
+    assert error_code(raised.value)[0] == 400
+
+
+def test_a_refused_write_makes_no_bucket(cluster):
+    admin = client(cluster, ADMIN)
+    with pytest.raises(ClientError):
+        admin.put_object(Bucket="never-made", Key="x", Body=b"abc", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA==")
+    with pytest.raises(ClientError) as raised:
+        admin.head_bucket(Bucket="never-made")
+    assert error_code(raised.value)[0] == 404
+
+
+def test_public_objects_are_readable_by_any_key_but_not_restyled_anonymously(cluster):
+    user = client(cluster, USER)
+    assert user.get_object(Bucket="public", Key="open")["Body"].read() == b"anyone may read"
+    restyled = requests.get(
+        f"{cluster.s3_endpoint}/public/open?response-content-type=text/html", timeout=10
+    )
+    assert restyled.status_code == 400
+    assert requests.get(f"{cluster.s3_endpoint}/public/open", timeout=10).headers["content-type"] != "text/html"

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import re
 import socket
+import time
 from urllib.parse import unquote
 
 import pytest
@@ -230,3 +231,57 @@ def test_uploads_of_keys_xml_cannot_carry_list_url_encoded(s3, bucket):
     assert listed["EncodingType"] == "url"
     assert [(unquote(u["Key"]), u["UploadId"]) for u in listed["Uploads"]] == [(key, upload)]
     s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+
+
+def test_an_empty_last_part_is_empty(s3, bucket):
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="empty-last")["UploadId"]
+    first = payload(5 * MIB, 7)
+    parts = []
+    for number, body in ((1, first), (2, b"")):
+        etag = s3.upload_part(Bucket=bucket, Key="empty-last", UploadId=upload, PartNumber=number, Body=body)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=bucket, Key="empty-last", UploadId=upload, MultipartUpload={"Parts": parts})
+    got = s3.get_object(Bucket=bucket, Key="empty-last", PartNumber=2)
+    assert (got["ContentLength"], got["Body"].read(), got["PartsCount"]) == (0, b"", 2)
+    assert s3.head_object(Bucket=bucket, Key="empty-last", PartNumber=2)["ContentLength"] == 0
+    assert len(s3.get_object(Bucket=bucket, Key="empty-last", PartNumber=1)["Body"].read()) == 5 * MIB
+
+
+def test_a_refused_write_makes_no_bucket(cluster, s3):
+    requests_made = [
+        b"PUT /no-length-bucket/x HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n"
+        b"Connection: close\r\n\r\n",
+        b"PUT /bad-digest-bucket/x HTTP/1.1\r\nHost: x\r\nContent-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+        b"Content-Length: 3\r\nConnection: close\r\n\r\nabc",
+    ]
+    for request in requests_made:
+        assert status_of(send(cluster.s3_port, request)) in (400, 411)
+    for name in ("no-length-bucket", "bad-digest-bucket"):
+        with pytest.raises(ClientError) as raised:
+            s3.head_bucket(Bucket=name)
+        assert error_code(raised.value)[0] == 404
+
+
+def test_a_write_that_outlives_a_delete_bucket_records_it_again(cluster, s3):
+    s3.create_bucket(Bucket="outlived")
+    with socket.create_connection(("127.0.0.1", cluster.s3_port), timeout=10) as conn:
+        conn.sendall(b"PUT /outlived/obj HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345")
+        time.sleep(0.3)
+        s3.delete_bucket(Bucket="outlived")
+        conn.sendall(b"67890")
+        answer = conn.recv(65536)
+    assert status_of(answer) == 200
+    assert "outlived" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert s3.get_object(Bucket="outlived", Key="obj")["Body"].read() == b"1234567890"
+
+
+def test_an_xml_body_is_checked_against_its_checksum_header(cluster, s3, bucket):
+    s3.put_object(Bucket=bucket, Key="keep", Body=b"x")
+    body = b"<Delete><Object><Key>keep</Key></Object></Delete>"
+    response = send(
+        cluster.s3_port,
+        f"POST /{bucket}?delete HTTP/1.1\r\nHost: x\r\nx-amz-checksum-crc32: AAAAAA==\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body,
+    )
+    assert (status_of(response), xml_error(body_of(response))) == (400, "BadDigest")
+    assert exists(s3, bucket, "keep")
