@@ -25,6 +25,8 @@ use super::request::S3Request;
 use super::xml::{malformed, walk, Document, XmlError};
 use super::{bucket, object, state, Reply, S3Error, Sent};
 
+/// Longest CORS configuration document.
+const CONFIGURATION_BYTES_MAX: usize = 64 * 1024;
 /// Rules a bucket may have (S3's limit).
 const RULES_MAX: usize = 100;
 /// Methods a rule may allow.
@@ -258,6 +260,14 @@ pub async fn put(
 ) -> Result<Sent, S3Error> {
     bucket::check_exists(app, &request.bucket)?;
     let body = object::read_small_body(app, connection, head, request).await?;
+    // Read again for every request with an Origin: kept small, as S3's 64 KB.
+    if body.len() > CONFIGURATION_BYTES_MAX {
+        return Err(S3Error::new(
+            400,
+            "MaxMessageLengthExceeded",
+            format!("A CORS configuration may be at most {CONFIGURATION_BYTES_MAX} bytes"),
+        ));
+    }
     let rules = parse(&body)?;
     state::set_bucket_cors(&app.store, &request.bucket, Some(rules), now_ms()).await?;
     Reply::empty(200).write(connection, head.keep_alive, false);

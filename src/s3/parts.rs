@@ -62,6 +62,7 @@ pub fn requested(request: &S3Request) -> Result<Option<u32>, S3Error> {
     };
     let number = std::str::from_utf8(text)
         .ok()
+        .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
         .and_then(|text| text.parse::<u32>().ok())
         .filter(|number| (1..=PART_NUMBER_MAX).contains(number))
         .ok_or_else(|| {

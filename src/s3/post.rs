@@ -137,17 +137,21 @@ impl Form<'_> {
     /// of buffer; its position.
     async fn read_until(&mut self, needle: &[u8], limit: usize, what: &str) -> Result<usize, S3Error> {
         let mut searched = 0;
+        let too_large = || {
+            S3Error::new(
+                400,
+                "MaxPostPreDataLengthExceeded",
+                format!("Your POST request fields preceding the upload file were too large ({what})."),
+            )
+        };
         loop {
             if let Some(at) = self.find(needle, searched) {
-                return Ok(at);
+                // However the bytes arrived, in one read or many.
+                return if at > limit { Err(too_large()) } else { Ok(at) };
             }
             searched = self.buffer.len().saturating_sub(needle.len() - 1);
             if self.buffer.len() > limit {
-                return Err(S3Error::new(
-                    400,
-                    "MaxPostPreDataLengthExceeded",
-                    format!("Your POST request fields preceding the upload file were too large ({what})."),
-                ));
+                return Err(too_large());
             }
             if !self.fill().await.map_err(body_error)? {
                 return Err(malformed("the body ended inside the form"));

@@ -107,3 +107,10 @@ def test_without_rules_every_preflight_is_refused(cluster, bucket):
         timeout=10,
     )
     assert response.status_code == 403
+
+
+def test_a_configuration_past_64_kib_is_refused(s3, bucket):
+    rules = [{"AllowedMethods": ["GET"], "AllowedOrigins": [f"https://{'o' * 700}{i}.example"]} for i in range(99)]
+    with pytest.raises(ClientError) as raised:
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": rules})
+    assert error_code(raised.value)[0] == 400

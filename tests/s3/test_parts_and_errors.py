@@ -57,7 +57,7 @@ def exists(s3, bucket, key):
         return False
 
 
-def test_get_and_head_by_part_number(s3, bucket):
+def test_get_and_head_by_part_number(cluster, s3, bucket):
     sizes = [5 * MIB, 5 * MIB, 1000]
     data = [payload(size, seed) for seed, size in enumerate(sizes)]
     upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
@@ -85,6 +85,12 @@ def test_get_and_head_by_part_number(s3, bucket):
     with pytest.raises(ClientError) as raised:
         s3.get_object(Bucket=bucket, Key="mp", PartNumber=1, Range="bytes=0-1")
     assert error_code(raised.value) == (400, "InvalidRequest")
+    for number in ("+1", "1.0", "", "-1"):
+        response = send(
+            cluster.s3_port,
+            f"GET /{bucket}/mp?partNumber={number} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert status_of(response) == 400, number
 
     # A copy is one part; new metadata on the same bytes keeps the parts.
     s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "mp"})

@@ -133,3 +133,29 @@ def test_a_policy_is_checked_even_unsigned(cluster, s3, bucket):
         answer = requests.post(url, data={"key": key, "policy": encoded}, files={"file": ("f", body)}, timeout=10)
         assert answer.status_code in (400, 403)
         assert missing(s3, bucket, key)
+
+
+def test_a_redirect_is_a_303_to_the_named_page(cluster, s3, bucket):
+    answer = requests.post(
+        form_url(cluster, bucket),
+        data={"key": "redirected", "success_action_redirect": "http://example.invalid/done"},
+        files={"file": ("f", b"x")},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert answer.status_code == 303 and answer.reason == "See Other"
+    assert answer.headers["location"].startswith("http://example.invalid/done?bucket=")
+
+
+def test_a_part_head_past_its_bound_is_refused_however_it_arrives(cluster, s3, bucket):
+    long_name = "n" * 5000
+    body = (
+        b"--B\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\nlonghead\r\n"
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + long_name.encode() + b"\"\r\n\r\n"
+        b"x\r\n--B--\r\n"
+    )
+    answer = requests.post(
+        form_url(cluster, bucket), data=body, headers={"Content-Type": "multipart/form-data; boundary=B"}, timeout=10
+    )
+    assert answer.status_code == 400
+    assert missing(s3, bucket, "longhead")
