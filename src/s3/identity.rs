@@ -390,7 +390,7 @@ fn describe(text: &str, error: &toml::de::Error) -> String {
     };
     let line = line_of(text, span.start);
     let line_text = text.lines().nth(line - 1).unwrap_or_default();
-    if line_text.contains("secret_key") {
+    if mentions_secret(line_text) {
         return format!(
             "line {line}: the secret_key on this line is not a valid TOML string \
              (the parser's message is not shown: it may quote the secret)"
@@ -400,9 +400,47 @@ fn describe(text: &str, error: &toml::de::Error) -> String {
     format!("line {line}: {message}")
 }
 
+/// Whether a line names `secret_key`, however spelled: TOML allows a key
+/// in quotes with `\uXXXX` escapes (`"secret\u005fkey"`).
+fn mentions_secret(line: &str) -> bool {
+    let mut decoded = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find('\\') {
+        decoded.push_str(&rest[..at]);
+        let escape = &rest[at + 1..];
+        let digits = match escape.chars().next() {
+            Some('u') => 4,
+            Some('U') => 8,
+            _ => 0,
+        };
+        let code = escape.get(1..=digits).and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        match code.and_then(char::from_u32) {
+            Some(character) if digits > 0 => {
+                decoded.push(character);
+                rest = &escape[1 + digits..];
+            }
+            _ => {
+                decoded.push('\\');
+                rest = escape;
+            }
+        }
+    }
+    decoded.push_str(rest);
+    decoded.contains("secret_key")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_spelled_otherwise_is_not_echoed() {
+        let text = "[[key]]\naccess_key = \"A\"\n\"secret\\u005fkey\" = 1234567890123\n";
+        let error = Identities::parse(text).unwrap_err();
+        assert!(!error.contains("1234567890123"), "{error}");
+        assert!(mentions_secret("'secret_key' = 1") && mentions_secret("\"secret\\U0000005fkey\" = 1"));
+        assert!(!mentions_secret("access_key = \"s\""));
+    }
 
     /// The example of the module's documentation.
     const EXAMPLE: &str = r#"
