@@ -20,9 +20,19 @@ use crate::meta::Meta;
 use crate::placement::{hex_lower, key2path, path_is_own};
 use crate::record::Record;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::replication::{self, Failed, Gate, GateError, PieceSource, ReplicationError, Target};
 use crate::volume::Settled;
+
+/// How long an index write that settles what a key holds after its bytes
+/// changed (the commit of a new value, the restoring of the prior one) is
+/// tried again while the index fails: past the index's own bound (5 s a
+/// statement), so that a restart or a failover of the database costs the
+/// writer a wait, not the key's value.
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(20);
+/// The longest pause between two tries.
+const SETTLE_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// What to write besides the bytes.
 pub struct Plan<'a> {
@@ -142,7 +152,10 @@ pub async fn store_value<S: PieceSource>(
                 }
             }
             let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
-            app.store.put_with_meta_async(key, &record, &meta, plan.changes).await?;
+            // Every replica holds the new bytes now (an overwritten value's
+            // old ones are gone): the record must say so, or the key has no
+            // value at all.
+            settle(key, || app.store.put_with_meta_async(key, &record, &meta, plan.changes)).await?;
             // A prior value on volumes placement no longer names (it moved
             // since that write) is named by no record now: remove it.
             let stale: Vec<String> = prior
@@ -269,6 +282,43 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
     Ok(())
 }
 
+/// Run `write`, an index write that settles what `key` holds, again while
+/// it fails, for up to `SETTLE_RETRY_FOR`. Rewriting the same record is
+/// harmless if an earlier try did land. The index fences each try: over
+/// PostgreSQL the committing transaction checks this master's lease on the
+/// key (`mkv_apply_fenced`), so a try after the lock lapsed (another master
+/// may be writing the key) fails rather than commits; this master's own
+/// view of the lease is not asked, because a commit stuck on the database
+/// also holds up the lease's renewal it would wait for.
+async fn settle<F, Fut>(key: &[u8], mut write: F) -> Result<(), IndexError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), IndexError>>,
+{
+    let deadline = Instant::now() + SETTLE_RETRY_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() + pause < deadline => {
+                eprintln!(
+                    "write of {:?}: the index write that settles it failed ({error}); trying again",
+                    String::from_utf8_lossy(key)
+                );
+                monoio::time::sleep(pause).await;
+                pause = (pause * 2).min(SETTLE_PAUSE_MAX);
+            }
+            Err(error) => {
+                eprintln!(
+                    "write of {:?}: the index write that settles it failed for {SETTLE_RETRY_FOR:?}: {error}",
+                    String::from_utf8_lossy(key)
+                );
+                return Err(error);
+            }
+        }
+    }
+}
+
 /// After a failed write (every upload settled): put the key back as it was.
 ///
 /// The prior value (live or unlinked) survives on every volume of its
@@ -307,7 +357,7 @@ async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, 
         if let Err(error) = replication::delete_all(&touched, &path, timeout).await {
             eprintln!("failed write of {name:?}: cleanup left new copies: {error}");
         }
-        if let Err(error) = app.store.put_async(key, &survivor).await {
+        if let Err(error) = settle(key, || app.store.put_async(key, &survivor)).await {
             eprintln!("failed write of {name:?}: cannot restore its prior record: {error}");
         }
         return;
