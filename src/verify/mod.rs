@@ -2,14 +2,14 @@
 //!
 //! For every live key (`verify_key`), every replica its record names is
 //! HEADed: it must be there with the value's size (the size in the key's
-//! metadata; for a key without metadata, the size every copy has, else the
-//! one most copies on placed volumes have: a rebalance's leftover that a
-//! rebuild recorded never outvotes them). With `--md5` each copy that
-//! passes is read back and its md5 compared with the record's (without
-//! one, agreed the same way). Nothing else is evidence: `rebuild` records
-//! a size or md5 only when every copy it found agrees. When the copies
-//! disagree and nothing says which is right, they are reported and left
-//! as they are. A
+//! metadata; for a key without metadata, the size more than half of the
+//! copies have, wherever they lie, a copy that did not answer counting
+//! against it). With `--md5` each copy that passes is read back and its md5
+//! compared with the record's (without one, agreed the same way). Nothing
+//! else is evidence: `rebuild` records a size or md5 only when every copy
+//! it found agrees, and where a copy lies says nothing of which is right.
+//! When the copies disagree and no majority says which is right (a tie
+//! included), they are reported and left as they are. A
 //! volume that does not answer, or answers with an error, makes its replica
 //! "unreachable": a timeout is never "missing", and nothing is repaired on
 //! that evidence. With `--repair`, each missing, short or corrupt replica is
