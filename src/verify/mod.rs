@@ -23,13 +23,17 @@
 //! may be a failed PUT's leftovers); `--purge-unlinked AGE` hard-deletes
 //! those written longer ago than AGE (`purge_unlinked`).
 //!
+//! A live record naming fewer volumes than `-replicas` is reported (a
+//! rebuild that went on without a volume leaves such records).
+//!
 //! Then the volumes are walked (nginx's JSON autoindex, as `rebuild` walks
-//! them) for orphans (`orphan_of`): a file at a key's path that no record
-//! names on that volume entry (a record in any state, soft-deleted
-//! included, keeps its files), or an S3 part file whose upload is gone,
-//! older than `--orphan-grace` so writes in flight are left alone. With
-//! `--repair` orphans are deleted (after checking again under the key's
-//! lock); otherwise they are reported.
+//! them) for orphans (`orphans.rs`): a file at the path of a key that has
+//! no record at all, or an S3 part file whose upload is gone, older than
+//! `--orphan-grace` so writes in flight are left alone. A copy of a
+//! recorded key (live or soft-deleted) on a volume its record does not
+//! name is no orphan: it is reported and kept, since it may be the only
+//! other copy of the value. With `--repair` orphans are deleted (after
+//! checking again under the key's lock); otherwise they are reported.
 //!
 //! Everything a key needs is in `verify_key`, `purge_unlinked` and
 //! `remove_orphan`, over the shared `App`, so a running master can call them
@@ -106,10 +110,15 @@ pub struct Summary {
     pub no_good_copy: u64,
     /// Records that do not decode.
     pub corrupt_records: u64,
+    /// Live records naming fewer volumes than `-replicas`.
+    pub under_replicated: u64,
     pub orphans: u64,
     pub orphans_removed: u64,
     /// Files no record names that are younger than the grace: left alone.
     pub orphans_young: u64,
+    /// Old files at a recorded key's path on a volume its record does not
+    /// name: kept (never orphans: they may be the only other copy).
+    pub unrecorded_copies: u64,
     /// Files outside the layout, or names that are no key's.
     pub strays: u64,
     /// Directories that could not be listed.
@@ -129,7 +138,9 @@ impl Summary {
             + self.unreachable
             + self.no_good_copy
             + self.corrupt_records
+            + self.under_replicated
             + (self.orphans - self.orphans_removed)
+            + self.unrecorded_copies
             + self.strays
             + self.unlisted
             + self.purge_failed
@@ -149,6 +160,7 @@ impl Summary {
 
     fn add(&mut self, report: &KeyReport) {
         self.keys += 1;
+        self.under_replicated += u64::from(report.under_replicated.is_some());
         for (_, replica) in &report.replicas {
             match replica {
                 Replica::Ok => self.replicas_ok += 1,
@@ -173,9 +185,10 @@ impl fmt::Display for Summary {
         write!(
             formatter,
             "{} keys checked; replicas: {} ok, {} missing, {} wrong size, {} corrupt, {} unreachable; \
-             {} repaired, {} keys with no good copy; orphans: {} found, {} removed ({} younger than the \
-             grace left alone); {} unlinked keys purged; errors: {} corrupt records, {} stray files, \
-             {} unreadable directories, {} failed purges; {:.1}s",
+             {} repaired, {} keys with no good copy, {} records naming fewer volumes than -replicas; \
+             orphans: {} found, {} removed ({} younger than the grace left alone); {} copies on volumes \
+             their records do not name (kept); {} unlinked keys purged; errors: {} corrupt records, \
+             {} stray files, {} unreadable directories, {} failed purges; {:.1}s",
             self.keys,
             self.replicas_ok,
             self.missing,
@@ -184,9 +197,11 @@ impl fmt::Display for Summary {
             self.unreachable,
             self.repaired,
             self.no_good_copy,
+            self.under_replicated,
             self.orphans,
             self.orphans_removed,
             self.orphans_young,
+            self.unrecorded_copies,
             self.purged,
             self.corrupt_records,
             self.strays,
@@ -288,6 +303,12 @@ fn tally(key: &str, outcome: Outcome, summary: &mut Summary, progress: &Progress
             }
             if let Some(why) = report.not_repaired {
                 progress.report(&format!("{key:?}: {why}"));
+            }
+            if let Some(named) = report.under_replicated {
+                progress.report(&format!(
+                    "{key:?}: its record names {named} volumes, fewer than -replicas: `mkv rebuild` with every \
+                     volume up records the copies it missed, `mkv rebalance` copies the value where placement wants it"
+                ));
             }
         }
         Outcome::Purge(Purge::Purged) => summary.purged += 1,

@@ -108,6 +108,19 @@ pub struct KeyReport {
     pub failed: Vec<(String, String)>,
     /// Why bad replicas were not repaired, if they were not.
     pub not_repaired: Option<NotRepaired>,
+    /// The volumes the record names, when fewer than `-replicas` (a
+    /// rebuild that went on without a volume, a write before `-replicas`
+    /// grew): verify repairs only the replicas a record names.
+    pub under_replicated: Option<usize>,
+}
+
+/// How many volumes `record` names (entries on one volume's subvolumes
+/// count once) when fewer than `replicas` (pure).
+fn under_replicated(record: &Record, replicas: usize) -> Option<usize> {
+    let mut hosts: Vec<&str> = record.volumes.iter().map(|entry| entry_host(entry)).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    (hosts.len() < replicas).then_some(hosts.len())
 }
 
 /// What the value of a key is, as far as the checks tell.
@@ -247,6 +260,7 @@ pub async fn verify_key(app: &App, settings: &Settings, key: &[u8], record: &Rec
     }
     let mut report = KeyReport {
         replicas: record.volumes.iter().cloned().zip(replicas).collect(),
+        under_replicated: under_replicated(record, app.config.replicas),
         ..KeyReport::default()
     };
     if !report.replicas.iter().any(|(_, replica)| replica.is_bad()) {
@@ -489,6 +503,19 @@ mod tests {
         assert_eq!(agreed(&[Some(3), None], 1), None);
         assert_eq!(agreed(&[Some(3), Some(3), Some(5)], 1), None);
         assert_eq!(agreed(&[Some(3), Some(3), Some(5)], 0), Some(3));
+    }
+
+    #[test]
+    fn a_record_naming_fewer_volumes_than_replicas_is_under_replicated() {
+        let entries = |names: &[&str]| names.iter().map(|name| name.to_string()).collect();
+        let one = Record::new(entries(&["a:1"]), false, None);
+        assert_eq!(under_replicated(&one, 2), Some(1));
+        assert_eq!(under_replicated(&one, 1), None);
+        // Two subvolumes of one server are one volume.
+        let one_server = Record::new(entries(&["a:1/sv01", "a:1/sv02"]), false, None);
+        assert_eq!(under_replicated(&one_server, 2), Some(1));
+        let two = Record::new(entries(&["a:1/sv01", "b:1/sv02", "c:1/sv01"]), false, None);
+        assert_eq!(under_replicated(&two, 3), None);
     }
 
     #[test]

@@ -465,6 +465,10 @@ fn a_shutdown_during_an_online_rebalance_ends_the_job_with_an_exit_code_and_no_s
     cluster.start_master();
     let found = expect(&cluster.run_command(&["--orphan-grace", "0s"], "verify"), 1);
     assert!(found.contains("orphans: 0 found"), "{found}");
+    assert!(
+        found.contains("0 copies on volumes their records do not name"),
+        "{found}"
+    );
 }
 
 /// Connections to `port` that connect and send nothing.
