@@ -19,7 +19,7 @@
 //!
 //! The command's options are in the query (`concurrency`, `dry-run`;
 //! `md5`, `repair`, `orphan-grace`, `purge-unlinked`,
-//! `confirm-short-grace`), parsed and range-checked
+//! `confirm-short-grace`, `confirm-empty-index`), parsed and range-checked
 //! as the flags are (`config::in_range`, the flags' ranges), each at most
 //! once, with `placement`, a
 //! fingerprint of the command's `-volumes`, `-replicas` and `-subvolumes`:
@@ -101,6 +101,7 @@ impl Job {
             md5: false,
             repair: false,
             purge_unlinked: None,
+            confirm_empty_index: false,
             ..Settings::from_config(config)
         };
         let mut confirmed = false;
@@ -127,6 +128,7 @@ impl Job {
                 ("verify", "orphan-grace") => settings.orphan_grace = parse_grace(option, value)?,
                 ("verify", "purge-unlinked") => settings.purge_unlinked = Some(parse_grace(option, value)?),
                 ("verify", "confirm-short-grace") => confirmed = parse_bool(option, value)?,
+                ("verify", "confirm-empty-index") => settings.confirm_empty_index = parse_bool(option, value)?,
                 (_, "placement") if value != placement_fingerprint(config) => {
                     return Err(format!(
                         "this master places keys over other -volumes, -replicas or -subvolumes than the command \
@@ -516,6 +518,9 @@ fn query(config: &Config, job: &str) -> String {
         if config.confirm_short_grace {
             query += "&confirm-short-grace=true";
         }
+        if config.confirm_empty_index {
+            query += "&confirm-empty-index=true";
+        }
     }
     query
 }
@@ -531,7 +536,9 @@ mod tests {
 
     #[test]
     fn the_query_gives_the_job_the_commands_options() {
-        let verify = config("--concurrency 7 --md5 --repair --orphan-grace 90s --purge-unlinked 1h verify");
+        let verify = config(
+            "--concurrency 7 --md5 --repair --orphan-grace 90s --purge-unlinked 1h --confirm-empty-index verify",
+        );
         let Job::Verify(settings) =
             Job::parse(&format!("/admin/verify?{}", query(&verify, "verify")), &verify).unwrap()
         else {
@@ -541,6 +548,7 @@ mod tests {
         assert!(settings.md5 && settings.repair);
         assert_eq!(settings.orphan_grace, Duration::from_secs(90));
         assert_eq!(settings.purge_unlinked, Some(Duration::from_secs(3600)));
+        assert!(settings.confirm_empty_index);
         let rebalance = config("--dry-run rebalance");
         let Job::Rebalance(options) = Job::parse(
             &format!("/admin/rebalance?{}", query(&rebalance, "rebalance")),

@@ -256,6 +256,10 @@ struct Args {
     /// shorter than a minute, which may delete what writes in flight hold.
     #[arg(long = "confirm-short-grace", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     confirm_short_grace: bool,
+    /// verify: with --repair, delete orphans even when the index holds no
+    /// live record (else refused: an empty index takes every file for one).
+    #[arg(long = "confirm-empty-index", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    confirm_empty_index: bool,
     /// seed: how many keys.
     #[arg(long, default_value_t = 1000)]
     count: u64,
@@ -308,6 +312,7 @@ pub struct Config {
     pub orphan_grace: Duration,
     pub purge_unlinked: Option<Duration>,
     pub confirm_short_grace: bool,
+    pub confirm_empty_index: bool,
     pub seed_count: u64,
     pub seed_prefix: String,
 }
@@ -385,6 +390,7 @@ const LONG_FLAGS: &[&str] = &[
     "orphan-grace",
     "purge-unlinked",
     "confirm-short-grace",
+    "confirm-empty-index",
     "count",
     "prefix",
 ];
@@ -568,6 +574,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         orphan_grace: args.orphan_grace,
         purge_unlinked: args.purge_unlinked,
         confirm_short_grace: args.confirm_short_grace,
+        confirm_empty_index: args.confirm_empty_index,
         seed_count: args.count,
         seed_prefix: args.prefix,
     })

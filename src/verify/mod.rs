@@ -33,7 +33,10 @@
 //! recorded key (live or soft-deleted) on a volume its record does not
 //! name is no orphan: it is reported and kept, since it may be the only
 //! other copy of the value. With `--repair` orphans are deleted (after
-//! checking again under the key's lock); otherwise they are reported.
+//! checking again under the key's lock), unless the index holds no live
+//! record: it would take every file for an orphan (an index made empty by
+//! mistake), so that needs `--confirm-empty-index`. Otherwise orphans are
+//! reported.
 //!
 //! Everything a key needs is in `verify_key`, `purge_unlinked` and
 //! `remove_orphan`, over the shared `App`, so a running master can call them
@@ -75,6 +78,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// Keys in flight at most (`--concurrency`).
     pub concurrency: usize,
+    /// Remove orphans even when the index holds no live record.
+    pub confirm_empty_index: bool,
 }
 
 impl Settings {
@@ -87,6 +92,7 @@ impl Settings {
             purge_unlinked: config.purge_unlinked,
             timeout: config.volume_timeout,
             concurrency: config.concurrency,
+            confirm_empty_index: config.confirm_empty_index,
         }
     }
 }
@@ -247,9 +253,10 @@ async fn check_record(
 /// to `sink` when given (a running master's job, `admin`), else to stderr.
 pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<Summary, IndexError> {
     let index = app.store.index();
-    let mut total = 0u64;
-    index.view().scan(b"", b"", |_, _| {
+    let (mut total, mut live) = (0u64, 0u64);
+    index.view().scan(b"", b"", |_, record| {
         total += 1;
+        live += u64::from(record.is_ok_and(|record| record.is_live()));
         true
     })?;
     let progress = Progress::with_sink("verify", "keys", Some(total), sink.clone());
@@ -279,7 +286,23 @@ pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<S
     }
     progress.finish(&format!("{}; looking for orphans", summary.status()));
     let progress = Progress::with_sink("verify", "directories", None, sink);
-    orphans::find_orphans(app, settings, &mut summary, &progress).await?;
+    // An index with no live record takes every file for an orphan: an
+    // index made empty by mistake (a mistyped -db that exists, a rebuild
+    // not run) must not empty the volumes too.
+    let refused = settings.repair && live == 0 && !settings.confirm_empty_index;
+    let walk = Settings {
+        repair: settings.repair && !refused,
+        ..*settings
+    };
+    orphans::find_orphans(app, &walk, &mut summary, &progress).await?;
+    if refused && summary.orphans > 0 {
+        progress.report(&format!(
+            "no orphan removed: the index holds no live record, and {} files on the volumes no record names \
+             would all go (is -db the right index? `mkv rebuild` fills an index from the volumes); \
+             --confirm-empty-index (confirm-empty-index=true on the admin port) removes them",
+            summary.orphans
+        ));
+    }
     summary.elapsed = progress.elapsed();
     progress.finish(&summary.to_string());
     Ok(summary)

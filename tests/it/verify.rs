@@ -1,7 +1,8 @@
 //! `mkv verify` against real volumes, the master stopped: it finds a
 //! deleted replica, a corrupted one (`--md5`), orphans and unreachable
 //! volumes; `--repair` restores replicas byte-exact from a good copy and
-//! removes old orphans only (never a copy of a recorded key); a rerun finds nothing;
+//! removes old orphans only (never a copy of a recorded key, nor anything
+//! when the index holds no live record); a rerun finds nothing;
 //! `--purge-unlinked` hard-deletes old soft-deleted keys only. Records
 //! naming fewer volumes than `-replicas` are reported.
 
@@ -356,6 +357,8 @@ fn verify_repair_killed_midway_converges_on_rerun() {
 #[test]
 fn repair_removes_every_orphan_copy_of_one_key() {
     let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    // A live key: an index without one removes no orphan unconfirmed.
+    assert_eq!(request("PUT", &cluster.url("/v/live"), Some(b"live")).status, 201);
     cluster.kill_master();
     // One key with no record, an old copy on six entries: their removals
     // run at once and each takes the key's lock.
@@ -441,4 +444,39 @@ fn repair_after_a_rebuild_without_a_volume_keeps_that_volumes_copies() {
     for (key, body) in &keys {
         assert!(fetch(&cluster.url(key)).body == *body, "{key}");
     }
+}
+
+#[test]
+fn repair_with_an_index_that_holds_no_live_record_removes_nothing_unconfirmed() {
+    let cluster = Cluster::start(3, &[]);
+    let kept = value(1000, 9);
+    assert_eq!(request("PUT", &cluster.url("/kept"), Some(&kept)).status, 201);
+    let files = replica_files(&cluster, "/kept");
+    // An index that exists and is empty (the wrong one, made by a command).
+    let empty = cluster.dir.path().join("empty");
+    let db = empty.display().to_string();
+    let run = |args: &[&str], command: &str| {
+        mkv()
+            .args(["-db", &db, "-volumes", &cluster.volume_list()])
+            .args(args)
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    expect(&run(&["--count", "0"], "seed"), 0);
+    let repair = ["--repair", "--orphan-grace", "0s", "--confirm-short-grace"];
+    let refused = expect(&run(&repair, "verify"), 1);
+    assert!(
+        refused.contains("no orphan removed: the index holds no live record"),
+        "{refused}"
+    );
+    assert!(refused.contains("orphans: 3 found, 0 removed"), "{refused}");
+    assert!(files.iter().all(|file| file.exists()));
+    assert_eq!(fetch(&cluster.url("/kept")).body, kept);
+
+    let confirmed: Vec<&str> = repair.iter().copied().chain(["--confirm-empty-index"]).collect();
+    let removed = expect(&run(&confirmed, "verify"), 0);
+    assert!(removed.contains("orphans: 3 found, 3 removed"), "{removed}");
+    assert!(files.iter().all(|file| !file.exists()));
 }
