@@ -11,13 +11,17 @@
 //! header. A browser sends `Origin` with every cross-origin POST and cannot
 //! read the token file or set `Authorization` without a preflight nobody
 //! answers, so no web page (nor a DNS-rebound name) can drive a job;
-//! missing or wrong tokens get 401, an `Origin` 403. A verify that deletes
+//! missing or wrong tokens get 401, an `Origin` 403, two `Authorization`
+//! headers 400, another method than POST 405 (HEAD's answers have no
+//! body). A verify that deletes
 //! on a short grace (`orphan-grace` with `repair`, or `purge-unlinked`,
 //! under `config::SHORT_GRACE_MAX`) also needs `confirm-short-grace=true`.
 //!
 //! The command's options are in the query (`concurrency`, `dry-run`;
 //! `md5`, `repair`, `orphan-grace`, `purge-unlinked`,
-//! `confirm-short-grace`), parsed as the flags are, with `placement`, a
+//! `confirm-short-grace`, `confirm-empty-index`), parsed and range-checked
+//! as the flags are (`config::in_range`, the flags' ranges), each at most
+//! once, with `placement`, a
 //! fingerprint of the command's `-volumes`, `-replicas` and `-subvolumes`:
 //! a master that places keys otherwise refuses the job (400) rather than
 //! run it with its own. One job at a time: a
@@ -28,24 +32,26 @@
 //! command's lines as the job goes (what the offline command prints: items
 //! reported, periodic status, the summary; a dry run's plan lines are the
 //! ones that do not start with `<job>: `), then `exit N`, the code the
-//! offline command would exit with. Each connection is read on a thread of
-//! its own with a deadline for its whole head, at most
-//! `ADMIN_CONNECTIONS_MAX` at once, so a slow client holds up nobody. The
-//! client end is `request_job`, which `mkv rebalance` and `mkv verify` use.
+//! offline command would exit with. Connections are read by `side_port`:
+//! a head must arrive whole within its deadline, and only a complete head
+//! takes one of the `ADMIN_CONNECTIONS_MAX` slots, so idle or slow clients
+//! hold up nobody. The client end is `request_job`, which `mkv rebalance`
+//! and `mkv verify` use.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::{App, Runtime};
-use crate::config::{parse_duration, short_grace_refusal, Config, CONCURRENCY_MAX};
+use crate::config::{in_range, parse_duration, short_grace_refusal, Config, CONCURRENCY_RANGE, GRACE_RANGE};
 use crate::index::IndexError;
 use crate::progress::Sink;
 use crate::rebalance;
+use crate::side_port;
 use crate::verify::{self, Settings};
 
 /// Path prefix of the jobs on the admin port.
@@ -53,13 +59,16 @@ pub const ADMIN_PREFIX: &str = "/admin/";
 /// Longest request head read on the admin port: a request line with a
 /// job's options and a few headers.
 const ADMIN_HEAD_BYTES_MAX: usize = 8 * 1024;
-/// Headers an admin request may carry.
-const ADMIN_HEADERS_MAX: usize = 32;
-/// A request head must arrive whole within this time, however it trickles.
-const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections read or answered at once, each on a thread of its own; one
-/// more is answered 503 at once. A running job's stream does not count.
+/// Requests answered at once, each on a thread of its own; one more is
+/// answered 503. A slot is taken only by a complete head and held until
+/// its short answer is written or its job started (a running job's stream
+/// does not count), so an operator's request finds one free.
 const ADMIN_CONNECTIONS_MAX: usize = 8;
+/// Connections whose head is still arriving (`side_port`): they hold no
+/// slot, and one more closes the oldest of them.
+const ADMIN_WAITING_MAX: usize = 256;
+/// The content type of every short answer.
+const TEXT: &str = "text/plain; charset=utf-8";
 /// Random bytes in a token the master makes (64 hex digits).
 const TOKEN_RANDOM_BYTES: usize = 32;
 /// Shortest token taken from a file an operator wrote.
@@ -92,27 +101,34 @@ impl Job {
             md5: false,
             repair: false,
             purge_unlinked: None,
+            confirm_empty_index: false,
             ..Settings::from_config(config)
         };
         let mut confirmed = false;
+        let mut seen: Vec<&str> = Vec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (option, value) = pair.split_once('=').unwrap_or((pair, "true"));
+            // Which of two values counts would be up to whoever reads them.
+            if seen.contains(&option) {
+                return Err(format!("{option} is given more than once"));
+            }
+            seen.push(option);
             match (name, option) {
                 (_, "concurrency") => {
                     let concurrency = value
                         .parse()
-                        .ok()
-                        .filter(|concurrency| (1..=CONCURRENCY_MAX).contains(concurrency))
-                        .ok_or(format!("concurrency must be 1..={CONCURRENCY_MAX}, got {value:?}"))?;
+                        .map_err(|_| format!("concurrency is a number, got {value:?}"))?;
+                    let concurrency = in_range(option, concurrency, &CONCURRENCY_RANGE)?;
                     rebalance.concurrency = concurrency;
                     settings.concurrency = concurrency;
                 }
                 ("rebalance", "dry-run") => rebalance.dry_run = parse_bool(option, value)?,
                 ("verify", "md5") => settings.md5 = parse_bool(option, value)?,
                 ("verify", "repair") => settings.repair = parse_bool(option, value)?,
-                ("verify", "orphan-grace") => settings.orphan_grace = parse_duration(value)?,
-                ("verify", "purge-unlinked") => settings.purge_unlinked = Some(parse_duration(value)?),
+                ("verify", "orphan-grace") => settings.orphan_grace = parse_grace(option, value)?,
+                ("verify", "purge-unlinked") => settings.purge_unlinked = Some(parse_grace(option, value)?),
                 ("verify", "confirm-short-grace") => confirmed = parse_bool(option, value)?,
+                ("verify", "confirm-empty-index") => settings.confirm_empty_index = parse_bool(option, value)?,
                 (_, "placement") if value != placement_fingerprint(config) => {
                     return Err(format!(
                         "this master places keys over other -volumes, -replicas or -subvolumes than the command \
@@ -175,6 +191,12 @@ fn exit_code(failures: Result<u64, IndexError>, sink: &Sink) -> u8 {
             1
         }
     }
+}
+
+/// A grace (`orphan-grace`, `purge-unlinked`): a Go duration in the flags'
+/// range.
+fn parse_grace(option: &str, value: &str) -> Result<Duration, String> {
+    in_range(option, parse_duration(value)?, &GRACE_RANGE)
 }
 
 /// `true`, `false`, `1`, `0`, or the bare option (true), as the flags take them.
@@ -275,123 +297,79 @@ impl Token {
     }
 }
 
-/// Releases a connection's slot when its thread is done.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The admin thread: accept on `listener` for as long as the master runs,
-/// each connection read and answered on a thread of its own.
+/// The admin thread: accept on `listener` for as long as the master runs;
+/// `side_port` reads the heads (idle or slow clients hold no slot) and
+/// hands each complete one to `serve_request` on a thread of its own.
 pub fn serve_forever(listener: TcpListener, app: Arc<App>, token: Token) {
-    let token = Arc::new(token);
-    let busy = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        if busy.fetch_add(1, Ordering::AcqRel) >= ADMIN_CONNECTIONS_MAX {
-            busy.fetch_sub(1, Ordering::AcqRel);
-            let _ = stream.set_write_timeout(Some(ADMIN_HEAD_TIMEOUT));
-            answer(&mut stream, "503 Service Unavailable", "too many admin connections");
-            continue;
-        }
-        let slot = Slot(busy.clone());
-        let (app, token) = (app.clone(), token.clone());
-        let spawned = std::thread::Builder::new()
-            .name("mkv-admin-connection".into())
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(&app, &token, stream);
-            });
-        if let Err(error) = spawned {
-            eprintln!("mkv: cannot serve an admin connection: {error}");
-        }
-    }
+    let limits = side_port::Limits {
+        name: "mkv-admin-connection",
+        waiting_max: ADMIN_WAITING_MAX,
+        handling_max: ADMIN_CONNECTIONS_MAX,
+        head_bytes_max: ADMIN_HEAD_BYTES_MAX,
+    };
+    let error = side_port::serve_forever(listener, limits, move |request, stream| {
+        serve_request(&app, &token, &request, stream)
+    });
+    eprintln!("mkv: the admin port stopped: {error}");
 }
 
-/// What an admin request head says, as far as the access rule needs.
-struct AdminRequest {
-    method: String,
-    path: String,
-    /// It carried an `Origin` header: a browser sent it.
-    from_web_page: bool,
-    /// The `Authorization: Bearer` token it carried.
-    bearer: Option<Vec<u8>>,
-}
-
-/// Read one request head from `stream` within `ADMIN_HEAD_TIMEOUT` in all;
-/// None when the client went away, trickled or sent no HTTP.
-fn read_head(stream: &mut TcpStream) -> Option<AdminRequest> {
-    let deadline = Instant::now() + ADMIN_HEAD_TIMEOUT;
-    let mut head = Vec::with_capacity(1024);
-    let mut buffer = [0u8; 1024];
-    loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|left| !left.is_zero())?;
-        stream.set_read_timeout(Some(left)).ok()?;
-        let read = stream.read(&mut buffer).ok().filter(|&read| read > 0)?;
-        head.extend_from_slice(&buffer[..read]);
-        let mut headers = [httparse::EMPTY_HEADER; ADMIN_HEADERS_MAX];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {
-                let header = |name: &str| {
-                    request
-                        .headers
-                        .iter()
-                        .find(|header| header.name.eq_ignore_ascii_case(name))
-                };
-                let bearer = header("authorization").and_then(|header| {
-                    let value = header.value.trim_ascii();
-                    value
-                        .get(..7)
-                        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-                        .map(|_| value[7..].trim_ascii().to_vec())
-                });
-                return Some(AdminRequest {
-                    method: request.method?.to_owned(),
-                    path: request.path?.to_owned(),
-                    from_web_page: header("origin").is_some(),
-                    bearer,
-                });
-            }
-            Ok(httparse::Status::Partial) if head.len() < ADMIN_HEAD_BYTES_MAX => {}
-            _ => return None,
-        }
+/// The `Authorization: Bearer` token of `request`: None without one; an
+/// error when it carries more than one `Authorization` (which one counts
+/// would be up to whoever reads it).
+fn bearer(request: &side_port::Request) -> Result<Option<&[u8]>, &'static str> {
+    let mut values = request.header_values("authorization");
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("the request carries more than one Authorization header");
     }
+    let token = value
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| value[7..].trim_ascii());
+    Ok(token)
 }
 
 /// Apply the access rule to one request and start its job.
-fn serve_connection(app: &Arc<App>, token: &Token, mut stream: TcpStream) {
-    let _ = stream.set_write_timeout(Some(ADMIN_HEAD_TIMEOUT));
-    let Some(request) = read_head(&mut stream) else {
-        return answer(&mut stream, "400 Bad Request", "no complete request head in time");
+fn serve_request(app: &Arc<App>, token: &Token, request: &side_port::Request, mut stream: TcpStream) {
+    let head_only = request.is_head();
+    let mut refuse = |status: &str, headers: &str, message: &str| {
+        let body = format!("{message}\n");
+        let response = side_port::response(head_only, status, headers, TEXT, body.as_bytes());
+        let _ = side_port::answer(&mut stream, &response);
     };
-    if request.from_web_page {
-        return answer(
-            &mut stream,
+    if request.header_values("origin").next().is_some() {
+        return refuse(
             "403 Forbidden",
+            "",
             "maintenance jobs are not run for web pages (the request has an Origin header)",
         );
     }
-    if !request.bearer.as_deref().is_some_and(|bearer| token.matches(bearer)) {
-        return answer(
-            &mut stream,
+    let presented = match bearer(request) {
+        Ok(presented) => presented,
+        Err(why) => return refuse("400 Bad Request", "", why),
+    };
+    if !presented.is_some_and(|presented| token.matches(presented)) {
+        return refuse(
             "401 Unauthorized",
+            "WWW-Authenticate: Bearer\r\n",
             "a maintenance job needs Authorization: Bearer <the token in --admin-token-file>",
         );
     }
-    if request.method != "POST" || !request.path.starts_with(ADMIN_PREFIX) {
-        return answer(
-            &mut stream,
+    if !request.target.starts_with(ADMIN_PREFIX) {
+        return refuse(
             "404 Not Found",
+            "",
             "only POST /admin/rebalance and POST /admin/verify are served here",
         );
     }
-    start(app, &request.path, stream);
+    if request.method != "POST" {
+        return refuse(
+            "405 Method Not Allowed",
+            "Allow: POST\r\n",
+            "a maintenance job is a POST",
+        );
+    }
+    start(app, &request.target, stream);
 }
 
 /// Start the job `path` asks for on `stream`: 400 for a bad request, 409
@@ -417,18 +395,10 @@ fn start(app: &Arc<App>, path: &str, mut stream: TcpStream) {
     }
 }
 
-/// A complete short answer.
+/// A complete short answer to a POST.
 fn answer(stream: &mut TcpStream, status: &str, message: &str) {
-    let challenge = if status.starts_with("401") {
-        "WWW-Authenticate: Bearer\r\n"
-    } else {
-        ""
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n{challenge}Content-Length: {}\r\nConnection: close\r\n\r\n{message}\n",
-        message.len() + 1
-    );
-    let _ = stream.write_all(response.as_bytes());
+    let body = format!("{message}\n");
+    let _ = side_port::answer(stream, &side_port::response(false, status, "", TEXT, body.as_bytes()));
 }
 
 /// Run `job` on a thread of its own and copy its lines to `stream` as they
@@ -548,6 +518,9 @@ fn query(config: &Config, job: &str) -> String {
         if config.confirm_short_grace {
             query += "&confirm-short-grace=true";
         }
+        if config.confirm_empty_index {
+            query += "&confirm-empty-index=true";
+        }
     }
     query
 }
@@ -563,7 +536,9 @@ mod tests {
 
     #[test]
     fn the_query_gives_the_job_the_commands_options() {
-        let verify = config("--concurrency 7 --md5 --repair --orphan-grace 90s --purge-unlinked 1h verify");
+        let verify = config(
+            "--concurrency 7 --md5 --repair --orphan-grace 90s --purge-unlinked 1h --confirm-empty-index verify",
+        );
         let Job::Verify(settings) =
             Job::parse(&format!("/admin/verify?{}", query(&verify, "verify")), &verify).unwrap()
         else {
@@ -573,6 +548,7 @@ mod tests {
         assert!(settings.md5 && settings.repair);
         assert_eq!(settings.orphan_grace, Duration::from_secs(90));
         assert_eq!(settings.purge_unlinked, Some(Duration::from_secs(3600)));
+        assert!(settings.confirm_empty_index);
         let rebalance = config("--dry-run rebalance");
         let Job::Rebalance(options) = Job::parse(
             &format!("/admin/rebalance?{}", query(&rebalance, "rebalance")),
@@ -592,6 +568,31 @@ mod tests {
         assert!(Job::parse("/admin/verify?concurrency=0", &server).is_err());
         assert!(Job::parse("/admin/verify?orphan-grace=soon", &server).is_err());
         assert!(matches!(Job::parse("/admin/verify", &server), Ok(Job::Verify(_))));
+    }
+
+    #[test]
+    fn options_are_range_checked_as_the_flags_and_given_once() {
+        let server = config("server");
+        for (path, why) in [
+            ("/admin/verify?orphan-grace=100000h", "orphan-grace must be"),
+            ("/admin/verify?purge-unlinked=87600h1s", "purge-unlinked must be"),
+            ("/admin/verify?concurrency=1025", "concurrency must be"),
+            ("/admin/rebalance?concurrency=many", "concurrency is a number"),
+            (
+                "/admin/verify?repair=true&repair=false",
+                "repair is given more than once",
+            ),
+            ("/admin/verify?orphan-grace=2h&orphan-grace=1h", "given more than once"),
+            (
+                "/admin/rebalance?dry-run&dry-run=false",
+                "dry-run is given more than once",
+            ),
+        ] {
+            let refused = Job::parse(path, &server).unwrap_err();
+            assert!(refused.contains(why), "{path}: {refused}");
+        }
+        // The flags' own ends are taken.
+        assert!(Job::parse("/admin/verify?orphan-grace=87600h&concurrency=1024", &server).is_ok());
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub const SHUTDOWN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Du
 /// `--orphan-grace`, `--purge-unlinked`: up to ten years (beyond that the
 /// date arithmetic is all a longer grace would buy).
 pub const GRACE_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(10 * 365 * 24 * 3600);
+/// `--s3-upload-expiry` (0 is never, outside the range): at least a second
+/// (the expiry sweep runs as often as the expiry lasts, and under a second
+/// it spun), at most ten years.
+pub const S3_UPLOAD_EXPIRY_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(10 * 365 * 24 * 3600);
+/// `--concurrency`: at least one request in flight, at most `CONCURRENCY_MAX`.
+pub const CONCURRENCY_RANGE: RangeInclusive<usize> = 1..=CONCURRENCY_MAX;
 /// `--coherence-ms`: 0 (no record cache) to 10 minutes.
 pub const COHERENCE_MS_RANGE: RangeInclusive<u64> = 0..=600_000;
 /// `--cache-mb`, `--block-cache-mb`: up to 1 TiB.
@@ -249,6 +256,10 @@ struct Args {
     /// shorter than a minute, which may delete what writes in flight hold.
     #[arg(long = "confirm-short-grace", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
     confirm_short_grace: bool,
+    /// verify: with --repair, delete orphans even when the index holds no
+    /// live record (else refused: an empty index takes every file for one).
+    #[arg(long = "confirm-empty-index", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, default_value_t = false)]
+    confirm_empty_index: bool,
     /// seed: how many keys.
     #[arg(long, default_value_t = 1000)]
     count: u64,
@@ -301,6 +312,7 @@ pub struct Config {
     pub orphan_grace: Duration,
     pub purge_unlinked: Option<Duration>,
     pub confirm_short_grace: bool,
+    pub confirm_empty_index: bool,
     pub seed_count: u64,
     pub seed_prefix: String,
 }
@@ -378,6 +390,7 @@ const LONG_FLAGS: &[&str] = &[
     "orphan-grace",
     "purge-unlinked",
     "confirm-short-grace",
+    "confirm-empty-index",
     "count",
     "prefix",
 ];
@@ -467,6 +480,9 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
     check_range("--health-interval", args.health_interval, &HEALTH_INTERVAL_RANGE)?;
     check_range("--body-timeout", args.body_timeout, &BODY_TIMEOUT_RANGE)?;
     check_range("--shutdown-timeout", args.shutdown_timeout, &SHUTDOWN_TIMEOUT_RANGE)?;
+    if !args.s3_upload_expiry.is_zero() {
+        check_range("--s3-upload-expiry", args.s3_upload_expiry, &S3_UPLOAD_EXPIRY_RANGE)?;
+    }
     check_range("--orphan-grace", args.orphan_grace, &GRACE_RANGE)?;
     if let Some(purge_unlinked) = args.purge_unlinked {
         check_range("--purge-unlinked", purge_unlinked, &GRACE_RANGE)?;
@@ -515,12 +531,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
             return invalid(format!("{refusal}; pass --confirm-short-grace if that is meant"));
         }
     }
-    if args.concurrency == 0 || args.concurrency > CONCURRENCY_MAX {
-        return invalid(format!(
-            "--concurrency must be 1..={CONCURRENCY_MAX}, got {}",
-            args.concurrency
-        ));
-    }
+    check_range("--concurrency", args.concurrency, &CONCURRENCY_RANGE)?;
     Ok(Config {
         command: args.command,
         db,
@@ -563,6 +574,7 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
         orphan_grace: args.orphan_grace,
         purge_unlinked: args.purge_unlinked,
         confirm_short_grace: args.confirm_short_grace,
+        confirm_empty_index: args.confirm_empty_index,
         seed_count: args.count,
         seed_prefix: args.prefix,
     })
@@ -570,14 +582,21 @@ fn validate(args: Args) -> Result<Config, ConfigError> {
 
 /// `Ok` when `value` of `flag` lies in `range`, else the message saying so.
 fn check_range<T: PartialOrd + fmt::Debug>(flag: &str, value: T, range: &RangeInclusive<T>) -> Result<(), ConfigError> {
+    in_range(flag, value, range).map(drop).map_err(ConfigError::Invalid)
+}
+
+/// `value` of `option` when it lies in `range`, else the message saying
+/// so: the one check of a flag's range, which the admin port's options
+/// (`admin`) go through too.
+pub fn in_range<T: PartialOrd + fmt::Debug>(option: &str, value: T, range: &RangeInclusive<T>) -> Result<T, String> {
     if range.contains(&value) {
-        return Ok(());
+        return Ok(value);
     }
-    Err(ConfigError::Invalid(format!(
-        "{flag} must be {:?}..={:?}, got {value:?}",
+    Err(format!(
+        "{option} must be {:?}..={:?}, got {value:?}",
         range.start(),
         range.end()
-    )))
+    ))
 }
 
 /// Why a verify with these settings needs a confirmation it was not given
@@ -773,6 +792,22 @@ mod tests {
             parse(argv("-db x -volumes a:1 -replicas 1 --purge-unlinked soon verify")),
             Err(ConfigError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn s3_upload_expiry_is_never_or_in_its_range() {
+        let line = |expiry: &str| format!("-db x -volumes a:1 -replicas 1 --s3-upload-expiry {expiry} server");
+        for taken in ["0s", "1s", "168h", "87600h"] {
+            assert!(parse(argv(&line(taken))).is_ok(), "{taken}");
+        }
+        for refused in ["1ms", "999ms", "87600h1s", "1000000h"] {
+            match parse(argv(&line(refused))) {
+                Err(ConfigError::Invalid(message)) => {
+                    assert!(message.contains("--s3-upload-expiry must be"), "{message}")
+                }
+                other => panic!("{refused}: {other:?}"),
+            }
+        }
     }
 
     #[test]

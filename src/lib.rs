@@ -29,6 +29,8 @@
 //! - `progress`: what the maintenance commands show the operator.
 //! - `admin`: rebalance and verify run by a live master for an operator.
 //! - `metrics`: per-reactor counters, summed for Prometheus on scrape.
+//! - `side_port`: the metrics and admin ports' listener (heads read on one
+//!   thread, a slot only for a complete one).
 //! - `config`: flags in Go and GNU spelling.
 
 pub mod admin;
@@ -56,6 +58,7 @@ pub mod replication;
 pub mod s3;
 pub mod server;
 pub mod shutdown;
+pub mod side_port;
 pub mod store;
 pub mod verify;
 pub mod volume;

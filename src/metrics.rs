@@ -31,6 +31,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::http::{self, Method};
+use crate::side_port;
 
 /// The `Content-Type` of a scrape's answer.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -475,97 +476,55 @@ impl Process {
     }
 }
 
-/// How long a scraper has to send its whole request head, and for each
-/// write of the answer: a stuck scraper holds only its own thread, and not
-/// for long.
-const SCRAPE_IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes of a scrape's request head read at most (the rest is ignored).
+/// Bytes of a scrape's request head read at most.
 const SCRAPE_HEAD_BYTES_MAX: usize = 4096;
-/// Scrapes read or answered at once, each on a thread of its own: a
-/// Prometheus server or two scrape every few seconds, so this many are
-/// hostile or stuck; one more is answered 503 at once.
+/// Scrapes answered at once, each on a thread of its own: a Prometheus
+/// server or two scrape every few seconds, and a slot is held only from a
+/// complete head to the page written, so this many are far more than
+/// scrapers ever need; one more is answered 503.
 const SCRAPE_CONNECTIONS_MAX: usize = 64;
+/// Connections whose head is still arriving (silent or slow clients): they
+/// hold no scrape's slot, and one more closes the oldest of them.
+const SCRAPE_WAITING_MAX: usize = 256;
 
 /// Answer scrapes on `listener` forever (the calling thread is the metrics
-/// thread), each connection on a thread of its own, at most
-/// `SCRAPE_CONNECTIONS_MAX` at once, so a slow or silent client delays no
-/// other scrape. `GET /metrics` answers the page with `gather`'s gauges;
-/// anything else 404: nothing here changes data (the maintenance jobs have
-/// a port of their own, `admin`). Blocking and on threads of its own, so a
-/// scrape takes no reactor's time and no key path of the native API.
+/// thread): `side_port` reads the heads, so idle or slow clients delay no
+/// scrape, and a complete one is answered on a thread of its own, at most
+/// `SCRAPE_CONNECTIONS_MAX` at once. `GET /metrics` answers the page with
+/// `gather`'s gauges, `HEAD /metrics` its head; anything else 404: nothing
+/// here changes data (the maintenance jobs have a port of their own,
+/// `admin`). Blocking and on threads of its own, so a scrape takes no
+/// reactor's time and no key path of the native API.
 pub fn serve_forever(listener: std::net::TcpListener, gather: impl Fn() -> Gauges + Send + Sync + 'static) {
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
-    let gather = Arc::new(gather);
-    let busy = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        if busy.fetch_add(1, Ordering::AcqRel) >= SCRAPE_CONNECTIONS_MAX {
-            busy.fetch_sub(1, Ordering::AcqRel);
-            let _ = stream.set_write_timeout(Some(SCRAPE_IO_TIMEOUT));
-            let _ = answer(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                "too many scrapes at once\n",
-            );
-            continue;
-        }
-        let (gather, busy_count) = (gather.clone(), busy.clone());
-        let spawned = std::thread::Builder::new().name("mkv-scrape".into()).spawn(move || {
-            if let Ok(Some(line)) = read_request_line(&mut stream) {
-                let _ = answer_scrape(&mut stream, &line, &*gather);
-            }
-            busy_count.fetch_sub(1, Ordering::AcqRel);
-        });
-        if spawned.is_err() {
-            busy.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+    let limits = side_port::Limits {
+        name: "mkv-scrape",
+        waiting_max: SCRAPE_WAITING_MAX,
+        handling_max: SCRAPE_CONNECTIONS_MAX,
+        head_bytes_max: SCRAPE_HEAD_BYTES_MAX,
+    };
+    let error = side_port::serve_forever(listener, limits, move |request, mut stream| {
+        let _ = side_port::answer(&mut stream, &answer_scrape(&request, &gather));
+    });
+    eprintln!("mkv: the metrics port stopped: {error}");
 }
 
-/// The request line of the head on `stream` (the rest of the head is
-/// read and ignored); `None` if the client went away or did not send its
-/// head within `SCRAPE_IO_TIMEOUT` in all.
-fn read_request_line(stream: &mut std::net::TcpStream) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let deadline = std::time::Instant::now() + SCRAPE_IO_TIMEOUT;
-    stream.set_write_timeout(Some(SCRAPE_IO_TIMEOUT))?;
-    let mut head = Vec::with_capacity(SCRAPE_HEAD_BYTES_MAX);
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < SCRAPE_HEAD_BYTES_MAX {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Ok(None);
+/// The response to one request on the metrics port.
+fn answer_scrape(request: &side_port::Request, gather: &impl Fn() -> Gauges) -> Vec<u8> {
+    let head_only = request.is_head();
+    let text = "text/plain; charset=utf-8";
+    match (request.method.as_str(), request.target.as_str()) {
+        ("GET" | "HEAD", "/metrics") => {
+            side_port::response(head_only, "200 OK", "", CONTENT_TYPE, render(gather()).as_bytes())
         }
-        stream.set_read_timeout(Some(left))?;
-        let read = stream.read(&mut buffer)?;
-        if read == 0 {
-            return Ok(None);
+        (_, "/metrics") => {
+            let why = b"only GET and HEAD /metrics are served here\n";
+            side_port::response(head_only, "405 Method Not Allowed", "Allow: GET, HEAD\r\n", text, why)
         }
-        head.extend_from_slice(&buffer[..read]);
+        _ => {
+            let why = b"only GET /metrics is served here (maintenance jobs are on --admin-port)\n";
+            side_port::response(head_only, "404 Not Found", "", text, why)
+        }
     }
-    let line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
-    Ok(Some(String::from_utf8_lossy(line).into_owned()))
-}
-
-fn answer_scrape(stream: &mut std::net::TcpStream, line: &str, gather: &impl Fn() -> Gauges) -> std::io::Result<()> {
-    if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-        answer(stream, "200 OK", CONTENT_TYPE, &render(gather()))
-    } else {
-        let why = "only GET /metrics is served here (maintenance jobs are on --admin-port)\n";
-        answer(stream, "404 Not Found", "text/plain", why)
-    }
-}
-
-/// Write a whole response that closes its connection.
-fn answer(stream: &mut std::net::TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes())
 }
 
 /// The metrics page: every reactor's counters summed, with `gauges`, in the

@@ -21,8 +21,8 @@
 //! whichever copy came first would be a guess that `verify --repair` then
 //! trusts over the copies' majority. When a key's copies differ in size its
 //! metadata is dropped; when they differ in md5 the record keeps none; each
-//! such key is reported, and verify then repairs only on a majority of the
-//! placed copies. A rebuilt value's ETag (S3) is nginx's, its file's mtime
+//! such key is reported, and verify then repairs only on what more than
+//! half of the copies hold. A rebuilt value's ETag (S3) is nginx's, its file's mtime
 //! and size in hex, until an md5 is known; its content type and user
 //! metadata are not on the volumes and are lost.
 //!

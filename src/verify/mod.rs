@@ -2,14 +2,14 @@
 //!
 //! For every live key (`verify_key`), every replica its record names is
 //! HEADed: it must be there with the value's size (the size in the key's
-//! metadata; for a key without metadata, the size every copy has, else the
-//! one most copies on placed volumes have: a rebalance's leftover that a
-//! rebuild recorded never outvotes them). With `--md5` each copy that
-//! passes is read back and its md5 compared with the record's (without
-//! one, agreed the same way). Nothing else is evidence: `rebuild` records
-//! a size or md5 only when every copy it found agrees. When the copies
-//! disagree and nothing says which is right, they are reported and left
-//! as they are. A
+//! metadata; for a key without metadata, the size more than half of the
+//! copies have, wherever they lie, a copy that did not answer counting
+//! against it). With `--md5` each copy that passes is read back and its md5
+//! compared with the record's (without one, agreed the same way). Nothing
+//! else is evidence: `rebuild` records a size or md5 only when every copy
+//! it found agrees, and where a copy lies says nothing of which is right.
+//! When the copies disagree and no majority says which is right (a tie
+//! included), they are reported and left as they are. A
 //! volume that does not answer, or answers with an error, makes its replica
 //! "unreachable": a timeout is never "missing", and nothing is repaired on
 //! that evidence. With `--repair`, each missing, short or corrupt replica is
@@ -23,13 +23,20 @@
 //! may be a failed PUT's leftovers); `--purge-unlinked AGE` hard-deletes
 //! those written longer ago than AGE (`purge_unlinked`).
 //!
+//! A live record naming fewer volumes than `-replicas` is reported (a
+//! rebuild that went on without a volume leaves such records).
+//!
 //! Then the volumes are walked (nginx's JSON autoindex, as `rebuild` walks
-//! them) for orphans (`orphan_of`): a file at a key's path that no record
-//! names on that volume entry (a record in any state, soft-deleted
-//! included, keeps its files), or an S3 part file whose upload is gone,
-//! older than `--orphan-grace` so writes in flight are left alone. With
-//! `--repair` orphans are deleted (after checking again under the key's
-//! lock); otherwise they are reported.
+//! them) for orphans (`orphans.rs`): a file at the path of a key that has
+//! no record at all, or an S3 part file whose upload is gone, older than
+//! `--orphan-grace` so writes in flight are left alone. A copy of a
+//! recorded key (live or soft-deleted) on a volume its record does not
+//! name is no orphan: it is reported and kept, since it may be the only
+//! other copy of the value. With `--repair` orphans are deleted (after
+//! checking again under the key's lock), unless the index holds no live
+//! record: it would take every file for an orphan (an index made empty by
+//! mistake), so that needs `--confirm-empty-index`. Otherwise orphans are
+//! reported.
 //!
 //! Everything a key needs is in `verify_key`, `purge_unlinked` and
 //! `remove_orphan`, over the shared `App`, so a running master can call them
@@ -71,6 +78,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// Keys in flight at most (`--concurrency`).
     pub concurrency: usize,
+    /// Remove orphans even when the index holds no live record.
+    pub confirm_empty_index: bool,
 }
 
 impl Settings {
@@ -83,6 +92,7 @@ impl Settings {
             purge_unlinked: config.purge_unlinked,
             timeout: config.volume_timeout,
             concurrency: config.concurrency,
+            confirm_empty_index: config.confirm_empty_index,
         }
     }
 }
@@ -106,10 +116,15 @@ pub struct Summary {
     pub no_good_copy: u64,
     /// Records that do not decode.
     pub corrupt_records: u64,
+    /// Live records naming fewer volumes than `-replicas`.
+    pub under_replicated: u64,
     pub orphans: u64,
     pub orphans_removed: u64,
     /// Files no record names that are younger than the grace: left alone.
     pub orphans_young: u64,
+    /// Old files at a recorded key's path on a volume its record does not
+    /// name: kept (never orphans: they may be the only other copy).
+    pub unrecorded_copies: u64,
     /// Files outside the layout, or names that are no key's.
     pub strays: u64,
     /// Directories that could not be listed.
@@ -129,7 +144,9 @@ impl Summary {
             + self.unreachable
             + self.no_good_copy
             + self.corrupt_records
+            + self.under_replicated
             + (self.orphans - self.orphans_removed)
+            + self.unrecorded_copies
             + self.strays
             + self.unlisted
             + self.purge_failed
@@ -149,6 +166,7 @@ impl Summary {
 
     fn add(&mut self, report: &KeyReport) {
         self.keys += 1;
+        self.under_replicated += u64::from(report.under_replicated.is_some());
         for (_, replica) in &report.replicas {
             match replica {
                 Replica::Ok => self.replicas_ok += 1,
@@ -173,9 +191,10 @@ impl fmt::Display for Summary {
         write!(
             formatter,
             "{} keys checked; replicas: {} ok, {} missing, {} wrong size, {} corrupt, {} unreachable; \
-             {} repaired, {} keys with no good copy; orphans: {} found, {} removed ({} younger than the \
-             grace left alone); {} unlinked keys purged; errors: {} corrupt records, {} stray files, \
-             {} unreadable directories, {} failed purges; {:.1}s",
+             {} repaired, {} keys with no good copy, {} records naming fewer volumes than -replicas; \
+             orphans: {} found, {} removed ({} younger than the grace left alone); {} copies on volumes \
+             their records do not name (kept); {} unlinked keys purged; errors: {} corrupt records, \
+             {} stray files, {} unreadable directories, {} failed purges; {:.1}s",
             self.keys,
             self.replicas_ok,
             self.missing,
@@ -184,9 +203,11 @@ impl fmt::Display for Summary {
             self.unreachable,
             self.repaired,
             self.no_good_copy,
+            self.under_replicated,
             self.orphans,
             self.orphans_removed,
             self.orphans_young,
+            self.unrecorded_copies,
             self.purged,
             self.corrupt_records,
             self.strays,
@@ -232,9 +253,10 @@ async fn check_record(
 /// to `sink` when given (a running master's job, `admin`), else to stderr.
 pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<Summary, IndexError> {
     let index = app.store.index();
-    let mut total = 0u64;
-    index.view().scan(b"", b"", |_, _| {
+    let (mut total, mut live) = (0u64, 0u64);
+    index.view().scan(b"", b"", |_, record| {
         total += 1;
+        live += u64::from(record.is_ok_and(|record| record.is_live()));
         true
     })?;
     let progress = Progress::with_sink("verify", "keys", Some(total), sink.clone());
@@ -264,7 +286,23 @@ pub async fn run(app: &App, settings: &Settings, sink: Option<Sink>) -> Result<S
     }
     progress.finish(&format!("{}; looking for orphans", summary.status()));
     let progress = Progress::with_sink("verify", "directories", None, sink);
-    orphans::find_orphans(app, settings, &mut summary, &progress).await?;
+    // An index with no live record takes every file for an orphan: an
+    // index made empty by mistake (a mistyped -db that exists, a rebuild
+    // not run) must not empty the volumes too.
+    let refused = settings.repair && live == 0 && !settings.confirm_empty_index;
+    let walk = Settings {
+        repair: settings.repair && !refused,
+        ..*settings
+    };
+    orphans::find_orphans(app, &walk, &mut summary, &progress).await?;
+    if refused && summary.orphans > 0 {
+        progress.report(&format!(
+            "no orphan removed: the index holds no live record, and {} files on the volumes no record names \
+             would all go (is -db the right index? `mkv rebuild` fills an index from the volumes); \
+             --confirm-empty-index (confirm-empty-index=true on the admin port) removes them",
+            summary.orphans
+        ));
+    }
     summary.elapsed = progress.elapsed();
     progress.finish(&summary.to_string());
     Ok(summary)
@@ -288,6 +326,12 @@ fn tally(key: &str, outcome: Outcome, summary: &mut Summary, progress: &Progress
             }
             if let Some(why) = report.not_repaired {
                 progress.report(&format!("{key:?}: {why}"));
+            }
+            if let Some(named) = report.under_replicated {
+                progress.report(&format!(
+                    "{key:?}: its record names {named} volumes, fewer than -replicas: `mkv rebuild` with every \
+                     volume up records the copies it missed, `mkv rebalance` copies the value where placement wants it"
+                ));
             }
         }
         Outcome::Purge(Purge::Purged) => summary.purged += 1,

@@ -1,6 +1,14 @@
 //! Orphans: files on the volumes that no record names, found by walking
 //! nginx's JSON autoindex as `rebuild` does, and removed (`--repair`) only
 //! when old and still orphans under the key's lock.
+//!
+//! A file at the path of a key the index has a record of is never an
+//! orphan, whichever volumes the record names: a record naming fewer
+//! volumes than it should (`rebuild --allow-down-volumes`, whose down
+//! volume then came back) leaves that volume's copies unnamed, and they
+//! may be the only other copy of the value. Such a copy is reported as
+//! unrecorded and kept; `mkv rebuild` (every volume up) records it, and a
+//! copy known to be stale is for the operator to delete.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +16,6 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::app::App;
 use crate::index::IndexError;
-use crate::placement::entry_host;
 use crate::progress::Progress;
 use crate::rebuild::{classify, list, stray_line, volume_of, Directory, Found, Level, Listed, ListingError};
 use crate::record::Record;
@@ -26,21 +33,31 @@ pub enum Orphan {
     Part { upload_id: String },
 }
 
-/// Whether a file found at a key's path on `entry` is an orphan, judged by
-/// the key's record: none, or one that names other entries only. A record
-/// naming a host that `-volumes` does not list keeps the file (the same
-/// server may be spelled two ways: nothing is deleted on a guess).
-fn key_file_is_orphan(record: Option<&Record>, entry: &str, volumes: &[String]) -> bool {
-    let Some(record) = record else { return true };
-    let listed = |named: &String| volumes.iter().any(|volume| volume == entry_host(named));
-    record.volumes.iter().all(|named| named != entry && listed(named))
+/// What a file at a key's path on `entry` is, by the key's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyFile {
+    /// A replica the record names.
+    Named,
+    /// A copy on a volume the record does not name: kept.
+    Unrecorded,
+    /// No record names the key: an orphan.
+    Orphan,
+}
+
+/// What the file of a key at `entry` is, judged by the key's record (pure).
+fn key_file(record: Option<&Record>, entry: &str) -> KeyFile {
+    match record {
+        None => KeyFile::Orphan,
+        Some(record) if record.volumes.iter().any(|named| named == entry) => KeyFile::Named,
+        Some(_) => KeyFile::Unrecorded,
+    }
 }
 
 /// Whether `orphan` is still one (checked again just before it is removed).
 fn still_orphan(app: &App, orphan: &Orphan) -> Result<bool, IndexError> {
     match orphan {
-        Orphan::Key { key, entry } => match app.store.get(key) {
-            Ok(record) => Ok(key_file_is_orphan(record.as_ref(), entry, &app.config.volumes)),
+        Orphan::Key { key, .. } => match app.store.get(key) {
+            Ok(record) => Ok(record.is_none()),
             // A record that does not decode names who knows what: keep.
             Err(IndexError::Corrupt { .. }) => Ok(false),
             Err(error) => Err(error),
@@ -233,12 +250,16 @@ fn examine(
                         Err(IndexError::Corrupt { .. }) => return Ok(None),
                         Err(error) => return Err(error),
                     };
-                    if !key_file_is_orphan(record.as_ref(), &directory.entry, &app.config.volumes) {
-                        return Ok(None);
-                    }
-                    Orphan::Key {
-                        key,
-                        entry: directory.entry.clone(),
+                    match key_file(record.as_ref(), &directory.entry) {
+                        KeyFile::Named => return Ok(None),
+                        KeyFile::Unrecorded => {
+                            unrecorded(directory, listed, &key, settings, summary, progress);
+                            return Ok(None);
+                        }
+                        KeyFile::Orphan => Orphan::Key {
+                            key,
+                            entry: directory.entry.clone(),
+                        },
                     }
                 }
             }
@@ -276,6 +297,31 @@ fn examine(
     }))
 }
 
+/// Count and report an old copy of the recorded `key` on a volume its
+/// record does not name; it is kept. One younger than the grace may be a
+/// rebalance's copy whose record is not written yet: left unsaid.
+fn unrecorded(
+    directory: &Directory,
+    listed: &Listed,
+    key: &[u8],
+    settings: &Settings,
+    summary: &mut Summary,
+    progress: &Progress,
+) {
+    if !older_than(listed.mtime.as_deref(), settings.orphan_grace) {
+        return;
+    }
+    summary.unrecorded_copies += 1;
+    progress.report(&format!(
+        "{}{}{}: a copy of {:?} on a volume its record does not name: kept (`mkv rebuild` with every volume \
+         up records it; delete it by hand if it is stale)",
+        volume_of(directory),
+        directory.path,
+        listed.name,
+        String::from_utf8_lossy(key)
+    ));
+}
+
 /// Whether a listing's `mtime` (an HTTP date) is more than `grace` ago. A
 /// missing or unreadable date is taken as now: nothing is deleted on a guess.
 fn older_than(mtime: Option<&str>, grace: Duration) -> bool {
@@ -294,19 +340,17 @@ mod tests {
     }
 
     #[test]
-    fn orphans_are_files_no_record_names() {
-        let volumes = entries(&["a:1", "b:1"]);
-        assert!(key_file_is_orphan(None, "a:1/sv01", &volumes));
+    fn orphans_are_files_of_keys_without_a_record() {
+        assert_eq!(key_file(None, "a:1/sv01"), KeyFile::Orphan);
         let record = Record::new(entries(&["a:1/sv01"]), false, None);
-        assert!(!key_file_is_orphan(Some(&record), "a:1/sv01", &volumes));
-        assert!(key_file_is_orphan(Some(&record), "a:1/sv02", &volumes));
-        assert!(key_file_is_orphan(Some(&record), "b:1/sv01", &volumes));
+        assert_eq!(key_file(Some(&record), "a:1/sv01"), KeyFile::Named);
+        // A recorded key's copy elsewhere may be the only other copy: kept.
+        assert_eq!(key_file(Some(&record), "a:1/sv02"), KeyFile::Unrecorded);
+        assert_eq!(key_file(Some(&record), "b:1/sv01"), KeyFile::Unrecorded);
         // Soft-deleted records keep their files for RELINK.
         let unlinked = Record::new(entries(&["b:1/sv01"]), true, None);
-        assert!(!key_file_is_orphan(Some(&unlinked), "b:1/sv01", &volumes));
-        // A host -volumes does not list may be one of ours spelled otherwise.
-        let foreign = Record::new(entries(&["localhost:1/sv01"]), false, None);
-        assert!(!key_file_is_orphan(Some(&foreign), "a:1/sv01", &volumes));
+        assert_eq!(key_file(Some(&unlinked), "b:1/sv01"), KeyFile::Named);
+        assert_eq!(key_file(Some(&unlinked), "a:1/sv01"), KeyFile::Unrecorded);
     }
 
     #[test]

@@ -54,7 +54,10 @@ impl fmt::Display for Replica {
                 expected: Some(expected),
             } => write!(formatter, "wrong size: {found} bytes, the value has {expected}"),
             Replica::WrongSize { found, expected: None } => {
-                write!(formatter, "{found} bytes, and the replicas disagree on the size")
+                write!(
+                    formatter,
+                    "{found} bytes, and no size is recorded or held by more than half of the copies"
+                )
             }
             Replica::Corrupt => write!(formatter, "corrupt: its md5 is not the value's"),
             Replica::Unreachable(error) => write!(formatter, "unreachable: {error}"),
@@ -67,8 +70,8 @@ impl fmt::Display for Replica {
 pub enum NotRepaired {
     /// No replica passed every check.
     NoGoodCopy,
-    /// The copies disagree and nothing recorded (metadata, md5) or agreed
-    /// by a majority of the placed copies says which is right.
+    /// The copies disagree and nothing recorded (metadata, md5) or held by
+    /// more than half of the copies says which is right.
     Disagree,
     /// Another write holds the key's lock.
     Busy,
@@ -84,8 +87,8 @@ impl fmt::Display for NotRepaired {
         formatter.write_str(match self {
             NotRepaired::NoGoodCopy => "no good copy to repair from",
             NotRepaired::Disagree => {
-                "not repaired: the copies disagree and nothing recorded or agreed by most placed copies says \
-                 which is right; left as they are"
+                "not repaired: the copies disagree and nothing recorded or held by more than half of the copies \
+                 (counting those that did not answer) says which is right; left as they are"
             }
             NotRepaired::Busy => "not repaired: another write of the key is in progress",
             NotRepaired::Changed => "not repaired: the record changed while it was checked",
@@ -105,6 +108,19 @@ pub struct KeyReport {
     pub failed: Vec<(String, String)>,
     /// Why bad replicas were not repaired, if they were not.
     pub not_repaired: Option<NotRepaired>,
+    /// The volumes the record names, when fewer than `-replicas` (a
+    /// rebuild that went on without a volume, a write before `-replicas`
+    /// grew): verify repairs only the replicas a record names.
+    pub under_replicated: Option<usize>,
+}
+
+/// How many volumes `record` names (entries on one volume's subvolumes
+/// count once) when fewer than `replicas` (pure).
+fn under_replicated(record: &Record, replicas: usize) -> Option<usize> {
+    let mut hosts: Vec<&str> = record.volumes.iter().map(|entry| entry_host(entry)).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    (hosts.len() < replicas).then_some(hosts.len())
 }
 
 /// What the value of a key is, as far as the checks tell.
@@ -116,54 +132,42 @@ struct Expected {
     md5: Option<Md5Hex>,
 }
 
-/// The value held by more of `values` than any other value, if one is.
-fn majority<T: Copy + Eq>(values: impl IntoIterator<Item = T>) -> Option<T> {
-    let mut counts: Vec<(T, usize)> = Vec::new();
+/// The value held most often among `values`, and how often (the first of
+/// equals), if there is one.
+fn most_held<T: Copy + Eq>(values: &[T]) -> Option<(T, usize)> {
+    let mut most: Option<(T, usize)> = None;
     for value in values {
-        match counts.iter_mut().find(|(seen, _)| *seen == value) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((value, 1)),
+        let count = values.iter().filter(|other| *other == value).count();
+        if most.is_none_or(|(_, most)| count > most) {
+            most = Some((*value, count));
         }
     }
-    counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
-    match counts.as_slice() {
-        [] => None,
-        [(only, _)] => Some(*only),
-        [(first, most), (_, next), ..] => (most > next).then_some(*first),
-    }
+    most
 }
 
-/// The value every one of `values` holds, if they all hold one and the same
-/// (and there is at least one).
-fn unanimous<T: Copy + Eq>(values: impl IntoIterator<Item = T>) -> Option<T> {
-    let mut values = values.into_iter();
-    let first = values.next()?;
-    values.all(|value| value == first).then_some(first)
-}
-
-/// What the copies say the value is when nothing recorded says it: the one
-/// value every copy has, else the value most of the copies on placed
-/// entries have (`placed[i]`: whether entry i is one key2volume places the
-/// key on). Copies on other entries (a rebalance's leftovers, which a
-/// rebuild records too) never outvote the placed ones; with no majority
-/// nothing is known (pure).
-fn agreed<T: Copy + Eq>(values: &[Option<T>], placed: &[bool]) -> Option<T> {
-    unanimous(values.iter().flatten().copied()).or_else(|| {
-        let placed_values = values.iter().zip(placed).filter(|(_, placed)| **placed);
-        majority(placed_values.filter_map(|(value, _)| *value))
-    })
+/// What the copies say the value is when nothing recorded says it: the
+/// value more than half of the copies that may hold one have. `values`
+/// holds each copy's (None: it holds none, or it was not read), `unknown`
+/// counts copies that may hold a value nobody saw (a volume that did not
+/// answer, a read that failed), each against every value. Where a copy
+/// lies says nothing: a rebuild records every copy it finds, and a placed
+/// copy may be the stale one as well as an unplaced one, so they count
+/// alike. Without such a majority (a tie included) nothing is known, and
+/// nothing is repaired on it (pure).
+fn agreed<T: Copy + Eq>(values: &[Option<T>], unknown: usize) -> Option<T> {
+    let present: Vec<T> = values.iter().flatten().copied().collect();
+    let (value, count) = most_held(&present)?;
+    (2 * count > present.len() + unknown).then_some(value)
 }
 
 /// What each replica holds, from what its HEAD answered (its size, None
 /// on 404, or why it failed), and the value's size: `meta_size`, or what
-/// the copies agree on (`agreed`) (pure).
-fn judge(
-    heads: &[Result<Option<u64>, String>],
-    placed: &[bool],
-    meta_size: Option<u64>,
-) -> (Vec<Replica>, Option<u64>) {
+/// the copies agree on (`agreed`; a HEAD that failed counts against every
+/// size) (pure).
+fn judge(heads: &[Result<Option<u64>, String>], meta_size: Option<u64>) -> (Vec<Replica>, Option<u64>) {
     let sizes: Vec<Option<u64>> = heads.iter().map(|head| head.as_ref().ok().copied().flatten()).collect();
-    let expected = meta_size.or_else(|| agreed(&sizes, placed));
+    let unknown = heads.iter().filter(|head| head.is_err()).count();
+    let expected = meta_size.or_else(|| agreed(&sizes, unknown));
     let replicas = heads
         .iter()
         .map(|head| match head {
@@ -191,14 +195,16 @@ async fn head_all(entries: &[String], path: &str, timeout: Duration) -> Vec<Resu
 
 /// Read back every replica judged Ok and mark those whose md5 is not the
 /// value's Corrupt. Returns the md5 the value has, when known: `recorded`,
-/// or what the copies agree on (`agreed`); when nothing says, every copy
-/// read is marked Corrupt and none is a source.
+/// or what the copies agree on (`agreed`: a copy not read counts against
+/// every md5 when it may hold the value: one that did not answer, or one
+/// of another size when no size is recorded (`size_recorded`)); when
+/// nothing says, every copy read is marked Corrupt and none is a source.
 async fn check_md5s(
     entries: &[String],
     replicas: &mut [Replica],
-    placed: &[bool],
     path: &str,
     recorded: Option<Md5Hex>,
+    size_recorded: bool,
     timeout: Duration,
 ) -> Option<Md5Hex> {
     let reads = entries.iter().zip(replicas.iter()).map(|(entry, replica)| async move {
@@ -209,7 +215,16 @@ async fn check_md5s(
     });
     let md5s: Vec<Option<Result<Option<Md5Hex>, VolumeError>>> = join_all(reads).await;
     let read: Vec<Option<Md5Hex>> = md5s.iter().map(|md5| md5.as_ref()?.as_ref().ok().copied()?).collect();
-    let agreed = recorded.or_else(|| agreed(&read, placed));
+    let unread = replicas
+        .iter()
+        .filter(|replica| match replica {
+            Replica::Unreachable(_) => true,
+            Replica::WrongSize { .. } => !size_recorded,
+            _ => false,
+        })
+        .count();
+    let failed = md5s.iter().filter(|md5| matches!(md5, Some(Err(_)))).count();
+    let agreed = recorded.or_else(|| agreed(&read, unread + failed));
     for (replica, md5) in replicas.iter_mut().zip(md5s) {
         match md5 {
             None => {}
@@ -229,28 +244,23 @@ async fn check_md5s(
 pub async fn verify_key(app: &App, settings: &Settings, key: &[u8], record: &Record) -> Result<KeyReport, IndexError> {
     let path = key2path(key);
     let meta_size = app.store.meta(key)?.map(|meta| meta.size);
-    let placed_entries = app.store.placement().place(key);
-    let placed: Vec<bool> = record
-        .volumes
-        .iter()
-        .map(|entry| placed_entries.contains(entry))
-        .collect();
     let heads = head_all(&record.volumes, &path, settings.timeout).await;
-    let (mut replicas, size) = judge(&heads, &placed, meta_size);
+    let (mut replicas, size) = judge(&heads, meta_size);
     let mut md5 = record.hash;
     if settings.md5 {
         md5 = check_md5s(
             &record.volumes,
             &mut replicas,
-            &placed,
             &path,
             record.hash,
+            meta_size.is_some(),
             settings.timeout,
         )
         .await;
     }
     let mut report = KeyReport {
         replicas: record.volumes.iter().cloned().zip(replicas).collect(),
+        under_replicated: under_replicated(record, app.config.replicas),
         ..KeyReport::default()
     };
     if !report.replicas.iter().any(|(_, replica)| replica.is_bad()) {
@@ -482,17 +492,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn majority_needs_more_than_any_other() {
-        assert_eq!(majority([3, 3, 5]), Some(3));
-        assert_eq!(majority([5]), Some(5));
-        assert_eq!(majority([3, 5]), None);
-        assert_eq!(majority(Vec::<u8>::new()), None);
+    fn agreement_needs_more_than_half_of_the_copies() {
+        assert_eq!(agreed(&[Some(3), Some(3), Some(5)], 0), Some(3));
+        assert_eq!(agreed(&[Some(5), None, None], 0), Some(5));
+        assert_eq!(agreed(&[Some(3), Some(5)], 0), None);
+        assert_eq!(agreed::<u8>(&[None, None], 0), None);
+        // Most, but not more than half: three values, none held by most copies.
+        assert_eq!(agreed(&[Some(3), Some(3), Some(5), Some(7)], 0), None);
+        // A copy nobody saw counts against every value.
+        assert_eq!(agreed(&[Some(3), None], 1), None);
+        assert_eq!(agreed(&[Some(3), Some(3), Some(5)], 1), None);
+        assert_eq!(agreed(&[Some(3), Some(3), Some(5)], 0), Some(3));
+    }
+
+    #[test]
+    fn a_record_naming_fewer_volumes_than_replicas_is_under_replicated() {
+        let entries = |names: &[&str]| names.iter().map(|name| name.to_string()).collect();
+        let one = Record::new(entries(&["a:1"]), false, None);
+        assert_eq!(under_replicated(&one, 2), Some(1));
+        assert_eq!(under_replicated(&one, 1), None);
+        // Two subvolumes of one server are one volume.
+        let one_server = Record::new(entries(&["a:1/sv01", "a:1/sv02"]), false, None);
+        assert_eq!(under_replicated(&one_server, 2), Some(1));
+        let two = Record::new(entries(&["a:1/sv01", "b:1/sv02", "c:1/sv01"]), false, None);
+        assert_eq!(under_replicated(&two, 3), None);
     }
 
     #[test]
     fn a_timeout_is_never_missing() {
         let heads = [Ok(Some(5)), Err("volume a: timed out".to_owned()), Ok(None)];
-        let (replicas, size) = judge(&heads, &[true; 3], Some(5));
+        let (replicas, size) = judge(&heads, Some(5));
         assert_eq!(size, Some(5));
         assert_eq!(replicas[0], Replica::Ok);
         assert!(matches!(replicas[1], Replica::Unreachable(_)));
@@ -502,7 +531,7 @@ mod tests {
 
     #[test]
     fn sizes_come_from_metadata_or_the_replicas_agreement() {
-        let (replicas, _) = judge(&[Ok(Some(4)), Ok(Some(5))], &[true, true], Some(5));
+        let (replicas, _) = judge(&[Ok(Some(4)), Ok(Some(5))], Some(5));
         assert_eq!(
             replicas[0],
             Replica::WrongSize {
@@ -510,27 +539,33 @@ mod tests {
                 expected: Some(5)
             }
         );
-        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5)), Ok(Some(5))], &[true; 3], None);
+        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5)), Ok(Some(5))], None);
         assert_eq!(size, Some(5));
         assert!(replicas[0].is_bad() && replicas[1] == Replica::Ok);
         // Two replicas that disagree, and nothing to say which is right.
-        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5))], &[true, true], None);
+        let (replicas, size) = judge(&[Ok(Some(4)), Ok(Some(5))], None);
         assert_eq!(size, None);
         assert!(replicas.iter().all(Replica::is_bad));
     }
 
     #[test]
-    fn copies_off_placement_never_outvote_the_placed_ones() {
-        // Two stray copies of an old value against the one placed copy.
+    fn the_majority_of_the_copies_wins_wherever_they_are_and_a_tie_is_nobodys() {
+        // One copy on the volume placement names against two elsewhere that
+        // agree (a rebuild recorded all three, in placement's order).
         let heads = [Ok(Some(15)), Ok(Some(3)), Ok(Some(3))];
-        let (replicas, size) = judge(&heads, &[true, false, false], None);
-        assert_eq!(size, Some(15));
-        assert_eq!(replicas[0], Replica::Ok);
-        // The placed copies disagree: nothing is known, whatever the others say.
-        let (_, size) = judge(&heads, &[true, true, false], None);
+        let (replicas, size) = judge(&heads, None);
+        assert_eq!(size, Some(3));
+        assert_eq!(replicas[1], Replica::Ok);
+        assert!(replicas[0].is_bad());
+        // One against one: nothing is known, nothing is good.
+        let (replicas, size) = judge(&[Ok(Some(15)), Ok(Some(3)), Ok(None)], None);
         assert_eq!(size, None);
-        // Copies that all agree are the value, placed or not.
-        let (replicas, size) = judge(&[Ok(Some(3)), Ok(None)], &[false, false], None);
+        assert!(replicas.iter().all(|replica| *replica != Replica::Ok));
+        // A copy that did not answer may hold the other value.
+        let (_, size) = judge(&[Ok(Some(3)), Ok(Some(3)), Ok(Some(15)), Err("down".into())], None);
+        assert_eq!(size, None);
+        // Copies that all agree are the value.
+        let (replicas, size) = judge(&[Ok(Some(3)), Ok(None)], None);
         assert_eq!(size, Some(3));
         assert_eq!(replicas[0], Replica::Ok);
     }

@@ -24,6 +24,8 @@ fn durations_and_counts_out_of_range_are_refused_at_start() {
         (&["--block-cache-mb", "99999999"], "--block-cache-mb"),
         (&["--body-rate-min", "99999999999999"], "--body-rate-min"),
         (&["--orphan-grace", "100000h"], "--orphan-grace"),
+        (&["--s3-upload-expiry", "100000h"], "--s3-upload-expiry"),
+        (&["--s3-upload-expiry", "1ms"], "--s3-upload-expiry"),
         (&["--concurrency", "0"], "--concurrency"),
         (&["--threads", "0"], "--threads"),
     ];

@@ -6,7 +6,9 @@
 //! a copy that exists; verify repairs a deleted replica; a second job while
 //! one runs is refused with 409; without the flags the locked index names
 //! them. The admin port runs jobs only for the token's holder, never for a
-//! web page, and the metrics port runs none.
+//! web page, and the metrics port runs none. Idle clients take no slot of
+//! either port, HEAD gets no body there, and the admin port takes no option
+//! the flags refuse.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -463,4 +465,124 @@ fn a_shutdown_during_an_online_rebalance_ends_the_job_with_an_exit_code_and_no_s
     cluster.start_master();
     let found = expect(&cluster.run_command(&["--orphan-grace", "0s"], "verify"), 1);
     assert!(found.contains("orphans: 0 found"), "{found}");
+    assert!(
+        found.contains("0 copies on volumes their records do not name"),
+        "{found}"
+    );
+}
+
+/// Connections to `port` that connect and send nothing.
+fn idle_connections(port: u16, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect()
+}
+
+#[test]
+fn idle_clients_take_no_slot_of_the_admin_or_the_metrics_port() {
+    let admin = Admin::new();
+    let metrics_port = free_port();
+    let metrics = metrics_port.to_string();
+    let cluster = start_with_admin(2, &["-replicas", "1", "--metrics-port", &metrics], &admin);
+    write_keys(&cluster, "/idle/key", 3);
+    // More silent clients than either port has slots (8 and 64), and one
+    // that sends a head a byte at a time: none of them needs a token.
+    let _silent_admin = idle_connections(admin.port, 40);
+    let _silent_metrics = idle_connections(metrics_port, 200);
+    let mut trickling = TcpStream::connect(("127.0.0.1", admin.port)).unwrap();
+    trickling.write_all(b"P").unwrap();
+    // Both ports answer within the 5 s a head may take to arrive, while
+    // every one of those is still connected.
+    let started = std::time::Instant::now();
+    let scrape = request("GET", &format!("http://127.0.0.1:{metrics_port}/metrics"), None);
+    assert_eq!(scrape.status, 200, "{}", String::from_utf8_lossy(&scrape.body));
+    let verified = expect(&cluster.run_command(&[], "verify"), 0);
+    assert!(verified.contains("the master at"), "{verified}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered only after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Send `bytes` to `port` and read the whole answer (the server closes).
+fn exchange(port: u16, bytes: &str) -> String {
+    crate::cluster::raw(port, bytes.as_bytes(), Duration::from_secs(10))
+}
+
+/// The status line of `answer`, after checking that nothing follows its
+/// head: an answer to HEAD has no body.
+fn bodiless(answer: &str) -> &str {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert_eq!(body, "", "a body after the head of an answer to HEAD: {answer}");
+    assert!(head.contains("Connection: close"), "{head}");
+    head.lines().next().unwrap()
+}
+
+#[test]
+fn head_on_the_admin_and_metrics_ports_gets_no_body() {
+    let admin = Admin::new();
+    let metrics_port = free_port();
+    let metrics = metrics_port.to_string();
+    let _cluster = start_with_admin(2, &["-replicas", "1", "--metrics-port", &metrics], &admin);
+    let page = exchange(metrics_port, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(bodiless(&page), "HTTP/1.1 200 OK");
+    let length: usize = page
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 1000, "the page's length, without the page: {page}");
+    let missing = exchange(metrics_port, "HEAD /admin/verify HTTP/1.1\r\n\r\n");
+    assert_eq!(bodiless(&missing), "HTTP/1.1 404 Not Found");
+    let tokenless = exchange(admin.port, "HEAD /admin/verify HTTP/1.1\r\n\r\n");
+    assert_eq!(bodiless(&tokenless), "HTTP/1.1 401 Unauthorized");
+    let authorized = format!(
+        "HEAD /admin/verify HTTP/1.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        admin.token()
+    );
+    let not_post = exchange(admin.port, &authorized);
+    assert_eq!(bodiless(&not_post), "HTTP/1.1 405 Method Not Allowed");
+    assert!(not_post.contains("Allow: POST"), "{not_post}");
+    let from_page = exchange(
+        admin.port,
+        "HEAD /admin/verify HTTP/1.1\r\nOrigin: http://evil.example\r\n\r\n",
+    );
+    assert_eq!(bodiless(&from_page), "HTTP/1.1 403 Forbidden");
+}
+
+#[test]
+fn the_admin_port_refuses_options_the_flags_refuse_and_two_authorizations() {
+    let admin = Admin::new();
+    let cluster = start_with_admin(2, &["-replicas", "1"], &admin);
+    let files = {
+        write_keys(&cluster, "/opts/key", 2);
+        replica_files(&cluster, "/opts/key-1")
+    };
+    let token = format!("Authorization: Bearer {}\r\n", admin.token());
+    for path in [
+        "/admin/verify?orphan-grace=100000h",
+        "/admin/verify?purge-unlinked=1000000h",
+        "/admin/verify?concurrency=5000",
+        "/admin/verify?repair=false&repair=true",
+    ] {
+        let (status, mut body) = post(admin.port, path, &token);
+        let mut why = String::new();
+        std::io::Read::read_to_string(&mut body, &mut why).unwrap();
+        assert!(status.starts_with("HTTP/1.1 400"), "{path}: {status} {why}");
+    }
+    // The token twice (or beside another): which one counts is nobody's guess.
+    let twice = format!("{token}{token}");
+    let (status, _) = post(admin.port, "/admin/verify", &twice);
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    let beside = format!("{token}Authorization: Bearer {}\r\n", "0".repeat(64));
+    let (status, _) = post(admin.port, "/admin/verify", &beside);
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert!(files.iter().all(|file| file.exists()));
+    let (status, mut body) = post(admin.port, "/admin/verify", &token);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut lines = String::new();
+    std::io::Read::read_to_string(&mut body, &mut lines).unwrap();
+    assert!(lines.trim_end().ends_with("exit 0"), "{lines}");
 }

@@ -1,9 +1,11 @@
 //! Repair after a rebuild: `rebuild` records only what a key's copies agree
 //! on, so `verify --repair` never overwrites copies on the evidence of a size
 //! or md5 taken from whichever copy a listing showed first. A stray old copy
-//! (a rebalance leftover) is outvoted by the placed copies; copies that
-//! disagree with nothing to say which is right are reported and left. A
-//! rebuilt value without an md5 still has an S3 ETag.
+//! (a rebalance leftover) is outvoted by the other copies; more copies win
+//! over fewer wherever they lie (a placed copy is no better evidence);
+//! copies that disagree with nothing to say which is right, a tie included,
+//! are reported and left. A rebuilt value without an md5 still has an S3
+//! ETag.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -85,6 +87,57 @@ fn repair_after_rebuild_keeps_the_placed_copies_over_a_stray_old_copy() {
     );
     cluster.start_master();
     assert_eq!(fetch(&cluster.url(key)).body, VALUE);
+}
+
+#[test]
+fn after_a_rebuild_more_copies_win_wherever_they_lie_and_a_tie_repairs_nothing() {
+    let mut cluster = Cluster::start(3, &["-replicas", "1", "-subvolumes", "1"]);
+    let outvoted = "/rebuilt/outvoted";
+    let tied = "/rebuilt/tied";
+    for key in [outvoted, tied] {
+        assert_eq!(request("PUT", &cluster.url(key), Some(VALUE)).status, 201);
+    }
+    // The one placed copy of each against two agreeing copies elsewhere,
+    // and against one.
+    let elsewhere = |key: &str| -> Vec<usize> {
+        let placed = holders(&cluster, key);
+        (0..3).filter(|volume| !placed.contains(volume)).collect()
+    };
+    let (outvoted_placed, tied_placed) = (holders(&cluster, outvoted)[0], holders(&cluster, tied)[0]);
+    let outvoting = elsewhere(outvoted);
+    for &volume in &outvoting {
+        plant(&file_on(&cluster, volume, outvoted), OLD);
+    }
+    let tying = elsewhere(tied)[0];
+    plant(&file_on(&cluster, tying, tied), OLD);
+    cluster.kill_master();
+
+    let rebuilt = expect(&cluster.run_command(&[], "rebuild"), 0);
+    assert!(rebuilt.contains("differ in size"), "{rebuilt}");
+    let repaired = expect(&cluster.run_command(&["--repair"], "verify"), 1);
+    assert!(repaired.contains("1 repaired"), "{repaired}");
+    assert!(
+        repaired.contains(&format!("{tied:?}: not repaired: the copies disagree")),
+        "{repaired}"
+    );
+    for &volume in &outvoting {
+        assert_eq!(
+            std::fs::read(file_on(&cluster, volume, outvoted)).unwrap(),
+            OLD,
+            "{repaired}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(file_on(&cluster, outvoted_placed, outvoted)).unwrap(),
+        OLD,
+        "the placed copy, outvoted two to one, now holds what most copies hold"
+    );
+    assert_eq!(std::fs::read(file_on(&cluster, tied_placed, tied)).unwrap(), VALUE);
+    assert_eq!(
+        std::fs::read(file_on(&cluster, tying, tied)).unwrap(),
+        OLD,
+        "one against one: neither copy is destroyed"
+    );
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! `mkv verify` against real volumes, the master stopped: it finds a
 //! deleted replica, a corrupted one (`--md5`), orphans and unreachable
 //! volumes; `--repair` restores replicas byte-exact from a good copy and
-//! removes old orphans only; a rerun finds nothing; `--purge-unlinked`
-//! hard-deletes old soft-deleted keys only.
+//! removes old orphans only (never a copy of a recorded key, nor anything
+//! when the index holds no live record); a rerun finds nothing;
+//! `--purge-unlinked` hard-deletes old soft-deleted keys only. Records
+//! naming fewer volumes than `-replicas` are reported.
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -219,19 +221,29 @@ fn verify_removes_old_orphans_and_leaves_young_ones_and_unlinked_copies() {
     plant(&young, b"young", Duration::ZERO);
 
     let found = expect(&verify(&cluster, &[]), 1);
-    assert!(found.contains("orphans: 3 found, 0 removed (1 younger"), "{found}");
+    assert!(found.contains("orphans: 2 found, 0 removed (1 younger"), "{found}");
     assert!(found.contains("orphan (no record names it)"), "{found}");
+    assert!(
+        found.contains("1 copies on volumes their records do not name (kept)"),
+        "{found}"
+    );
     assert!(no_record.exists() && elsewhere.exists() && part.exists());
 
-    let removed = expect(&verify(&cluster, &["--repair"]), 0);
-    assert!(removed.contains("orphans: 3 found, 3 removed (1 younger"), "{removed}");
-    assert!(!no_record.exists() && !elsewhere.exists() && !part.exists());
+    let removed = expect(&verify(&cluster, &["--repair"]), 1);
+    assert!(removed.contains("orphans: 2 found, 2 removed (1 younger"), "{removed}");
+    assert!(!no_record.exists() && !part.exists());
+    assert!(
+        elsewhere.exists() && removed.contains("its record does not name: kept"),
+        "a live key's copy is never an orphan: {removed}"
+    );
     assert!(young.exists(), "a file younger than the grace is left alone");
     assert!(live_files.iter().all(|file| file.exists()));
     assert!(
         unlinked_files.iter().all(|file| file.exists()),
         "UNLINK keeps the bytes"
     );
+    // The operator, told of the copy, deletes it.
+    std::fs::remove_file(&elsewhere).unwrap();
 
     // A shorter grace makes the young file old enough.
     std::thread::sleep(Duration::from_millis(1100));
@@ -345,6 +357,8 @@ fn verify_repair_killed_midway_converges_on_rerun() {
 #[test]
 fn repair_removes_every_orphan_copy_of_one_key() {
     let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    // A live key: an index without one removes no orphan unconfirmed.
+    assert_eq!(request("PUT", &cluster.url("/v/live"), Some(b"live")).status, 201);
     cluster.kill_master();
     // One key with no record, an old copy on six entries: their removals
     // run at once and each takes the key's lock.
@@ -390,4 +404,79 @@ fn verify_and_rebalance_refuse_an_index_that_does_not_exist() {
         assert!(!missing.exists(), "{command} made no index");
     }
     assert_eq!(fetch(&cluster.url("/kept")).body, kept);
+}
+
+#[test]
+fn repair_after_a_rebuild_without_a_volume_keeps_that_volumes_copies() {
+    let mut cluster = Cluster::start(3, &["-replicas", "2"]);
+    let keys = write_keys(&cluster, 8);
+    cluster.kill_master();
+    let held = cluster.files_on(2);
+    assert!(!held.is_empty());
+    cluster.volumes[2].stop();
+    let rebuilt = cluster.run_command(&["--allow-down-volumes"], "rebuild");
+    assert!(!String::from_utf8_lossy(&rebuilt.stderr).contains("panicked"));
+    cluster.volumes[2].restart();
+
+    // The volume is back: its copies are no orphans, the records that
+    // left them out are reported.
+    let short = ["--repair", "--orphan-grace", "0s", "--confirm-short-grace"];
+    let repaired = expect(&verify(&cluster, &short), 1);
+    let count = held.len();
+    assert!(
+        repaired.contains(&format!("{count} records naming fewer volumes than -replicas")),
+        "{repaired}"
+    );
+    assert!(repaired.contains("names 1 volumes, fewer than -replicas"), "{repaired}");
+    assert!(
+        repaired.contains(&format!("{count} copies on volumes their records do not name (kept)")),
+        "{repaired}"
+    );
+    assert!(repaired.contains("orphans: 0 found"), "{repaired}");
+    let left: Vec<&PathBuf> = held.iter().filter(|file| !file.exists()).collect();
+    assert!(left.is_empty(), "deleted: {left:?}\n{repaired}");
+
+    // With every volume up, a rebuild records them again.
+    expect(&cluster.run_command(&[], "rebuild"), 0);
+    let clean = expect(&verify(&cluster, &[]), 0);
+    assert!(clean.contains("0 records naming fewer volumes"), "{clean}");
+    cluster.start_master();
+    for (key, body) in &keys {
+        assert!(fetch(&cluster.url(key)).body == *body, "{key}");
+    }
+}
+
+#[test]
+fn repair_with_an_index_that_holds_no_live_record_removes_nothing_unconfirmed() {
+    let cluster = Cluster::start(3, &[]);
+    let kept = value(1000, 9);
+    assert_eq!(request("PUT", &cluster.url("/kept"), Some(&kept)).status, 201);
+    let files = replica_files(&cluster, "/kept");
+    // An index that exists and is empty (the wrong one, made by a command).
+    let empty = cluster.dir.path().join("empty");
+    let db = empty.display().to_string();
+    let run = |args: &[&str], command: &str| {
+        mkv()
+            .args(["-db", &db, "-volumes", &cluster.volume_list()])
+            .args(args)
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    expect(&run(&["--count", "0"], "seed"), 0);
+    let repair = ["--repair", "--orphan-grace", "0s", "--confirm-short-grace"];
+    let refused = expect(&run(&repair, "verify"), 1);
+    assert!(
+        refused.contains("no orphan removed: the index holds no live record"),
+        "{refused}"
+    );
+    assert!(refused.contains("orphans: 3 found, 0 removed"), "{refused}");
+    assert!(files.iter().all(|file| file.exists()));
+    assert_eq!(fetch(&cluster.url("/kept")).body, kept);
+
+    let confirmed: Vec<&str> = repair.iter().copied().chain(["--confirm-empty-index"]).collect();
+    let removed = expect(&run(&confirmed, "verify"), 0);
+    assert!(removed.contains("orphans: 3 found, 3 removed"), "{removed}");
+    assert!(files.iter().all(|file| !file.exists()));
 }
