@@ -190,15 +190,9 @@ pub async fn delete(
         Holding::NoLive if !recorded => return Err(S3Error::no_such_bucket()),
         Holding::NoLive => {}
     }
-    // A multipart upload still open in the bucket would complete into a
-    // bucket that is gone (and bring it back): not empty.
-    if !state::bucket_uploads(app.store.index(), &request.bucket, b"", b"", "", 1)?.is_empty() {
-        return Err(S3Error::new(
-            409,
-            "BucketNotEmpty",
-            "The bucket you tried to delete has multipart uploads in progress",
-        ));
-    }
+    // Uploads still open in the bucket go with it, as in S3 (one left
+    // would complete into a bucket that is gone).
+    super::multipart::abort_all_in(app, &request.bucket).await?;
     state::delete_bucket(&app.store, &request.bucket).await?;
     Reply::empty(204).write(connection, head.keep_alive, false);
     Ok(Sent::status(204))

@@ -31,7 +31,7 @@ use crate::write::{self, Plan};
 use super::body::{checksum_entry, request_body, CHECKSUM_ENTRY_PREFIX};
 use super::checksum::{self, Algorithm, ChecksumType};
 use super::object::{
-    checked_key, content_md5, copy_source_object, open_download, read_small_body, user_metadata, write_precondition,
+    checked_key, content_md5, copy_source_object, open_download, read_complete_body, user_metadata, write_precondition,
     CopySource, EmptySource,
 };
 use super::request::ByteRange;
@@ -397,6 +397,24 @@ pub async fn abort(
     Ok(Sent::status(204))
 }
 
+/// Abort every upload open in `bucket` (DeleteBucket: S3 deletes a bucket
+/// whose only content is uploads in progress, and they go with it), each
+/// under its upload's lock, as AbortMultipartUpload does.
+pub async fn abort_all_in(app: &App, bucket: &str) -> Result<(), S3Error> {
+    loop {
+        let listed = state::bucket_uploads(app.store.index(), bucket, b"", b"", "", LIST_ENTRIES_MAX as usize)?;
+        if listed.is_empty() {
+            return Ok(());
+        }
+        for upload in listed {
+            let _guard = super::lock(app, &upload_lock_key(&upload.upload_id)).await?;
+            if let Some(state) = state::upload(app.store.index(), &upload.upload_id)? {
+                remove_upload(app, &upload.upload_id, &state).await?;
+            }
+        }
+    }
+}
+
 /// Remove upload `id` whole: its files (the directory on every volume),
 /// then its state. If a volume cannot be reached the upload stays, and an
 /// abort (or the expiry sweep) retried later removes what is left. The
@@ -614,7 +632,7 @@ async fn complete_again(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let body = read_small_body(app, connection, head, request).await?;
+    let body = read_complete_body(app, connection, head, request).await?;
     let listed = xml::parse_complete(&body).map_err(|_| S3Error::no_such_upload())?;
     let md5s: Option<Vec<[u8; 16]>> = listed.iter().map(|(_, etag)| etag_md5(etag)).collect();
     let etag = multipart_etag(&md5s.ok_or_else(S3Error::no_such_upload)?);
@@ -649,7 +667,7 @@ pub async fn complete(
     if state::upload(app.store.index(), &id)?.is_none() {
         return complete_again(app, connection, head, request).await;
     }
-    let body = read_small_body(app, connection, head, request).await?;
+    let body = read_complete_body(app, connection, head, request).await?;
     let completed = xml::parse_complete_parts(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
     let uploaded = all_parts(app, &id)?;

@@ -227,11 +227,24 @@ pub async fn read_small_body(
     request: &S3Request,
 ) -> Result<Vec<u8>, S3Error> {
     let body = read_small_body_unchecked(app, connection, head).await?;
-    check_small_body(request, &body)?;
+    check_small_body(request, &body, true)?;
     Ok(body)
 }
 
-fn check_small_body(request: &S3Request, body: &[u8]) -> Result<(), S3Error> {
+/// `read_small_body` for CompleteMultipartUpload, whose `x-amz-checksum-*`
+/// header is the completed object's checksum, not its body's.
+pub async fn read_complete_body(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Vec<u8>, S3Error> {
+    let body = read_small_body_unchecked(app, connection, head).await?;
+    check_small_body(request, &body, false)?;
+    Ok(body)
+}
+
+fn check_small_body(request: &S3Request, body: &[u8], checksum_headers: bool) -> Result<(), S3Error> {
     if request.headers.is_aws_chunked() {
         return Err(S3Error::invalid_argument("an XML request body may not be aws-chunked"));
     }
@@ -247,7 +260,7 @@ fn check_small_body(request: &S3Request, body: &[u8]) -> Result<(), S3Error> {
     }
     // An additional checksum header (boto3 sends `x-amz-checksum-crc32`
     // with DeleteObjects and PutBucketCors) is checked, never ignored.
-    for algorithm in super::checksum::Algorithm::ALL {
+    for algorithm in super::checksum::Algorithm::ALL.into_iter().filter(|_| checksum_headers) {
         let Some(value) = request.headers.amz(algorithm.header()) else {
             continue;
         };
@@ -722,15 +735,27 @@ pub async fn delete_objects(
         xml::parse_delete_objects(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let mut deleted = Vec::new();
     let mut errors = Vec::new();
-    for xml::DeleteObject { key, version_id } in objects {
+    for xml::DeleteObject {
+        key,
+        version_id,
+        condition,
+    } in objects
+    {
         // Only the `null` version exists: naming another never deletes the
         // current value.
         let version = version_id
             .as_deref()
             .map(str::as_bytes)
             .map(super::refuse::check_version);
-        let outcome = match version {
-            Some(Err(error)) => Err(error),
+        let outcome = match (version, condition) {
+            (Some(Err(error)), _) => Err(error),
+            // A condition mkv does not check is refused, never ignored:
+            // the object stays.
+            (_, Some(element)) => Err(S3Error::new(
+                501,
+                "NotImplemented",
+                format!("DeleteObjects conditions ({element}) are not implemented"),
+            )),
             _ => delete_one(app, &request.bucket, &key, None).await,
         };
         match outcome {

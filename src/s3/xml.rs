@@ -1077,6 +1077,9 @@ pub struct DeleteObject {
     pub key: Vec<u8>,
     /// `VersionId`, trimmed, when the object names one.
     pub version_id: Option<String>,
+    /// A condition the object names (`ETag`, `LastModifiedTime`, `Size`):
+    /// its element's name.
+    pub condition: Option<&'static str>,
 }
 
 /// A `Delete` body: (Quiet, objects in document order). `TooMany` past [`DELETE_KEYS_MAX`] objects;
@@ -1086,18 +1089,27 @@ pub fn parse_delete_objects(body: &[u8]) -> Result<(bool, Vec<DeleteObject>), Xm
     let mut objects = Vec::new();
     let mut key: Option<Vec<u8>> = None;
     let mut version_id: Option<String> = None;
+    let mut condition: Option<&'static str> = None;
     walk(body, "Delete", |closed| {
         match (closed.depth, closed.parent, closed.name) {
             (2, _, "Quiet") => quiet = parse_bool(closed.text()?)?,
             (3, "Object", "Key") => key = Some(closed.text()?.as_bytes().to_vec()),
             (3, "Object", "VersionId") => version_id = Some(closed.text()?.trim().to_owned()),
+            (3, "Object", "ETag") => condition = Some("ETag"),
+            (3, "Object", "LastModifiedTime") => condition = Some("LastModifiedTime"),
+            (3, "Object", "Size") => condition = Some("Size"),
             (2, _, "Object") => {
                 let key = key.take().ok_or_else(|| malformed("Object without Key"))?;
                 if objects.len() == DELETE_KEYS_MAX {
                     return Err(XmlError::TooMany);
                 }
                 let version_id = version_id.take();
-                objects.push(DeleteObject { key, version_id });
+                let condition = condition.take();
+                objects.push(DeleteObject {
+                    key,
+                    version_id,
+                    condition,
+                });
             }
             _ => {}
         }
@@ -1949,15 +1961,20 @@ mod tests {
     fn delete_objects_keep_version_ids() {
         let body = b"<Delete><Quiet>true</Quiet><Object><Key>a</Key><VersionId> v1 </VersionId></Object>\
             <Object><Key>b</Key></Object><Object><VersionId>null</VersionId><Key>c</Key><ETag>e</ETag></Object></Delete>";
-        let object = |key: &[u8], version_id: Option<&str>| DeleteObject {
+        let object = |key: &[u8], version_id: Option<&str>, condition| DeleteObject {
             key: key.to_vec(),
             version_id: version_id.map(str::to_owned),
+            condition,
         };
         assert_eq!(
             parse_delete_objects(body),
             Ok((
                 true,
-                vec![object(b"a", Some("v1")), object(b"b", None), object(b"c", Some("null"))]
+                vec![
+                    object(b"a", Some("v1"), None),
+                    object(b"b", None, None),
+                    object(b"c", Some("null"), Some("ETag"))
+                ]
             ))
         );
     }

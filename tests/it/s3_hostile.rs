@@ -786,11 +786,9 @@ fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
     let answer = exchange(&cluster, &[request, closing_get("/bkt/src").into_bytes()].concat());
     assert_eq!(statuses(&answer).first(), Some(&400), "{answer:.300}");
     assert_eq!(s3(&cluster, "GET", "/bkt/unannounced", &[], None).0, 404);
-    // An Abort that waited for a Complete finds the upload gone; a bucket
-    // with an open upload is not empty.
+    // An Abort that waited for a Complete finds the upload gone.
     assert_eq!(s3(&cluster, "PUT", "/open", &[], None).0, 200);
     let (_, upload) = create_upload(&cluster, "/open/o", &[]);
-    assert_eq!(s3(&cluster, "DELETE", "/open", &[], None).0, 409);
     assert_eq!(
         s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0,
         204
@@ -799,7 +797,27 @@ fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
         s3(&cluster, "DELETE", &format!("/open/o?uploadId={upload}"), &[], None).0,
         404
     );
+    // A bucket whose only content is open uploads is deleted with them, as
+    // in S3: its uploads are aborted, their parts removed.
+    let (_, open) = create_upload(&cluster, "/open/p", &[]);
+    assert_eq!(
+        s3(
+            &cluster,
+            "PUT",
+            &format!("/open/p?uploadId={open}&partNumber=1"),
+            &[],
+            Some(b"part")
+        )
+        .0,
+        200
+    );
     assert_eq!(s3(&cluster, "DELETE", "/open", &[], None).0, 204);
+    assert_eq!(s3(&cluster, "HEAD", "/open", &[], None).0, 404);
+    assert_eq!(
+        s3(&cluster, "GET", &format!("/open/p?uploadId={open}"), &[], None).0,
+        404
+    );
+    assert!(!upload_directories(&cluster).contains(&open), "{open}");
 }
 
 #[test]

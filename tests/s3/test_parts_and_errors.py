@@ -291,3 +291,20 @@ def test_an_xml_body_is_checked_against_its_checksum_header(cluster, s3, bucket)
     )
     assert (status_of(response), xml_error(body_of(response))) == (400, "BadDigest")
     assert exists(s3, bucket, "keep")
+
+
+def test_delete_objects_refuses_conditions_it_does_not_check(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="cond", Body=b"x")
+    answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "cond", "ETag": '"nomatch"'}]})
+    assert [(e["Key"], e["Code"]) for e in answer.get("Errors", [])] == [("cond", "NotImplemented")]
+    assert exists(s3, bucket, "cond")
+
+
+def test_delete_bucket_takes_its_open_uploads_with_it(s3):
+    s3.create_bucket(Bucket="with-uploads")
+    upload = s3.create_multipart_upload(Bucket="with-uploads", Key="k")["UploadId"]
+    s3.upload_part(Bucket="with-uploads", Key="k", UploadId=upload, PartNumber=1, Body=b"part")
+    s3.delete_bucket(Bucket="with-uploads")
+    with pytest.raises(ClientError) as raised:
+        s3.head_bucket(Bucket="with-uploads")
+    assert error_code(raised.value)[0] == 404

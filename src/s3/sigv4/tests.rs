@@ -1158,6 +1158,15 @@ fn timestamps_parse_and_print() {
     let http = Timestamp::parse_http_date(b"Fri, 24 May 2013 00:00:00 GMT").unwrap();
     assert_eq!(http, time);
     assert!(Timestamp::parse_http_date(b"Friday").is_none());
+    // A zero numeric offset is GMT (botocore's `Date` header).
+    assert_eq!(
+        Timestamp::parse_http_date(b"Fri, 24 May 2013 00:00:00 -0000"),
+        Some(http)
+    );
+    assert_eq!(
+        Timestamp::parse_http_date(b"Fri, 24 May 2013 00:00:00 +0000"),
+        Some(http)
+    );
     assert!(Timestamp::now_unix() > DOC_TIME);
 }
 

@@ -45,7 +45,14 @@ impl Timestamp {
 
     /// Parse an HTTP `Date` header (RFC 7231's three forms).
     pub fn parse_http_date(text: &[u8]) -> Option<Timestamp> {
-        let time = httpdate::parse_http_date(std::str::from_utf8(text).ok()?.trim()).ok()?;
+        let text = std::str::from_utf8(text).ok()?.trim();
+        // RFC 2822's numeric zero offsets (`-0000`, as botocore and
+        // Python's email.utils write a UTC date) name GMT too.
+        let text = match text.strip_suffix(" -0000").or_else(|| text.strip_suffix(" +0000")) {
+            Some(stamp) => std::borrow::Cow::Owned(format!("{stamp} GMT")),
+            None => std::borrow::Cow::Borrowed(text),
+        };
+        let time = httpdate::parse_http_date(&text).ok()?;
         let unix = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
         Timestamp::from_unix(i64::try_from(unix).ok()?)
     }
