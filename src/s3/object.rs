@@ -85,6 +85,11 @@ pub fn content_md5(request: &S3Request) -> Result<Option<[u8; 16]>, S3Error> {
 /// The user metadata and stored headers to keep with the value, from the
 /// request (`Content-Encoding` less the upload's own `aws-chunked`).
 pub fn user_metadata(request: &S3Request) -> Result<Vec<(String, String)>, S3Error> {
+    if request.headers.user_not_utf8 {
+        return Err(S3Error::invalid_argument(
+            "a user metadata value is not UTF-8 (it could not be returned as sent)",
+        ));
+    }
     let mut user = request.headers.user.clone();
     for (name, value) in &request.headers.stored {
         let value = if name == ":content-encoding" {

@@ -82,6 +82,8 @@ pub struct Headers {
     /// `x-amz-meta-NAME: VALUE` user metadata, names lower-case without
     /// the prefix, in the order sent.
     pub user: Vec<(String, String)>,
+    /// A user metadata value was not UTF-8 (refused where stored).
+    pub user_not_utf8: bool,
     /// Standard headers S3 stores with a value and sends back on reads,
     /// names as `:name` (see `Meta::user`).
     pub stored: Vec<(String, String)>,
@@ -212,6 +214,9 @@ impl Headers {
             let value = String::from_utf8_lossy(header.value).trim().to_owned();
             let name = header.name.to_ascii_lowercase();
             if let Some(user_name) = name.strip_prefix("x-amz-meta-") {
+                // Kept as sent or refused, never altered: a value that is not
+                // UTF-8 would come back with its bytes replaced.
+                headers.user_not_utf8 |= std::str::from_utf8(header.value).is_err();
                 headers.user.push((user_name.to_owned(), value));
                 continue;
             }

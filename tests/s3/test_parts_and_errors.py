@@ -308,3 +308,13 @@ def test_delete_bucket_takes_its_open_uploads_with_it(s3):
     with pytest.raises(ClientError) as raised:
         s3.head_bucket(Bucket="with-uploads")
     assert error_code(raised.value)[0] == 404
+
+
+def test_user_metadata_that_is_not_utf8_is_refused_not_altered(cluster, s3, bucket):
+    response = send(
+        cluster.s3_port,
+        f"PUT /{bucket}/latin HTTP/1.1\r\nHost: x\r\nx-amz-meta-meta1: Hello World".encode()
+        + b"\xe9\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    )
+    assert status_of(response) == 400
+    assert not exists(s3, bucket, "latin")
