@@ -497,7 +497,11 @@ impl Postgres {
     }
 
     fn error(&self, error: &postgres::Error) -> IndexError {
-        if unreachable(error) {
+        // A statement cancelled by `statement_timeout` (57014) may or may not
+        // have taken effect: the index did not answer in time, which the
+        // client is told as the other outages are (503, Retry-After).
+        let timed_out = error.code().is_some_and(|state| state.code() == "57014");
+        if unreachable(error) || timed_out {
             IndexError::Unavailable(format!("{}: {}", self.name, describe(error)))
         } else {
             IndexError::Io(describe(error))

@@ -909,3 +909,24 @@ fn an_s3_overwrite_whose_commit_fails_for_a_while_commits_once_the_index_is_back
     let got = crate::cluster::request_full("GET", &url, &s3, None);
     assert_eq!((got.status, got.body), (200, new));
 }
+
+/// Found by review: a DELETE whose statement ran past the index's bound
+/// answered 500 without Retry-After, though its outcome is unknown (it may
+/// still take effect): as every other outage, 503 with Retry-After.
+#[test]
+fn a_statement_past_the_bound_answers_503_with_retry_after() {
+    let Some(database) = database("statement_bound") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
+    assert_eq!(request("PUT", &cluster.url("/nk"), Some(b"value")).status, 201);
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("SELECT 1 FROM mkv_meta WHERE key = convert_to('/nk', 'UTF8') FOR UPDATE")
+        .unwrap();
+    let deleted = request("DELETE", &cluster.url("/nk"), None);
+    transaction.rollback().unwrap();
+    assert_eq!(deleted.status, 503);
+    assert!(deleted.header("Retry-After").is_some(), "{:?}", deleted.headers);
+}
