@@ -52,8 +52,13 @@ pub enum BodyError {
     /// `100 Continue` could not be sent: the client went away.
     ContinueFailed,
     /// The body is not what the client said it is (a checksum or hash
-    /// that does not match): an error code for the client, and why.
-    Rejected { code: &'static str, message: String },
+    /// that does not match, a chunk signature that fails): the status and
+    /// error code for the client, and why.
+    Rejected {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// A client connection.

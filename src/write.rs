@@ -54,6 +54,22 @@ pub struct Plan<'a> {
     pub changes: &'a [Change<'a>],
 }
 
+impl<'a> Plan<'a> {
+    /// An S3 value: it may replace a live one, its md5 is its ETag, and
+    /// 0 bytes are a value.
+    pub fn s3_value(declared: Option<u64>, meta: Meta) -> Plan<'a> {
+        Plan {
+            overwrite: true,
+            declared,
+            with_md5: true,
+            expected_md5: None,
+            allow_empty: true,
+            meta,
+            changes: &[],
+        }
+    }
+}
+
 /// A value written: its record is live.
 pub struct Stored {
     pub md5: Option<[u8; 16]>,

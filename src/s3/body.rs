@@ -63,6 +63,7 @@ enum Expected {
 
 fn rejected(error: checksum::ChecksumError) -> ReplicationError {
     ReplicationError::Body(BodyError::Rejected {
+        status: 400,
         code: error.code(),
         message: error.to_string(),
     })
@@ -225,6 +226,7 @@ async fn next_decoded(
     let decode_error = |error| match error {
         AwsChunkedError::Malformed(what) => malformed(what),
         AwsChunkedError::Signature => ReplicationError::Body(BodyError::Rejected {
+            status: 403,
             code: "SignatureDoesNotMatch",
             message: "The chunk signature we calculated does not match the signature you provided.".into(),
         }),

@@ -34,7 +34,7 @@ const EMPTY_CHECK_VISITS_MAX: usize = 10_000;
 const BUCKETS_PAGE_MAX: u64 = 10_000;
 
 /// Whether `name` follows S3's bucket naming rules.
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     (3..=63).contains(&bytes.len())
         && bytes
@@ -117,13 +117,11 @@ pub async fn ensure_for_write(app: &App, name: &str) -> Result<(), S3Error> {
     if state::bucket_created(app.store.index(), name)?.is_some() {
         return Ok(());
     }
-    if !valid_name(name) {
-        return match holding(app, name)? {
-            Holding::NoLive => Err(S3Error::invalid_bucket_name()),
-            Holding::Live | Holding::Unknown => Ok(()),
-        };
+    check_writable(app, name)?;
+    // A name S3 does not allow exists only through native keys: not recorded.
+    if valid_name(name) {
+        state::create_bucket(&app.store, name, now_ms()).await?;
     }
-    state::create_bucket(&app.store, name, now_ms()).await?;
     Ok(())
 }
 

@@ -405,7 +405,8 @@ pub fn parse_content_sha256(value: &str) -> Result<ContentSha256, ChecksumError>
     }
 }
 
-fn parse_hex_32(text: &str) -> Option<[u8; 32]> {
+/// 64 hex digits (either case) into 32 bytes.
+pub fn parse_hex_32(text: &str) -> Option<[u8; 32]> {
     let digits = text.as_bytes();
     if digits.len() != 64 {
         return None;

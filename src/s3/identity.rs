@@ -362,11 +362,7 @@ fn check_secret(secret: &str) -> Result<(), String> {
 /// A bucket name as S3 spells them (lower-case letters, digits, `.` and
 /// `-`), so a misspelt one is refused rather than never matching.
 fn check_bucket(bucket: &str) -> Result<(), String> {
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'.' || byte == b'-');
-    if valid {
+    if super::bucket::valid_name(bucket) {
         Ok(())
     } else {
         Err(format!(

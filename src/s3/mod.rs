@@ -229,8 +229,7 @@ impl From<WriteError> for S3Error {
                     "Your socket connection to the server was not read from or written to within the timeout period.",
                 ),
                 ReplicationError::Body(BodyError::Malformed(what)) => S3Error::new(400, "InvalidRequest", what),
-                ReplicationError::Body(BodyError::Rejected { code, message }) => {
-                    let status = if code == "SignatureDoesNotMatch" { 403 } else { 400 };
+                ReplicationError::Body(BodyError::Rejected { status, code, message }) => {
                     S3Error::new(status, code, message)
                 }
                 ReplicationError::Body(BodyError::TooLong) => {
@@ -311,7 +310,8 @@ pub fn write_head(connection: &mut Connection, status: u16, headers: &str, lengt
     write_status_line(output, status);
     output.extend_from_slice(headers.as_bytes());
     output.extend_from_slice(connection.s3_headers.as_bytes());
-    output.extend_from_slice(format!("x-amz-request-id: {}\r\n", RequestId(request_id)).as_bytes());
+    // Written in place: no allocation per answer.
+    let _ = std::io::Write::write_fmt(output, format_args!("x-amz-request-id: {}\r\n", RequestId(request_id)));
     if status != 304 && status != 204 {
         output.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
     }

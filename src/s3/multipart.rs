@@ -684,24 +684,20 @@ pub async fn complete(
         .map(|(number, _)| state::part_key(&id, *number))
         .collect();
     let changes = state::removal(&upload_keys, &part_keys);
+    let meta = Meta {
+        etag: Some(etag.clone()),
+        content_type: upload.content_type.clone(),
+        user: upload
+            .user
+            .iter()
+            .cloned()
+            .chain(super::parts::entry(parts.iter().map(|(_, part)| part.size)))
+            .collect(),
+        ..Meta::default()
+    };
     let plan = Plan {
-        overwrite: true,
-        declared: Some(total),
-        with_md5: true,
-        expected_md5: None,
-        allow_empty: true,
-        meta: Meta {
-            etag: Some(etag.clone()),
-            content_type: upload.content_type.clone(),
-            user: upload
-                .user
-                .iter()
-                .cloned()
-                .chain(super::parts::entry(parts.iter().map(|(_, part)| part.size)))
-                .collect(),
-            ..Meta::default()
-        },
         changes: &changes,
+        ..Plan::s3_value(Some(total), meta)
     };
     let mut source = PartsSource {
         app,

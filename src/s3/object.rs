@@ -169,13 +169,8 @@ pub async fn put(
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
     let plan = Plan {
-        overwrite: true,
-        declared,
-        with_md5: true,
         expected_md5,
-        allow_empty: true,
-        meta,
-        changes: &[],
+        ..Plan::s3_value(declared, meta)
     };
     let stored = write::store_value(app, &key, &mut body, plan).await?;
     drop(body);
@@ -907,19 +902,12 @@ pub async fn copy(
         app.store.put_with_meta_async(&key, &source.record, &meta, &[]).await?;
         (source.etag, meta.mtime_ms)
     } else {
-        let plan = Plan {
-            overwrite: true,
-            declared: Some(source.size),
-            with_md5: true,
-            expected_md5: None,
-            allow_empty: true,
-            meta: Meta {
-                content_type,
-                user,
-                ..Meta::default()
-            },
-            changes: &[],
+        let meta = Meta {
+            content_type,
+            user,
+            ..Meta::default()
         };
+        let plan = Plan::s3_value(Some(source.size), meta);
         let stored = if source.size == 0 {
             write::store_value(app, &key, &mut EmptySource, plan).await?
         } else {

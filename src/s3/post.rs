@@ -378,6 +378,7 @@ impl FileSource<'_, '_> {
 
 fn rejected(code: &'static str, message: &str) -> ReplicationError {
     ReplicationError::Body(BodyError::Rejected {
+        status: 400,
         code,
         message: message.to_owned(),
     })
@@ -541,19 +542,12 @@ pub async fn post(
     }
     let user = form_metadata(&fields)?;
     let _guard = super::lock(app, &key).await?;
-    let plan = Plan {
-        overwrite: true,
-        declared: None,
-        with_md5: true,
-        expected_md5: None,
-        allow_empty: true,
-        meta: Meta {
-            content_type,
-            user,
-            ..Meta::default()
-        },
-        changes: &[],
+    let meta = Meta {
+        content_type,
+        user,
+        ..Meta::default()
     };
+    let plan = Plan::s3_value(None, meta);
     let mut source = FileSource {
         form: &mut form,
         delivered: 0,

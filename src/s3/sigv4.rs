@@ -803,7 +803,7 @@ impl Verified {
 }
 
 fn hex(bytes: &[u8; 32]) -> String {
-    String::from_utf8_lossy(&hex_32(bytes)).into_owned()
+    super::checksum::hex(bytes)
 }
 
 fn hex_32(bytes: &[u8; 32]) -> [u8; 64] {
@@ -818,14 +818,7 @@ fn hex_32(bytes: &[u8; 32]) -> [u8; 64] {
 
 /// 64 hex digits (either case) into 32 bytes.
 fn decode_hex_32(text: &[u8]) -> Option<[u8; 32]> {
-    let text: &[u8; 64] = text.try_into().ok()?;
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let high = char::from(pair[0]).to_digit(16)?;
-        let low = char::from(pair[1]).to_digit(16)?;
-        *byte = (high << 4 | low) as u8;
-    }
-    Some(out)
+    super::checksum::parse_hex_32(std::str::from_utf8(text).ok()?)
 }
 
 #[cfg(test)]
