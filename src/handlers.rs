@@ -283,7 +283,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
 
 async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8]) -> Result<u16, Error> {
     let _guard = app.store.try_lock_async(key).await?.ok_or(Error::Locked)?;
-    let Some(record) = app.store.get_async(key).await? else {
+    let Some(record) = crate::journal::record_under_lock(app, key).await? else {
         return Err(Error::Client(404, "not found"));
     };
     if app.config.protect && record.is_live() {
@@ -298,7 +298,7 @@ async fn delete(app: &App, output: &mut Vec<u8>, head: &RequestHead, key: &[u8])
 /// or soft-deleted (`!live`); otherwise 404. The guard holds the lock.
 async fn lock_record<'a>(app: &'a App, key: &[u8], live: bool) -> Result<(KeyGuard<'a>, Record), Error> {
     let guard = app.store.try_lock_async(key).await?.ok_or(Error::Locked)?;
-    match app.store.get_async(key).await? {
+    match crate::journal::record_under_lock(app, key).await? {
         Some(record) if record.is_live() == live => Ok((guard, record)),
         _ => Err(Error::Client(404, "not found")),
     }

@@ -44,6 +44,7 @@ pub mod handlers;
 pub mod health;
 pub mod http;
 pub mod index;
+pub mod journal;
 pub mod listing;
 pub mod locks;
 pub mod meta;

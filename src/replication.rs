@@ -161,6 +161,16 @@ impl PieceSource for ClientBody<'_> {
     }
 }
 
+/// A value whose bytes are all in hand and checked, at the gate: what it
+/// will be once its last bytes reach the replicas.
+pub struct Sealed {
+    pub bytes: u64,
+    /// The value's md5, if asked for.
+    pub md5: Option<[u8; 16]>,
+    /// A checksum the source verified (`PieceSource::checksum`).
+    pub checksum: Option<(String, String)>,
+}
+
 /// What a writer checks or does just before a replicated value's last
 /// bytes go out: their arrival is what makes each volume store the value
 /// (nginx writes a PUT to a temporary file and renames it into place when
@@ -168,7 +178,7 @@ impl PieceSource for ClientBody<'_> {
 /// before, whole. An error here fails the write with no replica changed.
 #[allow(async_fn_in_trait)]
 pub trait Gate {
-    async fn before_last(&mut self) -> Result<(), ReplicationError>;
+    async fn before_last(&mut self, sealed: &Sealed) -> Result<(), ReplicationError>;
     /// Whether the writer may still send bytes (it still provably holds
     /// its key: `Store::still_held`). Asked before the first piece, before
     /// each piece and before the uploads are finished; false fails the
@@ -182,7 +192,7 @@ pub trait Gate {
 pub struct Open;
 
 impl Gate for Open {
-    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+    async fn before_last(&mut self, _sealed: &Sealed) -> Result<(), ReplicationError> {
         Ok(())
     }
 }
@@ -252,6 +262,15 @@ impl Digested {
         }
         expected.is_none_or(|expected| self.md5 == Some(expected))
     }
+
+    /// The value `source` delivered, once hashing is finished.
+    fn sealed<S: PieceSource>(&self, source: &S) -> Sealed {
+        Sealed {
+            bytes: source.delivered(),
+            md5: self.md5,
+            checksum: source.checksum(),
+        }
+    }
 }
 
 /// Stream the bytes of `source` to every entry of `target`.
@@ -290,7 +309,7 @@ pub async fn replicate<S: PieceSource, G: Gate>(
     // Whether the gate was passed: once, before the last bytes go out.
     let mut gated = false;
     if is_last(source) {
-        gate.before_last().await.map_err(untouched)?;
+        gate.before_last(&digest.sealed(source)).await.map_err(untouched)?;
         gated = true;
     }
     if !gate.may_send() {
@@ -346,7 +365,7 @@ pub async fn replicate<S: PieceSource, G: Gate>(
                     if let Err(error) = source.end_check() {
                         return Err(abandon(uploads, error).await);
                     }
-                    if let Err(error) = gate.before_last().await {
+                    if let Err(error) = gate.before_last(&digest.sealed(source)).await {
                         return Err(abandon(uploads, error).await);
                     }
                     gated = true;
@@ -363,7 +382,7 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         return Err(abandon(uploads, ReplicationError::BadDigest).await);
     }
     if !gated {
-        if let Err(error) = gate.before_last().await {
+        if let Err(error) = gate.before_last(&digest.sealed(source)).await {
             return Err(abandon(uploads, error).await);
         }
     }

@@ -417,6 +417,7 @@ fn run_reactor(
         let _ = ready.send(duplicate_all(&listeners).map_err(|error| ServerError::Reactor(id, error)));
         if id == 0 {
             monoio::spawn(s3::multipart::expire_forever(app.clone()));
+            monoio::spawn(crate::journal::sweep_forever(app.clone()));
         }
         let limit = app.config.shutdown_timeout;
         accept_loop(id, app, listener, clients.clone(), false).await;

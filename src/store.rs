@@ -593,6 +593,11 @@ impl Store {
         self.read_off_reactor(key, Index::meta).await
     }
 
+    /// The S3 state entry at `key`, awaited without blocking the reactor.
+    pub async fn state_async(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
+        self.read_off_reactor(key, Index::state).await
+    }
+
     /// Run the index read `read` of `key` where it does not block the
     /// reactor: the read pool for an engine that waits on the network.
     async fn read_off_reactor<T: Send + 'static>(
@@ -600,12 +605,22 @@ impl Store {
         key: &[u8],
         read: fn(&Index, &[u8]) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
+        let key = key.to_vec();
+        self.read_async(move |index| read(index, &key)).await
+    }
+
+    /// Run the index read `read` where it does not block the reactor: the
+    /// read pool for an engine that waits on the network (bounded by
+    /// `offload::INDEX_WAIT_MS_MAX`), here for RocksDB.
+    pub async fn read_async<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<T, IndexError> {
         if self.index.postgres().is_none() {
-            return read(&self.index, key);
+            return read(&self.index);
         }
         let index = self.index.clone();
-        let key = key.to_vec();
-        crate::offload::read(move || read(&index, &key))
+        crate::offload::read(move || read(&index))
             .await
             .unwrap_or_else(|| Err(crate::index::not_answered()))
     }
@@ -660,6 +675,15 @@ impl Store {
     ) -> Result<(), IndexError> {
         let mut changes = Vec::with_capacity(2 + more.len());
         changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
+        changes.extend_from_slice(more);
+        self.write(key, Some(record), &changes).await
+    }
+
+    /// Write `key`'s `record` and `more` changes in one atomic write; then
+    /// the cache. Awaited without blocking the reactor.
+    pub async fn put_with_async(&self, key: &[u8], record: &Record, more: &[Change<'_>]) -> Result<(), IndexError> {
+        let mut changes = Vec::with_capacity(1 + more.len());
+        changes.push(Change::Record(key, record));
         changes.extend_from_slice(more);
         self.write(key, Some(record), &changes).await
     }

@@ -22,7 +22,8 @@ use crate::record::Record;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::replication::{self, Failed, Gate, GateError, PieceSource, ReplicationError, Target};
+use crate::journal;
+use crate::replication::{self, Failed, Gate, GateError, PieceSource, ReplicationError, Sealed, Target};
 use crate::volume::Settled;
 
 /// How long an index write that settles what a key holds after its bytes
@@ -104,7 +105,7 @@ pub async fn store_value<S: PieceSource>(
     source: &mut S,
     plan: Plan<'_>,
 ) -> Result<Stored, WriteError> {
-    let prior = app.store.get_async(key).await?;
+    let prior = journal::record_under_lock(app, key).await?;
     if prior.as_ref().is_some_and(Record::is_live) {
         // `-protect` holds for every writer: with it, a live value is
         // replaced by no one (S3 overwrites, copies and completions alike)
@@ -147,31 +148,37 @@ pub async fn store_value<S: PieceSource>(
             .as_ref()
             .filter(|record| record.is_live())
             .map(|_| committing_record),
+        meta: &plan.meta,
+        journaled: None,
         committing: None,
     };
     let replicated = replication::replicate(source, &target, &mut commit).await;
     // Readers that wait on the commit look again once it is over, either way.
     let mut committing = commit.committing.take();
+    let journaled = commit.journaled.take();
+    let entry_key = journal::entry_key(key);
     let result = match replicated {
         Ok(written) => {
-            let mut meta = Meta {
-                size: written.bytes,
-                mtime_ms: crate::meta::now_ms(),
-                ..plan.meta
-            };
-            // A checksum the source verified is kept with the value when the
-            // metadata has room for it (it is optional; the md5 is not).
-            if let Some(entry) = source.checksum() {
-                meta.user.push(entry);
-                if !Meta::user_fits(&meta.user) {
-                    meta.user.pop();
-                }
-            }
+            let meta = sealed_meta(
+                plan.meta,
+                &Sealed {
+                    bytes: written.bytes,
+                    md5: written.md5,
+                    checksum: source.checksum(),
+                },
+            );
             let record = Record::new(entries, false, written.md5.as_ref().map(hex_lower));
+            // The commit removes the overwrite's journal entry in the same
+            // atomic write.
+            let mut changes = plan.changes.to_vec();
+            if journaled.is_some() {
+                changes.push(Change::StateDelete(&entry_key));
+            }
             // Every replica holds the new bytes now (an overwritten value's
             // old ones are gone): the record must say so, or the key has no
-            // value at all.
-            settle(key, || app.store.put_with_meta_async(key, &record, &meta, plan.changes)).await?;
+            // value at all. If it cannot, the journal entry stays, and the
+            // sweep finishes the commit from the replicas.
+            settle(key, || app.store.put_with_meta_async(key, &record, &meta, &changes)).await?;
             // A prior value on volumes placement no longer names (it moved
             // since that write) is named by no record now: remove it.
             let stale: Vec<String> = prior
@@ -190,7 +197,7 @@ pub async fn store_value<S: PieceSource>(
             Ok(Stored { md5: written.md5, meta })
         }
         Err(Failed { error, settled }) => {
-            undo(app, key, &entries, prior, &settled).await;
+            undo(app, key, &entries, prior, &settled, journaled.as_ref()).await;
             Err(WriteError::Replication(error))
         }
     };
@@ -198,18 +205,42 @@ pub async fn store_value<S: PieceSource>(
     result
 }
 
+/// The metadata a value's live record gets: the plan's, with the sealed
+/// value's size, now as its mtime, and a checksum the source verified when
+/// the metadata has room for it (it is optional; the md5 is not).
+fn sealed_meta(meta: Meta, sealed: &Sealed) -> Meta {
+    let mut meta = Meta {
+        size: sealed.bytes,
+        mtime_ms: crate::meta::now_ms(),
+        ..meta
+    };
+    if let Some(entry) = sealed.checksum.clone() {
+        meta.user.push(entry);
+        if !Meta::user_fits(&meta.user) {
+            meta.user.pop();
+        }
+    }
+    meta
+}
+
 /// The gate of an overwrite of a live value: just before the new value's
 /// last bytes go out, the key is marked committing (readers that see the
 /// mark wait for the commit rather than read a replica that may be
-/// switching) and its record goes deleted, so that a crash from here on
-/// leaves a soft-deleted key, never a live record naming copies that may
-/// hold other bytes than its md5 says.
+/// switching) and its record goes deleted, so that no live record names
+/// copies that may hold other bytes than its md5 says; in the same atomic
+/// write the journal records what the new value will be
+/// (`journal::Entry`), so that a write cut short from here on is finished
+/// or undone from what the replicas hold, never left without a value.
 struct Commit<'a> {
     app: &'a App,
     key: &'a [u8],
     /// The record to write at the gate (None: the record went deleted
     /// before the bytes did, nothing to do).
     record: Option<Record>,
+    /// The plan's metadata, for the journal entry.
+    meta: &'a Meta,
+    /// The journal entry written at the gate.
+    journaled: Option<journal::Entry>,
     /// Held from the gate until the write ends.
     committing: Option<Committing>,
 }
@@ -219,16 +250,33 @@ impl Gate for Commit<'_> {
         self.app.store.still_held(self.key)
     }
 
-    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+    async fn before_last(&mut self, sealed: &Sealed) -> Result<(), ReplicationError> {
         let Some(record) = self.record.take() else {
             return Ok(());
         };
         self.committing = Some(Committing::mark(self.key));
-        self.app
+        let gate_error = |error| ReplicationError::Gate(GateError::Index(error));
+        // Overwrites hash their values (S3: the md5 is the ETag); one that
+        // did not could not be told from the old value: no journal entry.
+        let Some(md5) = sealed.md5.as_ref().map(hex_lower) else {
+            return self.app.store.put_async(self.key, &record).await.map_err(gate_error);
+        };
+        let entry = journal::Entry {
+            gate: record,
+            md5,
+            meta: sealed_meta(self.meta.clone(), sealed),
+        };
+        let entry_key = journal::entry_key(self.key);
+        let encoded = entry.encode();
+        let written = self
+            .app
             .store
-            .put_async(self.key, &record)
-            .await
-            .map_err(|error| ReplicationError::Gate(GateError::Index(error)))
+            .put_with_async(self.key, &entry.gate, &[Change::StatePut(&entry_key, &encoded)])
+            .await;
+        // Written or not (an outcome the index could not tell), the undo
+        // of a failure from here on removes the entry with its record.
+        self.journaled = Some(entry);
+        written.map_err(gate_error)
     }
 }
 
@@ -340,11 +388,25 @@ where
 /// The prior value (live or unlinked) survives on every volume of its
 /// record that took none of the new bytes: the new copies are removed and
 /// the prior record is put back naming those volumes (all of them when no
-/// replica took anything: exactly as it was). With no prior value, or none
-/// left, what reached the replicas is removed, then the record; if a volume
-/// cannot be cleaned, or an upload's outcome is unknown (it may still land),
-/// the record stays (deleted) so a later DELETE can finish the job.
-async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, settled: &[Settled]) {
+/// replica took anything: exactly as it was). An overwrite that passed its
+/// gate (`journaled`) and whose new value replaced the old one on every
+/// copy the old record named is finished instead, on the replicas that
+/// took the new value: the old value is gone, the new one is whole there
+/// (answered 201/204 with every check done), and a key must never be left
+/// with no value; with no replica that surely took it, the journal entry
+/// stays and the sweep decides from what the replicas hold. With no prior
+/// value, what reached the replicas is removed, then the record; if a
+/// volume cannot be cleaned, or an upload's outcome is unknown (it may
+/// still land), the record stays (deleted) so a later DELETE can finish
+/// the job.
+async fn undo(
+    app: &App,
+    key: &[u8],
+    entries: &[String],
+    prior: Option<Record>,
+    settled: &[Settled],
+    journaled: Option<&journal::Entry>,
+) {
     let name = String::from_utf8_lossy(key);
     let touched: Vec<String> = entries
         .iter()
@@ -355,11 +417,17 @@ async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, 
     let path = key2path(key);
     let timeout = app.config.volume_timeout;
     // A cleanup deletes copies: not once the key's lock lapsed (another
-    // master may be writing it); the record stays as the failure left it.
+    // master may be writing it); the record stays as the failure left it,
+    // and so does a journal entry, for the sweep.
     if !app.store.still_held(key) {
         eprintln!("failed write of {name:?}: its lock lapsed; copies left for a later write or DELETE");
         return;
     }
+    let entry_key = journal::entry_key(key);
+    let drop_entry: &[Change<'_>] = match journaled {
+        Some(_) => &[Change::StateDelete(&entry_key)],
+        None => &[],
+    };
     let survivor = prior.and_then(|record| {
         let volumes: Vec<String> = record
             .volumes
@@ -373,8 +441,33 @@ async fn undo(app: &App, key: &[u8], entries: &[String], prior: Option<Record>, 
         if let Err(error) = replication::delete_all(&touched, &path, timeout).await {
             eprintln!("failed write of {name:?}: cleanup left new copies: {error}");
         }
-        if let Err(error) = settle(key, || app.store.put_async(key, &survivor)).await {
+        if let Err(error) = settle(key, || app.store.put_with_async(key, &survivor, drop_entry)).await {
             eprintln!("failed write of {name:?}: cannot restore its prior record: {error}");
+        }
+        return;
+    }
+    if let Some(entry) = journaled {
+        let took: Vec<String> = entries
+            .iter()
+            .zip(settled)
+            .filter(|(_, settled)| **settled == Settled::Taken)
+            .map(|(entry, _)| entry.clone())
+            .collect();
+        if took.is_empty() {
+            eprintln!("failed overwrite of {name:?}: no replica surely took the new value; the journal decides");
+            return;
+        }
+        let record = Record::new(took, false, Some(entry.md5));
+        match settle(key, || {
+            app.store.put_with_meta_async(key, &record, &entry.meta, drop_entry)
+        })
+        .await
+        {
+            Ok(()) => eprintln!(
+                "failed overwrite of {name:?}: the old value was replaced on every copy; the new one is live on {:?}",
+                record.volumes
+            ),
+            Err(error) => eprintln!("failed overwrite of {name:?}: cannot record its new value: {error}"),
         }
         return;
     }

@@ -255,7 +255,7 @@ struct PartGate<'a> {
 }
 
 impl Gate for PartGate<'_> {
-    async fn before_last(&mut self) -> Result<(), ReplicationError> {
+    async fn before_last(&mut self, _sealed: &replication::Sealed) -> Result<(), ReplicationError> {
         let gate_error = |error| ReplicationError::Gate(error);
         let guard = super::lock(self.app, &upload_lock_key(self.id))
             .await

@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::connection::{BodyReader, Connection};
 use crate::http::{BodyFraming, Method, RequestHead};
 use crate::index::IndexError;
+use crate::journal;
 use crate::meta::{now_ms, Meta, CONTENT_TYPE_BYTES_MAX};
 use crate::placement::{entry_host, key2path, path_is_own, KEY_BYTES_MAX};
 use crate::record::Record;
@@ -348,11 +349,41 @@ async fn wait_for_commit(key: &[u8]) -> Result<(), S3Error> {
     Ok(())
 }
 
+/// The live record of soft-deleted `key` once a journal entry it has is
+/// settled (`journal`): an overwrite in its commit on another master (its
+/// writer holds the key: wait, at most `COMMIT_WAIT`), or one cut short
+/// (settled here). None: no entry, the key is deleted.
+async fn journal_settled(app: &App, key: &[u8]) -> Result<Option<Record>, S3Error> {
+    let deadline = Instant::now() + COMMIT_WAIT;
+    let mut pause = Duration::from_millis(1);
+    while journal::pending(app, key).await?.is_some() {
+        match journal::settle(app, key).await? {
+            Some(journal::Settled::Undecided) => {
+                return Err(S3Error::unavailable(
+                    "an overwrite of this key is unfinished and no copy can be read to finish it",
+                ))
+            }
+            Some(_) => break,
+            None if Instant::now() + pause > deadline => return Err(S3Error::slow_down()),
+            None => {
+                monoio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+    Ok(app.store.get_async(key).await?.filter(Record::is_live))
+}
+
 /// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
 /// A key being overwritten is the old value until the new one is live.
 pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, S3Error> {
     wait_for_commit(key).await?;
-    let Some(record) = app.store.get_async(key).await?.filter(Record::is_live) else {
+    let record = match app.store.get_async(key).await? {
+        Some(record) if record.is_live() => Some(record),
+        Some(_) => journal_settled(app, key).await?,
+        None => None,
+    };
+    let Some(record) = record else {
         bucket::check_exists(app, bucket_name)?;
         return Err(S3Error::no_such_key());
     };
@@ -695,7 +726,7 @@ pub async fn delete(
 async fn delete_one(app: &App, bucket_name: &str, key: &[u8], if_match: Option<&str>) -> Result<(), S3Error> {
     let key = native_key(bucket_name, key);
     let _guard = super::lock(app, &key).await?;
-    let record = app.store.get_async(&key).await?;
+    let record = crate::journal::record_under_lock(app, &key).await?;
     // `If-Match` deletes only the named value, decided under the lock.
     if let Some(list) = if_match {
         let live = record.as_ref().filter(|record| record.is_live());

@@ -463,6 +463,12 @@ pub async fn purge_unlinked(
     if app.store.get(key)?.as_ref() != Some(record) {
         return Ok(Purge::Busy);
     }
+    // A soft-deleted record may be an overwrite cut short in its commit:
+    // settled from its journal entry, it is a live value, not one to purge.
+    match crate::journal::settle_held(app, key).await? {
+        crate::journal::Settled::None | crate::journal::Settled::Stale => {}
+        _ => return Ok(Purge::Busy),
+    }
     match delete_value(app, key, record).await {
         Ok(()) => Ok(Purge::Purged),
         Err(Error::Index(error)) => Err(error),

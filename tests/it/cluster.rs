@@ -97,6 +97,22 @@ impl Volume {
         self.stop();
         *self = Volume::start(self.dir.clone(), self.port);
     }
+
+    /// Send `signal` to the volume's nginx and its workers: SIGSTOP for a
+    /// volume that hangs (and SIGCONT), SIGKILL for one that dies.
+    pub fn signal(&self, signal: i32) {
+        let Some(child) = &self.child else { return };
+        let pid = child.id();
+        let mut pids: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect();
+        pids.push(pid);
+        for pid in pids {
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
 }
 
 impl Drop for Volume {

@@ -17,6 +17,7 @@ mod protocol;
 mod rebuilt;
 mod resilience;
 mod s3;
+mod s3_commit;
 mod s3_hostile;
 mod s3_listing;
 mod safety;

@@ -910,6 +910,44 @@ fn an_s3_overwrite_whose_commit_fails_for_a_while_commits_once_the_index_is_back
     assert_eq!((got.status, got.body), (200, new));
 }
 
+/// Found by review of the settle retry: an index that refuses the commit
+/// of an overwrite for longer than the writer retries (20 s) left the key
+/// soft-deleted over the new bytes, the old ones gone: 404 for good. The
+/// commit journal written at the gate lets the next reader (or the sweep,
+/// or the next writer) finish it from what the replicas hold.
+#[test]
+fn an_s3_overwrite_whose_commit_fails_past_the_retry_is_finished_from_its_journal() {
+    let Some(database) = database("s3_journal") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
+    let s3 = [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")];
+    let url = cluster.url("/bkt/obj");
+    let (old, new) = (value(3000, 1), value(3000, 2));
+    assert_eq!(crate::cluster::request_full("PUT", &url, &s3, Some(&old)).status, 200);
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("SELECT 1 FROM mkv_meta WHERE key = convert_to('/bkt/obj', 'UTF8') FOR UPDATE")
+        .unwrap();
+    let writer_url = url.clone();
+    let body = new.clone();
+    let writer = std::thread::spawn(move || crate::cluster::request_full("PUT", &writer_url, &s3, Some(&body)).status);
+    let given_up = eventually(Duration::from_secs(40), || writer.is_finished());
+    transaction.rollback().unwrap();
+    assert!(given_up, "the overwrite's retry is bounded");
+    let status = writer.join().unwrap();
+    assert!(
+        status >= 500,
+        "the commit never landed while the writer waited: {status}"
+    );
+    let got = crate::cluster::request_full("GET", &url, &s3, None);
+    let etag = got.header("etag").map(|etag| etag.trim_matches('"').to_owned());
+    assert_eq!(got.status, 200, "{}", cluster.master_log());
+    assert!(got.body == new, "the new value's bytes");
+    assert_eq!(etag, Some(crate::cluster::md5_hex(&new)));
+}
+
 /// Found by review: a DELETE whose statement ran past the index's bound
 /// answered 500 without Retry-After, though its outcome is unknown (it may
 /// still take effect): as every other outage, 503 with Retry-After.
