@@ -688,6 +688,22 @@ impl Store {
         self.write(key, Some(record), &changes).await
     }
 
+    /// `put_async` of a record that no read can tell from the one it
+    /// replaces: neither is live (a write's `DELETED` record over none or
+    /// over a deleted one). Other masters are not notified
+    /// (`Index::apply_unannounced_async`).
+    pub async fn put_unannounced_async(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
+        debug_assert!(!record.is_live());
+        self.write_announced(key, Some(record), &[Change::Record(key, record)], false)
+            .await
+    }
+
+    /// `remove_async` of a record that is not live: other masters are not
+    /// notified (a missing key reads as a deleted one).
+    pub async fn remove_unannounced_async(&self, key: &[u8]) -> Result<(), IndexError> {
+        self.write_announced(key, None, &[Change::Remove(key)], false).await
+    }
+
     /// Remove `key`'s record: index first, then cache (forgotten rather than
     /// cached as gone: a removed key is rarely read again). Awaited without
     /// blocking the reactor.
@@ -704,8 +720,23 @@ impl Store {
     /// Apply `changes` to the index, then leave `key`'s `record` in the
     /// cache (None: forget it).
     async fn write(&self, key: &[u8], record: Option<&Record>, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        self.write_announced(key, record, changes, true).await
+    }
+
+    /// `write`, notifying other masters of the change or not (`announce`).
+    async fn write_announced(
+        &self,
+        key: &[u8],
+        record: Option<&Record>,
+        changes: &[Change<'_>],
+        announce: bool,
+    ) -> Result<(), IndexError> {
         let started = Instant::now();
-        if let Err(error) = self.index.apply_async(changes).await {
+        let applied = match announce {
+            true => self.index.apply_async(changes).await,
+            false => self.index.apply_unannounced_async(changes).await,
+        };
+        if let Err(error) = applied {
             self.forget_after_failure(changes);
             return Err(error);
         }

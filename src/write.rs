@@ -128,8 +128,10 @@ pub async fn store_value<S: PieceSource>(
         Some(record) if record.volumes == entries => record.with_deleted(true),
         _ => Record::new(entries.clone(), true, None),
     };
+    // Over no record or a deleted one, reads answer as before: other
+    // masters need not hear of it (their caches say missing or deleted).
     if !prior.as_ref().is_some_and(Record::is_live) && prior.as_ref() != Some(&committing_record) {
-        app.store.put_async(key, &committing_record).await?;
+        app.store.put_unannounced_async(key, &committing_record).await?;
     }
     let path = key2path(key);
     let target = Target {
@@ -342,7 +344,8 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
         replication::copies_holding(record, &path, timeout).await?
     };
     replication::delete_all(&copies, &path, timeout).await?;
-    app.store.remove_async(key).await?;
+    // The record says deleted already: removing it changes no answer.
+    app.store.remove_unannounced_async(key).await?;
     Ok(())
 }
 
@@ -473,7 +476,8 @@ async fn undo(
     }
     match replication::delete_all(entries, &path, timeout).await {
         Ok(()) if !settled.contains(&Settled::Unknown) => {
-            if let Err(error) = app.store.remove_async(key).await {
+            // The record is the write's deleted one: no answer changes.
+            if let Err(error) = app.store.remove_unannounced_async(key).await {
                 eprintln!("failed write of {name:?}: cannot drop its record: {error}");
             }
         }

@@ -183,11 +183,32 @@ impl Index {
     /// write waits on the network (PostgreSQL: `offload`); RocksDB's write
     /// is a WAL append and runs here.
     pub async fn apply_async(self: &Arc<Index>, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        self.apply_async_announced(changes, true).await
+    }
+
+    /// `apply_async` of changes no read can tell from what they replace
+    /// (a record that is not live over one that is not live either, or
+    /// none): other masters are not notified of them (PostgreSQL: no
+    /// NOTIFY, whose commits are serialised cluster-wide; RELIABILITY.md,
+    /// "the cost of NOTIFY"). A cache elsewhere that holds the key's former
+    /// answer (missing or soft-deleted) gives the same answer.
+    pub async fn apply_unannounced_async(self: &Arc<Index>, changes: &[Change<'_>]) -> Result<(), IndexError> {
+        self.apply_async_announced(changes, false).await
+    }
+
+    async fn apply_async_announced(
+        self: &Arc<Index>,
+        changes: &[Change<'_>],
+        announce: bool,
+    ) -> Result<(), IndexError> {
         validate(changes)?;
         match &**self {
             Index::Rocks(engine) => engine.apply(changes),
             Index::Postgres(engine) => {
-                let batch = engine.prepare(changes);
+                let batch = match announce {
+                    true => engine.prepare(changes),
+                    false => engine.prepare(changes).unannounced(),
+                };
                 let index = self.clone();
                 crate::offload::write(move || match &*index {
                     Index::Postgres(engine) => engine.apply_batch(batch),

@@ -317,6 +317,14 @@ pub struct Batch {
     payloads: Vec<String>,
 }
 
+impl Batch {
+    /// The same changes, notifying no one (`Index::apply_unannounced_async`).
+    pub fn unannounced(mut self) -> Batch {
+        self.payloads.clear();
+        self
+    }
+}
+
 /// Names one holding of a key's lock (`Postgres::try_lock_key`).
 pub type LockToken = i64;
 

@@ -188,6 +188,46 @@ fn a_delete_on_one_master_is_seen_by_the_other_within_the_bound() {
     }
 }
 
+/// Issue 21, finding 8: commits that NOTIFY are serialised cluster-wide,
+/// and every PUT and DELETE notified twice (its deleted record, then the
+/// live one or the removal). A change no read can tell from what it
+/// replaces (missing to deleted, deleted to missing) now notifies no one:
+/// one notification a PUT and one a DELETE, and the other master still
+/// answers each change within the bound.
+#[test]
+fn a_put_and_a_delete_each_notify_once_and_the_other_master_follows() {
+    let bound = BOUND_MS.to_string();
+    let Some((database, cluster, second)) = two_masters("notify_once", &["--coherence-ms", &bound]) else {
+        return;
+    };
+    let mut listener = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    listener.batch_execute("LISTEN mkv").unwrap();
+    let key = "/once";
+    let hex: String = key.bytes().map(|byte| format!("{byte:02x}")).collect();
+    // Cached as missing on the second master (a miss fills the cache).
+    assert_eq!(request("GET", &second.url(key), None).status, 404);
+    assert_eq!(request("GET", &second.url(key), None).status, 404);
+    assert_eq!(request("PUT", &cluster.url(key), Some(b"value")).status, 201);
+    std::thread::sleep(Duration::from_millis(BOUND_MS));
+    assert_eq!(request("GET", &second.url(key), None).status, 302);
+    assert_eq!(request("GET", &second.url(key), None).status, 302);
+    assert_eq!(request("DELETE", &cluster.url(key), None).status, 204);
+    std::thread::sleep(Duration::from_millis(BOUND_MS));
+    assert_eq!(request("GET", &second.url(key), None).status, 404);
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut naming_the_key = 0;
+    let mut notifications = listener.notifications();
+    // Heartbeats keep coming: read what was sent until half a second from now.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut waiting = notifications.timeout_iter(Duration::from_millis(100));
+    while let (true, Ok(Some(notification))) = (Instant::now() < deadline, waiting.next()) {
+        let payload = notification.payload();
+        let keys = payload.split_once(":k").map_or("", |(_, keys)| keys);
+        naming_the_key += keys.split(',').filter(|named| *named == hex).count();
+    }
+    assert_eq!(naming_the_key, 2, "one notification for the PUT, one for the DELETE");
+}
+
 #[test]
 fn without_a_cache_a_delete_is_seen_at_once() {
     let Some((_database, cluster, second)) = two_masters("strict", &["--coherence-ms", "0"]) else {
