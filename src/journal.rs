@@ -16,25 +16,38 @@
 //! (`record_under_lock`), so that nothing acts on the gate record as if it
 //! were a deleted key's.
 //!
-//! Settling: nginx stores a PUT whole or not at all, so each copy the gate
-//! record names holds the old value or the new (or is gone, or its volume
-//! cannot be asked). Sizes tell them apart when they differ, md5s otherwise
-//! (a read of the copy). The value more copies hold wins (the new one on a
-//! tie: every copy of it is whole and its md5 checked before its last byte
-//! went out), and the record goes live naming the copies that hold it, with
-//! that value's md5 and metadata; the other value's copies are deleted.
-//! With no copy that can be told, the entry stays for a later try. A record
-//! that is no longer the gate record means the entry is stale: dropped.
+//! Settling: nginx stores a PUT whole or not at all, so each copy holds the
+//! old value or the new one, whole (or is gone, or holds something else, or
+//! its volume cannot be asked). The old value's copies are looked for on
+//! the volumes the old record names, the new value's on those its bytes
+//! went to (placement may have moved between the two writes): a copy of
+//! the right size is read through and its md5 compared with the value's
+//! (the old record's md5; without one, the size decides). The value more
+//! copies hold wins (the new one on a tie: every copy of it is whole and
+//! its md5 checked before its last byte went out), and the record goes live
+//! naming the copies that hold it, with that value's md5 and metadata; the
+//! other value's copies are deleted. With no copy that can be told, the
+//! entry stays for a later try. A record that is no longer the gate record
+//! means the entry is stale: dropped.
+//!
+//! An entry is settled only once `SETTLE_AFTER` has passed since its gate:
+//! bytes a writer sent before it died (or before its lock lapsed) may still
+//! be in a volume's socket buffer, and a copy read before they land would
+//! be told wrong. Until then a read waits (at most its bound) and a write
+//! answers 503. This assumes the masters' clocks agree within seconds and
+//! that a volume that holds a whole body stores it within `SETTLE_AFTER`
+//! (an nginx frozen longer than that with a complete body in its socket
+//! can still switch a copy after the settling: RELIABILITY.md).
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 
 use crate::app::App;
-use crate::index::{Change, IndexError};
-use crate::meta::Meta;
+use crate::index::{Change, Index, IndexError};
+use crate::meta::{now_ms, Meta};
 use crate::placement::{entry_host, key2path};
-use crate::record::{Record, HASH_HEX_BYTES};
+use crate::record::Record;
 use crate::replication::{self, entry_path};
 use crate::volume;
 
@@ -45,7 +58,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Entries read from the index per step of a sweep.
 const SWEEP_BATCH: usize = 100;
 /// The encoding's version byte.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// How long after its gate an entry may be settled: the volumes' own bound
+/// on a write that makes no progress, by when bytes a writer sent before
+/// it died have landed or never will.
+const SETTLE_AFTER: Duration = replication::VOLUME_IO_TIMEOUT;
 
 /// The state key of `key`'s entry.
 pub fn entry_key(key: &[u8]) -> Vec<u8> {
@@ -58,58 +75,62 @@ pub fn entry_key(key: &[u8]) -> Vec<u8> {
 /// An overwrite in its commit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    /// The record the gate wrote: the old record, deleted.
+    /// The record the gate wrote: the old record, deleted (the volumes
+    /// that hold the old value, and its md5 if it has one).
     pub gate: Record,
-    /// The new value's md5 (lower-case hex).
-    pub md5: [u8; HASH_HEX_BYTES],
-    /// The new value's metadata (its size included).
+    /// The new value's record, live: the volumes its bytes went to, and
+    /// its md5.
+    pub new: Record,
+    /// The new value's metadata (its size included; its mtime is the
+    /// gate's).
     pub meta: Meta,
 }
 
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
-        let gate = self.gate.encode();
-        let meta = self.meta.encode();
-        let mut bytes = Vec::with_capacity(1 + 4 + gate.len() + HASH_HEX_BYTES + meta.len());
+        let (gate, new, meta) = (self.gate.encode(), self.new.encode(), self.meta.encode());
+        let mut bytes = Vec::with_capacity(1 + 8 + gate.len() + new.len() + meta.len());
         bytes.push(VERSION);
-        bytes.extend_from_slice(&(gate.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&gate);
-        bytes.extend_from_slice(&self.md5);
+        for part in [&gate, &new] {
+            bytes.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(part);
+        }
         bytes.extend_from_slice(&meta);
         bytes
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        fn part(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+            let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            let rest = &bytes[4..];
+            (rest.len() >= length).then(|| rest.split_at(length))
+        }
         let (&version, rest) = bytes.split_first()?;
-        if version != VERSION || rest.len() < 4 {
+        if version != VERSION {
             return None;
         }
-        let (length, rest) = rest.split_at(4);
-        let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
-        if rest.len() < length + HASH_HEX_BYTES {
-            return None;
-        }
-        let (gate, rest) = rest.split_at(length);
-        let (md5, meta) = rest.split_at(HASH_HEX_BYTES);
-        let gate = Record::decode(gate).ok()?;
-        let md5: [u8; HASH_HEX_BYTES] = md5.try_into().ok()?;
-        if !md5.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')) {
+        let (gate, rest) = part(rest)?;
+        let (new, meta) = part(rest)?;
+        let (gate, new) = (Record::decode(gate).ok()?, Record::decode(new).ok()?);
+        if !gate.deleted || !new.is_live() || new.hash.is_none() {
             return None;
         }
         Some(Entry {
             gate,
-            md5,
+            new,
             meta: Meta::decode(meta).ok()?,
         })
     }
 }
 
-/// What one copy named by the gate record holds.
+/// What one copy holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Copy {
     New,
     Old,
     Gone,
+    /// Neither value (a leftover of another write).
+    Other,
     /// Its volume did not answer.
     Unknown,
 }
@@ -127,6 +148,8 @@ pub enum Settled {
     Old(usize),
     /// No copy could be told: the entry stays.
     Undecided,
+    /// Too soon after its gate to read the copies (`SETTLE_AFTER`).
+    Young,
 }
 
 /// `key`'s journal entry, if any (read off the reactor).
@@ -163,6 +186,9 @@ pub async fn record_under_lock(app: &App, key: &[u8]) -> Result<Option<Record>, 
         Settled::Undecided => Err(IndexError::Unavailable(
             "an overwrite of this key is unfinished and no copy can be read to finish it".into(),
         )),
+        Settled::Young => Err(IndexError::Unavailable(
+            "an overwrite of this key was cut short moments ago; it is settled shortly".into(),
+        )),
     }
 }
 
@@ -174,25 +200,32 @@ pub async fn settle_held(app: &App, key: &[u8]) -> Result<Settled, IndexError> {
     };
     let entry_key = entry_key(key);
     let drop_entry = [Change::StateDelete(&entry_key)];
+    let name = String::from_utf8_lossy(key);
     if app.store.get_async(key).await?.as_ref() != Some(&entry.gate) {
+        eprintln!("journal: the entry of {name:?} no longer matches its record (changed since); dropped");
         app.store.apply_async(&drop_entry).await?;
         return Ok(Settled::Stale);
+    }
+    if now_ms() < entry.meta.mtime_ms.saturating_add(SETTLE_AFTER.as_millis() as u64) {
+        return Ok(Settled::Young);
     }
     let old_size = app.store.meta_async(key).await.ok().flatten().map(|meta| meta.size);
     let path = key2path(key);
     let timeout = app.config.volume_timeout;
+    let mut volumes: Vec<String> = entry.gate.volumes.clone();
+    for volume in &entry.new.volumes {
+        if !volumes.contains(volume) {
+            volumes.push(volume.clone());
+        }
+    }
     let copies = join_all(
-        entry
-            .gate
-            .volumes
+        volumes
             .iter()
             .map(|volume| told(volume, &path, &entry, old_size, timeout)),
     )
     .await;
     let holding = |wanted: Copy| -> Vec<String> {
-        entry
-            .gate
-            .volumes
+        volumes
             .iter()
             .zip(&copies)
             .filter(|(_, copy)| **copy == wanted)
@@ -200,13 +233,12 @@ pub async fn settle_held(app: &App, key: &[u8]) -> Result<Settled, IndexError> {
             .collect()
     };
     let (news, olds) = (holding(Copy::New), holding(Copy::Old));
-    let name = String::from_utf8_lossy(key);
     if news.is_empty() && olds.is_empty() {
         eprintln!("journal: no copy of {name:?} can be told yet ({copies:?}); tried again later");
         return Ok(Settled::Undecided);
     }
     let (settled, losers) = if news.len() >= olds.len() {
-        let record = Record::new(news.clone(), false, Some(entry.md5));
+        let record = Record::new(news.clone(), false, entry.new.hash);
         app.store
             .put_with_meta_async(key, &record, &entry.meta, &drop_entry)
             .await?;
@@ -234,7 +266,8 @@ pub async fn settle(app: &App, key: &[u8]) -> Result<Option<Settled>, IndexError
     settle_held(app, key).await.map(Some)
 }
 
-/// What the copy of `entry`'s key on `volume` holds.
+/// What the copy of `entry`'s key on `volume` holds: the new value only
+/// where its bytes went, the old one only where the old record names it.
 async fn told(volume: &str, path: &str, entry: &Entry, old_size: Option<u64>, timeout: Duration) -> Copy {
     let file = entry_path(volume, path);
     let length = match volume::head(entry_host(volume), &file, timeout).await {
@@ -242,19 +275,36 @@ async fn told(volume: &str, path: &str, entry: &Entry, old_size: Option<u64>, ti
         Ok(None) => return Copy::Gone,
         Err(_) => return Copy::Unknown,
     };
-    if length != entry.meta.size {
+    let may_be_new = entry.new.volumes.iter().any(|entry| entry == volume) && length == entry.meta.size;
+    let may_be_old = entry.gate.volumes.iter().any(|entry| entry == volume)
+        && old_size.is_none_or(|old| old == length)
+        && (old_size.is_some() || entry.gate.hash.is_some());
+    if !may_be_new && !may_be_old {
+        return Copy::Other;
+    }
+    // Without an md5 the old value is told by its size alone.
+    if !may_be_new && entry.gate.hash.is_none() {
         return Copy::Old;
     }
-    if old_size.is_some_and(|old| old != length) {
-        return Copy::New;
+    let md5 = match replication::copy_md5(volume, path, timeout).await {
+        Ok(Some(md5)) => md5,
+        Ok(None) => return Copy::Gone,
+        Err(_) => return Copy::Unknown,
+    };
+    if may_be_new && Some(md5) == entry.new.hash {
+        Copy::New
+    } else if may_be_old && entry.gate.hash.is_none_or(|old| old == md5) {
+        Copy::Old
+    } else {
+        Copy::Other
     }
-    // The same size either way: the bytes tell.
-    match replication::copy_md5(volume, path, timeout).await {
-        Ok(Some(md5)) if md5 == entry.md5 => Copy::New,
-        Ok(Some(_)) => Copy::Old,
-        Ok(None) => Copy::Gone,
-        Err(_) => Copy::Unknown,
-    }
+}
+
+/// Whether `key` has a journal entry, read in place: for maintenance that
+/// walks records on its own thread (`rebalance`), which leaves such a key
+/// to the journal rather than move its gate record.
+pub fn is_pending(index: &Index, key: &[u8]) -> Result<bool, IndexError> {
+    Ok(index.state(&entry_key(key))?.is_some())
 }
 
 /// Settle every entry the journal holds: at start (a master killed in a
@@ -301,6 +351,7 @@ pub async fn sweep(app: &App) {
                 eprintln!("journal: {:?}: {error}", String::from_utf8_lossy(key));
             }
         }
+        // Entries too young to settle are taken by the next walk.
     }
 }
 
@@ -316,7 +367,11 @@ mod tests {
                 true,
                 Some(*b"0123456789abcdef0123456789abcdef"),
             ),
-            md5: *b"fedcba9876543210fedcba9876543210",
+            new: Record::new(
+                vec!["127.0.0.1:3003".into(), "127.0.0.1:3002/sv01".into()],
+                false,
+                Some(*b"fedcba9876543210fedcba9876543210"),
+            ),
             meta: Meta {
                 size: 1 << 33,
                 mtime_ms: 1_700_000_000_000,
@@ -332,7 +387,11 @@ mod tests {
     fn a_damaged_entry_is_refused() {
         let entry = Entry {
             gate: Record::new(vec!["127.0.0.1:3001".into()], true, None),
-            md5: *b"fedcba9876543210fedcba9876543210",
+            new: Record::new(
+                vec!["127.0.0.1:3001".into()],
+                false,
+                Some(*b"fedcba9876543210fedcba9876543210"),
+            ),
             meta: Meta::written_now(5),
         };
         let bytes = entry.encode();

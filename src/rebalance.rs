@@ -615,6 +615,11 @@ async fn rebalance_online(
     let Some(record) = app.store.get(key)? else {
         return Ok(Outcome::Placed);
     };
+    // An overwrite cut short in its commit: its record is the journal's to
+    // settle, not to move (a moved record no longer matches the entry).
+    if record.deleted && crate::journal::is_pending(app.store.index(), key)? {
+        return Ok(Outcome::Busy);
+    }
     let timeout = app.config.volume_timeout;
     // The job's own thread: a blocking commit holds up no reactor.
     let write = |record: Record| std::future::ready(app.store.put(key, &record));
@@ -673,6 +678,11 @@ async fn rebalance_record(
             from: record.volumes,
             to: placed,
         });
+    }
+    // An overwrite cut short in its commit: its record is the journal's to
+    // settle (by the master, at its start), not to move.
+    if record.deleted && crate::journal::is_pending(index, key)? {
+        return Ok(Outcome::Skipped);
     }
     let write = |record: Record| std::future::ready(index.put(key, &record));
     match move_key(key, &record, &placed, config.volume_timeout, write).await {

@@ -146,10 +146,13 @@ pub async fn store_value<S: PieceSource>(
     let mut commit = Commit {
         app,
         key,
+        // The gate record is the old one, deleted: it names where the old
+        // value is (placement may have moved since it was written).
         record: prior
             .as_ref()
             .filter(|record| record.is_live())
-            .map(|_| committing_record),
+            .map(|record| record.with_deleted(true)),
+        entries: &entries,
         meta: &plan.meta,
         journaled: None,
         committing: None,
@@ -239,6 +242,8 @@ struct Commit<'a> {
     /// The record to write at the gate (None: the record went deleted
     /// before the bytes did, nothing to do).
     record: Option<Record>,
+    /// The volumes the new value goes to.
+    entries: &'a [String],
     /// The plan's metadata, for the journal entry.
     meta: &'a Meta,
     /// The journal entry written at the gate.
@@ -265,7 +270,7 @@ impl Gate for Commit<'_> {
         };
         let entry = journal::Entry {
             gate: record,
-            md5,
+            new: Record::new(self.entries.to_vec(), false, Some(md5)),
             meta: sealed_meta(self.meta.clone(), sealed),
         };
         let entry_key = journal::entry_key(self.key);
@@ -460,7 +465,7 @@ async fn undo(
             eprintln!("failed overwrite of {name:?}: no replica surely took the new value; the journal decides");
             return;
         }
-        let record = Record::new(took, false, Some(entry.md5));
+        let record = Record::new(took, false, entry.new.hash);
         match settle(key, || {
             app.store.put_with_meta_async(key, &record, &entry.meta, drop_entry)
         })

@@ -363,12 +363,16 @@ async fn journal_settled(app: &App, key: &[u8]) -> Result<Option<Record>, S3Erro
                     "an overwrite of this key is unfinished and no copy can be read to finish it",
                 ))
             }
-            Some(_) => break,
-            None if Instant::now() + pause > deadline => return Err(S3Error::slow_down()),
-            None => {
-                monoio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+            // Its writer is committing (None), or it was cut short moments
+            // ago (Young): wait.
+            Some(journal::Settled::Young) | None if Instant::now() + pause > deadline => {
+                return Err(S3Error::slow_down())
             }
+            Some(journal::Settled::Young) | None => {
+                monoio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            Some(_) => break,
         }
     }
     Ok(app.store.get_async(key).await?.filter(Record::is_live))
