@@ -53,8 +53,9 @@ use crate::volume;
 
 /// Where the journal lives in the state column.
 pub const PREFIX: &[u8] = b"c/";
-/// How often the sweep walks the journal after its first walk at start.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the sweep walks the journal after its first walk at start
+/// (a range scan of `c/`, empty but for overwrites in their commit).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// Entries read from the index per step of a sweep.
 const SWEEP_BATCH: usize = 100;
 /// The encoding's version byte.

@@ -28,12 +28,15 @@ use crate::volume::Settled;
 
 /// How long an index write that settles what a key holds after its bytes
 /// changed (the commit of a new value, the restoring of the prior one) is
-/// tried again while the index fails: past the index's own bound (5 s a
-/// statement), so that a restart or a failover of the database costs the
-/// writer a wait, not the key's value.
-const SETTLE_RETRY_FOR: Duration = Duration::from_secs(20);
+/// tried again while the index fails: a blip (a connection reset by a
+/// failover) costs the writer a short wait; an index that stays down is
+/// answered within the request's bound (503: the commit journal finishes
+/// an overwrite once the index is back, and a new key's bytes were never
+/// acknowledged). A try that started is bounded by the index's own
+/// statement bound.
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(1);
 /// The longest pause between two tries.
-const SETTLE_PAUSE_MAX: Duration = Duration::from_secs(1);
+const SETTLE_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 /// What to write besides the bytes.
 pub struct Plan<'a> {
