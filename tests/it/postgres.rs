@@ -1033,3 +1033,101 @@ fn with_the_index_frozen_an_s3_bucket_check_answers_503_and_cache_hits_go_on() {
         "the bucket answers again once the index does"
     );
 }
+
+#[test]
+fn writes_committed_together_are_each_acknowledged_and_seen_by_the_other_master() {
+    let Some((database, cluster, second)) = two_masters("group_commit", &[]) else {
+        return;
+    };
+    // Another session holds the records against writes for a moment: the
+    // first write's commit waits, and the writes behind it gather into
+    // groups (one transaction each).
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("LOCK TABLE mkv_records IN EXCLUSIVE MODE")
+        .unwrap();
+    let writers: Vec<_> = (0..24)
+        .map(|number| {
+            let url = cluster.url(&format!("/group/{number}"));
+            std::thread::spawn(move || request("PUT", &url, Some(&value(1000, number))).status)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    transaction.commit().unwrap();
+    for writer in writers {
+        assert_eq!(writer.join().unwrap(), 201);
+    }
+    for number in 0..24 {
+        let path = format!("/group/{number}");
+        assert_eq!(read_through(&second.url(&path)), Some(value(1000, number)), "{path}");
+    }
+    // Deletes committed in groups notify the other master, whose cached
+    // records go within the coherence bound.
+    let deleters: Vec<_> = (0..24)
+        .map(|number| {
+            let url = cluster.url(&format!("/group/{number}"));
+            std::thread::spawn(move || request("DELETE", &url, None).status)
+        })
+        .collect();
+    for deleter in deleters {
+        assert_eq!(deleter.join().unwrap(), 204);
+    }
+    for number in 0..24 {
+        let url = second.url(&format!("/group/{number}"));
+        assert!(
+            eventually(Duration::from_secs(15), || request("GET", &url, None).status == 404),
+            "{url}"
+        );
+    }
+}
+
+/// The fence of a group commit (`mkv_apply_group`): a member whose key
+/// lease is not the writer's any more is skipped whole, the others apply.
+#[test]
+fn a_group_commit_skips_only_the_member_whose_key_lease_was_lost() {
+    let Some(database) = database("group_fence") else {
+        return;
+    };
+    // A master makes the schema.
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO mkv_masters VALUES ('tester', now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (1001, 'tester', 7, now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (1002, 'tester', 7, now() - interval '1 second');
+             INSERT INTO mkv_key_leases VALUES (1003, 'tester', 7, now() + interval '1 minute');",
+        )
+        .unwrap();
+    let keys: Vec<&[u8]> = vec![b"/fence/held", b"/fence/expired", b"/fence/stolen", b"/fence/held-too"];
+    let values: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d"];
+    let lost: Vec<i32> = client
+        .query_one(
+            "SELECT mkv_apply_group($1, $2, $3, $4, $5, $6, $7, $8, $9, 'tester', 6000)",
+            &[
+                &vec!["state"; 4],
+                &keys,
+                &values,
+                &vec![0i32, 1, 2, 3],
+                // Member 2 names lease 1003 with another token (another
+                // holding); member 3 holds 1001 too (a second key).
+                &vec![1001i64, 1002, 1003, 1001],
+                &vec![7i64, 7, 8, 7],
+                &vec![0i32, 1, 2, 3],
+                &vec!["tester:*"; 4],
+                &vec![0i32, 1, 2, 3],
+            ],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, vec![1, 2]);
+    let written: Vec<Vec<u8>> = client
+        .query("SELECT key FROM mkv_state WHERE key LIKE '/fence/%' ORDER BY key", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(written, vec![b"/fence/held".to_vec(), b"/fence/held-too".to_vec()]);
+    drop(cluster);
+}
