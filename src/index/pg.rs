@@ -390,14 +390,41 @@ struct Group {
     done: HashMap<u64, Result<(), IndexError>>,
 }
 
-/// The committing thread's turn: over when dropped (a panic included), so
-/// that the next group can go.
-struct Leading<'a>(&'a Postgres);
+/// The committing thread's turn, and its members' ids: over when finished,
+/// or when dropped (a panic: each member then fails), so that the next
+/// group can go and no thread waits for a result that will not come.
+struct Leading<'a> {
+    postgres: &'a Postgres,
+    ids: Vec<u64>,
+    finished: bool,
+}
+
+impl<'a> Leading<'a> {
+    /// Hand the group's `results` to their threads and end the turn, in
+    /// one hold of the lock (a thread woken finds its result there).
+    fn finish(mut self, results: Vec<(u64, Result<(), IndexError>)>) -> std::sync::MutexGuard<'a, Group> {
+        let mut group = lock(&self.postgres.group);
+        group.done.extend(results);
+        group.committing = false;
+        self.postgres.group_ready.notify_all();
+        self.finished = true;
+        group
+    }
+}
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
-        lock(&self.0.group).committing = false;
-        self.0.group_ready.notify_all();
+        if self.finished {
+            return;
+        }
+        let mut group = lock(&self.postgres.group);
+        for id in &self.ids {
+            group
+                .done
+                .insert(*id, Err(IndexError::Io("a group commit panicked".into())));
+        }
+        group.committing = false;
+        self.postgres.group_ready.notify_all();
     }
 }
 
@@ -737,11 +764,13 @@ impl Postgres {
             group.committing = true;
             let members = std::mem::take(&mut group.waiting);
             drop(group);
-            let leading = Leading(self);
+            let leading = Leading {
+                postgres: self,
+                ids: members.iter().map(|member| member.id).collect(),
+                finished: false,
+            };
             let results = self.commit_group(members);
-            drop(leading);
-            group = lock(&self.group);
-            group.done.extend(results);
+            group = leading.finish(results);
         }
     }
 

@@ -282,15 +282,15 @@ async fn recorded_buckets(
             let mut found = Vec::new();
             let mut corrupt = false;
             index.scan_state(&scan_prefix, &start, usize::MAX, |key, value| {
-            let name = String::from_utf8_lossy(&key[2..]).into_owned();
-            if !wanted(&name) {
-                return true;
-            }
-            match serde_json::from_slice::<Recorded>(value) {
-                Ok(recorded) => found.push((name, recorded.created_ms)),
-                Err(_) => corrupt = true,
-            }
-            !corrupt && found.len() < count_max
+                let name = String::from_utf8_lossy(&key[2..]).into_owned();
+                if !wanted(&name) {
+                    return true;
+                }
+                match serde_json::from_slice::<Recorded>(value) {
+                    Ok(recorded) => found.push((name, recorded.created_ms)),
+                    Err(_) => corrupt = true,
+                }
+                !corrupt && found.len() < count_max
             })?;
             Ok((found, corrupt))
         })

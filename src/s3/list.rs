@@ -127,7 +127,11 @@ pub async fn list(
         bucket_prefix,
         prefix: prefix.to_vec(),
         delimiter: delimiter.map(<[u8]>::to_vec),
-        after: if token_key.is_some() { None } else { after.map(<[u8]>::to_vec) },
+        after: if token_key.is_some() {
+            None
+        } else {
+            after.map(<[u8]>::to_vec)
+        },
         start,
         keys_max,
     };

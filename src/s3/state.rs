@@ -217,9 +217,7 @@ pub async fn upload_async(store: &Store, upload_id: &str) -> Result<Option<Uploa
 /// Whether `upload` (`upload_id`) has its bucket listing entry (`m/`).
 pub async fn is_listed(store: &Store, upload_id: &str, upload: &Upload) -> Result<bool, IndexError> {
     let listed = listed_upload_key(&upload.bucket, &upload.key, upload_id);
-    store
-        .read_index(move |index| Ok(index.state(&listed)?.is_some()))
-        .await
+    store.read_index(move |index| Ok(index.state(&listed)?.is_some())).await
 }
 
 pub async fn put_upload(store: &Store, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
@@ -324,7 +322,12 @@ pub async fn delete_part(store: &Store, upload_id: &str, number: u32) -> Result<
 }
 
 /// Parts of an upload numbered above `after`, in order, at most `count_max`.
-pub async fn parts(store: &Store, upload_id: &str, after: u32, count_max: usize) -> Result<Vec<(u32, Part)>, IndexError> {
+pub async fn parts(
+    store: &Store,
+    upload_id: &str,
+    after: u32,
+    count_max: usize,
+) -> Result<Vec<(u32, Part)>, IndexError> {
     let prefix = parts_prefix(upload_id);
     let start = part_key(upload_id, after.saturating_add(1));
     store

@@ -965,7 +965,10 @@ fn s3_requests_waiting_on_bucket_state_or_listing_metadata_leave_their_reactor_a
         ("GET", "/bkt/k", "Origin: https://example.com\r\n"),
     ];
     // Bucket state first, then the metadata a listing reads per key.
-    for (table, requests) in [("mkv_state", state_readers), ("mkv_meta", &[("GET", "/bkt?list-type=2", "")][..])] {
+    for (table, requests) in [
+        ("mkv_state", state_readers),
+        ("mkv_meta", &[("GET", "/bkt?list-type=2", "")][..]),
+    ] {
         let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
         let mut transaction = holder.transaction().unwrap();
         transaction
@@ -999,7 +1002,10 @@ fn s3_requests_waiting_on_bucket_state_or_listing_metadata_leave_their_reactor_a
     }
     assert!(s3_raw(port, "HEAD", "/bkt", "", long).starts_with("HTTP/1.1 200"));
     let listed = s3_raw(port, "GET", "/bkt?list-type=2", "", long);
-    assert!(listed.starts_with("HTTP/1.1 200") && listed.contains("<Key>k</Key>"), "{listed:?}");
+    assert!(
+        listed.starts_with("HTTP/1.1 200") && listed.contains("<Key>k</Key>"),
+        "{listed:?}"
+    );
 }
 
 #[test]
