@@ -327,7 +327,7 @@ pub async fn sweep(app: &App) {
         let start = after.clone();
         let batch = app
             .store
-            .read_async(move |index| {
+            .read_index(move |index| {
                 let mut keys = Vec::new();
                 index.scan_state(PREFIX, &start, SWEEP_BATCH, |key, _| {
                     keys.push(key[PREFIX.len()..].to_vec());

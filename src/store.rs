@@ -599,20 +599,24 @@ impl Store {
     }
 
     /// Run the index read `read` of `key` where it does not block the
-    /// reactor: the read pool for an engine that waits on the network.
+    /// reactor (`read_index`).
     async fn read_off_reactor<T: Send + 'static>(
         &self,
         key: &[u8],
         read: fn(&Index, &[u8]) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
         let key = key.to_vec();
-        self.read_async(move |index| read(index, &key)).await
+        self.read_index(move |index| read(index, &key)).await
     }
 
-    /// Run the index read `read` where it does not block the reactor: the
-    /// read pool for an engine that waits on the network (bounded by
-    /// `offload::INDEX_WAIT_MS_MAX`), here for RocksDB.
-    pub async fn read_async<T: Send + 'static>(
+    /// Run the index read `read` (a lookup, a scan, S3 state) where it does
+    /// not block the reactor: on PostgreSQL on the read pool, awaited at
+    /// most `offload::INDEX_WAIT_MS_MAX` (past it `index::not_answered`:
+    /// 503 with Retry-After), since each query is a round trip and a
+    /// database that hangs would otherwise stop every connection of the
+    /// reactor, cache hits included; on RocksDB here (microseconds, no
+    /// I/O wait).
+    pub async fn read_index<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
     ) -> Result<T, IndexError> {

@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -172,6 +172,9 @@ const TABLES: &str = "
         PERFORM set_config('synchronous_commit', 'off', true);
         DELETE FROM mkv_key_leases WHERE lock_id = lock AND master = holder AND token = lease_token;
     END $$;
+    -- One write in one transaction: what masters before group commit
+    -- (`mkv_apply_group`) call, kept while such masters may share the index
+    -- (a rolling upgrade).
     CREATE OR REPLACE FUNCTION mkv_apply_fenced(
         ops text[], keys bytea[], vals bytea[], lock_ids bigint[], lock_tokens bigint[],
         payloads text[], holder text, lease_ms int
@@ -218,10 +221,62 @@ const TABLES: &str = "
             PERFORM pg_notify('mkv', payload);
         END LOOP;
     END $$;
+    -- mkv_apply_fenced for a group of writes (members numbered from 0):
+    -- one transaction, one commit, one notification queue lock for all.
+    -- Each member's key leases are checked as mkv_apply_fenced checks
+    -- them; a member one of whose leases fails is skipped whole (none of
+    -- its changes, none of its notifications) and the others apply.
+    -- Returns the members skipped.
+    CREATE OR REPLACE FUNCTION mkv_apply_group(
+        ops text[], keys bytea[], vals bytea[], op_members int[],
+        lock_ids bigint[], lock_tokens bigint[], lock_members int[],
+        payloads text[], payload_members int[], holder text, lease_ms int
+    ) RETURNS int[] LANGUAGE plpgsql AS $$
+    DECLARE
+        i int;
+        lost int[] := '{}';
+    BEGIN
+        IF holder IS NOT NULL AND NOT EXISTS (SELECT 1 FROM mkv_masters
+                WHERE origin = holder AND expires > now()) THEN
+            RAISE EXCEPTION 'mkv: this master''s lease on the index lapsed' USING ERRCODE = 'MKVLS';
+        END IF;
+        FOR i IN 1 .. coalesce(array_length(lock_ids, 1), 0) LOOP
+            CONTINUE WHEN lock_members[i] = ANY (lost);
+            UPDATE mkv_key_leases
+                SET expires = greatest(expires, now() + lease_ms * interval '1 millisecond')
+                WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i]
+                    AND expires > now();
+            IF NOT FOUND THEN
+                lost := lost || lock_members[i];
+            END IF;
+        END LOOP;
+        FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
+            CONTINUE WHEN op_members[i] = ANY (lost);
+            CASE ops[i]
+            WHEN 'record' THEN
+                INSERT INTO mkv_records VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record;
+            WHEN 'meta' THEN
+                INSERT INTO mkv_meta VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET meta = EXCLUDED.meta;
+            WHEN 'remove' THEN
+                DELETE FROM mkv_records WHERE key = keys[i];
+                DELETE FROM mkv_meta WHERE key = keys[i];
+            WHEN 'state' THEN
+                INSERT INTO mkv_state VALUES (keys[i], vals[i])
+                    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+            WHEN 'unstate' THEN
+                DELETE FROM mkv_state WHERE key = keys[i];
+            END CASE;
+        END LOOP;
+        FOR i IN 1 .. coalesce(array_length(payloads, 1), 0) LOOP
+            CONTINUE WHEN payload_members[i] = ANY (lost);
+            PERFORM pg_notify('mkv', payloads[i]);
+        END LOOP;
+        RETURN lost;
+    END $$;
 ";
-/// The SQL state `mkv_apply_fenced` raises when a key's lock is gone.
-const LOCK_LOST_STATE: &str = "MKVLK";
-/// The SQL state `mkv_apply_fenced` raises when the writer's lease lapsed.
+/// The SQL state `mkv_apply_group` raises when the writer's lease lapsed.
 const LEASE_LAPSED_STATE: &str = "MKVLS";
 
 /// A pooled connection and its prepared statements.
@@ -234,7 +289,7 @@ struct Statements {
     get: Statement,
     meta: Statement,
     state: Statement,
-    apply: Statement,
+    apply_group: Statement,
     lock: Statement,
     unlock: Statement,
     notify: Statement,
@@ -251,7 +306,7 @@ impl Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            apply: client.prepare("SELECT mkv_apply_fenced($1, $2, $3, $4, $5, $6, $7, $8)")?,
+            apply_group: client.prepare("SELECT mkv_apply_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")?,
             lock: client.prepare("SELECT mkv_lock($1, $2, $3, $4, $5)")?,
             unlock: client.prepare("SELECT mkv_unlock($1, $2, $3)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
@@ -295,8 +350,6 @@ impl Drop for Snapshot {
 /// Why a transaction did not commit.
 enum Failure {
     Database(postgres::Error),
-    /// A key's lease is no longer this writer's.
-    LockLost,
     /// This master's lease lapsed (`Lease`).
     LeaseLapsed,
 }
@@ -307,7 +360,7 @@ impl From<postgres::Error> for Failure {
     }
 }
 
-/// Changes ready for `Postgres::apply_batch`: `mkv_apply_fenced`'s arguments.
+/// Changes ready for `Postgres::apply_batch`: one member of `mkv_apply_group`'s arrays.
 pub struct Batch {
     operations: Vec<&'static str>,
     keys: Vec<Vec<u8>>,
@@ -323,6 +376,97 @@ impl Batch {
         self.payloads.clear();
         self
     }
+}
+
+/// A batch waiting for its group's commit (`Postgres::apply_batch`).
+struct Member {
+    id: u64,
+    /// Not sent past this instant.
+    deadline: Instant,
+    batch: Batch,
+}
+
+/// The writes of one process that commit together (`Postgres::apply_batch`).
+#[derive(Default)]
+struct Group {
+    /// Batches not yet sent, in the order they came.
+    waiting: Vec<Member>,
+    /// A thread is committing a group now.
+    committing: bool,
+    next_id: u64,
+    /// Results not yet taken by their threads, by member id.
+    done: HashMap<u64, Result<(), IndexError>>,
+}
+
+/// The committing thread's turn, and its members' ids: over when finished,
+/// or when dropped (a panic: each member then fails), so that the next
+/// group can go and no thread waits for a result that will not come.
+struct Leading<'a> {
+    postgres: &'a Postgres,
+    ids: Vec<u64>,
+    finished: bool,
+}
+
+impl<'a> Leading<'a> {
+    /// Hand the group's `results` to their threads and end the turn, in
+    /// one hold of the lock (a thread woken finds its result there).
+    fn finish(mut self, results: Vec<(u64, Result<(), IndexError>)>) -> std::sync::MutexGuard<'a, Group> {
+        let mut group = lock(&self.postgres.group);
+        group.done.extend(results);
+        group.committing = false;
+        self.postgres.group_ready.notify_all();
+        self.finished = true;
+        group
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut group = lock(&self.postgres.group);
+        for id in &self.ids {
+            group
+                .done
+                .insert(*id, Err(IndexError::Io("a group commit panicked".into())));
+        }
+        group.committing = false;
+        self.postgres.group_ready.notify_all();
+    }
+}
+
+/// A group's batches as `mkv_apply_group`'s arrays: each row tagged with
+/// its member's number.
+#[derive(Default)]
+struct GroupArrays<'a> {
+    operations: Vec<&'static str>,
+    keys: Vec<&'a [u8]>,
+    values: Vec<&'a [u8]>,
+    operation_members: Vec<i32>,
+    lock_ids: Vec<i64>,
+    lock_tokens: Vec<i64>,
+    lock_members: Vec<i32>,
+    payloads: Vec<&'a str>,
+    payload_members: Vec<i32>,
+}
+
+impl<'a> GroupArrays<'a> {
+    fn push(&mut self, number: i32, batch: &'a Batch) {
+        self.operations.extend_from_slice(&batch.operations);
+        self.keys.extend(batch.keys.iter().map(Vec::as_slice));
+        self.values.extend(batch.values.iter().map(Vec::as_slice));
+        self.operation_members.extend(batch.operations.iter().map(|_| number));
+        self.lock_ids.extend_from_slice(&batch.lock_ids);
+        self.lock_tokens.extend_from_slice(&batch.lock_tokens);
+        self.lock_members.extend(batch.lock_ids.iter().map(|_| number));
+        self.payloads.extend(batch.payloads.iter().map(String::as_str));
+        self.payload_members.extend(batch.payloads.iter().map(|_| number));
+    }
+}
+
+fn lock_lost() -> IndexError {
+    IndexError::Unavailable("the key's lock was lost with the index connection that held it".into())
 }
 
 /// Names one holding of a key's lock (`Postgres::try_lock_key`).
@@ -352,6 +496,10 @@ pub struct Postgres {
     /// The URL without its password, for messages.
     name: String,
     idle: Mutex<Vec<Connection>>,
+    /// Writes waiting to commit together (`apply_batch`).
+    group: Mutex<Group>,
+    /// A group's commit is over.
+    group_ready: Condvar,
     /// No connection attempt before this instant (`RECONNECT_PAUSE`).
     pause_until: Mutex<Option<Instant>>,
     /// Listings' snapshots open now.
@@ -439,6 +587,8 @@ impl Postgres {
             config,
             name,
             idle: Mutex::new(Vec::new()),
+            group: Mutex::new(Group::default()),
+            group_ready: Condvar::new(),
             pause_until: Mutex::new(None),
             snapshots: Arc::new(AtomicUsize::new(0)),
             follow_own: AtomicBool::new(false),
@@ -497,9 +647,6 @@ impl Postgres {
         drop(idle);
         result.map_err(|failure| match failure {
             Failure::Database(error) => self.error(&error),
-            Failure::LockLost => {
-                IndexError::Unavailable("the key's lock was lost with the index connection that held it".into())
-            }
             Failure::LeaseLapsed => self.lapsed(),
         })
     }
@@ -588,33 +735,104 @@ impl Postgres {
         batch
     }
 
-    /// Apply a prepared batch: one statement, one round trip (a single
-    /// function call is its own transaction, all of it or none).
+    /// Apply a prepared batch, all of it or none, committed with the
+    /// batches other threads of this process apply meanwhile (group
+    /// commit): the thread that finds no commit in flight commits every
+    /// batch waiting, in one statement and one transaction with one
+    /// notification queue lock, while later batches wait for the next
+    /// group. PostgreSQL serialises the commits that notify across the
+    /// whole cluster (it holds a lock on the notification queue from
+    /// before its commit record until the commit is over, a standby's
+    /// acknowledgement included), so commits that each notify cap every
+    /// master's writes at one commit at a time; a group pays that once.
+    /// Each batch's key leases are checked apart (`mkv_apply_group`): one
+    /// whose lock was lost fails alone, as it would by itself.
     pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
-        self.with_connection(|client, statements| {
+        let mut group = lock(&self.group);
+        let id = group.next_id;
+        group.next_id += 1;
+        group.waiting.push(Member {
+            id,
+            // The waiter (`offload`) stopped waiting by then: past it the
+            // batch is not sent, as an offloaded call not started is not.
+            deadline: Instant::now() + Duration::from_millis(crate::offload::INDEX_WAIT_MS_MAX),
+            batch,
+        });
+        loop {
+            if let Some(result) = group.done.remove(&id) {
+                return result;
+            }
+            if group.committing {
+                group = self
+                    .group_ready
+                    .wait(group)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            group.committing = true;
+            let members = std::mem::take(&mut group.waiting);
+            drop(group);
+            let leading = Leading {
+                postgres: self,
+                ids: members.iter().map(|member| member.id).collect(),
+                finished: false,
+            };
+            let results = self.commit_group(members);
+            group = leading.finish(results);
+        }
+    }
+
+    /// Commit `members` in one transaction (`mkv_apply_group`): each one's
+    /// result, by id.
+    fn commit_group(&self, members: Vec<Member>) -> Vec<(u64, Result<(), IndexError>)> {
+        let now = Instant::now();
+        let (members, late): (Vec<Member>, Vec<Member>) = members.into_iter().partition(|member| member.deadline > now);
+        let mut results: Vec<(u64, Result<(), IndexError>)> = late
+            .iter()
+            .map(|member| (member.id, Err(super::not_answered())))
+            .collect();
+        if members.is_empty() {
+            return results;
+        }
+        let mut arrays = GroupArrays::default();
+        for (number, member) in members.iter().enumerate() {
+            arrays.push(number as i32, &member.batch);
+        }
+        let lost = self.with_connection(|client, statements| {
             let holder = self.lease.as_ref().map(|lease| lease.origin.as_str());
             let lease_ms = KEY_LEASE_MS as i32;
-            let parameters: [&(dyn postgres::types::ToSql + Sync); 8] = [
-                &batch.operations,
-                &batch.keys,
-                &batch.values,
-                &batch.lock_ids,
-                &batch.lock_tokens,
-                &batch.payloads,
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 11] = [
+                &arrays.operations,
+                &arrays.keys,
+                &arrays.values,
+                &arrays.operation_members,
+                &arrays.lock_ids,
+                &arrays.lock_tokens,
+                &arrays.lock_members,
+                &arrays.payloads,
+                &arrays.payload_members,
                 &holder,
                 &lease_ms,
             ];
-            match client.execute(&statements.apply, &parameters) {
-                Ok(_) => Ok(()),
-                Err(error) if error.code().is_some_and(|state| state.code() == LOCK_LOST_STATE) => {
-                    Err(Failure::LockLost)
-                }
+            match client.query_one(&statements.apply_group, &parameters) {
+                Ok(row) => Ok(row.get::<_, Vec<i32>>(0)),
                 Err(error) if error.code().is_some_and(|state| state.code() == LEASE_LAPSED_STATE) => {
                     Err(Failure::LeaseLapsed)
                 }
                 Err(error) => Err(Failure::Database(error)),
             }
-        })
+        });
+        for (number, member) in members.iter().enumerate() {
+            let result = match &lost {
+                Ok(lost) if lost.contains(&(number as i32)) => Err(lock_lost()),
+                Ok(_) => Ok(()),
+                // Each member is told what the group was.
+                Err(IndexError::Unavailable(message)) => Err(IndexError::Unavailable(message.clone())),
+                Err(error) => Err(IndexError::Io(error.to_string())),
+            };
+            results.push((member.id, result));
+        }
+        results
     }
 
     /// Store many records in one transaction (seed, bulk loads); a key

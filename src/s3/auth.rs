@@ -259,7 +259,7 @@ fn with_view<T>(raw: &[u8], use_view: impl FnOnce(&RequestView) -> T) -> T {
 
 /// Who sent `request` (whose head is `raw`), and whether they may run
 /// `operation`: the error to answer when not.
-pub fn check(app: &App, raw: &[u8], request: &S3Request, operation: Operation) -> Result<Access, S3Error> {
+pub async fn check(app: &App, raw: &[u8], request: &S3Request, operation: Operation) -> Result<Access, S3Error> {
     let Some(identities) = identities() else {
         return Ok(Access::Open);
     };
@@ -282,9 +282,14 @@ pub fn check(app: &App, raw: &[u8], request: &S3Request, operation: Operation) -
         },
         None => Access::Anonymous(identities.clone()),
     };
-    permit(&identities, &access, request, operation, |bucket| {
-        super::bucket::exists(app, bucket)
-    })?;
+    // Whether the bucket exists matters to one rule alone (CreateBucket by
+    // a key that may write the bucket but not create buckets), and is a
+    // read of the index: made first, off the reactor, only when that rule
+    // may ask it.
+    let asks_existence =
+        operation.need() == Need::CreateBucket && access.key().is_some_and(|key| !key.may_create_bucket());
+    let bucket_exists = asks_existence && super::bucket::exists(app, &request.bucket).await?;
+    permit(&identities, &access, request, operation, |_| Ok(bucket_exists))?;
     Ok(access)
 }
 

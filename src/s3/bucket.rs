@@ -61,34 +61,42 @@ enum Holding {
     Unknown,
 }
 
-/// Whether bucket `name` holds a live key.
-fn holding(app: &App, name: &str) -> Result<Holding, S3Error> {
+/// Whether bucket `name` holds a live key (a scan of the index, off the
+/// reactor on PostgreSQL: `Store::read_index`).
+async fn holding(app: &App, name: &str) -> Result<Holding, S3Error> {
     let prefix = native_key(name, b"");
-    let view = app.store.index().view();
-    let mut live = false;
-    let stopped_at = view.scan_bounded(&prefix, &prefix, EMPTY_CHECK_VISITS_MAX, |_, record| {
-        live = record.is_ok_and(|record| record.is_live());
-        !live
-    })?;
-    Ok(match (live, stopped_at) {
-        (true, _) => Holding::Live,
-        (false, None) => Holding::NoLive,
-        (false, Some(_)) => Holding::Unknown,
-    })
+    let holding = app
+        .store
+        .read_index(move |index| {
+            let mut live = false;
+            let stopped_at = index
+                .view()
+                .scan_bounded(&prefix, &prefix, EMPTY_CHECK_VISITS_MAX, |_, record| {
+                    live = record.is_ok_and(|record| record.is_live());
+                    !live
+                })?;
+            Ok(match (live, stopped_at) {
+                (true, _) => Holding::Live,
+                (false, None) => Holding::NoLive,
+                (false, Some(_)) => Holding::Unknown,
+            })
+        })
+        .await?;
+    Ok(holding)
 }
 
 /// Whether bucket `name` exists: recorded, or holding a live key (or so
 /// many soft-deleted ones that it cannot be told empty).
-pub fn exists(app: &App, name: &str) -> Result<bool, S3Error> {
-    if state::bucket_created(app.store.index(), name)?.is_some() {
+pub async fn exists(app: &App, name: &str) -> Result<bool, S3Error> {
+    if state::bucket_created(&app.store, name).await?.is_some() {
         return Ok(true);
     }
-    Ok(holding(app, name)? != Holding::NoLive)
+    Ok(holding(app, name).await? != Holding::NoLive)
 }
 
 /// Fail with NoSuchBucket unless bucket `name` exists.
-pub fn check_exists(app: &App, name: &str) -> Result<(), S3Error> {
-    if exists(app, name)? {
+pub async fn check_exists(app: &App, name: &str) -> Result<(), S3Error> {
+    if exists(app, name).await? {
         Ok(())
     } else {
         Err(S3Error::no_such_bucket())
@@ -103,21 +111,21 @@ pub fn check_exists(app: &App, name: &str) -> Result<(), S3Error> {
 /// allow is not recorded: such a bucket exists only through native keys.
 /// Whether a write into bucket `name` may go ahead (it exists, or may be
 /// made): what `ensure_for_write` would refuse, without recording anything.
-pub fn check_writable(app: &App, name: &str) -> Result<(), S3Error> {
-    if valid_name(name) || state::bucket_created(app.store.index(), name)?.is_some() {
+pub async fn check_writable(app: &App, name: &str) -> Result<(), S3Error> {
+    if valid_name(name) || state::bucket_created(&app.store, name).await?.is_some() {
         return Ok(());
     }
-    match holding(app, name)? {
+    match holding(app, name).await? {
         Holding::NoLive => Err(S3Error::invalid_bucket_name()),
         Holding::Live | Holding::Unknown => Ok(()),
     }
 }
 
 pub async fn ensure_for_write(app: &App, name: &str) -> Result<(), S3Error> {
-    if state::bucket_created(app.store.index(), name)?.is_some() {
+    if state::bucket_created(&app.store, name).await?.is_some() {
         return Ok(());
     }
-    check_writable(app, name)?;
+    check_writable(app, name).await?;
     // A name S3 does not allow exists only through native keys: not recorded.
     if valid_name(name) {
         state::create_bucket(&app.store, name, now_ms()).await?;
@@ -139,7 +147,7 @@ pub async fn create(
         super::object::read_small_body(app, connection, head, request).await?;
     }
     // Creating a bucket one already owns succeeds, as in us-east-1.
-    if state::bucket_created(app.store.index(), &request.bucket)?.is_none() {
+    if state::bucket_created(&app.store, &request.bucket).await?.is_none() {
         state::create_bucket(&app.store, &request.bucket, now_ms()).await?;
     }
     Reply::empty(200)
@@ -148,8 +156,13 @@ pub async fn create(
     Ok(Sent::status(200))
 }
 
-pub fn head(app: &App, connection: &mut Connection, head: &RequestHead, request: &S3Request) -> Result<Sent, S3Error> {
-    check_exists(app, &request.bucket)?;
+pub async fn head(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    check_exists(app, &request.bucket).await?;
     Reply::empty(200)
         .header("x-amz-bucket-region", "us-east-1")
         .write(connection, head.keep_alive, true);
@@ -164,8 +177,8 @@ pub async fn delete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let recorded = state::bucket_created(app.store.index(), &request.bucket)?.is_some();
-    match holding(app, &request.bucket)? {
+    let recorded = state::bucket_created(&app.store, &request.bucket).await?.is_some();
+    match holding(app, &request.bucket).await? {
         Holding::Live => {
             return Err(S3Error::new(
                 409,
@@ -199,7 +212,7 @@ pub async fn delete(
 /// ListBuckets: recorded buckets in name order, `max-buckets` a page
 /// (all, up to `BUCKETS_PAGE_MAX`, when none is named), from
 /// `continuation-token` on, only those starting with `prefix`.
-pub fn list_buckets(
+pub async fn list_buckets(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
@@ -226,8 +239,9 @@ pub fn list_buckets(
     let start = after.map_or_else(|| scan_prefix.clone(), |after| key_after(&state::bucket_key(&after)));
     // One more than a page: whether another page follows.
     // Only those the asker may list (all, with access control off).
-    let listable = |name: &str| request.access.may_list_bucket(name);
-    let mut buckets = recorded_buckets(app, &scan_prefix, &start, buckets_max as usize + 1, listable)?;
+    let access = request.access.clone();
+    let listable = move |name: &str| access.may_list_bucket(name);
+    let mut buckets = recorded_buckets(app, scan_prefix, start, buckets_max as usize + 1, listable).await?;
     let next_token = if buckets.len() as u64 > buckets_max {
         buckets.truncate(buckets_max as usize);
         buckets.last().map(|(name, _)| URL_SAFE_NO_PAD.encode(name))
@@ -248,34 +262,39 @@ pub fn list_buckets(
 }
 
 /// Recorded buckets whose state keys start with `scan_prefix`, from
-/// `start` on, at most `count_max`: name and creation time.
-fn recorded_buckets(
+/// `start` on, at most `count_max`: name and creation time. The scan runs
+/// off the reactor on PostgreSQL (`Store::read_index`).
+async fn recorded_buckets(
     app: &App,
-    scan_prefix: &[u8],
-    start: &[u8],
+    scan_prefix: Vec<u8>,
+    start: Vec<u8>,
     count_max: usize,
-    wanted: impl Fn(&str) -> bool,
+    wanted: impl Fn(&str) -> bool + Send + 'static,
 ) -> Result<Vec<(String, u64)>, S3Error> {
     /// A bucket's state entry (`state`'s `b/<bucket>` value).
     #[derive(serde::Deserialize)]
     struct Recorded {
         created_ms: u64,
     }
-    let mut found = Vec::new();
-    let mut corrupt = false;
-    app.store
-        .index()
-        .scan_state(scan_prefix, start, usize::MAX, |key, value| {
-            let name = String::from_utf8_lossy(&key[2..]).into_owned();
-            if !wanted(&name) {
-                return true;
-            }
-            match serde_json::from_slice::<Recorded>(value) {
-                Ok(recorded) => found.push((name, recorded.created_ms)),
-                Err(_) => corrupt = true,
-            }
-            !corrupt && found.len() < count_max
-        })?;
+    let (found, corrupt) = app
+        .store
+        .read_index(move |index| {
+            let mut found = Vec::new();
+            let mut corrupt = false;
+            index.scan_state(&scan_prefix, &start, usize::MAX, |key, value| {
+                let name = String::from_utf8_lossy(&key[2..]).into_owned();
+                if !wanted(&name) {
+                    return true;
+                }
+                match serde_json::from_slice::<Recorded>(value) {
+                    Ok(recorded) => found.push((name, recorded.created_ms)),
+                    Err(_) => corrupt = true,
+                }
+                !corrupt && found.len() < count_max
+            })?;
+            Ok((found, corrupt))
+        })
+        .await?;
     if corrupt {
         return Err(S3Error::internal("a bucket's state entry is corrupt"));
     }
@@ -284,14 +303,14 @@ fn recorded_buckets(
 
 /// GetBucketLocation and GetBucketVersioning: fixed answers for a bucket
 /// that exists (us-east-1; versioning never enabled).
-pub fn fixed_answer(
+pub async fn fixed_answer(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
     document: Vec<u8>,
 ) -> Result<Sent, S3Error> {
-    check_exists(app, &request.bucket)?;
+    check_exists(app, &request.bucket).await?;
     Reply::xml(200, document).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::App;
 use crate::connection::Connection;
 use crate::http::{Method, RequestHead};
+use crate::index::IndexError;
 use crate::meta::now_ms;
 
 use super::request::S3Request;
@@ -258,7 +259,7 @@ pub async fn put(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::check_exists(app, &request.bucket).await?;
     let body = object::read_small_body(app, connection, head, request).await?;
     // Read again for every request with an Origin: kept small, as S3's 64 KB.
     if body.len() > CONFIGURATION_BYTES_MAX {
@@ -275,9 +276,15 @@ pub async fn put(
 }
 
 /// GetBucketCors.
-pub fn get(app: &App, connection: &mut Connection, head: &RequestHead, request: &S3Request) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
-    let rules = state::bucket_cors(app.store.index(), &request.bucket)?
+pub async fn get(
+    app: &App,
+    connection: &mut Connection,
+    head: &RequestHead,
+    request: &S3Request,
+) -> Result<Sent, S3Error> {
+    bucket::check_exists(app, &request.bucket).await?;
+    let rules = state::bucket_cors(&app.store, &request.bucket)
+        .await?
         .ok_or_else(|| S3Error::new(404, "NoSuchCORSConfiguration", "The CORS configuration does not exist"))?;
     Reply::xml(200, render(&rules)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
@@ -290,8 +297,8 @@ pub async fn delete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
-    if state::bucket_cors(app.store.index(), &request.bucket)?.is_some() {
+    bucket::check_exists(app, &request.bucket).await?;
+    if state::bucket_cors(&app.store, &request.bucket).await?.is_some() {
         state::set_bucket_cors(&app.store, &request.bucket, None, now_ms()).await?;
     }
     Reply::empty(204).write(connection, head.keep_alive, false);
@@ -300,7 +307,7 @@ pub async fn delete(
 
 /// A preflight (`OPTIONS` with `Origin` and
 /// `Access-Control-Request-Method`), answered from the bucket's rules.
-pub fn preflight(
+pub async fn preflight(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
@@ -315,7 +322,9 @@ pub fn preflight(
         ));
     };
     let requested = request_headers(headers.cors_headers.as_deref());
-    let rules = state::bucket_cors(app.store.index(), &request.bucket)?.unwrap_or_default();
+    let rules = state::bucket_cors(&app.store, &request.bucket)
+        .await?
+        .unwrap_or_default();
     let rule = find(&rules, origin, method, &requested).ok_or_else(forbidden)?;
     let mut reply = Reply::empty(200);
     reply.headers.push_str(&self::headers(rule, origin, Some(&requested)));
@@ -326,15 +335,24 @@ pub fn preflight(
 /// The `Access-Control-*` header lines for an actual request that came
 /// with an `Origin`, when a rule of its bucket allows it (the method a
 /// browser names in `Access-Control-Request-Method`, else the request's).
-pub fn actual_request_headers(app: &App, method: Method, request: &S3Request) -> String {
+/// The rules are read off the reactor on PostgreSQL; an index that does
+/// not answer fails the request (503 with Retry-After) rather than answer
+/// it without the headers its bucket's rules give, which a browser would
+/// take for a refusal.
+pub async fn actual_request_headers(app: &App, method: Method, request: &S3Request) -> Result<String, S3Error> {
     let Some(origin) = request.headers.origin.as_deref() else {
-        return String::new();
+        return Ok(String::new());
     };
     if request.bucket.is_empty() {
-        return String::new();
+        return Ok(String::new());
     }
-    let Ok(Some(rules)) = state::bucket_cors(app.store.index(), &request.bucket) else {
-        return String::new();
+    let rules = match state::bucket_cors(&app.store, &request.bucket).await {
+        Ok(Some(rules)) => rules,
+        Ok(None) => return Ok(String::new()),
+        Err(error @ IndexError::Unavailable(_)) => return Err(error.into()),
+        // Unreadable rules allow nothing, as before they were read off the
+        // reactor: the request goes on without the headers.
+        Err(_) => return Ok(String::new()),
     };
     let method = match method {
         Method::Get => "GET",
@@ -342,13 +360,13 @@ pub fn actual_request_headers(app: &App, method: Method, request: &S3Request) ->
         Method::Put => "PUT",
         Method::Post => "POST",
         Method::Delete => "DELETE",
-        _ => return String::new(),
+        _ => return Ok(String::new()),
     };
     let method = request.headers.cors_method.as_deref().unwrap_or(method);
-    match find(&rules, origin, method, &[]) {
+    Ok(match find(&rules, origin, method, &[]) {
         Some(rule) => headers(rule, origin, None),
         None => String::new(),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,11 @@
 //! size and mtime are stored so the key is probed once. A page probes at
 //! most `LIST_PROBES_MAX` keys, `LIST_PROBES_CONCURRENT` at a time; past
 //! that it ends truncated before the next key that needs one.
+//!
+//! The scan and its metadata reads run through `Store::read_index`: on
+//! PostgreSQL, where each batch and each key's metadata is a round trip,
+//! on the read pool and bounded (503 past the bound), never on the
+//! reactor; on RocksDB in place.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -68,15 +73,15 @@ struct Page {
     unprobed: Vec<(usize, Vec<u8>, Record)>,
 }
 
-/// What to list.
-struct Query<'a> {
+/// What to list (owned: the scan may run on the read pool).
+struct Query {
     /// `/bucket/`.
     bucket_prefix: Vec<u8>,
     /// The S3 prefix.
-    prefix: &'a [u8],
-    delimiter: Option<&'a [u8]>,
+    prefix: Vec<u8>,
+    delimiter: Option<Vec<u8>>,
     /// Items before and at this S3 key are not listed (marker, start-after).
-    after: Option<&'a [u8]>,
+    after: Option<Vec<u8>>,
     /// The native key to scan from.
     start: Vec<u8>,
     keys_max: u64,
@@ -89,7 +94,7 @@ pub async fn list(
     request: &S3Request,
     flavour: Flavour,
 ) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::check_exists(app, &request.bucket).await?;
     let prefix = request.param("prefix").unwrap_or(b"");
     let delimiter = request.param("delimiter").filter(|delimiter| !delimiter.is_empty());
     let keys_max = request.param_number("max-keys", PAGE_KEYS_MAX)?.min(PAGE_KEYS_MAX);
@@ -120,9 +125,13 @@ pub async fn list(
     };
     let query = Query {
         bucket_prefix,
-        prefix,
-        delimiter,
-        after: if token_key.is_some() { None } else { after },
+        prefix: prefix.to_vec(),
+        delimiter: delimiter.map(<[u8]>::to_vec),
+        after: if token_key.is_some() {
+            None
+        } else {
+            after.map(<[u8]>::to_vec)
+        },
         start,
         keys_max,
     };
@@ -130,7 +139,9 @@ pub async fn list(
     let mut page = if keys_max == 0 {
         Page::default()
     } else {
-        scan(&app.store.index().view(), &query)?
+        app.store
+            .read_index(move |index| Ok(scan(&index.view(), &query)))
+            .await??
     };
     probe_unprobed(app, &mut page).await;
     let truncated = page.resume.is_some();
@@ -232,9 +243,9 @@ async fn store_probed(app: &App, key: &[u8], record: &Record, meta: &Meta) {
 }
 
 /// One page of `query` from `view`.
-fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
+fn scan(view: &View<'_>, query: &Query) -> Result<Page, S3Error> {
     let mut scan_prefix = query.bucket_prefix.clone();
-    scan_prefix.extend_from_slice(query.prefix);
+    scan_prefix.extend_from_slice(&query.prefix);
     let mut cursor = query.start.clone().max(scan_prefix.clone());
     let mut page = Page::default();
     let mut count = 0u64;
@@ -255,13 +266,14 @@ fn scan(view: &View<'_>, query: &Query<'_>) -> Result<Page, S3Error> {
             }
             let rolled = query
                 .delimiter
-                .and_then(|delimiter| common_prefix(s3_key, query.prefix, delimiter));
+                .as_deref()
+                .and_then(|delimiter| common_prefix(s3_key, &query.prefix, delimiter));
             if count == query.keys_max {
                 page.resume = Some(key.to_vec());
                 return false;
             }
             if let Some(rolled) = rolled {
-                if query.after.is_none_or(|after| reports_prefix(rolled, after)) {
+                if query.after.as_deref().is_none_or(|after| reports_prefix(rolled, after)) {
                     page.common_prefixes.push(rolled.to_vec());
                     count += 1;
                 }

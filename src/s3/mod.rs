@@ -382,22 +382,33 @@ pub async fn handle(app: &App, connection: &mut Connection, head: &RequestHead, 
     connection.request_id = next_request_id();
     connection.s3_headers.clear();
     let request = &connection.input[request_start..request_start + head.head_bytes];
-    let parsed = S3Request::parse(request, head).and_then(|mut parsed| {
-        let operation = operation::classify(head.method, &parsed);
-        // Who asks, and whether they may: before anything is touched.
-        parsed.access = auth::check(app, request, &parsed, operation)?;
-        // A presigned URL may sign the body's hash in its query: the body
-        // is checked against it as against the header's.
-        if let Some(hash) = parsed.access.signed_payload_hash() {
-            parsed.headers.content_sha256 = Some(checksum::hex(&hash));
+    let parsed = match S3Request::parse(request, head) {
+        Ok(mut parsed) => {
+            let operation = operation::classify(head.method, &parsed);
+            // Who asks, and whether they may: before anything is touched.
+            match auth::check(app, request, &parsed, operation).await {
+                Ok(access) => {
+                    parsed.access = access;
+                    // A presigned URL may sign the body's hash in its query:
+                    // the body is checked against it as against the header's.
+                    if let Some(hash) = parsed.access.signed_payload_hash() {
+                        parsed.headers.content_sha256 = Some(checksum::hex(&hash));
+                    }
+                    Ok((parsed, operation))
+                }
+                Err(error) => Err(error),
+            }
         }
-        Ok((parsed, operation))
-    });
+        Err(error) => Err(error),
+    };
     let result = match parsed {
-        Ok((request, operation)) => {
-            connection.s3_headers = cors::actual_request_headers(app, head.method, &request);
-            dispatch(app, connection, head, &request, operation).await
-        }
+        Ok((request, operation)) => match cors::actual_request_headers(app, head.method, &request).await {
+            Ok(headers) => {
+                connection.s3_headers = headers;
+                dispatch(app, connection, head, &request, operation).await
+            }
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error),
     };
     let framing_lost = matches!(&result, Err(error) if error.status == 400) && connection.body_touched;
@@ -439,18 +450,18 @@ async fn dispatch(
     refuse::check(request)?;
     use Operation::*;
     match operation {
-        ListBuckets => bucket::list_buckets(app, connection, head, request),
+        ListBuckets => bucket::list_buckets(app, connection, head, request).await,
         ServiceMethodNotAllowed => Err(S3Error::new(
             405,
             "MethodNotAllowed",
             "The specified method is not allowed against this resource.",
         )),
         CreateBucket => bucket::create(app, connection, head, request).await,
-        HeadBucket => bucket::head(app, connection, head, request),
+        HeadBucket => bucket::head(app, connection, head, request).await,
         DeleteBucket => bucket::delete(app, connection, head, request).await,
-        GetBucketLocation => bucket::fixed_answer(app, connection, head, request, xml::location()),
-        GetBucketVersioning => bucket::fixed_answer(app, connection, head, request, xml::versioning()),
-        ListMultipartUploads => multipart::list_uploads(app, connection, head, request),
+        GetBucketLocation => bucket::fixed_answer(app, connection, head, request, xml::location()).await,
+        GetBucketVersioning => bucket::fixed_answer(app, connection, head, request, xml::versioning()).await,
+        ListMultipartUploads => multipart::list_uploads(app, connection, head, request).await,
         ListObjectVersions => list::list(app, connection, head, request, list::Flavour::Versions).await,
         ListObjectsV2 => list::list(app, connection, head, request, list::Flavour::V2).await,
         ListObjectsV1 => list::list(app, connection, head, request, list::Flavour::V1).await,
@@ -459,16 +470,16 @@ async fn dispatch(
         UploadPart => multipart::upload_part(app, connection, head, request).await,
         CopyObject => object::copy(app, connection, head, request).await,
         PutObject => object::put(app, connection, head, request).await,
-        ListParts => multipart::list_parts(app, connection, head, request),
+        ListParts => multipart::list_parts(app, connection, head, request).await,
         GetObject | HeadObject => object::get(app, connection, head, request).await,
         AbortMultipartUpload => multipart::abort(app, connection, head, request).await,
         DeleteObject => object::delete(app, connection, head, request).await,
         CreateMultipartUpload => multipart::create(app, connection, head, request).await,
         CompleteMultipartUpload => multipart::complete(app, connection, head, request).await,
         PutBucketCors => cors::put(app, connection, head, request).await,
-        GetBucketCors => cors::get(app, connection, head, request),
+        GetBucketCors => cors::get(app, connection, head, request).await,
         DeleteBucketCors => cors::delete(app, connection, head, request).await,
-        Preflight => cors::preflight(app, connection, head, request),
+        Preflight => cors::preflight(app, connection, head, request).await,
         PostObject => post::post(app, connection, head, request, &request.access).await,
         NotImplemented => Err(S3Error::not_implemented()),
     }

@@ -47,12 +47,13 @@ const PART_BYTES_MIN: u64 = 5 * 1024 * 1024;
 const LIST_ENTRIES_MAX: u64 = 1000;
 
 /// The upload a request names, which must be of its bucket and key.
-fn named_upload(app: &App, request: &S3Request) -> Result<(String, Upload), S3Error> {
+async fn named_upload(app: &App, request: &S3Request) -> Result<(String, Upload), S3Error> {
     let id = request
         .param_text("uploadId")
         .filter(|id| state::is_upload_id(id))
         .ok_or_else(S3Error::no_such_upload)?;
-    let upload = state::upload(app.store.index(), id)?
+    let upload = state::upload_async(&app.store, id)
+        .await?
         .filter(|upload| upload.bucket == request.bucket && upload.key == request.key)
         .ok_or_else(S3Error::no_such_upload)?;
     Ok((id.to_owned(), upload))
@@ -99,7 +100,7 @@ fn part_number(request: &S3Request) -> Result<u32, S3Error> {
 /// number, the upload, the object's native key; and the part's lock, held.
 async fn part_of<'a>(app: &'a App, request: &S3Request) -> Result<(u32, String, Vec<u8>, KeyGuard<'a>), S3Error> {
     let number = part_number(request)?;
-    let (id, _) = named_upload(app, request)?;
+    let (id, _) = named_upload(app, request).await?;
     let key = checked_key(request)?;
     let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
     let guard = super::lock(app, &lock_key).await?;
@@ -260,8 +261,9 @@ impl Gate for PartGate<'_> {
         let guard = super::lock(self.app, &upload_lock_key(self.id))
             .await
             .map_err(|_| gate_error(GateError::Busy))?;
-        let upload =
-            state::upload(self.app.store.index(), self.id).map_err(|error| gate_error(GateError::Index(error)))?;
+        let upload = state::upload_async(&self.app.store, self.id)
+            .await
+            .map_err(|error| gate_error(GateError::Index(error)))?;
         if upload.is_none() {
             return Err(gate_error(GateError::Gone));
         }
@@ -270,18 +272,18 @@ impl Gate for PartGate<'_> {
     }
 }
 
-pub fn list_parts(
+pub async fn list_parts(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (id, _) = named_upload(app, request)?;
+    let (id, _) = named_upload(app, request).await?;
     let marker = u32::try_from(request.param_number("part-number-marker", 0)?).unwrap_or(u32::MAX);
     let max_parts = request
         .param_number("max-parts", LIST_ENTRIES_MAX)?
         .min(LIST_ENTRIES_MAX) as usize;
-    let mut parts = state::parts(app.store.index(), &id, marker, max_parts + 1)?;
+    let mut parts = state::parts(&app.store, &id, marker, max_parts + 1).await?;
     let truncated = parts.len() > max_parts;
     parts.truncate(max_parts);
     let entries: Vec<xml::PartEntry> = parts
@@ -307,13 +309,13 @@ pub fn list_parts(
     Ok(Sent::status(200))
 }
 
-pub fn list_uploads(
+pub async fn list_uploads(
     app: &App,
     connection: &mut Connection,
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::check_exists(app, &request.bucket).await?;
     let prefix = request.param("prefix").unwrap_or(b"");
     let key_marker = request.param("key-marker").unwrap_or(b"");
     let id_marker = request.param_text("upload-id-marker").unwrap_or("");
@@ -321,13 +323,14 @@ pub fn list_uploads(
         .param_number("max-uploads", LIST_ENTRIES_MAX)?
         .min(LIST_ENTRIES_MAX) as usize;
     let listed = state::bucket_uploads(
-        app.store.index(),
+        &app.store,
         &request.bucket,
         prefix,
         key_marker,
         id_marker,
         max_uploads + 1,
-    )?;
+    )
+    .await?;
     let truncated = listed.len() > max_uploads;
     let uploads: Vec<xml::UploadEntry> = listed
         .into_iter()
@@ -375,8 +378,8 @@ async fn delete_upload_files(app: &App, id: &str, key: &[u8], parts: &[(u32, Par
 }
 
 /// Every part of upload `id`.
-fn all_parts(app: &App, id: &str) -> Result<Vec<(u32, Part)>, S3Error> {
-    Ok(state::parts(app.store.index(), id, 0, PART_NUMBER_MAX as usize + 1)?)
+async fn all_parts(app: &App, id: &str) -> Result<Vec<(u32, Part)>, S3Error> {
+    Ok(state::parts(&app.store, id, 0, PART_NUMBER_MAX as usize + 1).await?)
 }
 
 pub async fn abort(
@@ -385,11 +388,11 @@ pub async fn abort(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (id, upload) = named_upload(app, request)?;
+    let (id, upload) = named_upload(app, request).await?;
     let lock_key = upload_lock_key(&id);
     let _guard = super::lock(app, &lock_key).await?;
     // Completed (or aborted) while this request waited for the lock.
-    if state::upload(app.store.index(), &id)?.is_none() {
+    if state::upload_async(&app.store, &id).await?.is_none() {
         return Err(S3Error::no_such_upload());
     }
     remove_upload(app, &id, &upload).await?;
@@ -402,13 +405,13 @@ pub async fn abort(
 /// under its upload's lock, as AbortMultipartUpload does.
 pub async fn abort_all_in(app: &App, bucket: &str) -> Result<(), S3Error> {
     loop {
-        let listed = state::bucket_uploads(app.store.index(), bucket, b"", b"", "", LIST_ENTRIES_MAX as usize)?;
+        let listed = state::bucket_uploads(&app.store, bucket, b"", b"", "", LIST_ENTRIES_MAX as usize).await?;
         if listed.is_empty() {
             return Ok(());
         }
         for upload in listed {
             let _guard = super::lock(app, &upload_lock_key(&upload.upload_id)).await?;
-            if let Some(state) = state::upload(app.store.index(), &upload.upload_id)? {
+            if let Some(state) = state::upload_async(&app.store, &upload.upload_id).await? {
                 remove_upload(app, &upload.upload_id, &state).await?;
             }
         }
@@ -420,7 +423,7 @@ pub async fn abort_all_in(app: &App, bucket: &str) -> Result<(), S3Error> {
 /// abort (or the expiry sweep) retried later removes what is left. The
 /// caller holds the upload's lock.
 async fn remove_upload(app: &App, id: &str, upload: &Upload) -> Result<(), S3Error> {
-    let parts = all_parts(app, id)?;
+    let parts = all_parts(app, id).await?;
     let key = super::request::native_key(&upload.bucket, &upload.key);
     delete_upload_files(app, id, &key, &parts).await?;
     let upload_keys = state::upload_keys(id, upload);
@@ -465,7 +468,7 @@ pub async fn sweep(app: &App, expiry: Duration) -> (usize, usize) {
     let (mut removed, mut failed) = (0, 0);
     let mut after = String::new();
     loop {
-        let batch = match state::uploads(app.store.index(), &after, SWEEP_BATCH) {
+        let batch = match state::uploads(&app.store, &after, SWEEP_BATCH).await {
             Ok(batch) => batch,
             Err(error) => {
                 eprintln!("s3: the upload sweep cannot read the index: {error}");
@@ -498,15 +501,14 @@ async fn sweep_one(app: &App, id: &str, upload: &Upload, expired: bool) -> Resul
         return Ok(false);
     };
     // Completed or aborted since the batch was read: nothing to do.
-    if state::upload(app.store.index(), id)?.is_none() {
+    if state::upload_async(&app.store, id).await?.is_none() {
         return Ok(false);
     }
     if expired {
         remove_upload(app, id, upload).await?;
         return Ok(true);
     }
-    let listed = state::listed_upload_key(&upload.bucket, &upload.key, id);
-    if app.store.index().state(&listed)?.is_none() {
+    if !state::is_listed(&app.store, id, upload).await? {
         state::list_upload(&app.store, id, upload).await?;
     }
     Ok(false)
@@ -654,7 +656,7 @@ pub async fn complete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (id, upload) = match named_upload(app, request) {
+    let (id, upload) = match named_upload(app, request).await {
         Ok(named) => named,
         Err(error) if error.code == "NoSuchUpload" => return complete_again(app, connection, head, request).await,
         Err(error) => return Err(error),
@@ -664,13 +666,13 @@ pub async fn complete(
     let _upload_guard = super::lock(app, &lock_key).await?;
     // Completed (or aborted) while this request waited for the lock: a
     // retry of a completion that succeeded gets the same answer.
-    if state::upload(app.store.index(), &id)?.is_none() {
+    if state::upload_async(&app.store, &id).await?.is_none() {
         return complete_again(app, connection, head, request).await;
     }
     let body = read_complete_body(app, connection, head, request).await?;
     let completed = xml::parse_complete_parts(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
     let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
-    let uploaded = all_parts(app, &id)?;
+    let uploaded = all_parts(app, &id).await?;
     let parts = checked_parts(&listed, &uploaded)?;
     let checksum = completed_checksum(&completed, &parts)?;
     let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, part)| etag_md5(&part.md5)).collect();

@@ -156,7 +156,7 @@ pub async fn put(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let key = checked_key(request)?;
-    bucket::check_writable(app, &request.bucket)?;
+    bucket::check_writable(app, &request.bucket).await?;
     let expected_md5 = content_md5(request)?;
     let meta = Meta {
         content_type: content_type(request)?,
@@ -388,7 +388,7 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
         None => None,
     };
     let Some(record) = record else {
-        bucket::check_exists(app, bucket_name)?;
+        bucket::check_exists(app, bucket_name).await?;
         return Err(S3Error::no_such_key());
     };
     let meta = match app.store.meta_async(key).await {
@@ -720,7 +720,7 @@ pub async fn delete(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::check_exists(app, &request.bucket).await?;
     delete_one(app, &request.bucket, &request.key, request.headers.if_match.as_deref()).await?;
     Reply::empty(204).write(connection, head.keep_alive, false);
     Ok(Sent::status(204))
@@ -764,7 +764,7 @@ pub async fn delete_objects(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    bucket::check_exists(app, &request.bucket)?;
+    bucket::check_exists(app, &request.bucket).await?;
     let body = read_small_body(app, connection, head, request).await?;
     let (quiet, objects) =
         xml::parse_delete_objects(&body).map_err(|error| S3Error::malformed_xml(error.to_string()))?;
@@ -892,7 +892,7 @@ pub async fn copy(
     let (source_native, source) = copy_source_object(app, request).await?;
     // Conditions on the destination, as a PutObject's, under its lock.
     write_precondition(app, request, &key).await?;
-    bucket::check_writable(app, &request.bucket)?;
+    bucket::check_writable(app, &request.bucket).await?;
     let headers = &request.headers;
     let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
     let (content_type, mut user) = if replace {

@@ -522,7 +522,7 @@ pub async fn post(
         ));
     }
     let key = object::checked_native_key(native_key(&request.bucket, key_text.as_bytes()))?;
-    bucket::check_writable(app, &request.bucket)?;
+    bucket::check_writable(app, &request.bucket).await?;
     // The value's content type is the form's field, which the policy
     // governs, never the file part's own header, which it does not.
     let content_type = fields.get("content-type").map(str::to_owned);

@@ -17,6 +17,12 @@
 //! alone. (Uploads made before `m/` existed are given theirs by the expiry
 //! sweep, `multipart::sweep`.)
 //!
+//! Every read here that a request (or the upload sweep) makes is awaited
+//! through `Store::read_index`: on PostgreSQL each is a round trip, run on
+//! the read pool and bounded, so a database that hangs answers 503 and the
+//! reactor's other connections (cache hits) go on; RocksDB reads stay on
+//! the reactor. `upload` alone has a blocking form, for offline tools.
+//!
 //! A part's bytes live on volumes at `/mkv-parts/<upload id>/<part>`
 //! (under the entry's subvolume), outside the `/hh/hh/` shard directories,
 //! so `rebuild` never takes them for keys.
@@ -137,13 +143,19 @@ fn bucket_state(index: &Index, bucket: &str) -> Result<Option<BucketState>, Inde
 }
 
 /// When `bucket` was created, if it was.
-pub fn bucket_created(index: &Index, bucket: &str) -> Result<Option<u64>, IndexError> {
-    Ok(bucket_state(index, bucket)?.map(|state| state.created_ms))
+pub async fn bucket_created(store: &Store, bucket: &str) -> Result<Option<u64>, IndexError> {
+    let bucket = bucket.to_owned();
+    store
+        .read_index(move |index| Ok(bucket_state(index, &bucket)?.map(|state| state.created_ms)))
+        .await
 }
 
 /// The CORS rules of `bucket`, if it is recorded and has any.
-pub fn bucket_cors(index: &Index, bucket: &str) -> Result<Option<Vec<Rule>>, IndexError> {
-    Ok(bucket_state(index, bucket)?.and_then(|state| state.cors))
+pub async fn bucket_cors(store: &Store, bucket: &str) -> Result<Option<Vec<Rule>>, IndexError> {
+    let bucket = bucket.to_owned();
+    store
+        .read_index(move |index| Ok(bucket_state(index, &bucket)?.and_then(|state| state.cors)))
+        .await
 }
 
 /// Give `bucket` these CORS rules (None: none), recording it (created
@@ -154,7 +166,7 @@ pub async fn set_bucket_cors(
     cors: Option<Vec<Rule>>,
     created_ms: u64,
 ) -> Result<(), IndexError> {
-    let created_ms = bucket_created(store.index(), bucket)?.unwrap_or(created_ms);
+    let created_ms = bucket_created(store, bucket).await?.unwrap_or(created_ms);
     let value = serde_json::to_vec(&BucketState { created_ms, cors }).expect("serializable");
     store
         .apply_async(&[Change::StatePut(&bucket_key(bucket), &value)])
@@ -186,12 +198,26 @@ pub fn buckets(index: &Index) -> Result<Vec<(String, u64)>, IndexError> {
     failure.map_or(Ok(found), Err)
 }
 
+/// Upload `upload_id`, if it is in progress; blocking (offline tools:
+/// a request awaits `upload_async`).
 pub fn upload(index: &Index, upload_id: &str) -> Result<Option<Upload>, IndexError> {
     let key = upload_key(upload_id);
     match index.state(&key)? {
         None => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| corrupt(&key)),
     }
+}
+
+/// `upload`, awaited without blocking the reactor.
+pub async fn upload_async(store: &Store, upload_id: &str) -> Result<Option<Upload>, IndexError> {
+    let upload_id = upload_id.to_owned();
+    store.read_index(move |index| upload(index, &upload_id)).await
+}
+
+/// Whether `upload` (`upload_id`) has its bucket listing entry (`m/`).
+pub async fn is_listed(store: &Store, upload_id: &str, upload: &Upload) -> Result<bool, IndexError> {
+    let listed = listed_upload_key(&upload.bucket, &upload.key, upload_id);
+    store.read_index(move |index| Ok(index.state(&listed)?.is_some())).await
 }
 
 pub async fn put_upload(store: &Store, upload_id: &str, upload: &Upload) -> Result<(), IndexError> {
@@ -226,8 +252,8 @@ pub struct ListedUpload {
 /// id) order, after the markers (a key marker alone: keys after it; with
 /// an upload id marker: that key's later uploads too), at most
 /// `count_max`. Only the bucket's own range of the index is read.
-pub fn bucket_uploads(
-    index: &Index,
+pub async fn bucket_uploads(
+    store: &Store,
     bucket: &str,
     prefix: &[u8],
     key_marker: &[u8],
@@ -248,9 +274,23 @@ pub fn bucket_uploads(
     } else {
         crate::index::key_after(&listed_upload_key(bucket, key_marker, upload_id_marker))
     };
+    store
+        .read_index(move |index| scan_bucket_uploads(index, &scan_prefix, bucket_bytes, &start, count_max))
+        .await
+}
+
+/// `bucket_uploads`' scan: the entries under `scan_prefix` from `start`,
+/// whose first `bucket_bytes` are the bucket's `m/` prefix.
+fn scan_bucket_uploads(
+    index: &Index,
+    scan_prefix: &[u8],
+    bucket_bytes: usize,
+    start: &[u8],
+    count_max: usize,
+) -> Result<Vec<ListedUpload>, IndexError> {
     let mut found = Vec::new();
     let mut failure = None;
-    index.scan_state(&scan_prefix, &start, count_max, |key, value| {
+    index.scan_state(scan_prefix, start, count_max, |key, value| {
         let entry = &key[bucket_bytes..];
         // The id is the 32 hex digits after the last NUL.
         let split = entry.len().checked_sub(33).filter(|&at| entry[at] == 0);
@@ -282,12 +322,24 @@ pub async fn delete_part(store: &Store, upload_id: &str, number: u32) -> Result<
 }
 
 /// Parts of an upload numbered above `after`, in order, at most `count_max`.
-pub fn parts(index: &Index, upload_id: &str, after: u32, count_max: usize) -> Result<Vec<(u32, Part)>, IndexError> {
+pub async fn parts(
+    store: &Store,
+    upload_id: &str,
+    after: u32,
+    count_max: usize,
+) -> Result<Vec<(u32, Part)>, IndexError> {
     let prefix = parts_prefix(upload_id);
     let start = part_key(upload_id, after.saturating_add(1));
+    store
+        .read_index(move |index| scan_parts(index, &prefix, &start, count_max))
+        .await
+}
+
+/// `parts`' scan: the parts under `prefix` from `start` on.
+fn scan_parts(index: &Index, prefix: &[u8], start: &[u8], count_max: usize) -> Result<Vec<(u32, Part)>, IndexError> {
     let mut found = Vec::new();
     let mut failure = None;
-    index.scan_state(&prefix, &start, count_max, |key, value| {
+    index.scan_state(prefix, start, count_max, |key, value| {
         let number = std::str::from_utf8(&key[prefix.len()..])
             .ok()
             .and_then(|digits| digits.parse().ok());
@@ -302,15 +354,22 @@ pub fn parts(index: &Index, upload_id: &str, after: u32, count_max: usize) -> Re
 
 /// Uploads in progress, by upload id from `after` on (exclusive), at most
 /// `count_max` visited.
-pub fn uploads(index: &Index, after: &str, count_max: usize) -> Result<Vec<(String, Upload)>, IndexError> {
+pub async fn uploads(store: &Store, after: &str, count_max: usize) -> Result<Vec<(String, Upload)>, IndexError> {
     let start = if after.is_empty() {
         b"u/".to_vec()
     } else {
         crate::index::key_after(&upload_key(after))
     };
+    store
+        .read_index(move |index| scan_uploads(index, &start, count_max))
+        .await
+}
+
+/// `uploads`' scan, from `start` on.
+fn scan_uploads(index: &Index, start: &[u8], count_max: usize) -> Result<Vec<(String, Upload)>, IndexError> {
     let mut found = Vec::new();
     let mut failure = None;
-    index.scan_state(b"u/", &start, count_max, |key, value| {
+    index.scan_state(b"u/", start, count_max, |key, value| {
         match serde_json::from_slice::<Upload>(value) {
             Ok(upload) => found.push((String::from_utf8_lossy(&key[2..]).into_owned(), upload)),
             Err(_) => failure = Some(corrupt(key)),

@@ -984,3 +984,210 @@ fn a_statement_past_the_bound_answers_503_with_retry_after() {
     assert_eq!(deleted.status, 503);
     assert!(deleted.header("Retry-After").is_some(), "{:?}", deleted.headers);
 }
+
+/// An S3 request on the master's port (unsigned: access control is off),
+/// its answer read to the end.
+fn s3_raw(port: u16, method: &str, target: &str, extra: &str, timeout: Duration) -> String {
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n{extra}\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    crate::cluster::raw(port, request.as_bytes(), timeout)
+}
+
+/// S3 requests that read bucket state (bucket existence, the bucket's CORS
+/// rules for a request with an `Origin`, its uploads) or a listing's
+/// metadata, in flight while that table's reads wait on another session:
+/// the master's only reactor answers a cache hit meanwhile, and each S3
+/// request answers 503 with Retry-After once the statement bound passes.
+#[test]
+fn s3_requests_waiting_on_bucket_state_or_listing_metadata_leave_their_reactor_answering() {
+    let Some((database, cluster)) = one_reactor_with_a_hit("s3_state_wait") else {
+        return;
+    };
+    let port = cluster.port();
+    let long = Duration::from_secs(30);
+    assert!(s3_raw(port, "PUT", "/bkt", "", long).starts_with("HTTP/1.1 200"));
+    let object = "PUT /bkt/k HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
+                  Content-Length: 5\r\nConnection: close\r\n\r\nvalue";
+    assert!(crate::cluster::raw(port, object.as_bytes(), long).starts_with("HTTP/1.1 200"));
+    let state_readers: &[(&str, &str, &str)] = &[
+        ("HEAD", "/bkt", ""),
+        ("GET", "/bkt?list-type=2", ""),
+        ("GET", "/bkt?uploads", ""),
+        ("GET", "/bkt?location", ""),
+        ("GET", "/bkt/k", "Origin: https://example.com\r\n"),
+    ];
+    // Bucket state first, then the metadata a listing reads per key.
+    for (table, requests) in [
+        ("mkv_state", state_readers),
+        ("mkv_meta", &[("GET", "/bkt?list-type=2", "")][..]),
+    ] {
+        let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+        let mut transaction = holder.transaction().unwrap();
+        transaction
+            .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            .unwrap();
+        let waiting: Vec<_> = requests
+            .iter()
+            .map(|&(method, target, extra)| {
+                std::thread::spawn(move || s3_raw(port, method, target, extra, Duration::from_secs(30)))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let hit = crate::cluster::raw(port, connection_close, Duration::from_secs(3));
+        assert!(
+            hit.starts_with("HTTP/1.1 302"),
+            "the only reactor answers a hit while S3 requests wait on {table}: {hit:?}"
+        );
+        assert!(
+            waiting.iter().all(|request| !request.is_finished()),
+            "the S3 requests still wait on {table}"
+        );
+        for (request, (method, target, _)) in waiting.into_iter().zip(requests) {
+            let answer = request.join().unwrap();
+            assert!(
+                answer.starts_with("HTTP/1.1 503") && answer.contains("Retry-After: 1"),
+                "{method} {target} with {table} held: {answer:?}"
+            );
+        }
+        transaction.rollback().unwrap();
+    }
+    assert!(s3_raw(port, "HEAD", "/bkt", "", long).starts_with("HTTP/1.1 200"));
+    let listed = s3_raw(port, "GET", "/bkt?list-type=2", "", long);
+    assert!(
+        listed.starts_with("HTTP/1.1 200") && listed.contains("<Key>k</Key>"),
+        "{listed:?}"
+    );
+}
+
+#[test]
+fn with_the_index_frozen_an_s3_bucket_check_answers_503_and_cache_hits_go_on() {
+    let Some((database, cluster)) = one_reactor_with_a_hit("s3_frozen") else {
+        return;
+    };
+    let port = cluster.port();
+    let long = Duration::from_secs(30);
+    assert!(s3_raw(port, "PUT", "/bkt", "", long).starts_with("HTTP/1.1 200"));
+    // The bucket check's connection is pooled, and frozen with the others.
+    assert!(s3_raw(port, "HEAD", "/bkt", "", long).starts_with("HTTP/1.1 200"));
+    let frozen = Frozen::freeze(&database);
+    let checking = std::thread::spawn(move || s3_raw(port, "HEAD", "/bkt", "", Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    let connection_close = b"GET /hit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let hit = crate::cluster::raw(port, connection_close, Duration::from_secs(3));
+    assert!(
+        hit.starts_with("HTTP/1.1 302"),
+        "the only reactor answers a hit while HeadBucket waits: {hit:?}"
+    );
+    let checked = checking.join().unwrap();
+    assert!(
+        checked.starts_with("HTTP/1.1 503") && checked.contains("Retry-After: 1"),
+        "{checked:?}"
+    );
+    drop(frozen);
+    assert!(
+        eventually(Duration::from_secs(20), || s3_raw(port, "HEAD", "/bkt", "", long)
+            .starts_with("HTTP/1.1 200")),
+        "the bucket answers again once the index does"
+    );
+}
+
+#[test]
+fn writes_committed_together_are_each_acknowledged_and_seen_by_the_other_master() {
+    let Some((database, cluster, second)) = two_masters("group_commit", &[]) else {
+        return;
+    };
+    // Another session holds the records against writes for a moment: the
+    // first write's commit waits, and the writes behind it gather into
+    // groups (one transaction each).
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("LOCK TABLE mkv_records IN EXCLUSIVE MODE")
+        .unwrap();
+    let writers: Vec<_> = (0..24)
+        .map(|number| {
+            let url = cluster.url(&format!("/group/{number}"));
+            std::thread::spawn(move || request("PUT", &url, Some(&value(1000, number))).status)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    transaction.commit().unwrap();
+    for writer in writers {
+        assert_eq!(writer.join().unwrap(), 201);
+    }
+    for number in 0..24 {
+        let path = format!("/group/{number}");
+        assert_eq!(read_through(&second.url(&path)), Some(value(1000, number)), "{path}");
+    }
+    // Deletes committed in groups notify the other master, whose cached
+    // records go within the coherence bound.
+    let deleters: Vec<_> = (0..24)
+        .map(|number| {
+            let url = cluster.url(&format!("/group/{number}"));
+            std::thread::spawn(move || request("DELETE", &url, None).status)
+        })
+        .collect();
+    for deleter in deleters {
+        assert_eq!(deleter.join().unwrap(), 204);
+    }
+    for number in 0..24 {
+        let url = second.url(&format!("/group/{number}"));
+        assert!(
+            eventually(Duration::from_secs(15), || request("GET", &url, None).status == 404),
+            "{url}"
+        );
+    }
+}
+
+/// The fence of a group commit (`mkv_apply_group`): a member whose key
+/// lease is not the writer's any more is skipped whole, the others apply.
+#[test]
+fn a_group_commit_skips_only_the_member_whose_key_lease_was_lost() {
+    let Some(database) = database("group_fence") else {
+        return;
+    };
+    // A master makes the schema.
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO mkv_masters VALUES ('tester', now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (1001, 'tester', 7, now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (1002, 'tester', 7, now() - interval '1 second');
+             INSERT INTO mkv_key_leases VALUES (1003, 'tester', 7, now() + interval '1 minute');",
+        )
+        .unwrap();
+    let keys: Vec<&[u8]> = vec![b"/fence/held", b"/fence/expired", b"/fence/stolen", b"/fence/held-too"];
+    let values: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d"];
+    let lost: Vec<i32> = client
+        .query_one(
+            "SELECT mkv_apply_group($1, $2, $3, $4, $5, $6, $7, $8, $9, 'tester', 6000)",
+            &[
+                &vec!["state"; 4],
+                &keys,
+                &values,
+                &vec![0i32, 1, 2, 3],
+                // Member 2 names lease 1003 with another token (another
+                // holding); member 3 holds 1001 too (a second key).
+                &vec![1001i64, 1002, 1003, 1001],
+                &vec![7i64, 7, 8, 7],
+                &vec![0i32, 1, 2, 3],
+                &vec!["tester:*"; 4],
+                &vec![0i32, 1, 2, 3],
+            ],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, vec![1, 2]);
+    let written: Vec<Vec<u8>> = client
+        .query("SELECT key FROM mkv_state WHERE key LIKE '/fence/%' ORDER BY key", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(written, vec![b"/fence/held".to_vec(), b"/fence/held-too".to_vec()]);
+    drop(cluster);
+}
