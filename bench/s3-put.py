@@ -9,6 +9,9 @@ master's peak RSS (VmHWM) of the run.
     .venv-s3/bin/pip install awscrt   # crc64nvme for the trailer
     .venv-s3/bin/python bench/s3-put.py [SIZE_MB] [ROUNDS]
 
+The master is target/release/mkv, or $MKV_BIN (another build of it, for a
+before/after on the same machine and minute).
+
 Not a test: never run in CI.
 """
 
@@ -75,7 +78,7 @@ def main():
         for port in ports:
             wait_port(port)
         master = subprocess.Popen(
-            [str(REPO / "target/release/mkv"), "-db", str(root / "index"), "-volumes",
+            [os.environ.get("MKV_BIN", str(REPO / "target/release/mkv")), "-db", str(root / "index"), "-volumes",
              ",".join(f"127.0.0.1:{p}" for p in ports), "-port", "16100", "--threads", "1", "server"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(master)

@@ -18,6 +18,7 @@ mod rebuilt;
 mod resilience;
 mod s3;
 mod s3_commit;
+mod s3_hashing;
 mod s3_hostile;
 mod s3_listing;
 mod safety;
