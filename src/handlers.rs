@@ -276,6 +276,9 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
             ReplicationError::BadDigest => Error::Client(400, "the value's md5 is not the one sent"),
             ReplicationError::Volume(error) | ReplicationError::Source(error) => Error::Volume(error),
             ReplicationError::Gate(GateError::Index(error)) => Error::Index(error),
+            ReplicationError::Gate(GateError::LockLost) => Error::Index(crate::index::IndexError::Unavailable(
+                "the write's lock on its key lapsed (the index out of reach); its value was not stored".into(),
+            )),
             ReplicationError::Gate(_) => Error::Unavailable,
         }),
     }

@@ -31,8 +31,8 @@ use crate::write::{self, Plan};
 use super::body::{checksum_entry, request_body, CHECKSUM_ENTRY_PREFIX};
 use super::checksum::{self, Algorithm, ChecksumType};
 use super::object::{
-    checked_key, content_md5, copy_source_object, open_download, read_complete_body, user_metadata, write_precondition,
-    CopySource, EmptySource,
+    checked_key, content_md5, open_copy_source, read_complete_body, user_metadata, write_precondition, CopySource,
+    EmptySource,
 };
 use super::request::ByteRange;
 use super::request::S3Request;
@@ -137,20 +137,22 @@ pub async fn upload_part_copy(
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
     let (number, id, key, _guard) = part_of(app, request).await?;
-    let (source_key, source) = copy_source_object(app, request).await?;
-    let range = match request.headers.copy_source_range.as_deref() {
-        None => None,
-        Some(text) => Some(copy_range(text, source.size)?),
-    };
-    let length = range.map_or(source.size, |range| range.last - range.first + 1);
-    let part = if length == 0 {
-        write_part(app, &id, number, &key, &mut EmptySource, Some(0), None).await?
-    } else {
-        let download = open_download(app, &source_key, &source.record, range, length).await?;
+    let source = open_copy_source(app, request, |object| {
+        let range = match request.headers.copy_source_range.as_deref() {
+            None => None,
+            Some(text) => Some(copy_range(text, object.size)?),
+        };
+        Ok((range, range.map_or(object.size, |range| range.last - range.first + 1)))
+    })
+    .await?;
+    let part = if let Some(download) = source.download {
+        let length = source.length;
         let mut copied = CopySource::new(download);
         let part = write_part(app, &id, number, &key, &mut copied, Some(length), None).await?;
         copied.finish();
         part
+    } else {
+        write_part(app, &id, number, &key, &mut EmptySource, Some(0), None).await?
     };
     Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))

@@ -349,33 +349,48 @@ async fn wait_for_commit(key: &[u8]) -> Result<(), S3Error> {
     Ok(())
 }
 
-/// The live record of soft-deleted `key` once a journal entry it has is
-/// settled (`journal`): an overwrite in its commit on another master (its
-/// writer holds the key: wait, at most `COMMIT_WAIT`), or one cut short
-/// (settled here). None: no entry, the key is deleted.
-async fn journal_settled(app: &App, key: &[u8]) -> Result<Option<Record>, S3Error> {
+/// The live record of `key`, whose record was read soft-deleted
+/// (`deleted`), once a journal entry it has is settled (`journal`): an
+/// overwrite in its commit on another master (its writer holds the key:
+/// wait, at most `COMMIT_WAIT`), or one cut short (settled here). None:
+/// the key is deleted (its record read twice the same, with no entry
+/// between: a writer on another master may have committed and begun its
+/// next overwrite between two reads).
+async fn journal_settled(app: &App, key: &[u8], deleted: Record) -> Result<Option<Record>, S3Error> {
     let deadline = Instant::now() + COMMIT_WAIT;
     let mut pause = Duration::from_millis(1);
-    while journal::pending(app, key).await?.is_some() {
-        match journal::settle(app, key).await? {
-            Some(journal::Settled::Undecided) => {
-                return Err(S3Error::unavailable(
-                    "an overwrite of this key is unfinished and no copy can be read to finish it",
-                ))
+    let mut seen = deleted;
+    loop {
+        let pending = journal::pending(app, key).await?.is_some();
+        if pending {
+            match journal::settle(app, key).await? {
+                Some(journal::Settled::Undecided) => {
+                    return Err(S3Error::unavailable(
+                        "an overwrite of this key is unfinished and no copy can be read to finish it",
+                    ))
+                }
+                // Its writer is committing (None), or it was cut short
+                // moments ago (Young): wait.
+                Some(journal::Settled::Young) | None if Instant::now() + pause > deadline => {
+                    return Err(S3Error::slow_down())
+                }
+                Some(journal::Settled::Young) | None => {
+                    monoio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Some(_) => {}
             }
-            // Its writer is committing (None), or it was cut short moments
-            // ago (Young): wait.
-            Some(journal::Settled::Young) | None if Instant::now() + pause > deadline => {
-                return Err(S3Error::slow_down())
-            }
-            Some(journal::Settled::Young) | None => {
-                monoio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
-            }
-            Some(_) => break,
+        }
+        match app.store.get_async(key).await? {
+            Some(record) if record.is_live() => return Ok(Some(record)),
+            None => return Ok(None),
+            // Deleted, with no entry, as it was read before: deleted.
+            Some(record) if record == seen && !pending => return Ok(None),
+            // Deleted again, otherwise: another overwrite's gate.
+            Some(record) if Instant::now() < deadline => seen = record,
+            Some(_) => return Err(S3Error::slow_down()),
         }
     }
-    Ok(app.store.get_async(key).await?.filter(Record::is_live))
 }
 
 /// The live object at native `key`: NoSuchKey (or NoSuchBucket) if none.
@@ -384,7 +399,7 @@ pub async fn object(app: &App, bucket_name: &str, key: &[u8]) -> Result<Object, 
     wait_for_commit(key).await?;
     let record = match app.store.get_async(key).await? {
         Some(record) if record.is_live() => Some(record),
-        Some(_) => journal_settled(app, key).await?,
+        Some(deleted) => journal_settled(app, key, deleted).await?,
         None => None,
     };
     let Some(record) = record else {
@@ -879,6 +894,63 @@ pub async fn copy_source_object(app: &App, request: &S3Request) -> Result<(Vec<u
     Ok((source_native, source))
 }
 
+/// A copy source read and opened (`open_copy_source`).
+pub struct CopySourceRead {
+    /// The source's native key.
+    pub native: Vec<u8>,
+    pub object: Object,
+    /// The bytes to read of it, and how many.
+    pub range: Option<ByteRange>,
+    pub length: u64,
+    /// Open on a replica; None when `length` is 0.
+    pub download: Option<Download>,
+}
+
+/// Read the copy source `request` names and open a download of the span
+/// `span` picks of it, as a GET does: an overwrite of the source may
+/// switch the replica between the record's read and the copy's opening,
+/// so the bytes opened count only if the source was not committing and
+/// its record is unchanged once they are open; otherwise it is read again
+/// (at most `READ_ATTEMPTS_MAX` times, then 503 SlowDown).
+pub async fn open_copy_source(
+    app: &App,
+    request: &S3Request,
+    span: impl Fn(&Object) -> Result<(Option<ByteRange>, u64), S3Error>,
+) -> Result<CopySourceRead, S3Error> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (native, object) = copy_source_object(app, request).await?;
+        let (range, length) = span(&object)?;
+        if length == 0 {
+            return Ok(CopySourceRead {
+                native,
+                object,
+                range,
+                length,
+                download: None,
+            });
+        }
+        let opened = open_download(app, &native, &object.record, range, length).await;
+        let stable =
+            !write::is_committing(&native) && app.store.get_async(&native).await?.as_ref() == Some(&object.record);
+        match opened {
+            Ok(download) if stable => {
+                return Ok(CopySourceRead {
+                    native,
+                    object,
+                    range,
+                    length,
+                    download: Some(download),
+                })
+            }
+            Err(error) if stable => return Err(error),
+            _ if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
+            _ => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
+        }
+    }
+}
+
 pub async fn copy(
     app: &App,
     connection: &mut Connection,
@@ -889,7 +961,12 @@ pub async fn copy(
     // The destination's lock first: a copy onto itself then reads the
     // record it rewrites under that lock.
     let _guard = super::lock(app, &key).await?;
-    let (source_native, source) = copy_source_object(app, request).await?;
+    let CopySourceRead {
+        native: source_native,
+        object: source,
+        download,
+        ..
+    } = open_copy_source(app, request, |object| Ok((None, object.size))).await?;
     // Conditions on the destination, as a PutObject's, under its lock.
     write_precondition(app, request, &key).await?;
     bucket::check_writable(app, &request.bucket).await?;
@@ -943,14 +1020,14 @@ pub async fn copy(
             ..Meta::default()
         };
         let plan = Plan::s3_value(Some(source.size), meta);
-        let stored = if source.size == 0 {
-            write::store_value(app, &key, &mut EmptySource, plan).await?
-        } else {
-            let download = open_download(app, &source_native, &source.record, None, source.size).await?;
-            let mut copied = CopySource { download };
-            let stored = write::store_value(app, &key, &mut copied, plan).await?;
-            copied.download.finish();
-            stored
+        let stored = match download {
+            None => write::store_value(app, &key, &mut EmptySource, plan).await?,
+            Some(download) => {
+                let mut copied = CopySource { download };
+                let stored = write::store_value(app, &key, &mut copied, plan).await?;
+                copied.download.finish();
+                stored
+            }
         };
         (
             stored.md5.as_ref().map(etag_hex).unwrap_or_default(),
