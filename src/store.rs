@@ -605,6 +605,10 @@ impl Store {
         key: &[u8],
         read: fn(&Index, &[u8]) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
+        // RocksDB reads in place: no copy of the key for it.
+        if self.index.postgres().is_none() {
+            return read(&self.index, key);
+        }
         let key = key.to_vec();
         self.read_index(move |index| read(index, &key)).await
     }

@@ -164,7 +164,7 @@ pub async fn store_value<S: PieceSource>(
     // Readers that wait on the commit look again once it is over, either way.
     let mut committing = commit.committing.take();
     let journaled = commit.journaled.take();
-    let entry_key = journal::entry_key(key);
+    let entry_key = journaled.as_ref().map(|_| journal::entry_key(key));
     let result = match replicated {
         Ok(written) => {
             let meta = sealed_meta(
@@ -179,9 +179,7 @@ pub async fn store_value<S: PieceSource>(
             // The commit removes the overwrite's journal entry in the same
             // atomic write.
             let mut changes = plan.changes.to_vec();
-            if journaled.is_some() {
-                changes.push(Change::StateDelete(&entry_key));
-            }
+            changes.extend(entry_key.as_deref().map(Change::StateDelete));
             // Every replica holds the new bytes now (an overwritten value's
             // old ones are gone): the record must say so, or the key has no
             // value at all. If it cannot, the journal entry stays, and the
@@ -434,9 +432,9 @@ async fn undo(
         eprintln!("failed write of {name:?}: its lock lapsed; copies left for a later write or DELETE");
         return;
     }
-    let entry_key = journal::entry_key(key);
-    let drop_entry: &[Change<'_>] = match journaled {
-        Some(_) => &[Change::StateDelete(&entry_key)],
+    let entry_key = journaled.map(|_| journal::entry_key(key));
+    let drop_entry: &[Change<'_>] = match &entry_key {
+        Some(entry_key) => &[Change::StateDelete(entry_key)],
         None => &[],
     };
     let survivor = prior.and_then(|record| {

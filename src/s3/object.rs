@@ -877,7 +877,7 @@ impl PieceSource for CopySource {
 /// The object `x-amz-copy-source` names (its native key), if it is live
 /// and meets the request's `x-amz-copy-source-if-*` conditions (412 if
 /// not, whichever kind failed).
-pub async fn copy_source_object(app: &App, request: &S3Request) -> Result<(Vec<u8>, Object), S3Error> {
+async fn copy_source_object(app: &App, request: &S3Request) -> Result<(Vec<u8>, Object), S3Error> {
     let (source_bucket, source_key) = copy_source(request)?;
     let source_native = native_key(&source_bucket, &source_key);
     let source = object(app, &source_bucket, &source_native).await?;
