@@ -242,7 +242,15 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
     // Writes are not the hot path: an owned key keeps the input buffer free
     // for reading the body.
     let key = key.to_vec();
-    let _guard = app.store.try_lock_async(&key).await?.ok_or(Error::Locked)?;
+    // The lock, the key's record and journal entry, and a new key's
+    // `DELETED` record in one index call (PostgreSQL: one round trip).
+    let reserve = write::reservation(app, &key);
+    let entry_key = crate::journal::entry_key(&key);
+    let (_guard, locked) = app
+        .store
+        .try_lock_reading_async(&key, &entry_key, Some(&reserve))
+        .await?
+        .ok_or(Error::Locked)?;
     let mut source = ClientBody {
         connection: &mut *connection,
         body: BodyReader::new(head.body, app.config.body_limits),
@@ -256,6 +264,7 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
         allow_empty: false,
         meta: Meta::default(),
         changes: &[],
+        locked,
     };
     match write::store_value(app, &key, &mut source, plan).await {
         Ok(_) => {

@@ -22,7 +22,7 @@ use crate::coherence::Coherence;
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::Event;
-use crate::index::{Change, Index, IndexError, LockToken};
+use crate::index::{Change, Index, IndexError, KeyRead, LockToken};
 use crate::locks::{KeyLocks, LocalGuard};
 use crate::meta::Meta;
 use crate::metrics::{self, CacheRead};
@@ -588,6 +588,21 @@ impl Store {
         self.read_off_reactor(key, Index::get).await
     }
 
+    /// `key`'s record and the S3 state entry at `state_key`, awaited
+    /// without blocking the reactor (one round trip on PostgreSQL).
+    pub async fn get_with_state_async(
+        &self,
+        key: &[u8],
+        state_key: &[u8],
+    ) -> Result<(Option<Record>, Option<Vec<u8>>), IndexError> {
+        if self.index.postgres().is_none() {
+            return self.index.get_with_state(key, state_key);
+        }
+        let (key, state_key) = (key.to_vec(), state_key.to_vec());
+        self.read_index(move |index| index.get_with_state(&key, &state_key))
+            .await
+    }
+
     /// `meta`, awaited without blocking the reactor.
     pub async fn meta_async(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
         self.read_off_reactor(key, Index::meta).await
@@ -687,6 +702,23 @@ impl Store {
         self.write(key, Some(record), &changes).await
     }
 
+    /// `put_with_meta_async` as the last index write of a write under
+    /// `key`'s lock: on PostgreSQL the commit also ends the key's lease
+    /// (`Index::apply_releasing_async`), so the guard's drop costs no round
+    /// trip. Nothing of `key` may be written after it under the same guard.
+    pub async fn commit_async(
+        &self,
+        key: &[u8],
+        record: &Record,
+        meta: &Meta,
+        more: &[Change<'_>],
+    ) -> Result<(), IndexError> {
+        let mut changes = Vec::with_capacity(2 + more.len());
+        changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
+        changes.extend_from_slice(more);
+        self.write_as(key, Some(record), &changes, true, true).await
+    }
+
     /// Write `key`'s `record` and `more` changes in one atomic write; then
     /// the cache. Awaited without blocking the reactor.
     pub async fn put_with_async(&self, key: &[u8], record: &Record, more: &[Change<'_>]) -> Result<(), IndexError> {
@@ -710,6 +742,12 @@ impl Store {
     /// notified (a missing key reads as a deleted one).
     pub async fn remove_unannounced_async(&self, key: &[u8]) -> Result<(), IndexError> {
         self.write_announced(key, None, &[Change::Remove(key)], false).await
+    }
+
+    /// `remove_unannounced_async` as the last index write under `key`'s
+    /// lock, ending its lease in the same commit (`commit_async`).
+    pub async fn remove_releasing_async(&self, key: &[u8]) -> Result<(), IndexError> {
+        self.write_as(key, None, &[Change::Remove(key)], false, true).await
     }
 
     /// Remove `key`'s record: index first, then cache (forgotten rather than
@@ -739,10 +777,24 @@ impl Store {
         changes: &[Change<'_>],
         announce: bool,
     ) -> Result<(), IndexError> {
+        self.write_as(key, record, changes, announce, false).await
+    }
+
+    /// `write_announced`, ending the key's lease in the same commit or not
+    /// (`release`: `commit_async`).
+    async fn write_as(
+        &self,
+        key: &[u8],
+        record: Option<&Record>,
+        changes: &[Change<'_>],
+        announce: bool,
+        release: bool,
+    ) -> Result<(), IndexError> {
         let started = Instant::now();
-        let applied = match announce {
-            true => self.index.apply_async(changes).await,
-            false => self.index.apply_unannounced_async(changes).await,
+        let applied = match (announce, release) {
+            (true, false) => self.index.apply_async(changes).await,
+            (false, false) => self.index.apply_unannounced_async(changes).await,
+            (_, true) => self.index.apply_releasing_async(changes, announce).await,
         };
         if let Err(error) = applied {
             self.forget_after_failure(changes);
@@ -812,6 +864,54 @@ impl Store {
                 token,
             }),
             _local: local,
+        }))
+    }
+
+    /// `try_lock_async`, reading with the lock `key`'s record and the state
+    /// entry at `entry_key` and putting in `reserve` as the key's record
+    /// when it has neither (`Index::try_lock_key_reading_async`: on
+    /// PostgreSQL one round trip and one commit instead of three). The read
+    /// is None where the engine did not make it (RocksDB: the caller reads
+    /// as usual).
+    pub async fn try_lock_reading_async(
+        &self,
+        key: &[u8],
+        entry_key: &[u8],
+        reserve: Option<&Record>,
+    ) -> Result<Option<(KeyGuard<'_>, Option<KeyRead>)>, IndexError> {
+        let Some(local) = self.locks.try_lock(key) else {
+            return Ok(None);
+        };
+        if self.index.postgres().is_none() {
+            let guard = KeyGuard {
+                shared: None,
+                _local: local,
+            };
+            return Ok(Some((guard, None)));
+        }
+        let locked = self.index.try_lock_key_reading_async(key, entry_key, reserve).await;
+        let locked = match locked {
+            Ok(locked) => locked,
+            Err(error) => {
+                // A reserve may have landed: the key's cached answer is
+                // not trusted (it says missing or deleted either way).
+                self.cache.invalidate(key);
+                return Err(error);
+            }
+        };
+        Ok(locked.map(|(token, read)| {
+            if let (Some(reserve), Some(KeyRead { reserved: true, .. })) = (reserve, &read) {
+                self.cache.put(key, self.answer(key, Some(reserve)));
+            }
+            let guard = KeyGuard {
+                shared: Some(SharedLock {
+                    index: &self.index,
+                    key: key.into(),
+                    token,
+                }),
+                _local: local,
+            };
+            (guard, read)
         }))
     }
 

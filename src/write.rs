@@ -15,7 +15,7 @@
 
 use crate::app::App;
 use crate::error::Error;
-use crate::index::{Change, IndexError};
+use crate::index::{Change, IndexError, KeyRead};
 use crate::meta::Meta;
 use crate::placement::{hex_lower, key2path, path_is_own};
 use crate::record::Record;
@@ -56,6 +56,10 @@ pub struct Plan<'a> {
     /// More index changes made in the same atomic write as the live record
     /// (a completed multipart upload's state removed).
     pub changes: &'a [Change<'a>],
+    /// The key's record and journal entry, read with its lock
+    /// (`Store::try_lock_reading_async`, reserving `reservation`); None:
+    /// read here.
+    pub locked: Option<KeyRead>,
 }
 
 impl<'a> Plan<'a> {
@@ -70,8 +74,16 @@ impl<'a> Plan<'a> {
             allow_empty: true,
             meta,
             changes: &[],
+            locked: None,
         }
     }
+}
+
+/// The record a new value of `key` goes in with before any volume is
+/// touched: `DELETED`, naming the volumes placement chooses. A writer may
+/// reserve it with the key's lock (`Store::try_lock_reading_async`).
+pub fn reservation(app: &App, key: &[u8]) -> Record {
+    Record::new(app.store.placement().place(key), true, None)
 }
 
 /// A value written: its record is live.
@@ -106,9 +118,15 @@ pub async fn store_value<S: PieceSource>(
     app: &App,
     key: &[u8],
     source: &mut S,
-    plan: Plan<'_>,
+    mut plan: Plan<'_>,
 ) -> Result<Stored, WriteError> {
-    let prior = journal::record_under_lock(app, key).await?;
+    let (prior, reserved) = match plan.locked.take() {
+        Some(read) => (
+            journal::record_read_under_lock(app, key, read.record, read.entry).await?,
+            read.reserved,
+        ),
+        None => (journal::record_under_lock(app, key).await?, false),
+    };
     if prior.as_ref().is_some_and(Record::is_live) {
         // `-protect` holds for every writer: with it, a live value is
         // replaced by no one (S3 overwrites, copies and completions alike)
@@ -133,7 +151,10 @@ pub async fn store_value<S: PieceSource>(
     };
     // Over no record or a deleted one, reads answer as before: other
     // masters need not hear of it (their caches say missing or deleted).
-    if !prior.as_ref().is_some_and(Record::is_live) && prior.as_ref() != Some(&committing_record) {
+    // A record reserved with the lock is this one: the key had none, and
+    // the reservation names what placement chooses (`reservation`).
+    let written = reserved && prior.is_none();
+    if !written && !prior.as_ref().is_some_and(Record::is_live) && prior.as_ref() != Some(&committing_record) {
         app.store.put_unannounced_async(key, &committing_record).await?;
     }
     let path = key2path(key);
@@ -180,19 +201,35 @@ pub async fn store_value<S: PieceSource>(
             // atomic write.
             let mut changes = plan.changes.to_vec();
             changes.extend(entry_key.as_deref().map(Change::StateDelete));
-            // Every replica holds the new bytes now (an overwritten value's
-            // old ones are gone): the record must say so, or the key has no
-            // value at all. If it cannot, the journal entry stays, and the
-            // sweep finishes the commit from the replicas.
-            settle(key, || app.store.put_with_meta_async(key, &record, &meta, &changes)).await?;
             // A prior value on volumes placement no longer names (it moved
-            // since that write) is named by no record now: remove it.
+            // since that write) is named by no record after the commit:
+            // removed after it, under the key's lock.
             let stale: Vec<String> = prior
                 .map(|prior| prior.volumes)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|entry| !record.volumes.contains(entry))
                 .collect();
+            // Every replica holds the new bytes now (an overwritten value's
+            // old ones are gone): the record must say so, or the key has no
+            // value at all. If it cannot, the journal entry stays, and the
+            // sweep finishes the commit from the replicas. With nothing
+            // left to do under the lock, the first try also ends the key's
+            // lease (`Store::commit_async`); a try after one whose outcome
+            // is unknown does not, so that it still finds the lease it
+            // checks if the first did not land.
+            let mut first = stale.is_empty();
+            let (live, sealed, all) = (&record, &meta, &changes);
+            settle(key, || {
+                let release = std::mem::take(&mut first);
+                async move {
+                    match release {
+                        true => app.store.commit_async(key, live, sealed, all).await,
+                        false => app.store.put_with_meta_async(key, live, sealed, all).await,
+                    }
+                }
+            })
+            .await?;
             committing.take();
             if let Err(error) = replication::delete_all(&stale, &path, app.config.volume_timeout).await {
                 eprintln!(
@@ -350,8 +387,9 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
         replication::copies_holding(record, &path, timeout).await?
     };
     replication::delete_all(&copies, &path, timeout).await?;
-    // The record says deleted already: removing it changes no answer.
-    app.store.remove_unannounced_async(key).await?;
+    // The record says deleted already: removing it changes no answer. The
+    // last index write under the key's lock: it ends the lease too.
+    app.store.remove_releasing_async(key).await?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use crate::record::{Record, RecordError};
 pub mod pg;
 mod rocks;
 
-pub use pg::{Event, LockToken};
+pub use pg::{Event, KeyRead, LockToken};
 
 /// Records per write batch when filling the index in bulk.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
@@ -152,6 +152,19 @@ impl Index {
         }
     }
 
+    /// The record of `key` and the S3 state entry at `state_key` (one
+    /// round trip on PostgreSQL).
+    pub fn get_with_state(
+        &self,
+        key: &[u8],
+        state_key: &[u8],
+    ) -> Result<(Option<Record>, Option<Vec<u8>>), IndexError> {
+        match self {
+            Index::Rocks(engine) => Ok((engine.get(key)?, engine.state(state_key)?)),
+            Index::Postgres(engine) => engine.get_with_state(key, state_key),
+        }
+    }
+
     /// Store `record` under `key` (durable on return).
     pub fn put(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
         self.apply(&[Change::Record(key, record)])
@@ -196,19 +209,43 @@ impl Index {
         self.apply_async_announced(changes, false).await
     }
 
+    /// `apply_async` as the last index write of a write under a key lock
+    /// (`KeyGuard`): on PostgreSQL the commit also removes the leases of the
+    /// keys it writes, so that dropping the guard costs no round trip.
+    /// Nothing of those keys may be written after it under the same guard.
+    pub async fn apply_releasing_async(
+        self: &Arc<Index>,
+        changes: &[Change<'_>],
+        announce: bool,
+    ) -> Result<(), IndexError> {
+        self.apply_async_as(changes, announce, true).await
+    }
+
     async fn apply_async_announced(
         self: &Arc<Index>,
         changes: &[Change<'_>],
         announce: bool,
     ) -> Result<(), IndexError> {
+        self.apply_async_as(changes, announce, false).await
+    }
+
+    async fn apply_async_as(
+        self: &Arc<Index>,
+        changes: &[Change<'_>],
+        announce: bool,
+        release: bool,
+    ) -> Result<(), IndexError> {
         validate(changes)?;
         match &**self {
             Index::Rocks(engine) => engine.apply(changes),
             Index::Postgres(engine) => {
-                let batch = match announce {
-                    true => engine.prepare(changes),
-                    false => engine.prepare(changes).unannounced(),
-                };
+                let mut batch = engine.prepare(changes);
+                if !announce {
+                    batch = batch.unannounced();
+                }
+                if release {
+                    batch = batch.releasing();
+                }
                 let index = self.clone();
                 crate::offload::write(move || match &*index {
                     Index::Postgres(engine) => engine.apply_batch(batch),
@@ -337,6 +374,45 @@ impl Index {
             .unwrap_or_else(|| Err(lock_not_answered()))
     }
 
+    /// `try_lock_key_async`, reading with the lock (PostgreSQL: in the
+    /// same round trip, `pg::Postgres::try_lock_key_reading`) `key`'s
+    /// record and the state entry at `entry_key`, and putting in `reserve`
+    /// as the key's record when it has neither. The read is None where the
+    /// engine reads as usual instead (RocksDB: reads cost no round trip).
+    pub async fn try_lock_key_reading_async(
+        self: &Arc<Index>,
+        key: &[u8],
+        entry_key: &[u8],
+        reserve: Option<&Record>,
+    ) -> Result<Option<(LockToken, Option<KeyRead>)>, IndexError> {
+        if self.postgres().is_none() {
+            return Ok(Some((0, None)));
+        }
+        let (index, undone) = (self.clone(), self.clone());
+        let (key, entry_key, unlocked) = (key.to_vec(), entry_key.to_vec(), key.to_vec());
+        let reserve = reserve.cloned();
+        let call = move || {
+            index
+                .postgres()
+                .expect("a PostgreSQL index")
+                .try_lock_key_reading(&key, &entry_key, reserve.as_ref())
+        };
+        // A grant its caller gave up waiting for is released (a reserved
+        // record stays: a soft-deleted key, as a write refused before its
+        // bytes leaves).
+        let undo = move |granted: Result<Option<(LockToken, Option<KeyRead>)>, IndexError>| {
+            if let Ok(Some((token, _))) = granted {
+                undone
+                    .postgres()
+                    .expect("a PostgreSQL index")
+                    .unlock_key(&unlocked, token);
+            }
+        };
+        crate::offload::lock_within(call, undo)
+            .await
+            .unwrap_or_else(|| Err(lock_not_answered()))
+    }
+
     /// Release a lock `try_lock_key` granted as `token`: at once in this
     /// process (no renewal, no check in a commit), then in the database
     /// on the lock pool, which the caller (a guard dropped on a reactor)
@@ -344,6 +420,10 @@ impl Index {
     pub fn unlock_key(self: &Arc<Index>, key: &[u8], token: LockToken) {
         if let Some(engine) = self.postgres() {
             engine.release_key(key, token);
+            // Its write's commit removed the lease already: no round trip.
+            if engine.released(token) {
+                return;
+            }
             let index = self.clone();
             let key = key.to_vec();
             crate::offload::lock_briefly(move || index.postgres().expect("checked above").unlock_key(&key, token));

@@ -40,7 +40,7 @@
 //! `IndexError::Unavailable`: the caller answers 503, and the next call
 //! connects again, to whichever host is the primary then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -165,6 +165,37 @@ const TABLES: &str = "
         PERFORM set_config('synchronous_commit', 'local', true);
         RETURN false;
     END $$;
+    -- mkv_lock, then, if granted, in the same transaction (so under the
+    -- lease: everything committed before it was taken is seen): the key's
+    -- record and the state entry at entry_key, and, when the key has
+    -- neither, the record `reserve` put in (a new key's write takes its
+    -- `DELETED` record with its lock: one round trip and one commit).
+    CREATE OR REPLACE FUNCTION mkv_lock_reserve(
+        lock bigint, holder text, lease_token bigint, lease_ms int, margin_ms int,
+        record_key bytea, entry_key bytea, reserve bytea
+    ) RETURNS TABLE (granted boolean, found_record bytea, found_entry bytea, reserved boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        waits text := current_setting('lock_timeout');
+    BEGIN
+        granted := mkv_lock(lock, holder, lease_token, lease_ms, margin_ms);
+        -- mkv_lock's short lock wait is for the lease row alone: reading
+        -- and reserving wait as any statement does (statement_timeout).
+        PERFORM set_config('lock_timeout', waits, true);
+        reserved := false;
+        IF granted THEN
+            SELECT held.record INTO found_record FROM mkv_records AS held WHERE held.key = record_key;
+            SELECT pending.value INTO found_entry FROM mkv_state AS pending WHERE pending.key = entry_key;
+            IF found_record IS NULL AND found_entry IS NULL AND reserve IS NOT NULL THEN
+                INSERT INTO mkv_records VALUES (record_key, reserve) ON CONFLICT (key) DO NOTHING;
+                reserved := FOUND;
+                IF NOT reserved THEN
+                    SELECT held.record INTO found_record FROM mkv_records AS held WHERE held.key = record_key;
+                END IF;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END $$;
     CREATE OR REPLACE FUNCTION mkv_unlock(lock bigint, holder text, lease_token bigint)
     RETURNS void LANGUAGE plpgsql AS $$
     BEGIN
@@ -173,7 +204,7 @@ const TABLES: &str = "
         DELETE FROM mkv_key_leases WHERE lock_id = lock AND master = holder AND token = lease_token;
     END $$;
     -- One write in one transaction: what masters before group commit
-    -- (`mkv_apply_group`) call, kept while such masters may share the index
+    -- (`mkv_commit_group`) call, kept while such masters may share the index
     -- (a rolling upgrade).
     CREATE OR REPLACE FUNCTION mkv_apply_fenced(
         ops text[], keys bytea[], vals bytea[], lock_ids bigint[], lock_tokens bigint[],
@@ -225,11 +256,13 @@ const TABLES: &str = "
     -- one transaction, one commit, one notification queue lock for all.
     -- Each member's key leases are checked as mkv_apply_fenced checks
     -- them; a member one of whose leases fails is skipped whole (none of
-    -- its changes, none of its notifications) and the others apply.
-    -- Returns the members skipped.
-    CREATE OR REPLACE FUNCTION mkv_apply_group(
+    -- its changes, none of its notifications) and the others apply. A
+    -- lease marked in lock_releases is removed by the commit (the write it
+    -- fences ends with it: no unlock round trip after). Returns the
+    -- members skipped.
+    CREATE OR REPLACE FUNCTION mkv_commit_group(
         ops text[], keys bytea[], vals bytea[], op_members int[],
-        lock_ids bigint[], lock_tokens bigint[], lock_members int[],
+        lock_ids bigint[], lock_tokens bigint[], lock_members int[], lock_releases boolean[],
         payloads text[], payload_members int[], holder text, lease_ms int
     ) RETURNS int[] LANGUAGE plpgsql AS $$
     DECLARE
@@ -242,10 +275,18 @@ const TABLES: &str = "
         END IF;
         FOR i IN 1 .. coalesce(array_length(lock_ids, 1), 0) LOOP
             CONTINUE WHEN lock_members[i] = ANY (lost);
-            UPDATE mkv_key_leases
-                SET expires = greatest(expires, now() + lease_ms * interval '1 millisecond')
-                WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i]
-                    AND expires > now();
+            IF lock_releases[i] THEN
+                -- Removed below: locked and checked here, not pushed on.
+                PERFORM 1 FROM mkv_key_leases
+                    WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i]
+                        AND expires > now()
+                    FOR UPDATE;
+            ELSE
+                UPDATE mkv_key_leases
+                    SET expires = greatest(expires, now() + lease_ms * interval '1 millisecond')
+                    WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i]
+                        AND expires > now();
+            END IF;
             IF NOT FOUND THEN
                 lost := lost || lock_members[i];
             END IF;
@@ -269,15 +310,44 @@ const TABLES: &str = "
                 DELETE FROM mkv_state WHERE key = keys[i];
             END CASE;
         END LOOP;
+        -- The row stays locked by this transaction to its end: another
+        -- master's mkv_lock of the key refuses until the commit is over.
+        FOR i IN 1 .. coalesce(array_length(lock_ids, 1), 0) LOOP
+            CONTINUE WHEN NOT lock_releases[i] OR lock_members[i] = ANY (lost);
+            DELETE FROM mkv_key_leases
+                WHERE lock_id = lock_ids[i] AND master = holder AND token = lock_tokens[i];
+        END LOOP;
         FOR i IN 1 .. coalesce(array_length(payloads, 1), 0) LOOP
             CONTINUE WHEN payload_members[i] = ANY (lost);
             PERFORM pg_notify('mkv', payloads[i]);
         END LOOP;
         RETURN lost;
     END $$;
+    -- What masters before mkv_commit_group call (a rolling upgrade): the
+    -- same, releasing no lease.
+    CREATE OR REPLACE FUNCTION mkv_apply_group(
+        ops text[], keys bytea[], vals bytea[], op_members int[],
+        lock_ids bigint[], lock_tokens bigint[], lock_members int[],
+        payloads text[], payload_members int[], holder text, lease_ms int
+    ) RETURNS int[] LANGUAGE plpgsql AS $$
+    BEGIN
+        RETURN mkv_commit_group(ops, keys, vals, op_members, lock_ids, lock_tokens, lock_members,
+            array_fill(false, ARRAY[coalesce(array_length(lock_ids, 1), 0)]),
+            payloads, payload_members, holder, lease_ms);
+    END $$;
 ";
-/// The SQL state `mkv_apply_group` raises when the writer's lease lapsed.
+/// The SQL state `mkv_commit_group` raises when the writer's lease lapsed.
 const LEASE_LAPSED_STATE: &str = "MKVLS";
+
+/// What `Postgres::try_lock_key_reading` read with a key's lock: its
+/// record and a state entry as of the taking, and whether the reserve
+/// record was put in.
+#[derive(Debug)]
+pub struct KeyRead {
+    pub record: Option<Record>,
+    pub entry: Option<Vec<u8>>,
+    pub reserved: bool,
+}
 
 /// A pooled connection and its prepared statements.
 struct Connection {
@@ -289,8 +359,10 @@ struct Statements {
     get: Statement,
     meta: Statement,
     state: Statement,
-    apply_group: Statement,
+    get_with_state: Statement,
+    commit_group: Statement,
     lock: Statement,
+    lock_reserve: Statement,
     unlock: Statement,
     notify: Statement,
     scan_records: Statement,
@@ -306,8 +378,13 @@ impl Statements {
             get: client.prepare("SELECT record FROM mkv_records WHERE key = $1")?,
             meta: client.prepare("SELECT meta FROM mkv_meta WHERE key = $1")?,
             state: client.prepare("SELECT value FROM mkv_state WHERE key = $1")?,
-            apply_group: client.prepare("SELECT mkv_apply_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")?,
+            get_with_state: client.prepare(
+                "SELECT (SELECT record FROM mkv_records WHERE key = $1), (SELECT value FROM mkv_state WHERE key = $2)",
+            )?,
+            commit_group: client
+                .prepare("SELECT mkv_commit_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")?,
             lock: client.prepare("SELECT mkv_lock($1, $2, $3, $4, $5)")?,
+            lock_reserve: client.prepare("SELECT * FROM mkv_lock_reserve($1, $2, $3, $4, $5, $6, $7, $8)")?,
             unlock: client.prepare("SELECT mkv_unlock($1, $2, $3)")?,
             notify: client.prepare("SELECT pg_notify($1, $2)")?,
             scan_records: client.prepare(&scan("mkv_records", "record", true))?,
@@ -360,13 +437,17 @@ impl From<postgres::Error> for Failure {
     }
 }
 
-/// Changes ready for `Postgres::apply_batch`: one member of `mkv_apply_group`'s arrays.
+/// Changes ready for `Postgres::apply_batch`: one member of `mkv_commit_group`'s arrays.
 pub struct Batch {
     operations: Vec<&'static str>,
     keys: Vec<Vec<u8>>,
     values: Vec<Vec<u8>>,
     lock_ids: Vec<i64>,
     lock_tokens: Vec<i64>,
+    /// The keys of `lock_ids`, in order.
+    lock_keys: Vec<Vec<u8>>,
+    /// The commit removes the leases it checks (`releasing`).
+    release: bool,
     payloads: Vec<String>,
 }
 
@@ -374,6 +455,15 @@ impl Batch {
     /// The same changes, notifying no one (`Index::apply_unannounced_async`).
     pub fn unannounced(mut self) -> Batch {
         self.payloads.clear();
+        self
+    }
+
+    /// The same changes, whose commit also ends this master's hold on the
+    /// keys it writes (their leases are removed in the committing
+    /// transaction): the last index write of a write, so that no unlock
+    /// round trip follows it (`Index::unlock_key` then has nothing to do).
+    pub fn releasing(mut self) -> Batch {
+        self.release = true;
         self
     }
 }
@@ -436,7 +526,7 @@ impl Drop for Leading<'_> {
     }
 }
 
-/// A group's batches as `mkv_apply_group`'s arrays: each row tagged with
+/// A group's batches as `mkv_commit_group`'s arrays: each row tagged with
 /// its member's number.
 #[derive(Default)]
 struct GroupArrays<'a> {
@@ -447,6 +537,7 @@ struct GroupArrays<'a> {
     lock_ids: Vec<i64>,
     lock_tokens: Vec<i64>,
     lock_members: Vec<i32>,
+    lock_releases: Vec<bool>,
     payloads: Vec<&'a str>,
     payload_members: Vec<i32>,
 }
@@ -460,6 +551,7 @@ impl<'a> GroupArrays<'a> {
         self.lock_ids.extend_from_slice(&batch.lock_ids);
         self.lock_tokens.extend_from_slice(&batch.lock_tokens);
         self.lock_members.extend(batch.lock_ids.iter().map(|_| number));
+        self.lock_releases.extend(batch.lock_ids.iter().map(|_| batch.release));
         self.payloads.extend(batch.payloads.iter().map(String::as_str));
         self.payload_members.extend(batch.payloads.iter().map(|_| number));
     }
@@ -675,6 +767,27 @@ impl Postgres {
         .transpose()
     }
 
+    /// The record of `key` and the S3 state entry at `state_key`, in one
+    /// round trip.
+    pub fn get_with_state(
+        &self,
+        key: &[u8],
+        state_key: &[u8],
+    ) -> Result<(Option<Record>, Option<Vec<u8>>), IndexError> {
+        let row =
+            self.read(|client, statements| Ok(client.query_one(&statements.get_with_state, &[&key, &state_key])?))?;
+        let record = row
+            .get::<_, Option<&[u8]>>(0)
+            .map(|bytes| {
+                Record::decode(bytes).map_err(|error| IndexError::Corrupt {
+                    key: key.to_vec(),
+                    error,
+                })
+            })
+            .transpose()?;
+        Ok((record, row.get::<_, Option<Vec<u8>>>(1)))
+    }
+
     /// The metadata of `key`, if any was recorded.
     pub fn meta(&self, key: &[u8]) -> Result<Option<Meta>, IndexError> {
         let row = self.read(|client, statements| Ok(client.query_opt(&statements.meta, &[&key])?))?;
@@ -702,12 +815,12 @@ impl Postgres {
                 changed.push(key);
             }
         }
-        let locked: Vec<(i64, i64)> = match &self.lease {
+        let locked: Vec<(&[u8], i64, i64)> = match &self.lease {
             Some(lease) => {
                 let keys = lock(&lease.keys);
                 changed
                     .iter()
-                    .filter_map(|key| keys.get(*key).map(|held| (held.id, held.token)))
+                    .filter_map(|key| keys.get(*key).map(|held| (*key, held.id, held.token)))
                     .collect()
             }
             None => Vec::new(),
@@ -716,8 +829,10 @@ impl Postgres {
             operations: Vec::with_capacity(changes.len()),
             keys: Vec::with_capacity(changes.len()),
             values: Vec::with_capacity(changes.len()),
-            lock_ids: locked.iter().map(|&(id, _)| id).collect(),
-            lock_tokens: locked.iter().map(|&(_, token)| token).collect(),
+            lock_ids: locked.iter().map(|&(_, id, _)| id).collect(),
+            lock_tokens: locked.iter().map(|&(_, _, token)| token).collect(),
+            lock_keys: locked.iter().map(|&(key, _, _)| key.to_vec()).collect(),
+            release: false,
             payloads: notifications(&self.origin, &changed),
         };
         for change in changes {
@@ -745,9 +860,35 @@ impl Postgres {
     /// before its commit record until the commit is over, a standby's
     /// acknowledgement included), so commits that each notify cap every
     /// master's writes at one commit at a time; a group pays that once.
-    /// Each batch's key leases are checked apart (`mkv_apply_group`): one
+    /// Each batch's key leases are checked apart (`mkv_commit_group`): one
     /// whose lock was lost fails alone, as it would by itself.
-    pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
+    pub fn apply_batch(&self, mut batch: Batch) -> Result<(), IndexError> {
+        let released: Vec<(Vec<u8>, LockToken)> = match batch.release {
+            true => std::mem::take(&mut batch.lock_keys)
+                .into_iter()
+                .zip(batch.lock_tokens.iter().copied())
+                .collect(),
+            false => Vec::new(),
+        };
+        let result = self.commit_in_group(batch);
+        if result.is_ok() && !released.is_empty() {
+            if let Some(lease) = &self.lease {
+                // The rows are gone: not renewed, not checked, not unlocked.
+                let mut keys = lock(&lease.keys);
+                let mut gone = lock(&lease.released);
+                for (key, token) in released {
+                    if keys.get(&key).is_some_and(|held| held.token == token) {
+                        keys.remove(&key);
+                        gone.insert(token);
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// `apply_batch`'s group commit.
+    fn commit_in_group(&self, batch: Batch) -> Result<(), IndexError> {
         let mut group = lock(&self.group);
         let id = group.next_id;
         group.next_id += 1;
@@ -782,7 +923,7 @@ impl Postgres {
         }
     }
 
-    /// Commit `members` in one transaction (`mkv_apply_group`): each one's
+    /// Commit `members` in one transaction (`mkv_commit_group`): each one's
     /// result, by id.
     fn commit_group(&self, members: Vec<Member>) -> Vec<(u64, Result<(), IndexError>)> {
         let now = Instant::now();
@@ -801,7 +942,7 @@ impl Postgres {
         let lost = self.with_connection(|client, statements| {
             let holder = self.lease.as_ref().map(|lease| lease.origin.as_str());
             let lease_ms = KEY_LEASE_MS as i32;
-            let parameters: [&(dyn postgres::types::ToSql + Sync); 11] = [
+            let parameters: [&(dyn postgres::types::ToSql + Sync); 12] = [
                 &arrays.operations,
                 &arrays.keys,
                 &arrays.values,
@@ -809,12 +950,13 @@ impl Postgres {
                 &arrays.lock_ids,
                 &arrays.lock_tokens,
                 &arrays.lock_members,
+                &arrays.lock_releases,
                 &arrays.payloads,
                 &arrays.payload_members,
                 &holder,
                 &lease_ms,
             ];
-            match client.query_one(&statements.apply_group, &parameters) {
+            match client.query_one(&statements.commit_group, &parameters) {
                 Ok(row) => Ok(row.get::<_, Vec<i32>>(0)),
                 Err(error) if error.code().is_some_and(|state| state.code() == LEASE_LAPSED_STATE) => {
                     Err(Failure::LeaseLapsed)
@@ -1069,8 +1211,80 @@ impl Postgres {
     /// so no two of this master's writers ask for the same key. An offline
     /// command holds the whole index: always granted.
     pub fn try_lock_key(&self, key: &[u8]) -> Result<Option<LockToken>, IndexError> {
-        let Some(lease) = &self.lease else {
+        if self.lease.is_none() {
             return Ok(Some(0));
+        }
+        let locked = self.lock_key_with(key, |client, statements, id, origin, token, lease_ms, margin_ms| {
+            let row = client.query_one(&statements.lock, &[&id, &origin, &token, &lease_ms, &margin_ms])?;
+            Ok((row.get::<_, bool>(0), ()))
+        })?;
+        Ok(locked.map(|(token, ())| token))
+    }
+
+    /// `try_lock_key`, and in the same round trip and transaction (under
+    /// the lease) `key`'s record and the state entry at `entry_key`; when
+    /// the key has neither, `reserve` is put in as its record
+    /// (`mkv_lock_reserve`).
+    pub fn try_lock_key_reading(
+        &self,
+        key: &[u8],
+        entry_key: &[u8],
+        reserve: Option<&Record>,
+    ) -> Result<Option<(LockToken, Option<KeyRead>)>, IndexError> {
+        if self.lease.is_none() {
+            // An offline command holds the whole index: it reads as usual.
+            return Ok(Some((0, None)));
+        }
+        let reserve = reserve.map(Record::encode);
+        let locked = self.lock_key_with(key, |client, statements, id, origin, token, lease_ms, margin_ms| {
+            let row = client.query_one(
+                &statements.lock_reserve,
+                &[&id, &origin, &token, &lease_ms, &margin_ms, &key, &entry_key, &reserve],
+            )?;
+            let read = (
+                row.get::<_, Option<Vec<u8>>>(1),
+                row.get::<_, Option<Vec<u8>>>(2),
+                row.get::<_, bool>(3),
+            );
+            Ok((row.get::<_, bool>(0), read))
+        })?;
+        let Some((token, (record, entry, reserved))) = locked else {
+            return Ok(None);
+        };
+        let record = record
+            .map(|bytes| {
+                Record::decode(&bytes).map_err(|error| IndexError::Corrupt {
+                    key: key.to_vec(),
+                    error,
+                })
+            })
+            .transpose();
+        match record {
+            Ok(record) => Ok(Some((
+                token,
+                Some(KeyRead {
+                    record,
+                    entry,
+                    reserved,
+                }),
+            ))),
+            Err(error) => {
+                self.unlock_key(key, token);
+                Err(error)
+            }
+        }
+    }
+
+    /// Take `key`'s lease with `query` (which says whether it was granted,
+    /// and what else it read), and hold it here when granted.
+    #[allow(clippy::type_complexity)]
+    fn lock_key_with<T>(
+        &self,
+        key: &[u8],
+        mut query: impl FnMut(&mut Client, &Statements, i64, &str, i64, i32, i32) -> Result<(bool, T), postgres::Error>,
+    ) -> Result<Option<(LockToken, T)>, IndexError> {
+        let Some(lease) = &self.lease else {
+            unreachable!("callers answer for an offline command")
         };
         let id = lock_id(key);
         let token = lease.next_token.fetch_add(1, Ordering::Relaxed);
@@ -1079,9 +1293,16 @@ impl Postgres {
         let margin_ms = LEASE_MARGIN_MS as i32;
         // Tried once more on a new session if the first was dead: the same
         // token takes over a lease the first attempt may have written.
-        let granted = self.read(|client, statements| {
-            let row = client.query_one(&statements.lock, &[&id, &lease.origin, &token, &lease_ms, &margin_ms])?;
-            Ok(row.get::<_, bool>(0))
+        let (granted, read) = self.read(|client, statements| {
+            Ok(query(
+                client,
+                statements,
+                id,
+                &lease.origin,
+                token,
+                lease_ms,
+                margin_ms,
+            )?)
         })?;
         if !granted {
             return Ok(None);
@@ -1095,7 +1316,7 @@ impl Postgres {
                 until_micros,
             },
         );
-        Ok(Some(token))
+        Ok(Some((token, read)))
     }
 
     /// Stop holding `key` under `token` here: no renewal, no check in a
@@ -1110,10 +1331,22 @@ impl Postgres {
         }
     }
 
+    /// Whether the holding `token` ended in a commit that removed its
+    /// lease (`Batch::releasing`): then nothing is left to unlock. Forgets
+    /// the holding either way.
+    pub fn released(&self, token: LockToken) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| lock(&lease.released).remove(&token))
+    }
+
     /// Remove the lease `try_lock_key` granted as `token`. If it fails, the
     /// lease ends on its own within `KEY_LEASE_MS` (it is not renewed).
     pub fn unlock_key(&self, key: &[u8], token: LockToken) {
         self.release_key(key, token);
+        if self.released(token) {
+            return;
+        }
         let Some(lease) = &self.lease else { return };
         let id = lock_id(key);
         let unlocked = self.with_connection(|client, statements| {
@@ -1271,6 +1504,9 @@ struct Lease {
     keys: Mutex<HashMap<Vec<u8>, HeldKey>>,
     /// The next key lease's token.
     next_token: AtomicI64,
+    /// Holdings whose lease a commit removed (`Batch::releasing`), until
+    /// their guard lets go (`Postgres::released`).
+    released: Mutex<HashSet<LockToken>>,
 }
 
 /// A key this master holds: its lease's row and deadline.
@@ -1307,6 +1543,7 @@ impl Lease {
             ended: AtomicBool::new(false),
             keys: Mutex::new(HashMap::new()),
             next_token: AtomicI64::new(1),
+            released: Mutex::new(HashSet::new()),
         };
         lease.renew().map_err(|error| match error {
             RenewError::Held => LeaseError::Held,

@@ -618,10 +618,10 @@ fn synchronous_database(test: &str) -> Option<(Database, postgres::Client)> {
 }
 
 /// Which of the test database's sessions wait on the standby to commit
-/// a request's write (`mkv_apply...`, not a heartbeat or a lease renewal,
+/// a request's write (`mkv_apply...` or `mkv_commit_group`, not a heartbeat or a lease renewal,
 /// which wait too).
 const STALLED_WRITES: &str = "FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep' \
-     AND query LIKE 'SELECT mkv_apply%'";
+     AND (query LIKE 'SELECT mkv_apply%' OR query LIKE 'SELECT mkv_commit%')";
 
 /// Terminate the test database's sessions whose write's commit waits on
 /// the standby, once there is one; how many.
@@ -1268,4 +1268,169 @@ fn a_group_commit_skips_only_the_member_whose_key_lease_was_lost() {
         .collect();
     assert_eq!(written, vec![b"/fence/held".to_vec(), b"/fence/held-too".to_vec()]);
     drop(cluster);
+}
+
+/// Calls of PL/pgSQL function `name` in `database` that its backends have
+/// reported (`track_functions`; backends report when idle, within about a
+/// second).
+fn function_calls(database: &Database, name: &str) -> i64 {
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .query_opt("SELECT calls FROM pg_stat_user_functions WHERE funcname = $1", &[&name])
+        .unwrap()
+        .map_or(0, |row| row.get(0))
+}
+
+/// A write's last commit ends its key's lease (`mkv_commit_group` removes
+/// the row): the guard let go after it costs no unlock round trip, which
+/// held the reactor for up to 50 ms per write, and the key is free for
+/// another master the moment the write is acknowledged.
+#[test]
+fn a_write_ends_its_key_lease_in_its_commit_with_no_unlock_after() {
+    let Some(database) = database("release_in_commit") else {
+        return;
+    };
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET track_functions = 'pl'", database.name))
+        .unwrap();
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let second = Second::start(&cluster);
+    let s3 = [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")];
+    for number in 0..5 {
+        let path = format!("/released/{number}");
+        assert_eq!(
+            request("PUT", &cluster.url(&path), Some(&value(1000, number))).status,
+            201
+        );
+        // Free on the other master as soon as the first answered.
+        assert_eq!(request("DELETE", &second.url(&path), None).status, 204);
+        let object = cluster.url(&format!("/bkt/released-{number}"));
+        for version in 0..2 {
+            let body = value(1000, 10 * number + version);
+            assert_eq!(
+                crate::cluster::request_full("PUT", &object, &s3, Some(&body)).status,
+                200
+            );
+        }
+    }
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let leases: i64 = client
+        .query_one("SELECT count(*) FROM mkv_key_leases", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(leases, 0, "every write's lease ended with it");
+    // 5 PUTs, 5 DELETEs, 10 S3 PUTs took key leases; wait until the
+    // backends reported them, then count the unlocks.
+    assert!(
+        eventually(Duration::from_secs(15), || function_calls(&database, "mkv_lock") >= 20),
+        "the lock calls were reported"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        function_calls(&database, "mkv_unlock"),
+        0,
+        "no write needed an unlock after its commit"
+    );
+}
+
+/// `mkv_commit_group`'s releases: a member's lease marked for release goes
+/// with its commit; a skipped member's stays, as does one not marked.
+#[test]
+fn a_group_commit_removes_the_leases_of_members_that_release_them_and_apply() {
+    let Some(database) = database("group_release") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO mkv_masters VALUES ('tester', now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (2001, 'tester', 7, now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (2002, 'tester', 7, now() - interval '1 second');
+             INSERT INTO mkv_key_leases VALUES (2003, 'tester', 7, now() + interval '1 minute');
+             INSERT INTO mkv_key_leases VALUES (2004, 'tester', 7, now() + interval '1 minute');",
+        )
+        .unwrap();
+    let keys: Vec<&[u8]> = vec![b"/release/a", b"/release/b", b"/release/c", b"/release/d"];
+    let values: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d"];
+    let lost: Vec<i32> = client
+        .query_one(
+            "SELECT mkv_commit_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'tester', 6000)",
+            &[
+                &vec!["state"; 4],
+                &keys,
+                &values,
+                &vec![0i32, 1, 2, 3],
+                // Member 1's lease expired; member 2 names 2003 with another
+                // token; member 3 keeps its lease.
+                &vec![2001i64, 2002, 2003, 2004],
+                &vec![7i64, 7, 8, 7],
+                &vec![0i32, 1, 2, 3],
+                &vec![true, true, true, false],
+                &vec!["tester:*"; 4],
+                &vec![0i32, 1, 2, 3],
+            ],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lost, vec![1, 2]);
+    let leases: Vec<i64> = client
+        .query("SELECT lock_id FROM mkv_key_leases ORDER BY lock_id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(leases, vec![2002, 2003, 2004]);
+    drop(cluster);
+}
+
+/// A native PUT of a new key takes its lock, reads its record and journal
+/// entry and puts in its `DELETED` record in one call (`mkv_lock_reserve`),
+/// then commits once (`mkv_commit_group`, which also ends the lease): two
+/// round trips to the index where there were five.
+#[test]
+fn a_new_keys_put_takes_its_lock_its_record_and_its_reservation_in_one_call() {
+    let Some(database) = database("lock_reserve") else {
+        return;
+    };
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET track_functions = 'pl'", database.name))
+        .unwrap();
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
+    for number in 0..5 {
+        let path = format!("/reserved/{number}");
+        assert_eq!(
+            request("PUT", &cluster.url(&path), Some(&value(1000, number))).status,
+            201
+        );
+        assert_eq!(read_through(&cluster.url(&path)), Some(value(1000, number)));
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || function_calls(
+            &database,
+            "mkv_lock_reserve"
+        ) >= 5),
+        "the lock calls were reported"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(function_calls(&database, "mkv_lock_reserve"), 5);
+    assert_eq!(function_calls(&database, "mkv_commit_group"), 5, "one commit a PUT");
+    // A PUT cut short leaves its reserved record soft-deleted, as before;
+    // the next PUT of the key finds it and writes over it.
+    let mut cut = TcpStream::connect(("127.0.0.1", cluster.port())).unwrap();
+    cut.write_all(b"PUT /reserved/cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            request("GET", &cluster.url("/?unlinked"), None).body == br#"{"next":"","keys":["/reserved/cut"]}"#
+        }),
+        "the cut PUT's record is in"
+    );
+    drop(cut);
+    assert!(eventually(Duration::from_secs(10), || {
+        request("PUT", &cluster.url("/reserved/cut"), Some(b"whole")).status == 201
+    }));
+    assert_eq!(read_through(&cluster.url("/reserved/cut")), Some(b"whole".to_vec()));
 }
