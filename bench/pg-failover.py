@@ -681,12 +681,26 @@ def judge(tracked, observed):
     return ("wrong", "%d bytes match none of %s" % (len(data), allowed))
 
 
+# S3 keys a native GET found absent after a failed overwrite, and that an
+# S3 read (which settles an overwrite cut short, waiting out its 30 s
+# grace) then found holding an allowed value: native reads answer 404 until
+# the settling (ARCHITECTURE.md), S3 readers never do. Counted, not a loss.
+SETTLED_LATE = []
+
+
 def check_key(client, tracked):
     """Every key read through a master (a random one for the PUT writers'
     keys, both for the others, which must agree)."""
     masters = [random.choice(MASTERS)] if tracked.kind == "put" and not tracked.unknown else MASTERS
     verdicts = [judge(tracked, observe(client, master, tracked.key, tracked.size)) for master in masters]
     for verdict in verdicts:
+        if verdict and verdict[0] == "lost after a failed overwrite":
+            master = random.choice(MASTERS)
+            status, _, _, _ = client.request("HEAD", url(master, tracked.key), headers=S3_HEADERS)
+            if all(judge(tracked, observe(client, m, tracked.key, tracked.size)) is None for m in MASTERS):
+                SETTLED_LATE.append((tracked.key, status))
+                continue
+            return verdict
         if verdict:
             return verdict
     return None
@@ -791,6 +805,8 @@ def report(events, ledger, findings, locked):
           % (", ".join("%s %.2f" % item for item in sorted(slowest.items())), max([r[4] for r in reads] or [0]),
              BOUND_SECONDS, S3_BOUND_SECONDS, len(slow)))
     print("keys with two writers acknowledged: %d" % len(double))
+    print("S3 overwrites cut short that native reads found absent until an S3 read settled them: %d %s"
+          % (len(SETTLED_LATE), SETTLED_LATE[:5]))
     print("findings: %s" % (status_text(kinds) if kinds else "none (0 lost, 0 wrong bytes, 0 resurrected, "
                                                               "0 left locked)"))
     for tracked, (kind, detail) in (findings + locked)[:30]:
