@@ -217,15 +217,25 @@ pub async fn store_value<S: PieceSource>(
             // left to do under the lock, the first try also ends the key's
             // lease (`Store::commit_async`); a try after one whose outcome
             // is unknown does not, so that it still finds the lease it
-            // checks if the first did not land.
-            let mut first = stale.is_empty();
+            // checks if the first did not land. If the first did land, the
+            // lease is gone and the try fails its check: the record then
+            // says whether this write is live (it is this write's, which no
+            // one else writes: the new md5 under a live record).
+            let releasing = stale.is_empty();
+            let mut first = releasing;
             let (live, sealed, all) = (&record, &meta, &changes);
             settle(key, || {
                 let release = std::mem::take(&mut first);
                 async move {
-                    match release {
-                        true => app.store.commit_async(key, live, sealed, all).await,
-                        false => app.store.put_with_meta_async(key, live, sealed, all).await,
+                    if release {
+                        return app.store.commit_async(key, live, sealed, all).await;
+                    }
+                    match app.store.put_with_meta_async(key, live, sealed, all).await {
+                        Err(error) if releasing => match app.store.get_async(key).await {
+                            Ok(Some(found)) if found == *live => Ok(()),
+                            _ => Err(error),
+                        },
+                        result => result,
                     }
                 }
             })

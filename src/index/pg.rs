@@ -1507,7 +1507,13 @@ struct Lease {
     /// Holdings whose lease a commit removed (`Batch::releasing`), until
     /// their guard lets go (`Postgres::released`).
     released: Mutex<HashSet<LockToken>>,
+    /// Renewals so far (expired rows are removed every
+    /// `EXPIRED_SWEEP_EVERY`th).
+    renewals: AtomicU64,
 }
+
+/// Renewals between two removals of expired key leases (about 10 s).
+const EXPIRED_SWEEP_EVERY: u64 = 20;
 
 /// A key this master holds: its lease's row and deadline.
 struct HeldKey {
@@ -1544,6 +1550,7 @@ impl Lease {
             keys: Mutex::new(HashMap::new()),
             next_token: AtomicI64::new(1),
             released: Mutex::new(HashSet::new()),
+            renewals: AtomicU64::new(0),
         };
         lease.renew().map_err(|error| match error {
             RenewError::Held => LeaseError::Held,
@@ -1620,7 +1627,29 @@ impl Lease {
             *session = None;
             return Err(RenewError::Database(error));
         }
+        if self.renewals.fetch_add(1, Ordering::Relaxed) % EXPIRED_SWEEP_EVERY == 0 {
+            Self::remove_expired_keys(client);
+        }
         Ok(())
+    }
+
+    /// Remove key lease rows expired by more than the margin, whoever's:
+    /// such a row is taken over by the next `mkv_lock` of its key and fails
+    /// every commit's check as an absent one does, so removing it changes
+    /// nothing but the table's size (a master that died or lost the
+    /// database left them). Rows a commit in flight holds are skipped.
+    fn remove_expired_keys(client: &mut Client) {
+        let removed = client.execute(
+            &format!(
+                "DELETE FROM mkv_key_leases WHERE expires < now() - interval '{LEASE_MARGIN_MS} milliseconds' \
+                 AND lock_id IN (SELECT lock_id FROM mkv_key_leases \
+                     WHERE expires < now() - interval '{LEASE_MARGIN_MS} milliseconds' FOR UPDATE SKIP LOCKED)"
+            ),
+            &[],
+        );
+        if let Err(error) = removed {
+            eprintln!("cannot remove expired key leases: {}", describe(&error));
+        }
     }
 
     /// Push the expiry of every key lease this master holds, except those
