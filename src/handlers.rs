@@ -18,6 +18,7 @@ use crate::replication::{self, entry_path, ClientBody, GateError, ReplicationErr
 use crate::store::{self, KeyGuard, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
+use std::time::{Duration, Instant};
 
 /// Handle the request whose head is `head` and whose bytes start at
 /// `request_start` in the connection's input (the head is already consumed).
@@ -153,19 +154,40 @@ async fn get(
     if app.config.verify_get {
         return get_verified(app, connection, head, key, request_start).await;
     }
-    let outcome = match app.store.read(key, &mut connection.output, head.keep_alive)? {
+    let mut outcome = read(app, connection, head, key).await?;
+    if outcome == ReadOutcome::Missing && write::is_committing(key) {
+        // An S3 overwrite of the key is in its commit on this master: its
+        // record says neither value is live for that moment. Wait for the
+        // commit (one piece and one index write, each bounded) and read
+        // again, rather than answer 404 for a key that has a value.
+        if !write::wait_committed(key, Instant::now() + NATIVE_COMMIT_WAIT).await {
+            return Err(Error::Index(crate::index::IndexError::Unavailable(
+                "an overwrite of this key is in its commit".into(),
+            )));
+        }
+        outcome = read(app, connection, head, key).await?;
+    }
+    match outcome {
+        ReadOutcome::Redirected => Ok(302),
+        ReadOutcome::Unavailable => Err(Error::Unavailable),
+        ReadOutcome::Missing => missing(app, connection, head, request_start),
+    }
+}
+
+/// Longest wait of a native GET for an overwrite's commit on this master
+/// (`write::wait_committed`): past it, 503 with Retry-After.
+const NATIVE_COMMIT_WAIT: Duration = Duration::from_millis(crate::offload::INDEX_WAIT_MS_MAX + 1_000);
+
+/// Answer a GET of `key` from the cache or the index.
+async fn read(app: &App, connection: &mut Connection, head: &RequestHead, key: &[u8]) -> Result<ReadOutcome, Error> {
+    Ok(match app.store.read(key, &mut connection.output, head.keep_alive)? {
         Read::Done(outcome) => outcome,
         Read::Fetch(ticket) => {
             app.store
                 .fetch(key, ticket, &mut connection.output, head.keep_alive)
                 .await?
         }
-    };
-    match outcome {
-        ReadOutcome::Redirected => Ok(302),
-        ReadOutcome::Unavailable => Err(Error::Unavailable),
-        ReadOutcome::Missing => missing(app, connection, head, request_start),
-    }
+    })
 }
 
 /// A key the index lacks: 404, or a redirect to `-fallback`.

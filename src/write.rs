@@ -19,6 +19,7 @@ use crate::index::{Change, IndexError, KeyRead};
 use crate::meta::Meta;
 use crate::placement::{hex_lower, key2path, path_is_own};
 use crate::record::Record;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -339,6 +340,9 @@ impl Gate for Commit<'_> {
 /// (on this master): each replica switches from the old value to the new
 /// at a moment of its own until the record says which is live.
 static COMMITTING: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+/// How many keys `COMMITTING` holds: a read of a missing key (the native
+/// 404 path) asks no lock when none is committing.
+static COMMITTING_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// A key marked committing, unmarked on drop (whatever ends the write).
 struct Committing {
@@ -349,6 +353,7 @@ impl Committing {
     fn mark(key: &[u8]) -> Committing {
         let key: Box<[u8]> = key.into();
         lock_committing().push(key.clone());
+        COMMITTING_COUNT.fetch_add(1, Ordering::AcqRel);
         Committing { key }
     }
 }
@@ -358,6 +363,7 @@ impl Drop for Committing {
         let mut committing = lock_committing();
         if let Some(at) = committing.iter().position(|key| *key == self.key) {
             committing.swap_remove(at);
+            COMMITTING_COUNT.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -371,7 +377,24 @@ fn lock_committing() -> std::sync::MutexGuard<'static, Vec<Box<[u8]>>> {
 /// Whether `key`'s value is being switched to a new one right now: its
 /// replicas may hold either, and its record says neither is live.
 pub fn is_committing(key: &[u8]) -> bool {
+    if COMMITTING_COUNT.load(Ordering::Acquire) == 0 {
+        return false;
+    }
     lock_committing().iter().any(|committing| **committing == *key)
+}
+
+/// Wait until `key` is not being switched to a new value on this master
+/// (`Commit`), until `deadline`: false if it still is then.
+pub async fn wait_committed(key: &[u8], deadline: Instant) -> bool {
+    let mut pause = Duration::from_micros(200);
+    while is_committing(key) {
+        if Instant::now() + pause > deadline {
+            return false;
+        }
+        monoio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    true
 }
 
 /// Remove `key`'s value: the record goes `DELETED` first, then the copies,

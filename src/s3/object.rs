@@ -337,16 +337,10 @@ const COMMIT_WAIT: Duration = Duration::from_secs(40);
 
 /// Wait until `key` is not being switched to a new value (`write::Commit`).
 async fn wait_for_commit(key: &[u8]) -> Result<(), S3Error> {
-    let deadline = Instant::now() + COMMIT_WAIT;
-    let mut pause = Duration::from_micros(200);
-    while write::is_committing(key) {
-        if Instant::now() + pause > deadline {
-            return Err(S3Error::slow_down());
-        }
-        monoio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(10));
+    match write::wait_committed(key, Instant::now() + COMMIT_WAIT).await {
+        true => Ok(()),
+        false => Err(S3Error::slow_down()),
     }
-    Ok(())
 }
 
 /// The live record of `key`, whose record was read soft-deleted

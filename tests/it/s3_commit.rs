@@ -191,3 +191,34 @@ fn an_overwrite_cut_short_after_placement_moved_keeps_the_old_value_through_a_re
         reads_agree(&cluster, key, &old);
     }
 }
+
+/// A native GET of a key while an S3 overwrite of it is in its commit on
+/// the same master (its record `DELETED` for that moment: one volume holds
+/// up the new value's last bytes) waits for the commit and redirects to a
+/// value, rather than answer 404 for a key that has one.
+#[test]
+fn a_native_read_during_an_overwrites_commit_waits_for_it_rather_than_answer_404() {
+    let cluster = Cluster::start(3, &[]);
+    assert_eq!(s3_put(&cluster.url("/bkt"), b"").status, 200);
+    let (old, new) = (value(200_000, 7), value(200_000, 8));
+    assert_eq!(s3_put(&cluster.url("/bkt/k"), &old).status, 200);
+    cluster.volumes[1].signal(libc::SIGSTOP);
+    let writer = {
+        let (url, new) = (cluster.url("/bkt/k"), new.clone());
+        std::thread::spawn(move || s3_put(&url, &new).status)
+    };
+    // In its commit: the last piece sent, held up by the stopped volume.
+    std::thread::sleep(Duration::from_millis(1500));
+    let reader = {
+        let url = cluster.url("/bkt/k");
+        std::thread::spawn(move || crate::cluster::request("GET", &url, None))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.volumes[1].signal(libc::SIGCONT);
+    let read = reader.join().unwrap();
+    assert_eq!(read.status, 302, "the native read waited for the commit");
+    let fetched = fetch(read.header("location").unwrap());
+    assert!(fetched.body == new || fetched.body == old, "a whole value");
+    assert_eq!(writer.join().unwrap(), 200);
+    reads_agree(&cluster, "/bkt/k", &new);
+}
