@@ -155,16 +155,7 @@ async fn get(
         return get_verified(app, connection, head, key, request_start).await;
     }
     let mut outcome = read(app, connection, head, key).await?;
-    if outcome == ReadOutcome::Missing && write::is_committing(key) {
-        // An S3 overwrite of the key is in its commit on this master: its
-        // record says neither value is live for that moment. Wait for the
-        // commit (one piece and one index write, each bounded) and read
-        // again, rather than answer 404 for a key that has a value.
-        if !write::wait_committed(key, Instant::now() + NATIVE_COMMIT_WAIT).await {
-            return Err(Error::Index(crate::index::IndexError::Unavailable(
-                "an overwrite of this key is in its commit".into(),
-            )));
-        }
+    if outcome == ReadOutcome::Missing && committed(key).await? {
         outcome = read(app, connection, head, key).await?;
     }
     match outcome {
@@ -177,6 +168,23 @@ async fn get(
 /// Longest wait of a native GET for an overwrite's commit on this master
 /// (`write::wait_committed`): past it, 503 with Retry-After.
 const NATIVE_COMMIT_WAIT: Duration = Duration::from_millis(crate::offload::INDEX_WAIT_MS_MAX + 1_000);
+
+/// Whether `key`, read missing, was in an S3 overwrite's commit on this
+/// master (its record says neither value is live for that moment): then
+/// the commit (one piece and one index write, each bounded) is waited for
+/// and the key is to be read again, rather than answered 404 while it has
+/// a value. Past `NATIVE_COMMIT_WAIT`, 503.
+async fn committed(key: &[u8]) -> Result<bool, Error> {
+    if !write::is_committing(key) {
+        return Ok(false);
+    }
+    if !write::wait_committed(key, Instant::now() + NATIVE_COMMIT_WAIT).await {
+        return Err(Error::Index(crate::index::IndexError::Unavailable(
+            "an overwrite of this key is in its commit".into(),
+        )));
+    }
+    Ok(true)
+}
 
 /// Answer a GET of `key` from the cache or the index.
 async fn read(app: &App, connection: &mut Connection, head: &RequestHead, key: &[u8]) -> Result<ReadOutcome, Error> {
@@ -219,7 +227,11 @@ async fn get_verified(
     key: &[u8],
     request_start: usize,
 ) -> Result<u16, Error> {
-    let Some(record) = app.store.get_async(key).await?.filter(Record::is_live) else {
+    let mut record = app.store.get_async(key).await?.filter(Record::is_live);
+    if record.is_none() && committed(key).await? {
+        record = app.store.get_async(key).await?.filter(Record::is_live);
+    }
+    let Some(record) = record else {
         return missing(app, connection, head, request_start);
     };
     let path = key2path(key);
@@ -266,11 +278,10 @@ async fn put(app: &App, connection: &mut Connection, head: &RequestHead, key: &[
     let key = key.to_vec();
     // The lock, the key's record and journal entry, and a new key's
     // `DELETED` record in one index call (PostgreSQL: one round trip).
-    let reserve = write::reservation(app, &key);
     let entry_key = crate::journal::entry_key(&key);
     let (_guard, locked) = app
         .store
-        .try_lock_reading_async(&key, &entry_key, Some(&reserve))
+        .try_lock_reading_async(&key, &entry_key)
         .await?
         .ok_or(Error::Locked)?;
     let mut source = ClientBody {

@@ -22,7 +22,7 @@ use crate::coherence::Coherence;
 use crate::health::Volumes;
 use crate::http::{write_connection, write_status_line, KeepAlive};
 use crate::index::Event;
-use crate::index::{Change, Index, IndexError, KeyRead, LockToken};
+use crate::index::{Change, Index, IndexError, KeyRead, LockToken, WriteAs};
 use crate::locks::{KeyLocks, LocalGuard};
 use crate::meta::Meta;
 use crate::metrics::{self, CacheRead};
@@ -394,6 +394,15 @@ impl Drop for KeyGuard<'_> {
     }
 }
 
+/// A live (or soft-deleted) `record` of `key` with its `meta` and `more`
+/// changes, as one write's changes.
+fn with_meta<'c>(key: &'c [u8], record: &'c Record, meta: &'c Meta, more: &[Change<'c>]) -> Vec<Change<'c>> {
+    let mut changes = Vec::with_capacity(2 + more.len());
+    changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
+    changes.extend_from_slice(more);
+    changes
+}
+
 impl Store {
     /// A store over an open index.
     /// A store over an open index, whose cached records are served as
@@ -683,7 +692,8 @@ impl Store {
 
     /// `put`, awaited without blocking the reactor (`Index::apply_async`).
     pub async fn put_async(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
-        self.write(key, Some(record), &[Change::Record(key, record)]).await
+        self.write(key, Some(record), &[Change::Record(key, record)], WriteAs::ANNOUNCED)
+            .await
     }
 
     /// Write the live (or soft-deleted) `record` of `key` with its `meta`,
@@ -696,16 +706,14 @@ impl Store {
         meta: &Meta,
         more: &[Change<'_>],
     ) -> Result<(), IndexError> {
-        let mut changes = Vec::with_capacity(2 + more.len());
-        changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
-        changes.extend_from_slice(more);
-        self.write(key, Some(record), &changes).await
+        let changes = with_meta(key, record, meta, more);
+        self.write(key, Some(record), &changes, WriteAs::ANNOUNCED).await
     }
 
     /// `put_with_meta_async` as the last index write of a write under
     /// `key`'s lock: on PostgreSQL the commit also ends the key's lease
-    /// (`Index::apply_releasing_async`), so the guard's drop costs no round
-    /// trip. Nothing of `key` may be written after it under the same guard.
+    /// (`WriteAs::release`), so the guard's drop costs no round trip.
+    /// Nothing of `key` may be written after it under the same guard.
     pub async fn commit_async(
         &self,
         key: &[u8],
@@ -713,10 +721,9 @@ impl Store {
         meta: &Meta,
         more: &[Change<'_>],
     ) -> Result<(), IndexError> {
-        let mut changes = Vec::with_capacity(2 + more.len());
-        changes.extend([Change::Record(key, record), Change::Meta(key, meta)]);
-        changes.extend_from_slice(more);
-        self.write_as(key, Some(record), &changes, true, true).await
+        let changes = with_meta(key, record, meta, more);
+        self.write(key, Some(record), &changes, WriteAs::ANNOUNCED.releasing())
+            .await
     }
 
     /// Write `key`'s `record` and `more` changes in one atomic write; then
@@ -725,36 +732,38 @@ impl Store {
         let mut changes = Vec::with_capacity(1 + more.len());
         changes.push(Change::Record(key, record));
         changes.extend_from_slice(more);
-        self.write(key, Some(record), &changes).await
+        self.write(key, Some(record), &changes, WriteAs::ANNOUNCED).await
     }
 
     /// `put_async` of a record that no read can tell from the one it
     /// replaces: neither is live (a write's `DELETED` record over none or
     /// over a deleted one). Other masters are not notified
-    /// (`Index::apply_unannounced_async`).
+    /// (`WriteAs::announce`).
     pub async fn put_unannounced_async(&self, key: &[u8], record: &Record) -> Result<(), IndexError> {
         debug_assert!(!record.is_live());
-        self.write_announced(key, Some(record), &[Change::Record(key, record)], false)
+        self.write(key, Some(record), &[Change::Record(key, record)], WriteAs::UNANNOUNCED)
             .await
     }
 
     /// `remove_async` of a record that is not live: other masters are not
     /// notified (a missing key reads as a deleted one).
     pub async fn remove_unannounced_async(&self, key: &[u8]) -> Result<(), IndexError> {
-        self.write_announced(key, None, &[Change::Remove(key)], false).await
+        self.write(key, None, &[Change::Remove(key)], WriteAs::UNANNOUNCED)
+            .await
     }
 
     /// `remove_unannounced_async` as the last index write under `key`'s
     /// lock, ending its lease in the same commit (`commit_async`).
     pub async fn remove_releasing_async(&self, key: &[u8]) -> Result<(), IndexError> {
-        self.write_as(key, None, &[Change::Remove(key)], false, true).await
+        self.write(key, None, &[Change::Remove(key)], WriteAs::UNANNOUNCED.releasing())
+            .await
     }
 
     /// Remove `key`'s record: index first, then cache (forgotten rather than
     /// cached as gone: a removed key is rarely read again). Awaited without
     /// blocking the reactor.
     pub async fn remove_async(&self, key: &[u8]) -> Result<(), IndexError> {
-        self.write(key, None, &[Change::Remove(key)]).await
+        self.write(key, None, &[Change::Remove(key)], WriteAs::ANNOUNCED).await
     }
 
     /// Apply `changes` that no cached record reflects (S3 state), awaited
@@ -763,40 +772,17 @@ impl Store {
         self.index.apply_async(changes).await
     }
 
-    /// Apply `changes` to the index, then leave `key`'s `record` in the
-    /// cache (None: forget it).
-    async fn write(&self, key: &[u8], record: Option<&Record>, changes: &[Change<'_>]) -> Result<(), IndexError> {
-        self.write_announced(key, record, changes, true).await
-    }
-
-    /// `write`, notifying other masters of the change or not (`announce`).
-    async fn write_announced(
+    /// Apply `changes` to the index as `how` says, then leave `key`'s
+    /// `record` in the cache (None: forget it).
+    async fn write(
         &self,
         key: &[u8],
         record: Option<&Record>,
         changes: &[Change<'_>],
-        announce: bool,
-    ) -> Result<(), IndexError> {
-        self.write_as(key, record, changes, announce, false).await
-    }
-
-    /// `write_announced`, ending the key's lease in the same commit or not
-    /// (`release`: `commit_async`).
-    async fn write_as(
-        &self,
-        key: &[u8],
-        record: Option<&Record>,
-        changes: &[Change<'_>],
-        announce: bool,
-        release: bool,
+        how: WriteAs,
     ) -> Result<(), IndexError> {
         let started = Instant::now();
-        let applied = match (announce, release) {
-            (true, false) => self.index.apply_async(changes).await,
-            (false, false) => self.index.apply_unannounced_async(changes).await,
-            (_, true) => self.index.apply_releasing_async(changes, announce).await,
-        };
-        if let Err(error) = applied {
+        if let Err(error) = self.index.apply_async_as(changes, how).await {
             self.forget_after_failure(changes);
             return Err(error);
         }
@@ -829,19 +815,12 @@ impl Store {
             return Ok(None);
         };
         if self.index.postgres().is_none() {
-            return Ok(Some(KeyGuard {
-                shared: None,
-                _local: local,
-            }));
+            return Ok(Some(self.guard(key, local, None)));
         }
-        Ok(self.index.try_lock_key(key)?.map(|token| KeyGuard {
-            shared: Some(SharedLock {
-                index: &self.index,
-                key: key.into(),
-                token,
-            }),
-            _local: local,
-        }))
+        Ok(self
+            .index
+            .try_lock_key(key)?
+            .map(|token| self.guard(key, local, Some(token))))
     }
 
     /// `try_lock`, awaited without blocking the reactor (PostgreSQL: the
@@ -852,45 +831,40 @@ impl Store {
             return Ok(None);
         };
         if self.index.postgres().is_none() {
-            return Ok(Some(KeyGuard {
-                shared: None,
-                _local: local,
-            }));
+            return Ok(Some(self.guard(key, local, None)));
         }
-        Ok(self.index.try_lock_key_async(key).await?.map(|token| KeyGuard {
-            shared: Some(SharedLock {
-                index: &self.index,
-                key: key.into(),
-                token,
-            }),
-            _local: local,
-        }))
+        Ok(self
+            .index
+            .try_lock_key_async(key)
+            .await?
+            .map(|token| self.guard(key, local, Some(token))))
     }
 
-    /// `try_lock_async`, reading with the lock `key`'s record and the state
-    /// entry at `entry_key` and putting in `reserve` as the key's record
-    /// when it has neither (`Index::try_lock_key_reading_async`: on
-    /// PostgreSQL one round trip and one commit instead of three). The read
-    /// is None where the engine did not make it (RocksDB: the caller reads
-    /// as usual).
+    /// `try_lock_async` for a write of a value, reading with the lock
+    /// `key`'s record and the state entry at `entry_key` (its journal
+    /// entry), and putting in, when the key has neither, the `DELETED`
+    /// record naming the volumes placement chooses, which the write
+    /// protocol writes first (`Index::try_lock_key_reading_async`: on
+    /// PostgreSQL one round trip and one commit instead of three). The
+    /// read is None where the engine did not make it (RocksDB: the writer
+    /// reads as usual).
     pub async fn try_lock_reading_async(
         &self,
         key: &[u8],
         entry_key: &[u8],
-        reserve: Option<&Record>,
     ) -> Result<Option<(KeyGuard<'_>, Option<KeyRead>)>, IndexError> {
         let Some(local) = self.locks.try_lock(key) else {
             return Ok(None);
         };
         if self.index.postgres().is_none() {
-            let guard = KeyGuard {
-                shared: None,
-                _local: local,
-            };
-            return Ok(Some((guard, None)));
+            return Ok(Some((self.guard(key, local, None), None)));
         }
-        let locked = self.index.try_lock_key_reading_async(key, entry_key, reserve).await;
-        let locked = match locked {
+        let reserve = Record::new(self.placement.place(key), true, None);
+        let locked = match self
+            .index
+            .try_lock_key_reading_async(key, entry_key, Some(reserve))
+            .await
+        {
             Ok(locked) => locked,
             Err(error) => {
                 // A reserve may have landed: the key's cached answer is
@@ -900,19 +874,25 @@ impl Store {
             }
         };
         Ok(locked.map(|(token, read)| {
-            if let (Some(reserve), Some(KeyRead { reserved: true, .. })) = (reserve, &read) {
-                self.cache.put(key, self.answer(key, Some(reserve)));
+            if let Some(KeyRead { reserved: true, .. }) = &read {
+                // As a `DELETED` record written here would be: missing.
+                self.cache.put(key, Answer::Gone);
             }
-            let guard = KeyGuard {
-                shared: Some(SharedLock {
-                    index: &self.index,
-                    key: key.into(),
-                    token,
-                }),
-                _local: local,
-            };
-            (guard, read)
+            (self.guard(key, local, Some(token)), read)
         }))
+    }
+
+    /// The guard of `key`'s lock: `local` in this process and, on
+    /// PostgreSQL, the holding `token` of its lease.
+    fn guard<'a>(&'a self, key: &[u8], local: LocalGuard<'a>, token: Option<LockToken>) -> KeyGuard<'a> {
+        KeyGuard {
+            shared: token.map(|token| SharedLock {
+                index: &self.index,
+                key: key.into(),
+                token,
+            }),
+            _local: local,
+        }
     }
 
     /// Whether this master may still send bytes of `key`, whose lock it

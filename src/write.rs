@@ -57,9 +57,9 @@ pub struct Plan<'a> {
     /// More index changes made in the same atomic write as the live record
     /// (a completed multipart upload's state removed).
     pub changes: &'a [Change<'a>],
-    /// The key's record and journal entry, read with its lock
-    /// (`Store::try_lock_reading_async`, reserving `reservation`); None:
-    /// read here.
+    /// The key's record and journal entry, read with its lock (and its
+    /// `DELETED` record perhaps put in: `Store::try_lock_reading_async`);
+    /// None: read here.
     pub locked: Option<KeyRead>,
 }
 
@@ -78,13 +78,6 @@ impl<'a> Plan<'a> {
             locked: None,
         }
     }
-}
-
-/// The record a new value of `key` goes in with before any volume is
-/// touched: `DELETED`, naming the volumes placement chooses. A writer may
-/// reserve it with the key's lock (`Store::try_lock_reading_async`).
-pub fn reservation(app: &App, key: &[u8]) -> Record {
-    Record::new(app.store.placement().place(key), true, None)
 }
 
 /// A value written: its record is live.
@@ -153,7 +146,8 @@ pub async fn store_value<S: PieceSource>(
     // Over no record or a deleted one, reads answer as before: other
     // masters need not hear of it (their caches say missing or deleted).
     // A record reserved with the lock is this one: the key had none, and
-    // the reservation names what placement chooses (`reservation`).
+    // the reservation names what placement chooses
+    // (`Store::try_lock_reading_async`).
     let written = reserved && prior.is_none();
     if !written && !prior.as_ref().is_some_and(Record::is_live) && prior.as_ref() != Some(&committing_record) {
         app.store.put_unannounced_async(key, &committing_record).await?;

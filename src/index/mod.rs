@@ -27,6 +27,39 @@ mod rocks;
 
 pub use pg::{Event, KeyRead, LockToken};
 
+/// How an index write goes out besides its changes (`Index::apply_async_as`).
+#[derive(Clone, Copy, Debug)]
+pub struct WriteAs {
+    /// Other masters are notified (their caches' coherence). Changes no
+    /// read can tell from what they replace (a record that is not live over
+    /// one that is not live either, or none) need not be: PostgreSQL
+    /// serialises notifying commits cluster-wide (RELIABILITY.md, "the
+    /// cost of NOTIFY"), and a cache elsewhere that holds the key's former
+    /// answer (missing or soft-deleted) gives the same answer.
+    pub announce: bool,
+    /// The last index write of a write under a key lock (`KeyGuard`): the
+    /// commit also removes the leases of the keys it writes, so that
+    /// dropping the guard costs no round trip. Nothing of those keys may be
+    /// written after it under the same guard.
+    pub release: bool,
+}
+
+impl WriteAs {
+    pub const ANNOUNCED: WriteAs = WriteAs {
+        announce: true,
+        release: false,
+    };
+    pub const UNANNOUNCED: WriteAs = WriteAs {
+        announce: false,
+        release: false,
+    };
+
+    /// The same, ending the written keys' leases (`release`).
+    pub const fn releasing(self) -> WriteAs {
+        WriteAs { release: true, ..self }
+    }
+}
+
 /// Records per write batch when filling the index in bulk.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
 
@@ -196,54 +229,21 @@ impl Index {
     /// write waits on the network (PostgreSQL: `offload`); RocksDB's write
     /// is a WAL append and runs here.
     pub async fn apply_async(self: &Arc<Index>, changes: &[Change<'_>]) -> Result<(), IndexError> {
-        self.apply_async_announced(changes, true).await
+        self.apply_async_as(changes, WriteAs::ANNOUNCED).await
     }
 
-    /// `apply_async` of changes no read can tell from what they replace
-    /// (a record that is not live over one that is not live either, or
-    /// none): other masters are not notified of them (PostgreSQL: no
-    /// NOTIFY, whose commits are serialised cluster-wide; RELIABILITY.md,
-    /// "the cost of NOTIFY"). A cache elsewhere that holds the key's former
-    /// answer (missing or soft-deleted) gives the same answer.
-    pub async fn apply_unannounced_async(self: &Arc<Index>, changes: &[Change<'_>]) -> Result<(), IndexError> {
-        self.apply_async_announced(changes, false).await
-    }
-
-    /// `apply_async` as the last index write of a write under a key lock
-    /// (`KeyGuard`): on PostgreSQL the commit also removes the leases of the
-    /// keys it writes, so that dropping the guard costs no round trip.
-    /// Nothing of those keys may be written after it under the same guard.
-    pub async fn apply_releasing_async(
-        self: &Arc<Index>,
-        changes: &[Change<'_>],
-        announce: bool,
-    ) -> Result<(), IndexError> {
-        self.apply_async_as(changes, announce, true).await
-    }
-
-    async fn apply_async_announced(
-        self: &Arc<Index>,
-        changes: &[Change<'_>],
-        announce: bool,
-    ) -> Result<(), IndexError> {
-        self.apply_async_as(changes, announce, false).await
-    }
-
-    async fn apply_async_as(
-        self: &Arc<Index>,
-        changes: &[Change<'_>],
-        announce: bool,
-        release: bool,
-    ) -> Result<(), IndexError> {
+    /// `apply_async`, sent as `how` says (PostgreSQL; RocksDB has no other
+    /// master to tell and no lease to end).
+    pub async fn apply_async_as(self: &Arc<Index>, changes: &[Change<'_>], how: WriteAs) -> Result<(), IndexError> {
         validate(changes)?;
         match &**self {
             Index::Rocks(engine) => engine.apply(changes),
             Index::Postgres(engine) => {
                 let mut batch = engine.prepare(changes);
-                if !announce {
+                if !how.announce {
                     batch = batch.unannounced();
                 }
-                if release {
+                if how.release {
                     batch = batch.releasing();
                 }
                 let index = self.clone();
@@ -336,24 +336,27 @@ impl Index {
         if self.postgres().is_none() {
             return Ok(Some(0));
         }
-        let (call, undo) = self.lock_call(key);
-        crate::offload::block_within(call, undo).unwrap_or_else(|| Err(lock_not_answered()))
+        let (call, undo) = self.lock_call(key, plain_lock);
+        let granted = crate::offload::block_within(call, undo).unwrap_or_else(|| Err(lock_not_answered()));
+        Ok(granted?.map(|(token, ())| token))
     }
 
-    /// A lock call for the lock pool, and what undoes its grant when the
-    /// caller gave up waiting for it.
-    fn lock_call(
+    /// A lock call for the lock pool (`lock`, one of `pg::Postgres`'s key
+    /// locks, run with the key), and what undoes its grant when the caller
+    /// gave up waiting for it.
+    fn lock_call<T: Send + 'static>(
         self: &Arc<Index>,
         key: &[u8],
+        lock: impl FnOnce(&pg::Postgres, &[u8]) -> LockGrant<T> + Send + 'static,
     ) -> (
-        impl FnOnce() -> LockGrant + Send + 'static,
-        impl FnOnce(LockGrant) + Send + 'static,
+        impl FnOnce() -> LockGrant<T> + Send + 'static,
+        impl FnOnce(LockGrant<T>) + Send + 'static,
     ) {
         let (index, undone) = (self.clone(), self.clone());
         let (key, unlocked) = (key.to_vec(), key.to_vec());
-        let call = move || index.postgres().expect("a PostgreSQL index").try_lock_key(&key);
-        let undo = move |granted: LockGrant| {
-            if let Ok(Some(token)) = granted {
+        let call = move || lock(index.postgres().expect("a PostgreSQL index"), &key);
+        let undo = move |granted: LockGrant<T>| {
+            if let Ok(Some((token, _))) = granted {
                 undone
                     .postgres()
                     .expect("a PostgreSQL index")
@@ -368,10 +371,11 @@ impl Index {
         if self.postgres().is_none() {
             return Ok(Some(0));
         }
-        let (call, undo) = self.lock_call(key);
-        crate::offload::lock_within(call, undo)
+        let (call, undo) = self.lock_call(key, plain_lock);
+        let granted = crate::offload::lock_within(call, undo)
             .await
-            .unwrap_or_else(|| Err(lock_not_answered()))
+            .unwrap_or_else(|| Err(lock_not_answered()));
+        Ok(granted?.map(|(token, ())| token))
     }
 
     /// `try_lock_key_async`, reading with the lock (PostgreSQL: in the
@@ -379,35 +383,22 @@ impl Index {
     /// record and the state entry at `entry_key`, and putting in `reserve`
     /// as the key's record when it has neither. The read is None where the
     /// engine reads as usual instead (RocksDB: reads cost no round trip).
+    /// A grant its caller gave up waiting for is released; a reserved
+    /// record stays (a soft-deleted key, as a write refused before its
+    /// bytes leaves).
     pub async fn try_lock_key_reading_async(
         self: &Arc<Index>,
         key: &[u8],
         entry_key: &[u8],
-        reserve: Option<&Record>,
-    ) -> Result<Option<(LockToken, Option<KeyRead>)>, IndexError> {
+        reserve: Option<Record>,
+    ) -> LockGrant<Option<KeyRead>> {
         if self.postgres().is_none() {
             return Ok(Some((0, None)));
         }
-        let (index, undone) = (self.clone(), self.clone());
-        let (key, entry_key, unlocked) = (key.to_vec(), entry_key.to_vec(), key.to_vec());
-        let reserve = reserve.cloned();
-        let call = move || {
-            index
-                .postgres()
-                .expect("a PostgreSQL index")
-                .try_lock_key_reading(&key, &entry_key, reserve.as_ref())
-        };
-        // A grant its caller gave up waiting for is released (a reserved
-        // record stays: a soft-deleted key, as a write refused before its
-        // bytes leaves).
-        let undo = move |granted: Result<Option<(LockToken, Option<KeyRead>)>, IndexError>| {
-            if let Ok(Some((token, _))) = granted {
-                undone
-                    .postgres()
-                    .expect("a PostgreSQL index")
-                    .unlock_key(&unlocked, token);
-            }
-        };
+        let entry_key = entry_key.to_vec();
+        let (call, undo) = self.lock_call(key, move |engine, key| {
+            engine.try_lock_key_reading(key, &entry_key, reserve.as_ref())
+        });
         crate::offload::lock_within(call, undo)
             .await
             .unwrap_or_else(|| Err(lock_not_answered()))
@@ -444,9 +435,14 @@ impl Index {
     }
 }
 
-/// What a key-lock call answers: the holding's token, or None (held
-/// elsewhere).
-type LockGrant = Result<Option<LockToken>, IndexError>;
+/// What a key-lock call answers: the holding's token and what the call
+/// read with it, or None (held elsewhere).
+pub type LockGrant<T> = Result<Option<(LockToken, T)>, IndexError>;
+
+/// `pg::Postgres::try_lock_key` as a `lock_call`.
+fn plain_lock(engine: &pg::Postgres, key: &[u8]) -> LockGrant<()> {
+    Ok(engine.try_lock_key(key)?.map(|token| (token, ())))
+}
 
 /// An offloaded index call that did not answer within
 /// `offload::INDEX_WAIT_MS_MAX` (503 with Retry-After).
@@ -525,6 +521,21 @@ fn validate(changes: &[Change<'_>]) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// `key`'s stored record `bytes` decoded (a corrupt one is an error naming
+/// the key).
+fn decode_record(key: &[u8], bytes: Option<&[u8]>) -> Result<Option<Record>, IndexError> {
+    bytes
+        .map(|bytes| {
+            Record::decode(bytes).map_err(|error| IndexError::Corrupt {
+                key: key.to_vec(),
+                error,
+            })
+        })
+        .transpose()
+}
+
+/// `key`'s stored metadata `bytes` decoded (a corrupt one is an error
+/// naming the key).
 fn decode_meta(key: &[u8], bytes: Option<&[u8]>) -> Result<Option<Meta>, IndexError> {
     bytes
         .map(|bytes| {

@@ -52,7 +52,7 @@ use postgres::config::TargetSessionAttrs;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Config, NoTls, Statement};
 
-use super::{decode_meta, key_after, prefix_end, Change, IndexError, IndexOptions, Role};
+use super::{decode_meta, decode_record, key_after, prefix_end, Change, IndexError, IndexOptions, Role};
 use crate::meta::Meta;
 use crate::record::{Record, RecordError};
 
@@ -444,15 +444,13 @@ pub struct Batch {
     values: Vec<Vec<u8>>,
     lock_ids: Vec<i64>,
     lock_tokens: Vec<i64>,
-    /// The keys of `lock_ids`, in order.
-    lock_keys: Vec<Vec<u8>>,
     /// The commit removes the leases it checks (`releasing`).
     release: bool,
     payloads: Vec<String>,
 }
 
 impl Batch {
-    /// The same changes, notifying no one (`Index::apply_unannounced_async`).
+    /// The same changes, notifying no one (`WriteAs::announce`).
     pub fn unannounced(mut self) -> Batch {
         self.payloads.clear();
         self
@@ -758,13 +756,7 @@ impl Postgres {
     /// The record of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
         let row = self.read(|client, statements| Ok(client.query_opt(&statements.get, &[&key])?))?;
-        row.map(|row| {
-            Record::decode(row.get::<_, &[u8]>(0)).map_err(|error| IndexError::Corrupt {
-                key: key.to_vec(),
-                error,
-            })
-        })
-        .transpose()
+        decode_record(key, row.as_ref().map(|row| row.get::<_, &[u8]>(0)))
     }
 
     /// The record of `key` and the S3 state entry at `state_key`, in one
@@ -776,15 +768,7 @@ impl Postgres {
     ) -> Result<(Option<Record>, Option<Vec<u8>>), IndexError> {
         let row =
             self.read(|client, statements| Ok(client.query_one(&statements.get_with_state, &[&key, &state_key])?))?;
-        let record = row
-            .get::<_, Option<&[u8]>>(0)
-            .map(|bytes| {
-                Record::decode(bytes).map_err(|error| IndexError::Corrupt {
-                    key: key.to_vec(),
-                    error,
-                })
-            })
-            .transpose()?;
+        let record = decode_record(key, row.get::<_, Option<&[u8]>>(0))?;
         Ok((record, row.get::<_, Option<Vec<u8>>>(1)))
     }
 
@@ -815,12 +799,12 @@ impl Postgres {
                 changed.push(key);
             }
         }
-        let locked: Vec<(&[u8], i64, i64)> = match &self.lease {
+        let locked: Vec<(i64, i64)> = match &self.lease {
             Some(lease) => {
                 let keys = lock(&lease.keys);
                 changed
                     .iter()
-                    .filter_map(|key| keys.get(*key).map(|held| (*key, held.id, held.token)))
+                    .filter_map(|key| keys.get(*key).map(|held| (held.id, held.token)))
                     .collect()
             }
             None => Vec::new(),
@@ -829,9 +813,8 @@ impl Postgres {
             operations: Vec::with_capacity(changes.len()),
             keys: Vec::with_capacity(changes.len()),
             values: Vec::with_capacity(changes.len()),
-            lock_ids: locked.iter().map(|&(_, id, _)| id).collect(),
-            lock_tokens: locked.iter().map(|&(_, _, token)| token).collect(),
-            lock_keys: locked.iter().map(|&(key, _, _)| key.to_vec()).collect(),
+            lock_ids: locked.iter().map(|&(id, _)| id).collect(),
+            lock_tokens: locked.iter().map(|&(_, token)| token).collect(),
             release: false,
             payloads: notifications(&self.origin, &changed),
         };
@@ -862,27 +845,23 @@ impl Postgres {
     /// master's writes at one commit at a time; a group pays that once.
     /// Each batch's key leases are checked apart (`mkv_commit_group`): one
     /// whose lock was lost fails alone, as it would by itself.
-    pub fn apply_batch(&self, mut batch: Batch) -> Result<(), IndexError> {
-        let released: Vec<(Vec<u8>, LockToken)> = match batch.release {
-            true => std::mem::take(&mut batch.lock_keys)
-                .into_iter()
-                .zip(batch.lock_tokens.iter().copied())
-                .collect(),
+    pub fn apply_batch(&self, batch: Batch) -> Result<(), IndexError> {
+        let released: Vec<LockToken> = match batch.release {
+            true => batch.lock_tokens.clone(),
             false => Vec::new(),
         };
         let result = self.commit_in_group(batch);
-        if result.is_ok() && !released.is_empty() {
-            if let Some(lease) = &self.lease {
-                // The rows are gone: not renewed, not checked, not unlocked.
-                let mut keys = lock(&lease.keys);
-                let mut gone = lock(&lease.released);
-                for (key, token) in released {
-                    if keys.get(&key).is_some_and(|held| held.token == token) {
-                        keys.remove(&key);
-                        gone.insert(token);
-                    }
+        if let (Ok(()), Some(lease), false) = (&result, &self.lease, released.is_empty()) {
+            // The rows are gone: not renewed, not checked, not unlocked.
+            let mut keys = lock(&lease.keys);
+            let mut gone = lock(&lease.released);
+            keys.retain(|_, held| {
+                let ended = released.contains(&held.token);
+                if ended {
+                    gone.insert(held.token);
                 }
-            }
+                !ended
+            });
         }
         result
     }
@@ -1214,11 +1193,8 @@ impl Postgres {
         if self.lease.is_none() {
             return Ok(Some(0));
         }
-        let locked = self.lock_key_with(key, |client, statements, id, origin, token, lease_ms, margin_ms| {
-            let row = client.query_one(&statements.lock, &[&id, &origin, &token, &lease_ms, &margin_ms])?;
-            Ok((row.get::<_, bool>(0), ()))
-        })?;
-        Ok(locked.map(|(token, ())| token))
+        let locked = self.lock_key_with(key, |statements| &statements.lock, &[])?;
+        Ok(locked.map(|(token, _)| token))
     }
 
     /// `try_lock_key`, and in the same round trip and transaction (under
@@ -1230,42 +1206,27 @@ impl Postgres {
         key: &[u8],
         entry_key: &[u8],
         reserve: Option<&Record>,
-    ) -> Result<Option<(LockToken, Option<KeyRead>)>, IndexError> {
+    ) -> super::LockGrant<Option<KeyRead>> {
         if self.lease.is_none() {
             // An offline command holds the whole index: it reads as usual.
             return Ok(Some((0, None)));
         }
         let reserve = reserve.map(Record::encode);
-        let locked = self.lock_key_with(key, |client, statements, id, origin, token, lease_ms, margin_ms| {
-            let row = client.query_one(
-                &statements.lock_reserve,
-                &[&id, &origin, &token, &lease_ms, &margin_ms, &key, &entry_key, &reserve],
-            )?;
-            let read = (
-                row.get::<_, Option<Vec<u8>>>(1),
-                row.get::<_, Option<Vec<u8>>>(2),
-                row.get::<_, bool>(3),
-            );
-            Ok((row.get::<_, bool>(0), read))
-        })?;
-        let Some((token, (record, entry, reserved))) = locked else {
+        let locked = self.lock_key_with(
+            key,
+            |statements| &statements.lock_reserve,
+            &[&key, &entry_key, &reserve],
+        )?;
+        let Some((token, row)) = locked else {
             return Ok(None);
         };
-        let record = record
-            .map(|bytes| {
-                Record::decode(&bytes).map_err(|error| IndexError::Corrupt {
-                    key: key.to_vec(),
-                    error,
-                })
-            })
-            .transpose();
-        match record {
+        match decode_record(key, row.get::<_, Option<&[u8]>>(1)) {
             Ok(record) => Ok(Some((
                 token,
                 Some(KeyRead {
                     record,
-                    entry,
-                    reserved,
+                    entry: row.get(2),
+                    reserved: row.get(3),
                 }),
             ))),
             Err(error) => {
@@ -1275,14 +1236,16 @@ impl Postgres {
         }
     }
 
-    /// Take `key`'s lease with `query` (which says whether it was granted,
-    /// and what else it read), and hold it here when granted.
-    #[allow(clippy::type_complexity)]
-    fn lock_key_with<T>(
+    /// Take `key`'s lease with the lock statement `statement` picks (its
+    /// parameters: the lease's five, then `more`; its first column: whether
+    /// it was granted), and hold it here when granted; the statement's row
+    /// with the token.
+    fn lock_key_with(
         &self,
         key: &[u8],
-        mut query: impl FnMut(&mut Client, &Statements, i64, &str, i64, i32, i32) -> Result<(bool, T), postgres::Error>,
-    ) -> Result<Option<(LockToken, T)>, IndexError> {
+        statement: impl Fn(&Statements) -> &Statement,
+        more: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Option<(LockToken, postgres::Row)>, IndexError> {
         let Some(lease) = &self.lease else {
             unreachable!("callers answer for an offline command")
         };
@@ -1291,20 +1254,13 @@ impl Postgres {
         let sent = lease.start.elapsed();
         let lease_ms = KEY_LEASE_MS as i32;
         let margin_ms = LEASE_MARGIN_MS as i32;
+        let mut parameters: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            vec![&id, &lease.origin, &token, &lease_ms, &margin_ms];
+        parameters.extend_from_slice(more);
         // Tried once more on a new session if the first was dead: the same
         // token takes over a lease the first attempt may have written.
-        let (granted, read) = self.read(|client, statements| {
-            Ok(query(
-                client,
-                statements,
-                id,
-                &lease.origin,
-                token,
-                lease_ms,
-                margin_ms,
-            )?)
-        })?;
-        if !granted {
+        let row = self.read(|client, statements| Ok(client.query_one(statement(statements), &parameters)?))?;
+        if !row.get::<_, bool>(0) {
             return Ok(None);
         }
         let until_micros = (sent + Duration::from_millis(KEY_LEASE_MS)).as_micros() as u64;
@@ -1316,7 +1272,7 @@ impl Postgres {
                 until_micros,
             },
         );
-        Ok(Some((token, read)))
+        Ok(Some((token, row)))
     }
 
     /// Stop holding `key` under `token` here: no renewal, no check in a
@@ -1332,7 +1288,7 @@ impl Postgres {
     }
 
     /// Whether the holding `token` ended in a commit that removed its
-    /// lease (`Batch::releasing`): then nothing is left to unlock. Forgets
+    /// lease (`WriteAs::release`): then nothing is left to unlock. Forgets
     /// the holding either way.
     pub fn released(&self, token: LockToken) -> bool {
         self.lease
@@ -1504,7 +1460,7 @@ struct Lease {
     keys: Mutex<HashMap<Vec<u8>, HeldKey>>,
     /// The next key lease's token.
     next_token: AtomicI64,
-    /// Holdings whose lease a commit removed (`Batch::releasing`), until
+    /// Holdings whose lease a commit removed (`WriteAs::release`), until
     /// their guard lets go (`Postgres::released`).
     released: Mutex<HashSet<LockToken>>,
     /// Renewals so far (expired rows are removed every

@@ -14,7 +14,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
-use super::{decode_meta, key_after, prefix_end, Change, IndexError, IndexOptions};
+use super::{decode_meta, decode_record, key_after, prefix_end, Change, IndexError, IndexOptions};
 use crate::meta::Meta;
 use crate::record::{Record, RecordError};
 
@@ -100,13 +100,8 @@ impl Rocks {
 
     /// The record of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<Record>, IndexError> {
-        match self.db.get_pinned_opt(key, &self.read_options).map_err(io_error)? {
-            None => Ok(None),
-            Some(bytes) => Record::decode(&bytes).map(Some).map_err(|error| IndexError::Corrupt {
-                key: key.to_vec(),
-                error,
-            }),
-        }
+        let bytes = self.db.get_pinned_opt(key, &self.read_options).map_err(io_error)?;
+        decode_record(key, bytes.as_deref())
     }
 
     fn column(&self, name: &str) -> &ColumnFamily {

@@ -642,19 +642,10 @@ pub async fn get(
             write_head(connection, reply.status, &reply.headers, length, head.keep_alive);
             return Ok(Sent::status(reply.status));
         }
-        let opened = open_download(app, &key, &object.record, range, length).await;
-        // An overwrite may have switched the replica between the record's read
-        // and the copy's opening: the bytes opened are the record's only if the
-        // key was not committing and its record is unchanged once they are open
-        // (a replica switches only after the committing mark is set). A copy
-        // that did not open (its length already the new value's) is read
-        // again the same way.
-        let stable = !write::is_committing(&key) && app.store.get_async(&key).await?.as_ref() == Some(&object.record);
-        match opened {
-            Ok(download) if stable => break (reply, length, download),
-            Err(error) if stable => return Err(error),
-            _ if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
-            _ => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
+        match open_as_recorded(app, &key, &object.record, range, length).await? {
+            Some(download) => break (reply, length, download),
+            None if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
+            None => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
         }
     };
     write_head(connection, reply.status, &reply.headers, length, head.keep_alive);
@@ -893,8 +884,7 @@ pub struct CopySourceRead {
     /// The source's native key.
     pub native: Vec<u8>,
     pub object: Object,
-    /// The bytes to read of it, and how many.
-    pub range: Option<ByteRange>,
+    /// How many bytes of it are to be read (the span opened).
     pub length: u64,
     /// Open on a replica; None when `length` is 0.
     pub download: Option<Download>,
@@ -920,28 +910,45 @@ pub async fn open_copy_source(
             return Ok(CopySourceRead {
                 native,
                 object,
-                range,
                 length,
                 download: None,
             });
         }
-        let opened = open_download(app, &native, &object.record, range, length).await;
-        let stable =
-            !write::is_committing(&native) && app.store.get_async(&native).await?.as_ref() == Some(&object.record);
-        match opened {
-            Ok(download) if stable => {
+        match open_as_recorded(app, &native, &object.record, range, length).await? {
+            Some(download) => {
                 return Ok(CopySourceRead {
                     native,
                     object,
-                    range,
                     length,
                     download: Some(download),
                 })
             }
-            Err(error) if stable => return Err(error),
-            _ if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
-            _ => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
+            None if attempts >= READ_ATTEMPTS_MAX => return Err(S3Error::slow_down()),
+            None => monoio::time::sleep(Duration::from_millis(attempts as u64)).await,
         }
+    }
+}
+
+/// Open `length` bytes (`range`) of `key`'s value where `record` names it,
+/// if they are the record's value: an overwrite may switch the replica
+/// between the record's read and the opening, so the bytes opened count
+/// only if the key was not committing and its record is unchanged once
+/// they are open (a replica switches only after the committing mark is
+/// set). None: read the record again (so is a download that did not open
+/// if the key changed: its length may already be the new value's).
+async fn open_as_recorded(
+    app: &App,
+    key: &[u8],
+    record: &Record,
+    range: Option<ByteRange>,
+    length: u64,
+) -> Result<Option<Download>, S3Error> {
+    let opened = open_download(app, key, record, range, length).await;
+    let stable = !write::is_committing(key) && app.store.get_async(key).await?.as_ref() == Some(record);
+    match opened {
+        Ok(download) if stable => Ok(Some(download)),
+        Err(error) if stable => Err(error),
+        _ => Ok(None),
     }
 }
 

@@ -1221,6 +1221,30 @@ fn writes_committed_together_are_each_acknowledged_and_seen_by_the_other_master(
     }
 }
 
+/// A session on `database` acting as master `tester` (its lease live)
+/// that holds, with token 7, the key leases `leases` names: each a lock id
+/// and whether the lease is live (else expired a second ago).
+fn tester(database: &Database, leases: &[(i64, bool)]) -> postgres::Client {
+    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    client
+        .batch_execute("INSERT INTO mkv_masters VALUES ('tester', now() + interval '1 minute')")
+        .unwrap();
+    for &(id, live) in leases {
+        let expires = if live {
+            "now() + interval '1 minute'"
+        } else {
+            "now() - interval '1 second'"
+        };
+        client
+            .execute(
+                &format!("INSERT INTO mkv_key_leases VALUES ($1, 'tester', 7, {expires})"),
+                &[&id],
+            )
+            .unwrap();
+    }
+    client
+}
+
 /// The fence of a group commit (`mkv_apply_group`): a member whose key
 /// lease is not the writer's any more is skipped whole, the others apply.
 #[test]
@@ -1230,15 +1254,7 @@ fn a_group_commit_skips_only_the_member_whose_key_lease_was_lost() {
     };
     // A master makes the schema.
     let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
-    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
-    client
-        .batch_execute(
-            "INSERT INTO mkv_masters VALUES ('tester', now() + interval '1 minute');
-             INSERT INTO mkv_key_leases VALUES (1001, 'tester', 7, now() + interval '1 minute');
-             INSERT INTO mkv_key_leases VALUES (1002, 'tester', 7, now() - interval '1 second');
-             INSERT INTO mkv_key_leases VALUES (1003, 'tester', 7, now() + interval '1 minute');",
-        )
-        .unwrap();
+    let mut client = tester(&database, &[(1001, true), (1002, false), (1003, true)]);
     let keys: Vec<&[u8]> = vec![b"/fence/held", b"/fence/expired", b"/fence/stolen", b"/fence/held-too"];
     let values: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d"];
     let lost: Vec<i32> = client
@@ -1271,6 +1287,15 @@ fn a_group_commit_skips_only_the_member_whose_key_lease_was_lost() {
     drop(cluster);
 }
 
+/// Count calls of PL/pgSQL functions in `database`'s sessions from now on
+/// (`function_calls`).
+fn track_functions(database: &Database) {
+    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} SET track_functions = 'pl'", database.name))
+        .unwrap();
+}
+
 /// Calls of PL/pgSQL function `name` in `database` that its backends have
 /// reported (`track_functions`; backends report when idle, within about a
 /// second).
@@ -1291,10 +1316,7 @@ fn a_write_ends_its_key_lease_in_its_commit_with_no_unlock_after() {
     let Some(database) = database("release_in_commit") else {
         return;
     };
-    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("ALTER DATABASE {} SET track_functions = 'pl'", database.name))
-        .unwrap();
+    track_functions(&database);
     let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
     let second = Second::start(&cluster);
     let s3 = [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")];
@@ -1374,16 +1396,7 @@ fn a_group_commit_removes_the_leases_of_members_that_release_them_and_apply() {
         return;
     };
     let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
-    let mut client = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
-    client
-        .batch_execute(
-            "INSERT INTO mkv_masters VALUES ('tester', now() + interval '1 minute');
-             INSERT INTO mkv_key_leases VALUES (2001, 'tester', 7, now() + interval '1 minute');
-             INSERT INTO mkv_key_leases VALUES (2002, 'tester', 7, now() - interval '1 second');
-             INSERT INTO mkv_key_leases VALUES (2003, 'tester', 7, now() + interval '1 minute');
-             INSERT INTO mkv_key_leases VALUES (2004, 'tester', 7, now() + interval '1 minute');",
-        )
-        .unwrap();
+    let mut client = tester(&database, &[(2001, true), (2002, false), (2003, true), (2004, true)]);
     let keys: Vec<&[u8]> = vec![b"/release/a", b"/release/b", b"/release/c", b"/release/d"];
     let values: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d"];
     let lost: Vec<i32> = client
@@ -1426,10 +1439,7 @@ fn a_new_keys_put_takes_its_lock_its_record_and_its_reservation_in_one_call() {
     let Some(database) = database("lock_reserve") else {
         return;
     };
-    let mut admin = postgres::Client::connect(&database.admin, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("ALTER DATABASE {} SET track_functions = 'pl'", database.name))
-        .unwrap();
+    track_functions(&database);
     let cluster = Cluster::start_over(Some(database.url.clone()), 3, &[]);
     for number in 0..5 {
         let path = format!("/reserved/{number}");

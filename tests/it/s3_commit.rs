@@ -198,7 +198,18 @@ fn an_overwrite_cut_short_after_placement_moved_keeps_the_old_value_through_a_re
 /// value, rather than answer 404 for a key that has one.
 #[test]
 fn a_native_read_during_an_overwrites_commit_waits_for_it_rather_than_answer_404() {
-    let cluster = Cluster::start(3, &[]);
+    native_read_during_an_overwrites_commit(&[]);
+}
+
+/// The same with `--verify-get` (a GET that HEADs a replica before it
+/// redirects: its own read of the record).
+#[test]
+fn a_verified_native_read_during_an_overwrites_commit_waits_for_it_too() {
+    native_read_during_an_overwrites_commit(&["--verify-get"]);
+}
+
+fn native_read_during_an_overwrites_commit(flags: &[&str]) {
+    let cluster = Cluster::start(3, flags);
     assert_eq!(s3_put(&cluster.url("/bkt"), b"").status, 200);
     let (old, new) = (value(200_000, 7), value(200_000, 8));
     assert_eq!(s3_put(&cluster.url("/bkt/k"), &old).status, 200);
