@@ -433,7 +433,8 @@ fn a_shutdown_during_an_online_rebalance_ends_the_job_with_an_exit_code_and_no_s
     cluster.kill_master();
     // Records without files after the real keys: the walk is still failing
     // them one by one when the master is told to stop.
-    let seeded = cluster.run_command(&["--count", "20000", "--prefix", "/z/seeded-"], "seed");
+    // Enough that an idle machine is still walking them a second in.
+    let seeded = cluster.run_command(&["--count", "60000", "--prefix", "/z/seeded-"], "seed");
     assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
     for i in 3..5 {
         let dir = cluster.dir.path().join(format!("volume{i}"));
@@ -451,7 +452,7 @@ fn a_shutdown_during_an_online_rebalance_ends_the_job_with_an_exit_code_and_no_s
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     let master = cluster.master_process();
     unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
     let output = job.wait_with_output().unwrap();
