@@ -10,7 +10,20 @@ master's peak RSS (VmHWM) of the run.
     .venv-s3/bin/python bench/s3-put.py [SIZE_MB] [ROUNDS]
 
 The master is target/release/mkv, or $MKV_BIN (another build of it, for a
-before/after on the same machine and minute).
+before/after on the same machine and minute). $VOLUME_ROOT (default: the
+system's temporary directory) is where the volumes keep their files
+(/dev/shm takes this VM's disk out of the rows).
+
+Two kinds of row. The boto3 row is the whole client call: boto3 reads
+the file and computes its crc32 and (plain HTTP: the payload is signed)
+its SHA-256 before it sends a byte, on the same cores; the row also gives
+the part after the request was signed (botocore's before-send event to
+the answer). The curl rows send the same bytes with the same client as
+the native row, so that they differ from it only in what the master does:
+boto3's own request replayed (its headers as captured in the boto3 row:
+x-amz-content-sha256 the body's hash, x-amz-checksum-crc32), an
+aws-chunked body with a crc64nvme trailer (the framing built into a file
+before the timing), and a real x-amz-content-sha256 alone.
 
 Not a test: never run in CI.
 """
@@ -68,12 +81,13 @@ def main():
     size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     root = Path(tempfile.mkdtemp(prefix="mkv-s3-put-"))
+    volumes = Path(tempfile.mkdtemp(prefix="mkv-s3-put-volumes-", dir=os.environ.get("VOLUME_ROOT")))
     procs = []
     try:
         ports = [16101, 16102, 16103]
         for port in ports:
             env = dict(os.environ, PORT=str(port), BIND="127.0.0.1")
-            procs.append(subprocess.Popen([str(REPO / "volume"), str(root / f"v{port}")], env=env,
+            procs.append(subprocess.Popen([str(REPO / "volume"), str(volumes / f"v{port}")], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in ports:
             wait_port(port)
@@ -93,63 +107,61 @@ def main():
                           region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))
         s3.create_bucket(Bucket="bench")
 
+        def curl_put(url, file, headers=()):
+            command = ["curl", "-sS", "-o", "/dev/null", "-f", "-T", str(file)]
+            for header in headers:
+                command += ["-H", header]
+            subprocess.run(command + [url], check=True)
+
         def native(round_):
-            subprocess.run(["curl", "-sS", "-o", "/dev/null", "-f", "-T", str(path),
-                            f"{endpoint}/native{round_}"], check=True)
+            curl_put(f"{endpoint}/native{round_}", path)
+
+        captured = {}
+
+        def before_send(request, **_):
+            captured["headers"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()}
+            captured["sent"] = time.monotonic()
+
+        s3.meta.events.register("before-send.s3.PutObject", before_send)
+        after_signing = []
 
         def boto_default(round_):
             with open(path, "rb") as body:
                 s3.put_object(Bucket="bench", Key=f"crc32-{round_}", Body=body)
+            after_signing.append(time.monotonic() - captured["sent"])
+
+        def boto_replayed(round_):
+            skip = {"content-length", "expect", "user-agent", "host", "transfer-encoding"}
+            headers = [f"{k}: {v}" for k, v in captured["headers"].items() if k.lower() not in skip]
+            assert any(k.lower() == "x-amz-checksum-crc32" for k in captured["headers"]), captured["headers"]
+            curl_put(f"{endpoint}/bench/replayed-{round_}", path, headers)
 
         def sha256_payload(round_):
-            with open(path, "rb") as body:
-                conn = http.client.HTTPConnection("127.0.0.1", 16100)
-                conn.putrequest("PUT", f"/bench/sha-{round_}")
-                conn.putheader("x-amz-content-sha256", sha)
-                conn.putheader("Content-Length", str(len(data)))
-                conn.endheaders()
-                while piece := body.read(PIECE):
-                    conn.send(piece)
-                answer = conn.getresponse()
-                answer.read()
-                assert answer.status == 200, answer.status
+            curl_put(f"{endpoint}/bench/sha-{round_}", path, [f"x-amz-content-sha256: {sha}"])
 
-        def aws_chunked_crc64(round_):
-            import base64
+        import base64
 
-            trailer = f"x-amz-checksum-crc64nvme:{base64.b64encode(crc64).decode()}\r\n\r\n".encode()
-            pieces = []
+        encoded = root / "big.aws-chunked"
+        trailer = f"x-amz-checksum-crc64nvme:{base64.b64encode(crc64).decode()}\r\n\r\n".encode()
+        with open(encoded, "wb") as out:
             for at in range(0, len(data), 64 * 1024):
                 chunk = data[at:at + 64 * 1024]
-                pieces.append(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-            encoded_length = sum(len(p) for p in pieces) + len(b"0\r\n") + len(trailer)
-            conn = http.client.HTTPConnection("127.0.0.1", 16100)
-            conn.putrequest("PUT", f"/bench/crc64-{round_}")
-            conn.putheader("x-amz-content-sha256", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
-            conn.putheader("Content-Encoding", "aws-chunked")
-            conn.putheader("x-amz-trailer", "x-amz-checksum-crc64nvme")
-            conn.putheader("x-amz-decoded-content-length", str(len(data)))
-            conn.putheader("Content-Length", str(encoded_length))
-            conn.endheaders()
-            batch = []
-            for piece in pieces:
-                batch.append(piece)
-                if len(batch) == 16:
-                    conn.send(b"".join(batch))
-                    batch = []
-            conn.send(b"".join(batch) + b"0\r\n" + trailer)
-            answer = conn.getresponse()
-            answer.read()
-            assert answer.status == 200, answer.status
+                out.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            out.write(b"0\r\n" + trailer)
 
-        rows = {"native PUT (curl -T)": native, "S3 PUT, boto3 default (crc32 header)": boto_default,
-                "S3 PUT, aws-chunked + crc64nvme trailer": aws_chunked_crc64,
-                "S3 PUT, x-amz-content-sha256 a real hash": sha256_payload}
+        def aws_chunked_crc64(round_):
+            curl_put(f"{endpoint}/bench/crc64-{round_}", encoded, [
+                "x-amz-content-sha256: STREAMING-UNSIGNED-PAYLOAD-TRAILER", "Content-Encoding: aws-chunked",
+                "x-amz-trailer: x-amz-checksum-crc64nvme", f"x-amz-decoded-content-length: {len(data)}"])
+
+        rows = {"native PUT (curl -T)": native, "S3 PUT, boto3 default (crc32 header), whole call": boto_default,
+                "S3 PUT, boto3's request replayed by curl -T": boto_replayed,
+                "S3 PUT, aws-chunked + crc64nvme trailer (curl -T)": aws_chunked_crc64,
+                "S3 PUT, x-amz-content-sha256 a real hash (curl -T)": sha256_payload}
         # What each row wrote, deleted after it is timed: 3 GiB a row and
         # round would fill the disk otherwise.
-        written = {"native PUT (curl -T)": "/native{}", "S3 PUT, boto3 default (crc32 header)": "/bench/crc32-{}",
-                   "S3 PUT, aws-chunked + crc64nvme trailer": "/bench/crc64-{}",
-                   "S3 PUT, x-amz-content-sha256 a real hash": "/bench/sha-{}"}
+        written = dict(zip(rows, ["/native{}", "/bench/crc32-{}", "/bench/replayed-{}", "/bench/crc64-{}",
+                                  "/bench/sha-{}"]))
 
         def remove(path):
             conn = http.client.HTTPConnection("127.0.0.1", 16100)
@@ -172,6 +184,11 @@ def main():
             median = sorted(times[name])[rounds // 2]
             runs = " ".join(f"{t:.3f}" for t in times[name])
             print(f"| {name} | {median:.3f} | {runs} | {median / native_median:.2f} | {peaks[name]} |")
+            if rows[name] is boto_default:
+                median = sorted(after_signing)[rounds // 2]
+                runs = " ".join(f"{t:.3f}" for t in after_signing)
+                print(f"| of which after signing (before-send to answer) | {median:.3f} | {runs} "
+                      f"| {median / native_median:.2f} | |")
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -181,6 +198,7 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(volumes, ignore_errors=True)
 
 
 if __name__ == "__main__":
