@@ -111,6 +111,11 @@ pub const KEY_LEASE_LEFT_MIN_MS: u64 = 3_000;
 const _: () = assert!(LEASE_RENEW_MS * 3 <= LEASE_MS);
 const _: () = assert!(LEASE_RENEW_MS * 3 <= KEY_LEASE_LEFT_MIN_MS);
 const _: () = assert!(KEY_LEASE_LEFT_MIN_MS < KEY_LEASE_MS);
+/// The start of an offline command's lease row's name in `mkv_masters`
+/// (a master's is hex).
+const OFFLINE_PREFIX: &str = "offline:";
+/// The end of an offline command's fence row's name (`Lease::fence_row`).
+const FENCE_SUFFIX: &str = ":fence";
 /// Between attempts at the role lock.
 const ROLE_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// Advisory lock that serialises making the tables (`"mkv-tabl"`).
@@ -601,14 +606,14 @@ pub struct Postgres {
     origin: String,
     /// A serving master's lease on the index: no index call once it lapsed.
     lease: Option<Arc<Lease>>,
-    /// An offline command's session, holding the role lock exclusively for
-    /// the process's life.
-    _offline: Option<Mutex<Client>>,
+    /// An offline command's lease on the index (`Lease::take_offline`):
+    /// its writes check it as a master's check its lease.
+    offline: Option<Arc<Lease>>,
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Some(lease) = &self.lease {
+        if let Some(lease) = self.fence() {
             lease.end();
         }
     }
@@ -657,22 +662,23 @@ impl Postgres {
                     LeaseError::Held => IndexError::Locked(PathBuf::from(&name)),
                     LeaseError::Database(error) => open_error(error),
                 })?;
-                let lease = Arc::new(lease);
-                let kept = lease.clone();
-                std::thread::Builder::new()
-                    .name("mkv-lease".into())
-                    .spawn(move || kept.keep())
-                    .map_err(|error| IndexError::Open(PathBuf::from(&name), error.to_string()))?;
-                (Some(lease), None)
+                (Some(Arc::new(lease)), None)
             }
             Role::Offline => {
-                take_offline(&mut role).map_err(|error| match error {
+                let lease = Lease::take_offline(&config, &origin, role).map_err(|error| match error {
                     LeaseError::Held => IndexError::Locked(PathBuf::from(&name)),
                     LeaseError::Database(error) => open_error(error),
                 })?;
-                (None, Some(Mutex::new(role)))
+                (None, Some(Arc::new(lease)))
             }
         };
+        if let Some(lease) = lease.as_ref().or(offline.as_ref()) {
+            let kept = lease.clone();
+            std::thread::Builder::new()
+                .name("mkv-lease".into())
+                .spawn(move || kept.keep())
+                .map_err(|error| IndexError::Open(PathBuf::from(&name), error.to_string()))?;
+        }
         Ok(Postgres {
             config,
             name,
@@ -684,8 +690,14 @@ impl Postgres {
             follow_own: AtomicBool::new(false),
             origin,
             lease,
-            _offline: offline,
+            offline,
         })
+    }
+
+    /// The lease this process's writes are fenced by: a serving master's,
+    /// or an offline command's.
+    fn fence(&self) -> Option<&Arc<Lease>> {
+        self.lease.as_ref().or(self.offline.as_ref())
     }
 
     fn connect(&self) -> Result<Client, IndexError> {
@@ -919,7 +931,7 @@ impl Postgres {
             arrays.push(number as i32, &member.batch);
         }
         let lost = self.with_connection(|client, statements| {
-            let holder = self.lease.as_ref().map(|lease| lease.origin.as_str());
+            let holder = self.fence().map(|lease| lease.origin.as_str());
             let lease_ms = KEY_LEASE_MS as i32;
             let parameters: [&(dyn postgres::types::ToSql + Sync); 12] = [
                 &arrays.operations,
@@ -967,6 +979,7 @@ impl Postgres {
         let everything = format!("{}:*", self.origin);
         self.with_connection(|client, statements| {
             let mut transaction = client.transaction()?;
+            self.fence_in(&mut transaction)?;
             transaction.execute(
                 "INSERT INTO mkv_records (key, record) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
                  ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record",
@@ -976,6 +989,27 @@ impl Postgres {
             transaction.commit()?;
             Ok(())
         })
+    }
+
+    /// Check in `transaction` that this process's lease is live (an
+    /// offline command's: holding its fence row shared to the commit, so a
+    /// master's renewal that would find the lease lapsed waits for the
+    /// commit): a bulk write of an offline command whose lease lapsed (its
+    /// sessions died, and a master may have started since) fails rather
+    /// than commits, as `mkv_commit_group` does.
+    fn fence_in(&self, transaction: &mut postgres::Transaction<'_>) -> Result<(), Failure> {
+        let Some(lease) = self.fence() else { return Ok(()) };
+        if let Some(fence_row) = &lease.fence_row {
+            transaction.execute("SELECT 1 FROM mkv_masters WHERE origin = $1 FOR SHARE", &[fence_row])?;
+        }
+        let held = transaction.query_opt(
+            "SELECT 1 FROM mkv_masters WHERE origin = $1 AND expires > now()",
+            &[&lease.origin],
+        )?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(Failure::LeaseLapsed),
+        }
     }
 
     /// Refresh the planner's statistics after a bulk load.
@@ -990,6 +1024,7 @@ impl Postgres {
         let everything = format!("{}:*", self.origin);
         self.with_connection(|client, statements| {
             let mut transaction = client.transaction()?;
+            self.fence_in(&mut transaction)?;
             transaction.execute("DELETE FROM mkv_meta", &[])?;
             let removed = transaction.execute("DELETE FROM mkv_records", &[])?;
             transaction.execute(&statements.notify, &[&CHANNEL, &everything])?;
@@ -1102,9 +1137,10 @@ impl Postgres {
         }
     }
 
-    /// Fails once this master's lease lapsed (a serving master only).
+    /// Fails once this process's lease lapsed (a serving master's or an
+    /// offline command's).
     fn check_lease(&self) -> Result<(), IndexError> {
-        match &self.lease {
+        match self.fence() {
             Some(lease) if !lease.valid() => Err(self.lapsed()),
             _ => Ok(()),
         }
@@ -1448,7 +1484,16 @@ impl From<postgres::Error> for LeaseError {
 /// the index under it, whichever sessions died.
 struct Lease {
     config: Config,
+    /// Its row's name: the master's origin, or `offline:` and the
+    /// command's.
     origin: String,
+    /// An offline command's: renewed only while live, never taken again.
+    offline: bool,
+    /// An offline command's second row (`fence_in`), never live itself:
+    /// its bulk writes hold it shared to their commit, and a master's
+    /// renewal takes it exclusively before it looks at the lease row, so
+    /// it waits for such a write and sees the row as that write left it.
+    fence_row: Option<String>,
     /// The session holding the role lock shared; None once it failed.
     session: Mutex<Option<Client>>,
     start: Instant,
@@ -1499,6 +1544,8 @@ impl Lease {
         let lease = Lease {
             config: config.clone(),
             origin: origin.to_string(),
+            offline: false,
+            fence_row: None,
             session: Mutex::new(Some(session)),
             start: Instant::now(),
             until_micros: AtomicU64::new(0),
@@ -1552,6 +1599,9 @@ impl Lease {
     /// lost, then push the row's expiry. The local deadline counts from
     /// before the statement was sent, so it ends no later than the row's.
     fn renew(&self) -> Result<(), RenewError> {
+        if self.offline {
+            return self.renew_offline();
+        }
         let mut session = lock(&self.session);
         if session.as_ref().is_none_or(Client::is_closed) {
             *session = None;
@@ -1566,16 +1616,18 @@ impl Lease {
         }
         let client = session.as_mut().expect("connected above");
         let sent = self.start.elapsed();
-        let renewed = client.execute(
-            &format!(
-                "INSERT INTO mkv_masters VALUES ($1, now() + interval '{LEASE_MS} milliseconds') \
-                 ON CONFLICT (origin) DO UPDATE SET expires = EXCLUDED.expires"
-            ),
-            &[&self.origin],
-        );
-        if let Err(error) = renewed {
-            *session = None;
-            return Err(RenewError::Database(error));
+        // Not while an offline command's lease is live: its session (and
+        // so its exclusive role lock) may have died while it runs on. A
+        // bulk write of it in flight holds its row (`fence_in`): this
+        // waits for that commit, then sees the row as it is.
+        let renewed = Self::renew_beside_offline(client, &self.origin);
+        match renewed {
+            Ok(0) => return Err(RenewError::Held),
+            Ok(_) => {}
+            Err(error) => {
+                *session = None;
+                return Err(RenewError::Database(error));
+            }
         }
         let until = sent + Duration::from_millis(LEASE_MS);
         self.until_micros.fetch_max(until.as_micros() as u64, Ordering::AcqRel);
@@ -1587,6 +1639,130 @@ impl Lease {
             Self::remove_expired_keys(client);
         }
         Ok(())
+    }
+
+    /// A master's row pushed on, unless an offline command's lease is live:
+    /// the offline commands' fence rows first (waiting for their bulk
+    /// writes in flight), then, in a statement of its own (a snapshot taken
+    /// after that wait), the insert. How many rows it wrote: 0 when refused.
+    fn renew_beside_offline(client: &mut Client, origin: &str) -> Result<u64, postgres::Error> {
+        let mut transaction = client.transaction()?;
+        transaction.execute(
+            &format!("SELECT 1 FROM mkv_masters WHERE origin LIKE '{OFFLINE_PREFIX}%{FENCE_SUFFIX}' FOR UPDATE"),
+            &[],
+        )?;
+        let renewed = transaction.execute(
+            &format!(
+                "INSERT INTO mkv_masters SELECT $1, now() + interval '{LEASE_MS} milliseconds' \
+                     WHERE NOT EXISTS (SELECT 1 FROM mkv_masters WHERE origin LIKE '{OFFLINE_PREFIX}%' \
+                         AND expires > now() - interval '{LEASE_MARGIN_MS} milliseconds') \
+                 ON CONFLICT (origin) DO UPDATE SET expires = EXCLUDED.expires"
+            ),
+            &[&origin],
+        )?;
+        transaction.commit()?;
+        Ok(renewed)
+    }
+
+    /// An offline command's renewal: its row pushed on while it is live,
+    /// from any session (the one holding the role lock may be gone; the
+    /// row keeps masters out meanwhile). A row that lapsed is not taken
+    /// again: a master may have started since, so the command's writes
+    /// fail from then on.
+    fn renew_offline(&self) -> Result<(), RenewError> {
+        let mut session = lock(&self.session);
+        if session.as_ref().is_none_or(Client::is_closed) {
+            *session = None;
+            *session = Some(self.config.connect(NoTls)?);
+        }
+        let client = session.as_mut().expect("connected above");
+        let sent = self.start.elapsed();
+        let renewed = client.execute(
+            &format!(
+                "UPDATE mkv_masters SET expires = now() + interval '{LEASE_MS} milliseconds' \
+                 WHERE origin = $1 AND expires > now()"
+            ),
+            &[&self.origin],
+        );
+        match renewed {
+            Ok(0) => {
+                self.ended.store(true, Ordering::Release);
+                self.until_micros.store(0, Ordering::Release);
+                eprintln!("this offline command's lease on the index lapsed: it cannot write any more");
+                Err(RenewError::Held)
+            }
+            Ok(_) => {
+                let until = sent + Duration::from_millis(LEASE_MS);
+                self.until_micros.fetch_max(until.as_micros() as u64, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(error) => {
+                *session = None;
+                Err(RenewError::Database(error))
+            }
+        }
+    }
+
+    /// Take the role lock exclusively on `session` for an offline command,
+    /// once no lease is live (a master whose sessions died may still serve
+    /// until its lease lapses, and cannot renew it while the lock is held
+    /// here), and the command's own lease, a row of `mkv_masters` named
+    /// `offline:` and `origin` that masters' renewals refuse to start
+    /// beside while it is live, whatever became of this session. Waits up
+    /// to `OFFLINE_WAIT` (a master killed leaves its lease to lapse).
+    fn take_offline(config: &Config, origin: &str, mut session: Client) -> Result<Lease, LeaseError> {
+        let deadline = Instant::now() + OFFLINE_WAIT;
+        let live = format!(
+            "SELECT count(*) FROM mkv_masters WHERE expires > now() - interval '{LEASE_MARGIN_MS} milliseconds'"
+        );
+        let name = format!("{OFFLINE_PREFIX}{origin}");
+        let fence_row = format!("{name}{FENCE_SUFFIX}");
+        let start = Instant::now();
+        loop {
+            let locked: bool = session
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])?
+                .get(0);
+            if locked {
+                let serving: i64 = session.query_one(&live, &[])?.get(0);
+                if serving == 0 {
+                    let sent = start.elapsed();
+                    // Every row left is lapsed (masters and commands gone):
+                    // cleared, so that killed commands' rows do not pile up.
+                    session.batch_execute(&format!(
+                        "DELETE FROM mkv_masters WHERE expires < now() - interval '{LEASE_MARGIN_MS} milliseconds'"
+                    ))?;
+                    session.execute(
+                        &format!(
+                            "INSERT INTO mkv_masters VALUES ($1, now() + interval '{LEASE_MS} milliseconds'), \
+                                 ($2, '-infinity') \
+                             ON CONFLICT (origin) DO UPDATE SET expires = EXCLUDED.expires"
+                        ),
+                        &[&name, &fence_row],
+                    )?;
+                    let until = sent + Duration::from_millis(LEASE_MS);
+                    return Ok(Lease {
+                        config: config.clone(),
+                        origin: name,
+                        offline: true,
+                        fence_row: Some(fence_row),
+                        session: Mutex::new(Some(session)),
+                        start,
+                        until_micros: AtomicU64::new(until.as_micros() as u64),
+                        ended: AtomicBool::new(false),
+                        keys: Mutex::new(HashMap::new()),
+                        next_token: AtomicI64::new(1),
+                        released: Mutex::new(HashSet::new()),
+                        renewals: AtomicU64::new(0),
+                    });
+                }
+                // Let the serving masters renew; they serve.
+                session.query_one("SELECT pg_advisory_unlock($1)", &[&ROLE_LOCK])?;
+            }
+            if Instant::now() >= deadline {
+                return Err(LeaseError::Held);
+            }
+            std::thread::sleep(ROLE_RETRY_DELAY);
+        }
     }
 
     /// Remove key lease rows expired by more than the margin, whoever's:
@@ -1642,8 +1818,17 @@ impl Lease {
         self.ended.store(true, Ordering::Release);
         self.until_micros.store(0, Ordering::Release);
         let mut session = lock(&self.session);
+        // An offline command's row keeps masters out until it lapses: gone
+        // now, from a new session if the one it had died.
+        if self.offline && session.as_ref().is_none_or(Client::is_closed) {
+            *session = self.config.connect(NoTls).ok();
+        }
         if let Some(client) = session.as_mut() {
-            let _ = client.execute("DELETE FROM mkv_masters WHERE origin = $1", &[&self.origin]);
+            let fence_row = self.fence_row.as_deref().unwrap_or_default();
+            let _ = client.execute(
+                "DELETE FROM mkv_masters WHERE origin = $1 OR origin = $2",
+                &[&self.origin, &fence_row],
+            );
         }
         // The session's end releases the role lock (the renewing thread,
         // which shares this lease, may sleep a while yet).
@@ -1661,33 +1846,6 @@ enum RenewError {
 impl From<postgres::Error> for RenewError {
     fn from(error: postgres::Error) -> Self {
         RenewError::Database(error)
-    }
-}
-
-/// Take the role lock exclusively on `session` for an offline command, once
-/// no master's lease is live: a master whose sessions died may still serve
-/// until its lease lapses, and cannot renew it while the lock is held here.
-/// Waits up to `OFFLINE_WAIT` (a master killed leaves its lease to lapse).
-fn take_offline(session: &mut Client) -> Result<(), LeaseError> {
-    let deadline = Instant::now() + OFFLINE_WAIT;
-    let live =
-        format!("SELECT count(*) FROM mkv_masters WHERE expires > now() - interval '{LEASE_MARGIN_MS} milliseconds'");
-    loop {
-        let locked: bool = session
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLE_LOCK])?
-            .get(0);
-        if locked {
-            let serving: i64 = session.query_one(&live, &[])?.get(0);
-            if serving == 0 {
-                return Ok(());
-            }
-            // Let the serving masters renew; they serve.
-            session.query_one("SELECT pg_advisory_unlock($1)", &[&ROLE_LOCK])?;
-        }
-        if Instant::now() >= deadline {
-            return Err(LeaseError::Held);
-        }
-        std::thread::sleep(ROLE_RETRY_DELAY);
     }
 }
 

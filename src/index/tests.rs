@@ -365,6 +365,60 @@ fn an_offline_command_is_refused_while_a_master_serves() {
     drop(offline);
 }
 
+/// Found by review: an offline command held the index by its session's
+/// role lock alone, and wrote on other sessions; once that session died
+/// (terminated, or ended by `idle_session_timeout`), a master started and
+/// served beside a rebuild that ran on and exited 0.
+#[test]
+fn an_offline_command_whose_sessions_died_keeps_masters_out_while_its_lease_lives() {
+    let Some(url) = postgres_url() else { return };
+    let (mut admin, database) = own_database(&url, "offline_fence");
+    let url = database_url(&url, &database);
+    let offline = Index::open(Path::new(&url), &options(Role::Offline)).unwrap();
+    let value = live("v");
+    offline.put_batch([(&b"/a"[..], &value)]).unwrap();
+    let ended = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&database],
+        )
+        .unwrap();
+    assert!(ended >= 1, "the command's sessions ended: {ended}");
+    let serving = Index::open(Path::new(&url), &options(Role::Serve));
+    assert!(
+        matches!(serving, Err(IndexError::Locked(_))),
+        "a master starts beside the command: {:?}",
+        serving.err()
+    );
+    // The command goes on writing, on new sessions (the first write finds
+    // its pooled session dead), and keeps its lease past the lease's length.
+    let _ = offline.put_batch([(&b"/b"[..], &value)]);
+    offline.put_batch([(&b"/b"[..], &value)]).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    offline.put_batch([(&b"/c"[..], &value)]).unwrap();
+    let serving = Index::open(Path::new(&url), &options(Role::Serve));
+    assert!(
+        matches!(serving, Err(IndexError::Locked(_))),
+        "a master starts beside the command: {:?}",
+        serving.err()
+    );
+    // Its lease gone (as when its renewals failed past it): its writes
+    // fail, and then a master may start.
+    let mut session = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    session
+        .execute("DELETE FROM mkv_masters WHERE origin LIKE 'offline:%' AND origin NOT LIKE '%:fence'", &[])
+        .unwrap();
+    assert!(offline.put_batch([(&b"/d"[..], &value)]).is_err());
+    assert!(offline.clear().is_err());
+    let serving = Index::open(Path::new(&url), &options(Role::Serve)).unwrap();
+    assert_eq!(serving.get(b"/c").unwrap(), Some(value));
+    assert_eq!(serving.get(b"/d").unwrap(), None);
+    drop((serving, offline));
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .unwrap();
+}
+
 #[test]
 fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     let Some(url) = postgres_url() else { return };
