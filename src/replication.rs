@@ -186,6 +186,61 @@ pub trait Gate {
     fn may_send(&self) -> bool {
         true
     }
+    /// Whether `may_send` can turn false while bytes are on their way (a
+    /// key lease that may lapse: PostgreSQL); then the write also watches
+    /// it while a piece goes out and while it waits for the volumes'
+    /// verdicts, and resets every upload once it turns false.
+    fn fenced(&self) -> bool {
+        false
+    }
+}
+
+/// How often a fenced write (`Gate::fenced`) asks, while a piece goes out
+/// or the volumes' verdicts are awaited, whether it still holds its key:
+/// well inside what is left of a lease when `may_send` turns false
+/// (`index::pg::KEY_LEASE_LEFT_MIN_MS`, 3 s).
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
+/// Resolves once `gate` can no longer prove its key is held; never for a
+/// gate that is not fenced.
+async fn lease_lost<G: Gate>(gate: &G) {
+    if !gate.fenced() {
+        return std::future::pending().await;
+    }
+    while gate.may_send() {
+        monoio::time::sleep(LEASE_POLL).await;
+    }
+}
+
+/// A write whose key's lease can no longer be proven while its bytes were
+/// on their way: every upload is dropped at once, each connection reset
+/// (`volume::Upload`'s connections drop what they had not sent yet), so no
+/// byte of it reaches a volume after another master may have taken the
+/// key. What each volume holds is unknown (a body its kernel had taken
+/// whole is stored).
+fn cut_off(uploads: Vec<Option<Upload>>) -> Failed {
+    crate::metrics::count_replica_failure(false);
+    let settled = uploads
+        .iter()
+        .map(|upload| match upload {
+            Some(_) => Settled::Unknown,
+            None => Settled::NotTaken,
+        })
+        .collect();
+    drop(uploads);
+    Failed {
+        error: ReplicationError::Gate(GateError::LockLost),
+        settled,
+    }
+}
+
+/// `cut_off` for uploads dropped while they began or finished.
+fn lease_lost_failure(uploads: usize) -> Failed {
+    crate::metrics::count_replica_failure(false);
+    Failed {
+        error: ReplicationError::Gate(GateError::LockLost),
+        settled: vec![Settled::Unknown; uploads],
+    }
 }
 
 /// A write with nothing to do before its last bytes (a multipart part).
@@ -330,9 +385,16 @@ pub async fn replicate<S: PieceSource, G: Gate>(
             .await
         }
     });
+    let begun = monoio::select! {
+        begun = join_all(begins) => Some(begun),
+        () = lease_lost(&*gate) => None,
+    };
+    let Some(begun) = begun else {
+        return Err(lease_lost_failure(entries.len()));
+    };
     let mut uploads = Vec::with_capacity(entries.len());
     let mut failure = None;
-    for begun in join_all(begins).await {
+    for begun in begun {
         match begun {
             Ok(upload) => uploads.push(Some(upload)),
             Err(error) => {
@@ -351,7 +413,13 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         if !gate.may_send() {
             return Err(abandon(uploads, ReplicationError::Gate(GateError::LockLost)).await);
         }
-        let (sent, next) = monoio::join!(send_all(&mut uploads, piece.take()), source.next_piece(PIECE_BYTES));
+        let sending = monoio::select! {
+            both = async { monoio::join!(send_all(&mut uploads, piece.take()), source.next_piece(PIECE_BYTES)) } => Some(both),
+            () = lease_lost(&*gate) => None,
+        };
+        let Some((sent, next)) = sending else {
+            return Err(cut_off(uploads));
+        };
         if let Err(error) = sent {
             return Err(abandon(uploads, ReplicationError::Volume(error)).await);
         }
@@ -393,9 +461,17 @@ pub async fn replicate<S: PieceSource, G: Gate>(
     let finishes = uploads
         .into_iter()
         .map(|upload| upload.expect("every upload is live until one fails").finish_settled());
+    // Dropped unfinished, the uploads reset their connections.
+    let finished = monoio::select! {
+        finished = join_all(finishes) => Some(finished),
+        () = lease_lost(&*gate) => None,
+    };
+    let Some(finished) = finished else {
+        return Err(lease_lost_failure(entries.len()));
+    };
     let mut settled = Vec::with_capacity(entries.len());
     let mut failure = None;
-    for (outcome, result) in join_all(finishes).await {
+    for (outcome, result) in finished {
         settled.push(outcome);
         if let Err(error) = result {
             failure.get_or_insert(error);

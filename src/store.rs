@@ -906,6 +906,12 @@ impl Store {
     pub fn still_held(&self, key: &[u8]) -> bool {
         self.index.still_held(key)
     }
+
+    /// Whether a key's hold can lapse while its write runs (PostgreSQL's
+    /// key leases; RocksDB's keys are this process's alone).
+    pub fn fenced(&self) -> bool {
+        self.index.postgres().is_some()
+    }
 }
 
 #[cfg(test)]

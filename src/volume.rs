@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -401,6 +402,13 @@ impl Connection {
         }
     }
 
+    /// This connection, made to reset rather than close gracefully when it
+    /// is dropped (an upload's, until the volume's verdict is read).
+    fn resetting(self) -> Connection {
+        reset_on_close(&self.stream, true);
+        self
+    }
+
     /// Give the connection back to this reactor's pool if it can be reused.
     pub fn release(self) {
         if !self.reusable || self.start != self.buffer.len() {
@@ -419,6 +427,36 @@ impl Connection {
                 });
             }
         });
+    }
+}
+
+/// Make closing `stream` send a reset and drop what it has not sent yet
+/// (`SO_LINGER` 0), or close gracefully again. An upload dropped before
+/// its verdict (a failure, or a write that stopped because its key's lease
+/// can no longer be proven) must not have the kernel go on delivering its
+/// queued bytes after the master let go, as a graceful close would: those
+/// may be the body's last bytes, whose arrival makes nginx store the file,
+/// after another master took the key. Bytes the volume's kernel already
+/// acknowledged are beyond recall (ARCHITECTURE.md, "Key locks: leases
+/// that fence").
+fn reset_on_close(stream: &TcpStream, on: bool) {
+    let linger = libc::linger {
+        l_onoff: i32::from(on),
+        l_linger: 0,
+    };
+    // SAFETY: the descriptor stays open while `stream` is borrowed, and
+    // setsockopt reads exactly `size_of::<linger>()` bytes from `linger`.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        eprintln!("cannot set SO_LINGER on a volume connection: {}", io::Error::last_os_error());
     }
 }
 
@@ -727,7 +765,7 @@ impl Upload {
             None => first.len() <= INLINE_BODY_BYTES_MAX,
         };
         let mut upload = Upload {
-            connection: Connection::open(host, timeout).await?,
+            connection: Connection::open(host, timeout).await?.resetting(),
             chunked: length.is_none(),
             timeout: io_timeout,
             connect_timeout: timeout,
@@ -741,7 +779,7 @@ impl Upload {
                 upload.write_piece(first).await?;
                 return Ok(upload);
             }
-            upload.connection = Connection::open_new(host, timeout).await?;
+            upload.connection = Connection::open_new(host, timeout).await?.resetting();
         }
         let request = PutRequest::new(host, path, length, first);
         if upload.connection.reused {
@@ -781,7 +819,9 @@ impl Upload {
     /// went out on was closed by the volume before answering).
     async fn replay(&mut self) -> Result<(), VolumeError> {
         let request = self.replay.take().expect("a held request to replay");
-        self.connection = Connection::open_new(&self.connection.host, self.connect_timeout).await?;
+        self.connection = Connection::open_new(&self.connection.host, self.connect_timeout)
+            .await?
+            .resetting();
         self.sent = 0;
         self.ended = false;
         self.send_request(request).await
@@ -891,6 +931,7 @@ impl Upload {
         let discarded = self.connection.discard_body(head, self.timeout).await;
         let host = self.connection.host.clone();
         if discarded.is_ok() {
+            reset_on_close(&self.connection.stream, false);
             self.connection.release();
         }
         match head.status {

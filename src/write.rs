@@ -300,6 +300,10 @@ impl Gate for Commit<'_> {
         self.app.store.still_held(self.key)
     }
 
+    fn fenced(&self) -> bool {
+        self.app.store.fenced()
+    }
+
     async fn before_last(&mut self, sealed: &Sealed) -> Result<(), ReplicationError> {
         let Some(record) = self.record.take() else {
             return Ok(());

@@ -1476,3 +1476,104 @@ fn a_new_keys_put_takes_its_lock_its_record_and_its_reservation_in_one_call() {
     }));
     assert_eq!(read_through(&cluster.url("/reserved/cut")), Some(b"whole".to_vec()));
 }
+
+/// Found by review: a write whose key's lease lapsed while its last bytes
+/// waited in the master's socket (the volume, or the network to it,
+/// stalled) kept its connection open, so the kernel delivered them when
+/// the volume woke: the value landed on it after another master could
+/// have taken the key and written it. Now a fenced write watches its
+/// lease while its bytes are on their way and resets every upload once
+/// the lease can no longer be proven, which drops what the socket had not
+/// sent.
+#[test]
+fn a_write_that_can_no_longer_prove_its_lease_resets_its_uploads_before_their_last_bytes_arrive() {
+    let Some(database) = database("lease_reset") else {
+        return;
+    };
+    let cluster = Cluster::start_over(Some(database.url.clone()), 3, &["--threads", "1"]);
+    // In place of the third volume, one that takes the connection and reads nothing until
+    // told: its receive buffer is small, so the body waits in the master's
+    // socket.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let small: libc::c_int = 4096;
+    // SAFETY: the listener's descriptor is open; setsockopt reads one int.
+    let set = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            stalled.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const small).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+    let stalled_port = stalled.local_addr().unwrap().port();
+    let (resume, resumed) = std::sync::mpsc::channel::<()>();
+    let volume = std::thread::spawn(move || {
+        // Health probes (`HEAD /`) are answered; the first PUT is held.
+        let mut upload = loop {
+            let (mut stream, _) = stalled.accept().unwrap();
+            let mut start = [0u8; 4];
+            stream.peek(&mut start).unwrap();
+            if &start == b"PUT " {
+                break stream;
+            }
+            let _ = stream.read(&mut [0u8; 1024]);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        };
+        resumed.recv().unwrap();
+        upload.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (mut received, mut buffer) = (0usize, vec![0u8; 65536]);
+        while let Ok(read) = upload.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            received += read;
+        }
+        received
+    });
+    let port = free_port();
+    let mut args = cluster.master_args(port);
+    let volumes = args.iter().position(|arg| arg == "-volumes").unwrap() + 1;
+    let (two, _) = args[volumes].rsplit_once(',').unwrap();
+    args[volumes] = format!("{two},127.0.0.1:{stalled_port}");
+    let mut master = mkv()
+        .args(&args)
+        .arg("server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(cluster.dir.path().join("stalled-master.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    // One piece: the whole body goes out with the head, into the socket.
+    let body = value(1 << 20, 21);
+    let url = format!("http://127.0.0.1:{port}/stalled");
+    let put = std::thread::spawn(move || request("PUT", &url, Some(&body)).status);
+    std::thread::sleep(Duration::from_secs(1));
+    // The master's key lease can no longer be renewed.
+    let mut holder = postgres::Client::connect(&database.url, postgres::NoTls).unwrap();
+    let mut transaction = holder.transaction().unwrap();
+    transaction
+        .batch_execute("LOCK TABLE mkv_key_leases IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    // Past the point where the lease is no longer proven (3 s left of its
+    // 6 s), the volume wakes.
+    std::thread::sleep(Duration::from_secs(6));
+    resume.send(()).unwrap();
+    let received = volume.join().unwrap();
+    transaction.rollback().unwrap();
+    let status = put.join().unwrap();
+    master.kill().unwrap();
+    master.wait().unwrap();
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(cluster.dir.path().join("stalled-master.log")).unwrap_or_default()
+    );
+    assert!(
+        received < 1 << 20,
+        "the volume received the whole body ({received} bytes) after the writer's lease could no longer be proven"
+    );
+    assert_ne!(status, 201);
+}
