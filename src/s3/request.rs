@@ -84,6 +84,10 @@ pub struct Headers {
     pub user: Vec<(String, String)>,
     /// A user metadata value was not UTF-8 (refused where stored).
     pub user_not_utf8: bool,
+    /// A header that says one thing (a digest, a length, a source, the
+    /// metadata's type) came twice with different values: refused, as
+    /// which one the client meant is not for the server to guess.
+    pub conflicting: Option<String>,
     /// Standard headers S3 stores with a value and sends back on reads,
     /// names as `:name` (see `Meta::user`).
     pub stored: Vec<(String, String)>,
@@ -137,6 +141,11 @@ impl S3Request {
             return Err(S3Error::invalid_argument("the object key is not valid UTF-8"));
         }
         let headers = Headers::parse(request);
+        if let Some(name) = &headers.conflicting {
+            return Err(S3Error::invalid_argument(&format!(
+                "header {name} is given twice with different values"
+            )));
+        }
         // Checked here, for every operation, rather than by each that
         // stores it: metadata that cannot be stored must never reach the
         // index (a multipart upload keeps it until its completion).
@@ -203,6 +212,20 @@ pub fn native_key(bucket: &str, key: &[u8]) -> Vec<u8> {
     native
 }
 
+/// Headers whose second value cannot be read as part of a list: the
+/// first winning let a wrong digest after a right one through unchecked.
+const SINGLE_VALUED: &[&str] = &[
+    "content-type",
+    "content-md5",
+    "x-amz-content-sha256",
+    "x-amz-decoded-content-length",
+    "range",
+    "x-amz-copy-source",
+    "x-amz-copy-source-range",
+    "x-amz-metadata-directive",
+    "authorization",
+];
+
 impl Headers {
     fn parse(request: &[u8]) -> Headers {
         let mut raw = [httparse::EMPTY_HEADER; crate::http::HEADER_COUNT_MAX];
@@ -251,7 +274,13 @@ impl Headers {
                 }
                 _ => continue,
             };
-            slot.get_or_insert(value);
+            let differs = slot.as_ref().is_some_and(|first| *first != value);
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+            if differs && SINGLE_VALUED.contains(&name.as_str()) {
+                headers.conflicting.get_or_insert(name);
+            }
         }
         headers
     }

@@ -992,8 +992,13 @@ pub fn parse_complete_parts(body: &[u8]) -> Result<Vec<CompletedPart>, XmlError>
     let mut checksum: Option<(Algorithm, String)> = None;
     walk(body, "CompleteMultipartUpload", |closed| {
         match (closed.depth, closed.parent, closed.name) {
-            (3, "Part", "PartNumber") => number = Some(parse_part_number(closed.text()?)?),
-            (3, "Part", "ETag") => etag = Some(closed.text()?.trim().trim_matches('"').to_owned()),
+            (3, "Part", "PartNumber") => set_once(&mut number, parse_part_number(closed.text()?)?, "Part", "PartNumber")?,
+            (3, "Part", "ETag") => set_once(
+                &mut etag,
+                closed.text()?.trim().trim_matches('"').to_owned(),
+                "Part",
+                "ETag",
+            )?,
             (3, "Part", name) => {
                 if let Some(algorithm) = Algorithm::from_xml_element(name) {
                     if checksum.is_some() {
@@ -1062,8 +1067,10 @@ pub fn parse_delete_objects(body: &[u8]) -> Result<(bool, Vec<DeleteObject>), Xm
     walk(body, "Delete", |closed| {
         match (closed.depth, closed.parent, closed.name) {
             (2, _, "Quiet") => quiet = parse_bool(closed.text()?)?,
-            (3, "Object", "Key") => key = Some(closed.text()?.as_bytes().to_vec()),
-            (3, "Object", "VersionId") => version_id = Some(closed.text()?.trim().to_owned()),
+            (3, "Object", "Key") => set_once(&mut key, closed.text()?.as_bytes().to_vec(), "Object", "Key")?,
+            (3, "Object", "VersionId") => {
+                set_once(&mut version_id, closed.text()?.trim().to_owned(), "Object", "VersionId")?
+            }
             (3, "Object", "ETag") => condition = Some("ETag"),
             (3, "Object", "LastModifiedTime") => condition = Some("LastModifiedTime"),
             (3, "Object", "Size") => condition = Some("Size"),
@@ -1105,11 +1112,28 @@ pub fn parse_create_bucket(body: &[u8]) -> Result<Option<String>, XmlError> {
     let mut location = None;
     walk(body, "CreateBucketConfiguration", |closed| {
         if let (2, "LocationConstraint") = (closed.depth, closed.name) {
-            location = Some(closed.text()?.trim().to_owned());
+            set_once(
+                &mut location,
+                closed.text()?.trim().to_owned(),
+                "CreateBucketConfiguration",
+                "LocationConstraint",
+            )?;
         }
         Ok(())
     })?;
     Ok(location)
+}
+
+/// Fill `slot` with an element's value: malformed if `parent` gave the
+/// element already (which of two `VersionId`s, or two `Key`s, a client
+/// meant is not for the server to guess; the last one winning once deleted
+/// a live object for a request that named an old version too).
+fn set_once<T>(slot: &mut Option<T>, value: T, parent: &str, element: &str) -> Result<(), XmlError> {
+    if slot.is_some() {
+        return Err(malformed(format!("{parent} with more than one {element}")));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 fn parse_bool(text: &str) -> Result<bool, XmlError> {
