@@ -72,6 +72,7 @@ pub async fn create(
 ) -> Result<Sent, S3Error> {
     checked_key(request)?;
     let user = user_metadata(request)?;
+    let checksum = declared_checksum(request)?;
     bucket::ensure_for_write(app, &request.bucket).await?;
     let id = state::new_upload_id();
     let upload = Upload {
@@ -80,11 +81,56 @@ pub async fn create(
         content_type: request.headers.content_type.clone(),
         user,
         initiated_ms: now_ms(),
+        checksum: checksum.map(|(algorithm, kind)| (algorithm.value().to_owned(), kind.value().to_owned())),
     };
     state::put_upload(&app.store, &id, &upload).await?;
     let body = xml::initiate_multipart(&request.bucket, &request.key, &id);
     Reply::xml(200, body).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
+}
+
+/// The checksum an upload declares at create (`x-amz-checksum-algorithm`,
+/// `x-amz-checksum-type`), checked now so that its Complete can honour it:
+/// an unknown algorithm or type, a type without an algorithm, and the
+/// pairs S3 does not make (`FULL_OBJECT` of a digest, `COMPOSITE` of
+/// CRC64NVME) are refused, never ignored. An algorithm alone takes S3's
+/// default type (`FULL_OBJECT` for CRC64NVME, `COMPOSITE` otherwise).
+fn declared_checksum(request: &S3Request) -> Result<Option<(Algorithm, ChecksumType)>, S3Error> {
+    let invalid = |message: &str| S3Error::new(400, "InvalidRequest", message);
+    let algorithm = match request.headers.amz("x-amz-checksum-algorithm") {
+        None => None,
+        Some(value) => Some(Algorithm::from_value(value).ok_or_else(|| {
+            invalid("Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
+        })?),
+    };
+    let kind = match request.headers.amz("x-amz-checksum-type") {
+        None => None,
+        Some(value) => {
+            Some(ChecksumType::from_value(value).ok_or_else(|| invalid("Value for x-amz-checksum-type header is invalid."))?)
+        }
+    };
+    let Some(algorithm) = algorithm else {
+        return match kind {
+            None => Ok(None),
+            Some(_) => Err(invalid(
+                "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header.",
+            )),
+        };
+    };
+    let kind = kind.unwrap_or(match algorithm {
+        Algorithm::Crc64Nvme => ChecksumType::FullObject,
+        _ => ChecksumType::Composite,
+    });
+    match (algorithm, kind) {
+        (algorithm, ChecksumType::FullObject) if !algorithm.is_crc() => Err(invalid(&format!(
+            "The FULL_OBJECT checksum type cannot be used with the {} checksum algorithm.",
+            algorithm.value().to_ascii_lowercase()
+        ))),
+        (Algorithm::Crc64Nvme, ChecksumType::Composite) => Err(invalid(
+            "The COMPOSITE checksum type cannot be used with the crc64nvme checksum algorithm.",
+        )),
+        declared => Ok(Some(declared)),
+    }
 }
 
 /// The part number a request names.
@@ -562,7 +608,8 @@ fn checked_parts(listed: &[(u32, String)], uploaded: &[(u32, Part)]) -> Result<V
 fn completed_checksum(
     completed: &[xml::CompletedPart],
     parts: &[(u32, Part)],
-) -> Result<Option<(Algorithm, String)>, S3Error> {
+    declared: Option<(Algorithm, ChecksumType)>,
+) -> Result<Option<(Algorithm, String, ChecksumType)>, S3Error> {
     let invalid = || {
         S3Error::new(
             400,
@@ -577,6 +624,39 @@ fn completed_checksum(
                 return Err(invalid());
             }
         }
+    }
+    if let Some((algorithm, kind)) = declared {
+        // Declared at create: every part must carry it.
+        let mut raw = Vec::with_capacity(parts.len());
+        for (number, part) in parts {
+            let value = part
+                .checksum
+                .as_ref()
+                .filter(|(name, _)| name == algorithm.header())
+                .and_then(|(_, value)| checksum::parse_expected(algorithm, value).ok());
+            match value {
+                Some(bytes) => raw.push((bytes, part.size)),
+                None => {
+                    return Err(S3Error::new(
+                        400,
+                        "InvalidRequest",
+                        &format!(
+                            "The upload was created using a {} checksum. The complete request must include the checksum for each part. It was missing for part {number} in the request.",
+                            algorithm.value().to_ascii_lowercase()
+                        ),
+                    ))
+                }
+            }
+        }
+        let value = match kind {
+            ChecksumType::Composite => checksum::composite(algorithm, raw.iter().map(|(bytes, _)| bytes.as_slice())),
+            ChecksumType::FullObject => {
+                let whole = checksum::combine_full_object(algorithm, raw.iter().map(|(bytes, size)| (bytes.as_slice(), *size)))
+                    .ok_or_else(|| S3Error::internal("a full-object checksum of a digest"))?;
+                checksum::base64(&whole)
+            }
+        };
+        return Ok(Some((algorithm, value, kind)));
     }
     let Some((first_name, _)) = parts.first().and_then(|(_, part)| part.checksum.as_ref()) else {
         return Ok(None);
@@ -597,7 +677,39 @@ fn completed_checksum(
     Ok(Some((
         algorithm,
         checksum::composite(algorithm, raw.iter().map(Vec::as_slice)),
+        ChecksumType::Composite,
     )))
+}
+
+/// A whole-object checksum sent with CompleteMultipartUpload
+/// (`x-amz-checksum-<algorithm>`) is checked against the one the parts
+/// make (`computed`), before anything is stored: BadDigest when it differs
+/// or when the parts make none of that algorithm (it cannot be verified
+/// without reading the object, and is never taken on trust). A composite
+/// value may be sent with or without its `-N` part count.
+fn check_complete_checksum(
+    request: &S3Request,
+    computed: Option<&(Algorithm, String, ChecksumType)>,
+) -> Result<(), S3Error> {
+    for algorithm in Algorithm::ALL {
+        let Some(sent) = request.headers.amz(algorithm.header()) else {
+            continue;
+        };
+        let matches = computed.is_some_and(|(made, value, _)| {
+            *made == algorithm && (sent == value || value.split_once('-').is_some_and(|(bare, _)| sent == bare))
+        });
+        if !matches {
+            return Err(S3Error::new(
+                400,
+                "BadDigest",
+                &format!(
+                    "The {} you specified did not match the calculated checksum.",
+                    algorithm.value().to_ascii_lowercase()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// S3's ETag of a multipart value: the md5 of the parts' binary md5s,
@@ -676,7 +788,13 @@ pub async fn complete(
     let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
     let uploaded = all_parts(app, &id).await?;
     let parts = checked_parts(&listed, &uploaded)?;
-    let checksum = completed_checksum(&completed, &parts)?;
+    let declared = upload.checksum.as_ref().and_then(|(algorithm, kind)| {
+        Some((Algorithm::from_value(algorithm)?, ChecksumType::from_value(kind)?))
+    });
+    let made = completed_checksum(&completed, &parts, declared)?;
+    check_complete_checksum(request, made.as_ref())?;
+    let checksum_type = made.as_ref().map(|(_, _, kind)| *kind);
+    let checksum = made.map(|(algorithm, value, _)| (algorithm, value));
     let md5s: Option<Vec<[u8; 16]>> = parts.iter().map(|(_, part)| etag_md5(&part.md5)).collect();
     let etag = multipart_etag(&md5s.ok_or_else(|| S3Error::internal("a stored part's md5 is corrupt"))?);
     let total: u64 = parts.iter().map(|(_, part)| part.size).sum();
@@ -723,7 +841,7 @@ pub async fn complete(
     let object_checksum = checksum.as_ref().map(|(algorithm, value)| xml::ObjectChecksum {
         algorithm: *algorithm,
         value,
-        checksum_type: ChecksumType::Composite,
+        checksum_type: checksum_type.unwrap_or(ChecksumType::Composite),
     });
     let body = xml::complete_multipart_checksummed(&location, &request.bucket, &request.key, &etag, object_checksum);
     Reply::xml(200, body).write(connection, head.keep_alive, false);

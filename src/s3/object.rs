@@ -517,7 +517,12 @@ fn object_headers(object: &Object, checksum_mode: bool) -> Reply {
                 .filter(|_| name != parts::PARTS_ENTRY)
             {
                 if checksum_mode {
-                    reply = reply.header(checksum, value);
+                    // A checksum of checksums carries its part count.
+                    let kind = match value.contains('-') {
+                        true => "COMPOSITE",
+                        false => "FULL_OBJECT",
+                    };
+                    reply = reply.header(checksum, value).header("x-amz-checksum-type", kind);
                 }
             }
             continue;

@@ -54,6 +54,10 @@ pub struct Upload {
     #[serde(default)]
     pub user: Vec<(String, String)>,
     pub initiated_ms: u64,
+    /// The checksum declared at create (`x-amz-checksum-algorithm`, and
+    /// `x-amz-checksum-type`): the algorithm's value and the type's.
+    #[serde(default)]
+    pub checksum: Option<(String, String)>,
 }
 
 /// One uploaded part.

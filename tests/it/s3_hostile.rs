@@ -883,3 +883,96 @@ fn readers_during_back_to_back_overwrites_of_other_sizes_get_a_value() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
 }
+
+/// Found by review: CompleteMultipartUpload took the whole-object checksum
+/// it was sent on trust (a wrong one answered 200), an upload created with
+/// `x-amz-checksum-type: FULL_OBJECT` got a composite checksum, and an
+/// unknown algorithm at create was accepted.
+#[test]
+fn a_multipart_uploads_declared_and_sent_checksums_are_honoured_or_refused() {
+    use base64::Engine;
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let cluster = Cluster::start(3, &[]);
+    assert_eq!(s3(&cluster, "PUT", "/bkt", &[], None).0, 200);
+    // Declarations S3 does not make are refused at create.
+    let algorithm = "x-amz-checksum-algorithm";
+    let kind = "x-amz-checksum-type";
+    for headers in [
+        vec![(algorithm, "MD5")],
+        vec![(kind, "FULL_OBJECT")],
+        vec![(algorithm, "SHA256"), (kind, "FULL_OBJECT")],
+        vec![(algorithm, "CRC64NVME"), (kind, "COMPOSITE")],
+        vec![(algorithm, "CRC32"), (kind, "PARTIAL")],
+    ] {
+        assert_eq!(create_upload(&cluster, "/bkt/refused", &headers).0, 400, "{headers:?}");
+    }
+    let first = value(5 * 1024 * 1024, 31);
+    let second = value(1000, 32);
+    let whole: Vec<u8> = [first.as_slice(), second.as_slice()].concat();
+    let whole_crc = base64(&crc32(&whole).to_be_bytes());
+    let wrong = base64(&(crc32(&whole) ^ 1).to_be_bytes());
+    let upload = |headers: &[(&str, &str)]| {
+        let (status, id) = create_upload(&cluster, "/bkt/k", headers);
+        assert_eq!(status, 200);
+        let mut listed = String::new();
+        for (number, part) in [(1, &first), (2, &second)] {
+            let crc = base64(&crc32(part).to_be_bytes());
+            let reply = request_full(
+                "PUT",
+                &cluster.url(&format!("/bkt/k?uploadId={id}&partNumber={number}")),
+                &[S3, ("x-amz-checksum-crc32", &crc)],
+                Some(part),
+            );
+            assert_eq!(reply.status, 200);
+            let etag = reply.header("ETag").unwrap().to_owned();
+            listed.push_str(&format!(
+                "<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag><ChecksumCRC32>{crc}</ChecksumCRC32></Part>"
+            ));
+        }
+        (id, format!("<CompleteMultipartUpload>{listed}</CompleteMultipartUpload>"))
+    };
+    let complete = |id: &str, body: &str, headers: &[(&str, &str)]| {
+        s3(&cluster, "POST", &format!("/bkt/k?uploadId={id}"), headers, Some(body.as_bytes()))
+    };
+    // FULL_OBJECT: the CRC of the whole object's bytes.
+    let (id, body) = upload(&[(algorithm, "CRC32"), (kind, "FULL_OBJECT")]);
+    let (status, answer) = complete(&id, &body, &[("x-amz-checksum-crc32", &wrong)]);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("BadDigest"));
+    assert_eq!(s3(&cluster, "GET", "/bkt/k", &[], None).0, 404, "nothing stored");
+    let (status, answer) = complete(&id, &body, &[("x-amz-checksum-crc32", &whole_crc)]);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(&format!("<ChecksumCRC32>{whole_crc}</ChecksumCRC32>")), "{answer}");
+    assert!(answer.contains("<ChecksumType>FULL_OBJECT</ChecksumType>"), "{answer}");
+    let asked = request_full("HEAD", &cluster.url("/bkt/k"), &[S3, ("x-amz-checksum-mode", "ENABLED")], None);
+    assert_eq!(asked.header("x-amz-checksum-crc32"), Some(whole_crc.as_str()));
+    assert_eq!(asked.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
+    // Composite (declared, or made from the parts): a whole-object value
+    // sent on Complete cannot be checked against it, and is refused; the
+    // checksum of checksums itself is accepted.
+    for declared in [vec![(algorithm, "CRC32")], vec![]] {
+        let (id, body) = upload(&declared);
+        let (status, _) = complete(&id, &body, &[("x-amz-checksum-crc32", &whole_crc)]);
+        assert_eq!(status, 400, "{declared:?}");
+        let (status, answer) = complete(&id, &body, &[]);
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert_eq!(status, 200, "{declared:?}: {answer}");
+        assert!(answer.contains("<ChecksumType>COMPOSITE</ChecksumType>"), "{answer}");
+    }
+    // An algorithm declared at create needs each part's checksum.
+    let (status, id) = create_upload(&cluster, "/bkt/bare", &[(algorithm, "SHA256")]);
+    assert_eq!(status, 200);
+    let reply = request_full(
+        "PUT",
+        &cluster.url(&format!("/bkt/bare?uploadId={id}&partNumber=1")),
+        &[S3],
+        Some(&second),
+    );
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let etag = reply.header("ETag").unwrap().to_owned();
+    let body = format!("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>");
+    let (status, answer) = s3(&cluster, "POST", &format!("/bkt/bare?uploadId={id}"), &[], Some(body.as_bytes()));
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(s3(&cluster, "GET", "/bkt/bare", &[], None).0, 404);
+}
