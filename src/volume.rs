@@ -456,7 +456,10 @@ fn reset_on_close(stream: &TcpStream, on: bool) {
         )
     };
     if result != 0 {
-        eprintln!("cannot set SO_LINGER on a volume connection: {}", io::Error::last_os_error());
+        eprintln!(
+            "cannot set SO_LINGER on a volume connection: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 

@@ -406,7 +406,10 @@ fn an_offline_command_whose_sessions_died_keeps_masters_out_while_its_lease_live
     // fail, and then a master may start.
     let mut session = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     session
-        .execute("DELETE FROM mkv_masters WHERE origin LIKE 'offline:%' AND origin NOT LIKE '%:fence'", &[])
+        .execute(
+            "DELETE FROM mkv_masters WHERE origin LIKE 'offline:%' AND origin NOT LIKE '%:fence'",
+            &[],
+        )
         .unwrap();
     assert!(offline.put_batch([(&b"/d"[..], &value)]).is_err());
     assert!(offline.clear().is_err());

@@ -105,9 +105,10 @@ fn declared_checksum(request: &S3Request) -> Result<Option<(Algorithm, ChecksumT
     };
     let kind = match request.headers.amz("x-amz-checksum-type") {
         None => None,
-        Some(value) => {
-            Some(ChecksumType::from_value(value).ok_or_else(|| invalid("Value for x-amz-checksum-type header is invalid."))?)
-        }
+        Some(value) => Some(
+            ChecksumType::from_value(value)
+                .ok_or_else(|| invalid("Value for x-amz-checksum-type header is invalid."))?,
+        ),
     };
     let Some(algorithm) = algorithm else {
         return match kind {
@@ -640,7 +641,7 @@ fn completed_checksum(
                     return Err(S3Error::new(
                         400,
                         "InvalidRequest",
-                        &format!(
+                        format!(
                             "The upload was created using a {} checksum. The complete request must include the checksum for each part. It was missing for part {number} in the request.",
                             algorithm.value().to_ascii_lowercase()
                         ),
@@ -651,8 +652,9 @@ fn completed_checksum(
         let value = match kind {
             ChecksumType::Composite => checksum::composite(algorithm, raw.iter().map(|(bytes, _)| bytes.as_slice())),
             ChecksumType::FullObject => {
-                let whole = checksum::combine_full_object(algorithm, raw.iter().map(|(bytes, size)| (bytes.as_slice(), *size)))
-                    .ok_or_else(|| S3Error::internal("a full-object checksum of a digest"))?;
+                let whole =
+                    checksum::combine_full_object(algorithm, raw.iter().map(|(bytes, size)| (bytes.as_slice(), *size)))
+                        .ok_or_else(|| S3Error::internal("a full-object checksum of a digest"))?;
                 checksum::base64(&whole)
             }
         };
@@ -702,7 +704,7 @@ fn check_complete_checksum(
             return Err(S3Error::new(
                 400,
                 "BadDigest",
-                &format!(
+                format!(
                     "The {} you specified did not match the calculated checksum.",
                     algorithm.value().to_ascii_lowercase()
                 ),
@@ -788,9 +790,10 @@ pub async fn complete(
     let listed: Vec<(u32, String)> = completed.iter().map(|part| (part.number, part.etag.clone())).collect();
     let uploaded = all_parts(app, &id).await?;
     let parts = checked_parts(&listed, &uploaded)?;
-    let declared = upload.checksum.as_ref().and_then(|(algorithm, kind)| {
-        Some((Algorithm::from_value(algorithm)?, ChecksumType::from_value(kind)?))
-    });
+    let declared = upload
+        .checksum
+        .as_ref()
+        .and_then(|(algorithm, kind)| Some((Algorithm::from_value(algorithm)?, ChecksumType::from_value(kind)?)));
     let made = completed_checksum(&completed, &parts, declared)?;
     check_complete_checksum(request, made.as_ref())?;
     let checksum_type = made.as_ref().map(|(_, _, kind)| *kind);

@@ -992,7 +992,9 @@ pub fn parse_complete_parts(body: &[u8]) -> Result<Vec<CompletedPart>, XmlError>
     let mut checksum: Option<(Algorithm, String)> = None;
     walk(body, "CompleteMultipartUpload", |closed| {
         match (closed.depth, closed.parent, closed.name) {
-            (3, "Part", "PartNumber") => set_once(&mut number, parse_part_number(closed.text()?)?, "Part", "PartNumber")?,
+            (3, "Part", "PartNumber") => {
+                set_once(&mut number, parse_part_number(closed.text()?)?, "Part", "PartNumber")?
+            }
             (3, "Part", "ETag") => set_once(
                 &mut etag,
                 closed.text()?.trim().trim_matches('"').to_owned(),

@@ -401,7 +401,11 @@ fn features_mkv_does_not_have_are_refused_not_ignored() {
         let (status, answer) = s3(&cluster, "POST", "/bkt?delete", &[], Some(body.as_bytes()));
         assert_eq!(status, 400, "{object}: {}", String::from_utf8_lossy(&answer));
         assert!(String::from_utf8_lossy(&answer).contains("MalformedXML"), "{object}");
-        assert_eq!(s3(&cluster, "GET", "/bkt/live", &[], None), (200, b"live".to_vec()), "{object}");
+        assert_eq!(
+            s3(&cluster, "GET", "/bkt/live", &[], None),
+            (200, b"live".to_vec()),
+            "{object}"
+        );
     }
     assert_eq!(s3(&cluster, "GET", "/bkt/live?versionId=null", &[], None).0, 200);
     assert_eq!(s3(&cluster, "DELETE", "/bkt/live?versionId=null", &[], None).0, 204);
@@ -695,18 +699,41 @@ fn upload_checksums_are_verified_before_anything_is_stored() {
     let md5 = base64(&<md5::Md5 as md5::Digest>::digest(b"value"));
     let sha_right = "cd42404d52ad55ccfa9aca4adc828aa5800ad9d385a0671fbcbf724118320619";
     for (first, second) in [
-        (format!("Content-MD5: {md5}"), "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==".to_owned()),
-        ("Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==".to_owned(), format!("Content-MD5: {md5}")),
-        (format!("x-amz-content-sha256: {sha_right}"), format!("x-amz-content-sha256: {}", "0".repeat(64))),
-        (format!("x-amz-content-sha256: {}", "0".repeat(64)), format!("x-amz-content-sha256: {sha_right}")),
+        (
+            format!("Content-MD5: {md5}"),
+            "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==".to_owned(),
+        ),
+        (
+            "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==".to_owned(),
+            format!("Content-MD5: {md5}"),
+        ),
+        (
+            format!("x-amz-content-sha256: {sha_right}"),
+            format!("x-amz-content-sha256: {}", "0".repeat(64)),
+        ),
+        (
+            format!("x-amz-content-sha256: {}", "0".repeat(64)),
+            format!("x-amz-content-sha256: {sha_right}"),
+        ),
     ] {
         let request = format!(
             "PUT /bkt/twice HTTP/1.1\r\nHost: x\r\nx-amz-date: 20261202T000000Z\r\n{first}\r\n{second}\r\n\
              Content-Length: 5\r\n\r\nvalue"
         );
-        let answer = exchange(&cluster, &[request.into_bytes(), closing_get("/bkt/twice").into_bytes()].concat());
-        assert_eq!(statuses(&answer).first(), Some(&400), "{first} then {second}: {answer:.400}");
-        assert_eq!(s3(&cluster, "GET", "/bkt/twice", &[], None).0, 404, "{first} then {second}");
+        let answer = exchange(
+            &cluster,
+            &[request.into_bytes(), closing_get("/bkt/twice").into_bytes()].concat(),
+        );
+        assert_eq!(
+            statuses(&answer).first(),
+            Some(&400),
+            "{first} then {second}: {answer:.400}"
+        );
+        assert_eq!(
+            s3(&cluster, "GET", "/bkt/twice", &[], None).0,
+            404,
+            "{first} then {second}"
+        );
     }
     // An aws-chunked body whose trailer checksum is wrong.
     let mut body = aws_chunked(&[&data[..1_000_000], &data[1_000_000..]], false);
@@ -929,10 +956,19 @@ fn a_multipart_uploads_declared_and_sent_checksums_are_honoured_or_refused() {
                 "<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag><ChecksumCRC32>{crc}</ChecksumCRC32></Part>"
             ));
         }
-        (id, format!("<CompleteMultipartUpload>{listed}</CompleteMultipartUpload>"))
+        (
+            id,
+            format!("<CompleteMultipartUpload>{listed}</CompleteMultipartUpload>"),
+        )
     };
     let complete = |id: &str, body: &str, headers: &[(&str, &str)]| {
-        s3(&cluster, "POST", &format!("/bkt/k?uploadId={id}"), headers, Some(body.as_bytes()))
+        s3(
+            &cluster,
+            "POST",
+            &format!("/bkt/k?uploadId={id}"),
+            headers,
+            Some(body.as_bytes()),
+        )
     };
     // FULL_OBJECT: the CRC of the whole object's bytes.
     let (id, body) = upload(&[(algorithm, "CRC32"), (kind, "FULL_OBJECT")]);
@@ -943,9 +979,17 @@ fn a_multipart_uploads_declared_and_sent_checksums_are_honoured_or_refused() {
     let (status, answer) = complete(&id, &body, &[("x-amz-checksum-crc32", &whole_crc)]);
     let answer = String::from_utf8_lossy(&answer).into_owned();
     assert_eq!(status, 200, "{answer}");
-    assert!(answer.contains(&format!("<ChecksumCRC32>{whole_crc}</ChecksumCRC32>")), "{answer}");
+    assert!(
+        answer.contains(&format!("<ChecksumCRC32>{whole_crc}</ChecksumCRC32>")),
+        "{answer}"
+    );
     assert!(answer.contains("<ChecksumType>FULL_OBJECT</ChecksumType>"), "{answer}");
-    let asked = request_full("HEAD", &cluster.url("/bkt/k"), &[S3, ("x-amz-checksum-mode", "ENABLED")], None);
+    let asked = request_full(
+        "HEAD",
+        &cluster.url("/bkt/k"),
+        &[S3, ("x-amz-checksum-mode", "ENABLED")],
+        None,
+    );
     assert_eq!(asked.header("x-amz-checksum-crc32"), Some(whole_crc.as_str()));
     assert_eq!(asked.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
     // Composite (declared, or made from the parts): a whole-object value
@@ -971,8 +1015,16 @@ fn a_multipart_uploads_declared_and_sent_checksums_are_honoured_or_refused() {
     );
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let etag = reply.header("ETag").unwrap().to_owned();
-    let body = format!("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>");
-    let (status, answer) = s3(&cluster, "POST", &format!("/bkt/bare?uploadId={id}"), &[], Some(body.as_bytes()));
+    let body = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let (status, answer) = s3(
+        &cluster,
+        "POST",
+        &format!("/bkt/bare?uploadId={id}"),
+        &[],
+        Some(body.as_bytes()),
+    );
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
     assert_eq!(s3(&cluster, "GET", "/bkt/bare", &[], None).0, 404);
 }
