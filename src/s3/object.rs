@@ -977,7 +977,12 @@ pub async fn copy(
     write_precondition(app, request, &key).await?;
     bucket::check_writable(app, &request.bucket).await?;
     let headers = &request.headers;
-    let replace = headers.metadata_directive.as_deref() == Some("REPLACE");
+    // COPY (the default) or REPLACE: another word is not read as either.
+    let replace = match headers.metadata_directive.as_deref() {
+        None | Some("COPY") => false,
+        Some("REPLACE") => true,
+        Some(_) => return Err(S3Error::invalid_argument("Unknown metadata directive.")),
+    };
     let (content_type, mut user) = if replace {
         (content_type(request)?, user_metadata(request)?)
     } else {

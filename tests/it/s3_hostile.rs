@@ -765,6 +765,13 @@ fn upload_checksums_are_verified_before_anything_is_stored() {
     let request = aws_chunked_put("/bkt/chunked", data.len(), &body, true);
     let answer = exchange(&cluster, &[request, closing_get("/bkt/chunked").into_bytes()].concat());
     assert_eq!(statuses(&answer), vec![200, 200], "{answer:.400}");
+    // Found by review: a metadata directive other than COPY or REPLACE was
+    // read as COPY. Refused, nothing copied.
+    let copy = [("x-amz-copy-source", "/bkt/k"), ("x-amz-metadata-directive", "BOGUS")];
+    assert_eq!(s3(&cluster, "PUT", "/bkt/copied", &copy, None).0, 400);
+    assert_eq!(s3(&cluster, "GET", "/bkt/copied", &[], None).0, 404);
+    let copy = [("x-amz-copy-source", "/bkt/k"), ("x-amz-metadata-directive", "COPY")];
+    assert_eq!(s3(&cluster, "PUT", "/bkt/copied", &copy, None).0, 200);
 }
 
 #[test]
