@@ -1555,11 +1555,17 @@ impl Lease {
             released: Mutex::new(HashSet::new()),
             renewals: AtomicU64::new(0),
         };
-        lease.renew().map_err(|error| match error {
-            RenewError::Held => LeaseError::Held,
-            RenewError::Database(error) => LeaseError::Database(error),
-        })?;
-        Ok(lease)
+        // An offline command just ended (or killed) leaves its lease to
+        // lapse: wait for it as an offline command waits for masters'.
+        let deadline = Instant::now() + OFFLINE_WAIT;
+        loop {
+            match lease.renew() {
+                Ok(()) => return Ok(lease),
+                Err(RenewError::Held) if Instant::now() < deadline => std::thread::sleep(ROLE_RETRY_DELAY),
+                Err(RenewError::Held) => return Err(LeaseError::Held),
+                Err(RenewError::Database(error)) => return Err(LeaseError::Database(error)),
+            }
+        }
     }
 
     /// Whether the lease holds now.
@@ -1579,13 +1585,14 @@ impl Lease {
                     failing = false;
                 }
                 Ok(()) => {}
+                Err(_) if self.offline && self.ended.load(Ordering::Acquire) => {}
                 Err(error) if !failing => {
                     let why = match error {
                         RenewError::Held => "an offline command holds the index".to_string(),
                         RenewError::Database(error) => describe(&error),
                     };
                     eprintln!(
-                        "cannot renew this master's lease on the index ({why}); \
+                        "cannot renew this process's lease on the index ({why}); \
                          index calls fail once it lapses"
                     );
                     failing = true;

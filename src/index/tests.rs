@@ -422,6 +422,35 @@ fn an_offline_command_whose_sessions_died_keeps_masters_out_while_its_lease_live
         .unwrap();
 }
 
+/// Found by the next review: a master that found an offline command's
+/// lease live (one just killed leaves it to lapse) gave up at once, where
+/// an offline command waits for masters' leases.
+#[test]
+fn a_master_waits_for_a_lapsing_offline_lease_rather_than_give_up() {
+    let Some(url) = postgres_url() else { return };
+    let (mut admin, database) = own_database(&url, "offline_wait");
+    let url = database_url(&url, &database);
+    drop(Index::open(Path::new(&url), &options(Role::Serve)).unwrap());
+    let mut session = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    session
+        .batch_execute(
+            "INSERT INTO mkv_masters VALUES ('offline:killed', now() + interval '1 second'), \
+             ('offline:killed:fence', '-infinity')",
+        )
+        .unwrap();
+    let began = std::time::Instant::now();
+    let serving = Index::open(Path::new(&url), &options(Role::Serve));
+    assert!(serving.is_ok(), "{:?}", serving.err());
+    assert!(
+        began.elapsed() >= Duration::from_secs(1),
+        "it waited for the lease to lapse"
+    );
+    drop(serving);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .unwrap();
+}
+
 #[test]
 fn after_the_database_drops_its_sessions_reads_and_locks_reconnect_at_once() {
     let Some(url) = postgres_url() else { return };

@@ -32,7 +32,6 @@ use super::body::{checksum_entry, request_body, CHECKSUM_ENTRY_PREFIX};
 use super::checksum::{self, Algorithm, ChecksumType};
 use super::object::{
     checked_key, content_md5, open_copy_source, read_complete_body, user_metadata, write_precondition, CopySource,
-    EmptySource,
 };
 use super::request::ByteRange;
 use super::request::S3Request;
@@ -145,13 +144,63 @@ fn part_number(request: &S3Request) -> Result<u32, S3Error> {
 
 /// What a part request (UploadPart, UploadPartCopy) names: the part
 /// number, the upload, the object's native key; and the part's lock, held.
-async fn part_of<'a>(app: &'a App, request: &S3Request) -> Result<(u32, String, Vec<u8>, KeyGuard<'a>), S3Error> {
+async fn part_of<'a>(app: &'a App, request: &S3Request) -> Result<PartOf<'a>, S3Error> {
     let number = part_number(request)?;
-    let (id, _) = named_upload(app, request).await?;
+    let (id, upload) = named_upload(app, request).await?;
     let key = checked_key(request)?;
     let lock_key = format!("\0mkv-part/{id}/{number}").into_bytes();
     let guard = super::lock(app, &lock_key).await?;
-    Ok((number, id, key, guard))
+    let declared = upload
+        .checksum
+        .as_ref()
+        .and_then(|(algorithm, _)| Algorithm::from_value(algorithm));
+    Ok(PartOf {
+        number,
+        id,
+        key,
+        declared,
+        _guard: guard,
+    })
+}
+
+/// A part request's part: see `part_of`.
+struct PartOf<'a> {
+    number: u32,
+    id: String,
+    key: Vec<u8>,
+    /// The checksum algorithm the upload declared at create.
+    declared: Option<Algorithm>,
+    _guard: KeyGuard<'a>,
+}
+
+/// An UploadPart of an upload that declared a checksum algorithm must not
+/// name another (a header, a trailer, or the SDK's algorithm): refused
+/// before its body is read, as S3 does, rather than at Complete.
+fn check_part_algorithm(request: &S3Request, declared: Option<Algorithm>) -> Result<(), S3Error> {
+    let Some(declared) = declared else { return Ok(()) };
+    let mut named = Algorithm::ALL
+        .into_iter()
+        .filter(|algorithm| request.headers.amz(algorithm.header()).is_some())
+        .collect::<Vec<_>>();
+    named.extend(request.headers.amz("x-amz-trailer").and_then(Algorithm::from_trailer));
+    named.extend(
+        request
+            .headers
+            .amz("x-amz-sdk-checksum-algorithm")
+            .and_then(Algorithm::from_value),
+    );
+    match named.into_iter().find(|algorithm| *algorithm != declared) {
+        None => Ok(()),
+        Some(other) => Err(S3Error::new(
+            400,
+            "InvalidRequest",
+            format!(
+                "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                declared.value().to_ascii_lowercase(),
+                other.value().to_ascii_lowercase()
+            ),
+        )),
+    }
 }
 
 pub async fn upload_part(
@@ -160,7 +209,14 @@ pub async fn upload_part(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (number, id, key, _guard) = part_of(app, request).await?;
+    let PartOf {
+        number,
+        id,
+        key,
+        declared: algorithm,
+        _guard,
+    } = part_of(app, request).await?;
+    check_part_algorithm(request, algorithm)?;
     let expected_md5 = content_md5(request)?;
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
@@ -183,7 +239,13 @@ pub async fn upload_part_copy(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let (number, id, key, _guard) = part_of(app, request).await?;
+    let PartOf {
+        number,
+        id,
+        key,
+        declared: algorithm,
+        _guard,
+    } = part_of(app, request).await?;
     let source = open_copy_source(app, request, |object| {
         let range = match request.headers.copy_source_range.as_deref() {
             None => None,
@@ -192,16 +254,23 @@ pub async fn upload_part_copy(
         Ok((range, range.map_or(object.size, |range| range.last - range.first + 1)))
     })
     .await?;
+    // A copied part gets the checksum its upload declared, computed as
+    // it is copied (no client can send one), for Complete to combine.
     let part = if let Some(download) = source.download {
         let length = source.length;
-        let mut copied = CopySource::new(download);
+        let mut copied = CopySource::new(download).checksummed(algorithm);
         let part = write_part(app, &id, number, &key, &mut copied, Some(length), None).await?;
         copied.finish();
         part
     } else {
-        write_part(app, &id, number, &key, &mut EmptySource, Some(0), None).await?
+        let mut empty = CopySource::empty(algorithm);
+        write_part(app, &id, number, &key, &mut empty, Some(0), None).await?
     };
-    Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms)).write(connection, head.keep_alive, false);
+    let checksum = part
+        .checksum
+        .as_ref()
+        .and_then(|(name, value)| Algorithm::from_header(name).map(|algorithm| (algorithm, value.as_str())));
+    Reply::xml(200, xml::copy_part(&part.md5, part.mtime_ms, checksum)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
 }
 

@@ -32,6 +32,7 @@ use crate::volume::{self, Download};
 use crate::write::{self, Plan};
 
 use super::body::{request_body, CHECKSUM_ENTRY_PREFIX};
+use super::checksum::{Algorithm, Checksummer};
 use super::list::{etag_hex, etag_of};
 use super::request::{native_key, parse_range, ByteRange, RangeAsk, S3Request};
 use super::{bucket, parts, write_head, xml, Reply, S3Error, Sent};
@@ -840,27 +841,66 @@ fn copy_source(request: &S3Request) -> Result<(String, Vec<u8>), S3Error> {
 
 /// A value read from a replica of another key (CopyObject's source).
 pub struct CopySource {
-    download: Download,
+    /// None: an empty copy.
+    download: Option<Download>,
+    /// A checksum computed over the bytes copied (a part of an upload that
+    /// declared one).
+    checksummer: Option<Checksummer>,
 }
 
 impl CopySource {
     pub fn new(download: Download) -> CopySource {
-        CopySource { download }
+        CopySource {
+            download: Some(download),
+            checksummer: None,
+        }
+    }
+
+    /// An empty copy, checksummed with `algorithm` if given.
+    pub fn empty(algorithm: Option<Algorithm>) -> CopySource {
+        CopySource {
+            download: None,
+            checksummer: algorithm.map(Checksummer::new),
+        }
+    }
+
+    /// Compute `algorithm`'s checksum of the bytes as they are copied,
+    /// kept with them (`PieceSource::checksum`).
+    pub fn checksummed(mut self, algorithm: Option<Algorithm>) -> CopySource {
+        self.checksummer = algorithm.map(Checksummer::new);
+        self
     }
 
     /// The copy is read whole: its volume connection goes back to the pool.
     pub fn finish(self) {
-        self.download.finish();
+        if let Some(download) = self.download {
+            download.finish();
+        }
     }
 }
 
 impl PieceSource for CopySource {
     async fn next_piece(&mut self, bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
-        self.download.next(bytes_max).await.map_err(ReplicationError::Source)
+        let Some(download) = self.download.as_mut() else {
+            return Ok(None);
+        };
+        let piece = download.next(bytes_max).await.map_err(ReplicationError::Source)?;
+        if let (Some(checksummer), Some(piece)) = (self.checksummer.as_mut(), piece.as_ref()) {
+            checksummer.update(piece);
+        }
+        Ok(piece)
     }
 
     fn delivered(&self) -> u64 {
-        self.download.delivered()
+        self.download.as_ref().map_or(0, Download::delivered)
+    }
+
+    fn checksum(&self) -> Option<(String, String)> {
+        let checksummer = self.checksummer.clone()?;
+        Some(super::body::checksum_entry(
+            checksummer.algorithm(),
+            checksummer.base64(),
+        ))
     }
 }
 
@@ -1034,9 +1074,9 @@ pub async fn copy(
         let stored = match download {
             None => write::store_value(app, &key, &mut EmptySource, plan).await?,
             Some(download) => {
-                let mut copied = CopySource { download };
+                let mut copied = CopySource::new(download);
                 let stored = write::store_value(app, &key, &mut copied, plan).await?;
-                copied.download.finish();
+                copied.finish();
                 stored
             }
         };

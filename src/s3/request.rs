@@ -226,6 +226,23 @@ const SINGLE_VALUED: &[&str] = &[
     "authorization",
 ];
 
+/// Headers read as a list, whose lines are joined: a condition sent as two
+/// lines must not lose its second.
+const LIST_VALUED: &[&str] = &[
+    "if-match",
+    "if-none-match",
+    "x-amz-copy-source-if-match",
+    "x-amz-copy-source-if-none-match",
+];
+
+/// `x-amz-*` headers (kept in `refusable`) that say one thing.
+const AMZ_SINGLE_VALUED: &[&str] = &[
+    "x-amz-checksum-algorithm",
+    "x-amz-checksum-type",
+    "x-amz-sdk-checksum-algorithm",
+    "x-amz-trailer",
+];
+
 impl Headers {
     fn parse(request: &[u8]) -> Headers {
         let mut raw = [httparse::EMPTY_HEADER; crate::http::HEADER_COUNT_MAX];
@@ -275,11 +292,26 @@ impl Headers {
                 _ => continue,
             };
             let differs = slot.as_ref().is_some_and(|first| *first != value);
-            if slot.is_none() {
-                *slot = Some(value);
+            match slot {
+                // A list split over two lines means what one line with
+                // both would (`If-None-Match: "e"` and `If-None-Match: *`).
+                Some(first) if differs && LIST_VALUED.contains(&name.as_str()) => {
+                    first.push_str(", ");
+                    first.push_str(&value);
+                }
+                Some(_) => {}
+                None => *slot = Some(value),
             }
             if differs && SINGLE_VALUED.contains(&name.as_str()) {
                 headers.conflicting.get_or_insert(name);
+            }
+        }
+        for name in AMZ_SINGLE_VALUED {
+            let mut values = headers.refusable.iter().filter(|(header, _)| header == name);
+            if let Some((_, first)) = values.next() {
+                if values.any(|(_, value)| value != first) {
+                    headers.conflicting.get_or_insert(name.to_string());
+                }
             }
         }
         headers

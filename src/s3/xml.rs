@@ -488,9 +488,18 @@ pub fn copy_object(etag: &str, last_modified_ms: u64) -> Vec<u8> {
     copy_result("CopyObjectResult", etag, last_modified_ms)
 }
 
-/// `CopyPartResult`.
-pub fn copy_part(etag: &str, last_modified_ms: u64) -> Vec<u8> {
-    copy_result("CopyPartResult", etag, last_modified_ms)
+/// `CopyPartResult`, with the part's checksum when it has one.
+pub fn copy_part(etag: &str, last_modified_ms: u64, checksum: Option<(Algorithm, &str)>) -> Vec<u8> {
+    let root = "CopyPartResult";
+    let mut document = Document::new();
+    document.open_root(root);
+    document.etag(etag);
+    document.element("LastModified", &iso8601_ms(last_modified_ms));
+    if let Some((algorithm, value)) = checksum {
+        document.element(algorithm.xml_element(), value);
+    }
+    document.close(root);
+    document.finish()
 }
 
 /// `ListPartsResult`.
@@ -1061,14 +1070,15 @@ pub struct DeleteObject {
 /// A `Delete` body: (Quiet, objects in document order). `TooMany` past [`DELETE_KEYS_MAX`] objects;
 /// malformed when an `Object` has no `Key` or there is no `Object` at all.
 pub fn parse_delete_objects(body: &[u8]) -> Result<(bool, Vec<DeleteObject>), XmlError> {
-    let mut quiet = false;
+    let mut quiet_given: Option<bool> = None;
     let mut objects = Vec::new();
     let mut key: Option<Vec<u8>> = None;
     let mut version_id: Option<String> = None;
     let mut condition: Option<&'static str> = None;
     walk(body, "Delete", |closed| {
         match (closed.depth, closed.parent, closed.name) {
-            (2, _, "Quiet") => quiet = parse_bool(closed.text()?)?,
+            (2, _, "Quiet") => set_once(&mut quiet_given, parse_bool(closed.text()?)?, "Delete", "Quiet")?,
+            (depth, _, "Object") if depth != 2 => return Err(malformed("an Object inside another element")),
             (3, "Object", "Key") => set_once(&mut key, closed.text()?.as_bytes().to_vec(), "Object", "Key")?,
             (3, "Object", "VersionId") => {
                 set_once(&mut version_id, closed.text()?.trim().to_owned(), "Object", "VersionId")?
@@ -1096,7 +1106,7 @@ pub fn parse_delete_objects(body: &[u8]) -> Result<(bool, Vec<DeleteObject>), Xm
     if objects.is_empty() {
         return Err(malformed("no Object"));
     }
-    Ok((quiet, objects))
+    Ok((quiet_given.unwrap_or(false), objects))
 }
 
 /// A `Delete` body: (Quiet, keys), [`parse_delete_objects`] without the version ids.
@@ -1463,7 +1473,7 @@ mod tests {
             namespaced("CopyObjectResult", body)
         );
         assert_eq!(
-            text(copy_part("e", 1_700_000_000_123)),
+            text(copy_part("e", 1_700_000_000_123, None)),
             namespaced("CopyPartResult", body)
         );
     }

@@ -393,11 +393,15 @@ fn features_mkv_does_not_have_are_refused_not_ignored() {
     // live value. Which one a client meant is not guessed: MalformedXML,
     // nothing deleted.
     for object in [
-        "<Key>live</Key><VersionId>xyz</VersionId><VersionId>null</VersionId>",
-        "<Key>live</Key><VersionId>null</VersionId><VersionId>xyz</VersionId>",
-        "<Key>other</Key><Key>live</Key>",
+        "<Object><Key>live</Key><VersionId>xyz</VersionId><VersionId>null</VersionId></Object>",
+        "<Object><Key>live</Key><VersionId>null</VersionId><VersionId>xyz</VersionId></Object>",
+        "<Object><Key>other</Key><Key>live</Key></Object>",
+        // Found by the next review: an Object nested in another, and two
+        // Quiet elements, were taken.
+        "<Object><Key>live</Key><Object><Key>other</Key></Object></Object>",
+        "<Quiet>true</Quiet><Quiet>false</Quiet><Object><Key>live</Key></Object>",
     ] {
-        let body = format!("<Delete><Object>{object}</Object></Delete>");
+        let body = format!("<Delete>{object}</Delete>");
         let (status, answer) = s3(&cluster, "POST", "/bkt?delete", &[], Some(body.as_bytes()));
         assert_eq!(status, 400, "{object}: {}", String::from_utf8_lossy(&answer));
         assert!(String::from_utf8_lossy(&answer).contains("MalformedXML"), "{object}");
@@ -812,6 +816,20 @@ fn conditions_versions_and_odd_requests_found_by_review_are_answered() {
         412
     );
     assert_eq!(s3(&cluster, "GET", "/bkt/dst", &[], None), (200, b"there".to_vec()));
+    // Found by review: a condition split over two header lines was read
+    // from its first line only, so `"abc"` then `*` overwrote the value.
+    for (first, second) in [("\"abc\"", "*"), ("*", "\"abc\"")] {
+        let request = format!(
+            "PUT /bkt/dst HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
+             If-None-Match: {first}\r\nIf-None-Match: {second}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nnew"
+        );
+        assert_eq!(
+            statuses(&exchange(&cluster, request.as_bytes())),
+            vec![412],
+            "{first} then {second}"
+        );
+        assert_eq!(s3(&cluster, "GET", "/bkt/dst", &[], None), (200, b"there".to_vec()));
+    }
     // DeleteObject with If-Match deletes only the named value; conditions
     // it cannot check are refused.
     assert_eq!(
@@ -1011,6 +1029,65 @@ fn a_multipart_uploads_declared_and_sent_checksums_are_honoured_or_refused() {
         assert_eq!(status, 200, "{declared:?}: {answer}");
         assert!(answer.contains("<ChecksumType>COMPOSITE</ChecksumType>"), "{answer}");
     }
+    // Found by the next review: a copied part (UploadPartCopy) of an upload
+    // that declared an algorithm had no checksum, so its Complete failed
+    // (boto3's `copy` with ChecksumAlgorithm). Its checksum is computed as
+    // it is copied, and returned.
+    let (status, id) = create_upload(&cluster, "/bkt/copied", &[(algorithm, "CRC32"), (kind, "FULL_OBJECT")]);
+    assert_eq!(status, 200);
+    let reply = request_full(
+        "PUT",
+        &cluster.url(&format!("/bkt/copied?uploadId={id}&partNumber=1")),
+        &[S3, ("x-amz-copy-source", "/bkt/k")],
+        None,
+    );
+    let copied = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 200, "{copied}");
+    assert!(
+        copied.contains(&format!("<ChecksumCRC32>{whole_crc}</ChecksumCRC32>")),
+        "{copied}"
+    );
+    let etag = copied
+        .split("<ETag>")
+        .nth(1)
+        .unwrap()
+        .split("</ETag>")
+        .next()
+        .unwrap()
+        .replace("&quot;", "\"");
+    let body = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let (status, answer) = s3(
+        &cluster,
+        "POST",
+        &format!("/bkt/copied?uploadId={id}"),
+        &[],
+        Some(body.as_bytes()),
+    );
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(&format!("<ChecksumCRC32>{whole_crc}</ChecksumCRC32>")),
+        "{answer}"
+    );
+    // A part naming another algorithm than the upload's is refused at
+    // once; so is an algorithm header given twice with different values.
+    let (status, id) = create_upload(&cluster, "/bkt/other", &[(algorithm, "CRC32C")]);
+    assert_eq!(status, 200);
+    let crc = base64(&crc32(&second).to_be_bytes());
+    let reply = request_full(
+        "PUT",
+        &cluster.url(&format!("/bkt/other?uploadId={id}&partNumber=1")),
+        &[S3, ("x-amz-checksum-crc32", &crc)],
+        Some(&second),
+    );
+    assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(&reply.body));
+    let twice = format!(
+        "POST /bkt/twice?uploads HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
+         x-amz-checksum-algorithm: CRC32\r\nx-amz-checksum-algorithm: SHA1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(statuses(&exchange(&cluster, twice.as_bytes())), vec![400]);
     // An algorithm declared at create needs each part's checksum.
     let (status, id) = create_upload(&cluster, "/bkt/bare", &[(algorithm, "SHA256")]);
     assert_eq!(status, 200);
