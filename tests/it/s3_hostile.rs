@@ -1083,10 +1083,8 @@ fn a_multipart_uploads_declared_and_sent_checksums_are_honoured_or_refused() {
         Some(&second),
     );
     assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(&reply.body));
-    let twice = format!(
-        "POST /bkt/twice?uploads HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
-         x-amz-checksum-algorithm: CRC32\r\nx-amz-checksum-algorithm: SHA1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
+    let twice = "POST /bkt/twice?uploads HTTP/1.1\r\nHost: x\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
+         x-amz-checksum-algorithm: CRC32\r\nx-amz-checksum-algorithm: SHA1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     assert_eq!(statuses(&exchange(&cluster, twice.as_bytes())), vec![400]);
     // An algorithm declared at create needs each part's checksum.
     let (status, id) = create_upload(&cluster, "/bkt/bare", &[(algorithm, "SHA256")]);
