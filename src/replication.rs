@@ -219,7 +219,6 @@ async fn lease_lost<G: Gate>(gate: &G) {
 /// key. What each volume holds is unknown (a body its kernel had taken
 /// whole is stored).
 fn cut_off(uploads: Vec<Option<Upload>>) -> Failed {
-    crate::metrics::count_replica_failure(false);
     let settled = uploads
         .iter()
         .map(|upload| match upload {
@@ -228,18 +227,17 @@ fn cut_off(uploads: Vec<Option<Upload>>) -> Failed {
         })
         .collect();
     drop(uploads);
-    Failed {
-        error: ReplicationError::Gate(GateError::LockLost),
-        settled,
-    }
+    lease_lost_failure(settled)
 }
 
-/// `cut_off` for uploads dropped while they began or finished.
-fn lease_lost_failure(uploads: usize) -> Failed {
+/// The failure of a write cut off because its lease could no longer be
+/// proven (`cut_off`; uploads dropped while they began or finished are
+/// each `Unknown`).
+fn lease_lost_failure(settled: Vec<Settled>) -> Failed {
     crate::metrics::count_replica_failure(false);
     Failed {
         error: ReplicationError::Gate(GateError::LockLost),
-        settled: vec![Settled::Unknown; uploads],
+        settled,
     }
 }
 
@@ -390,7 +388,7 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         () = lease_lost(&*gate) => None,
     };
     let Some(begun) = begun else {
-        return Err(lease_lost_failure(entries.len()));
+        return Err(lease_lost_failure(vec![Settled::Unknown; entries.len()]));
     };
     let mut uploads = Vec::with_capacity(entries.len());
     let mut failure = None;
@@ -467,7 +465,7 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         () = lease_lost(&*gate) => None,
     };
     let Some(finished) = finished else {
-        return Err(lease_lost_failure(entries.len()));
+        return Err(lease_lost_failure(vec![Settled::Unknown; entries.len()]));
     };
     let mut settled = Vec::with_capacity(entries.len());
     let mut failure = None;
