@@ -4,6 +4,8 @@
 //! and returns the status it sent; failures come back as `Error` and are
 //! written by `respond`, the one place where errors become responses.
 
+use std::time::{Duration, Instant};
+
 use crate::app::App;
 use crate::connection::{drain_body, BodyError, BodyReader, Connection};
 use crate::error::Error;
@@ -18,7 +20,6 @@ use crate::replication::{self, entry_path, ClientBody, GateError, ReplicationErr
 use crate::store::{self, KeyGuard, Read, ReadOutcome};
 use crate::volume;
 use crate::write::{self, Plan, WriteError};
-use std::time::{Duration, Instant};
 
 /// Handle the request whose head is `head` and whose bytes start at
 /// `request_start` in the connection's input (the head is already consumed).

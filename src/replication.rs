@@ -9,6 +9,7 @@
 //! holds at most four pieces (two in I/O, two waiting to be hashed),
 //! whatever the value's size.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -195,20 +196,30 @@ pub trait Gate {
     }
 }
 
-/// How often a fenced write (`Gate::fenced`) asks, while a piece goes out
-/// or the volumes' verdicts are awaited, whether it still holds its key:
-/// well inside what is left of a lease when `may_send` turns false
+/// How often a fenced write (`Gate::fenced`) asks, while its requests are
+/// on their way to the volumes, whether it still holds its key: well
+/// inside what is left of a lease when `may_send` turns false
 /// (`index::pg::KEY_LEASE_LEFT_MIN_MS`, 3 s).
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
-/// Resolves once `gate` can no longer prove its key is held; never for a
-/// gate that is not fenced.
-async fn lease_lost<G: Gate>(gate: &G) {
-    if !gate.fenced() {
-        return std::future::pending().await;
-    }
-    while gate.may_send() {
-        monoio::time::sleep(LEASE_POLL).await;
+/// `work` (volume requests of a writer holding a key), unless the key can
+/// no longer be proven held (`held` false; only where the hold can lapse,
+/// `fenced`) before it ends: then None, and `work` is dropped, which
+/// resets its volume connections (they drop what they had not sent), so
+/// none of its bytes reaches a volume after another master may have taken
+/// the key.
+pub async fn unless_lease_lost<T>(fenced: bool, held: impl Fn() -> bool, work: impl Future<Output = T>) -> Option<T> {
+    let lost = async {
+        if !fenced {
+            return std::future::pending().await;
+        }
+        while held() {
+            monoio::time::sleep(LEASE_POLL).await;
+        }
+    };
+    monoio::select! {
+        done = work => Some(done),
+        () = lost => None,
     }
 }
 
@@ -383,10 +394,8 @@ pub async fn replicate<S: PieceSource, G: Gate>(
             .await
         }
     });
-    let begun = monoio::select! {
-        begun = join_all(begins) => Some(begun),
-        () = lease_lost(&*gate) => None,
-    };
+    let fenced = gate.fenced();
+    let begun = unless_lease_lost(fenced, || gate.may_send(), join_all(begins)).await;
     let Some(begun) = begun else {
         return Err(lease_lost_failure(vec![Settled::Unknown; entries.len()]));
     };
@@ -411,10 +420,10 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         if !gate.may_send() {
             return Err(abandon(uploads, ReplicationError::Gate(GateError::LockLost)).await);
         }
-        let sending = monoio::select! {
-            both = async { monoio::join!(send_all(&mut uploads, piece.take()), source.next_piece(PIECE_BYTES)) } => Some(both),
-            () = lease_lost(&*gate) => None,
-        };
+        let sending = unless_lease_lost(fenced, || gate.may_send(), async {
+            monoio::join!(send_all(&mut uploads, piece.take()), source.next_piece(PIECE_BYTES))
+        })
+        .await;
         let Some((sent, next)) = sending else {
             return Err(cut_off(uploads));
         };
@@ -460,10 +469,7 @@ pub async fn replicate<S: PieceSource, G: Gate>(
         .into_iter()
         .map(|upload| upload.expect("every upload is live until one fails").finish_settled());
     // Dropped unfinished, the uploads reset their connections.
-    let finished = monoio::select! {
-        finished = join_all(finishes) => Some(finished),
-        () = lease_lost(&*gate) => None,
-    };
+    let finished = unless_lease_lost(fenced, || gate.may_send(), join_all(finishes)).await;
     let Some(finished) = finished else {
         return Err(lease_lost_failure(vec![Settled::Unknown; entries.len()]));
     };

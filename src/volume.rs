@@ -110,6 +110,8 @@ pub struct Connection {
     answered: bool,
     /// The server may take another request on it.
     reusable: bool,
+    /// Closing it resets it (`resetting`) until it is released.
+    resets: bool,
 }
 
 /// A response's status and framing.
@@ -154,6 +156,7 @@ impl Connection {
                 reused: true,
                 answered: false,
                 reusable: true,
+                resets: false,
             });
         }
         Connection::open_new(host, timeout).await
@@ -176,6 +179,7 @@ impl Connection {
                         reused: false,
                         answered: false,
                         reusable: true,
+                        resets: false,
                     });
                 }
                 Ok(Err(error)) => last_error = error,
@@ -403,9 +407,11 @@ impl Connection {
     }
 
     /// This connection, made to reset rather than close gracefully when it
-    /// is dropped (an upload's, until the volume's verdict is read).
-    fn resetting(self) -> Connection {
+    /// is dropped before it is released (an upload's or a DELETE's, until
+    /// the volume's answer is read).
+    fn resetting(mut self) -> Connection {
         reset_on_close(&self.stream, true);
+        self.resets = true;
         self
     }
 
@@ -413,6 +419,9 @@ impl Connection {
     pub fn release(self) {
         if !self.reusable || self.start != self.buffer.len() {
             return;
+        }
+        if self.resets {
+            reset_on_close(&self.stream, false);
         }
         let mut buffer = self.buffer;
         buffer.clear();
@@ -551,10 +560,28 @@ pub async fn simple_request(
     timeout: Duration,
     body_bytes_max: usize,
 ) -> Result<(u16, Vec<u8>), VolumeError> {
-    let mut connection = Connection::open(host, timeout).await?;
+    simple_request_as(method, host, path, timeout, body_bytes_max, false).await
+}
+
+/// `simple_request`, on connections that reset if dropped before the
+/// answer is read (`resetting`), when `resetting`: a request that changes
+/// a volume must not reach it after its sender gave up on it.
+async fn simple_request_as(
+    method: &str,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    body_bytes_max: usize,
+    resetting: bool,
+) -> Result<(u16, Vec<u8>), VolumeError> {
+    let open = |connection: Connection| match resetting {
+        true => connection.resetting(),
+        false => connection,
+    };
+    let mut connection = open(Connection::open(host, timeout).await?);
     match simple_request_on(&mut connection, method, path, timeout, body_bytes_max).await {
         Err(VolumeError::Io(..)) if connection.reused => {
-            let mut connection = Connection::open_new(host, timeout).await?;
+            let mut connection = open(Connection::open_new(host, timeout).await?);
             let result = simple_request_on(&mut connection, method, path, timeout, body_bytes_max).await;
             connection.release();
             result
@@ -629,9 +656,11 @@ pub async fn head(host: &str, path: &str, timeout: Duration) -> Result<Option<Fi
     }
 }
 
-/// DELETE a file on a volume; a file already gone counts as deleted.
+/// DELETE a file on a volume; a file already gone counts as deleted. A
+/// DELETE dropped before its answer (its writer's key lease lapsed:
+/// `replication::unless_lease_lost`) resets its connection.
 pub async fn delete(host: &str, path: &str, timeout: Duration) -> Result<(), VolumeError> {
-    match simple_request("DELETE", host, path, timeout, 0).await?.0 {
+    match simple_request_as("DELETE", host, path, timeout, 0, true).await?.0 {
         200 | 204 | 404 => Ok(()),
         status => Err(VolumeError::Status(host.to_owned(), status)),
     }
@@ -934,7 +963,6 @@ impl Upload {
         let discarded = self.connection.discard_body(head, self.timeout).await;
         let host = self.connection.host.clone();
         if discarded.is_ok() {
-            reset_on_close(&self.connection.stream, false);
             self.connection.release();
         }
         match head.status {

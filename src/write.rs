@@ -395,6 +395,12 @@ pub async fn wait_committed(key: &[u8], deadline: Instant) -> bool {
     true
 }
 
+/// A write stopped because its key's lock lapsed (503: another master may
+/// be writing the key).
+fn lock_lapsed() -> Error {
+    Error::Index(IndexError::Unavailable("the key's lock lapsed".into()))
+}
+
 /// Remove `key`'s value: the record goes `DELETED` first, then the copies,
 /// then the record. The caller holds the key's lock and read `record`.
 /// A failure leaves the record deleted, so a later DELETE finishes it.
@@ -405,7 +411,7 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
     // No copy is deleted once the key's lock lapsed: another master may be
     // writing it by then.
     if !app.store.still_held(key) {
-        return Err(Error::Index(IndexError::Unavailable("the key's lock lapsed".into())));
+        return Err(lock_lapsed());
     }
     let path = key2path(key);
     let timeout = app.config.volume_timeout;
@@ -417,7 +423,18 @@ pub async fn delete_value(app: &App, key: &[u8], record: &Record) -> Result<(), 
         // provably this key's bytes (its recorded md5); leave the rest.
         replication::copies_holding(record, &path, timeout).await?
     };
-    replication::delete_all(&copies, &path, timeout).await?;
+    // Watched as a write's uploads are: a DELETE held up on its way must
+    // not reach a volume after another master took the key and wrote it.
+    let deleted = replication::unless_lease_lost(
+        app.store.fenced(),
+        || app.store.still_held(key),
+        replication::delete_all(&copies, &path, timeout),
+    )
+    .await;
+    let Some(deleted) = deleted else {
+        return Err(lock_lapsed());
+    };
+    deleted?;
     // The record says deleted already: removing it changes no answer. The
     // last index write under the key's lock: it ends the lease too.
     app.store.remove_releasing_async(key).await?;

@@ -947,7 +947,18 @@ impl Postgres {
                 &holder,
                 &lease_ms,
             ];
-            match client.query_one(&statements.commit_group, &parameters) {
+            // An offline command's writes hold its fence row to their
+            // commit (`fence_in`), as its bulk writes do.
+            let committed = match self.fence().is_some_and(|lease| lease.is_offline()) {
+                false => client.query_one(&statements.commit_group, &parameters),
+                true => {
+                    let mut transaction = client.transaction()?;
+                    self.fence_in(&mut transaction)?;
+                    let row = transaction.query_one(&statements.commit_group, &parameters);
+                    row.and_then(|row| transaction.commit().map(|()| row))
+                }
+            };
+            match committed {
                 Ok(row) => Ok(row.get::<_, Vec<i32>>(0)),
                 Err(error) if error.code().is_some_and(|state| state.code() == LEASE_LAPSED_STATE) => {
                     Err(Failure::LeaseLapsed)
@@ -994,7 +1005,7 @@ impl Postgres {
     /// Check in `transaction` that this process's lease is live (an
     /// offline command's: holding its fence row shared to the commit, so a
     /// master's renewal that would find the lease lapsed waits for the
-    /// commit): a bulk write of an offline command whose lease lapsed (its
+    /// commit): a write of an offline command whose lease lapsed (its
     /// sessions died, and a master may have started since) fails rather
     /// than commits, as `mkv_commit_group` does.
     fn fence_in(&self, transaction: &mut postgres::Transaction<'_>) -> Result<(), Failure> {
@@ -1487,12 +1498,12 @@ struct Lease {
     /// Its row's name: the master's origin, or `offline:` and the
     /// command's.
     origin: String,
-    /// An offline command's: renewed only while live, never taken again.
-    offline: bool,
     /// An offline command's second row (`fence_in`), never live itself:
-    /// its bulk writes hold it shared to their commit, and a master's
-    /// renewal takes it exclusively before it looks at the lease row, so
-    /// it waits for such a write and sees the row as that write left it.
+    /// its writes hold it shared to their commit, and a master's renewal
+    /// takes it exclusively before it looks at the lease row, so it waits
+    /// for such a write and sees the row as that write left it. Only an
+    /// offline command's lease has one (`is_offline`): renewed only while
+    /// live, never taken again.
     fence_row: Option<String>,
     /// The session holding the role lock shared; None once it failed.
     session: Mutex<Option<Client>>,
@@ -1541,20 +1552,14 @@ impl Lease {
             }
             std::thread::sleep(ROLE_RETRY_DELAY);
         }
-        let lease = Lease {
-            config: config.clone(),
-            origin: origin.to_string(),
-            offline: false,
-            fence_row: None,
-            session: Mutex::new(Some(session)),
-            start: Instant::now(),
-            until_micros: AtomicU64::new(0),
-            ended: AtomicBool::new(false),
-            keys: Mutex::new(HashMap::new()),
-            next_token: AtomicI64::new(1),
-            released: Mutex::new(HashSet::new()),
-            renewals: AtomicU64::new(0),
-        };
+        let lease = Lease::new(
+            config,
+            origin.to_string(),
+            None,
+            session,
+            Instant::now(),
+            Duration::ZERO,
+        );
         // An offline command just ended (or killed) leaves its lease to
         // lapse: wait for it as an offline command waits for masters'.
         let deadline = Instant::now() + OFFLINE_WAIT;
@@ -1566,6 +1571,36 @@ impl Lease {
                 Err(RenewError::Database(error)) => return Err(LeaseError::Database(error)),
             }
         }
+    }
+
+    /// A lease named `origin` (with `fence_row` for an offline command's),
+    /// renewed on `session`, holding until `until` after `start`.
+    fn new(
+        config: &Config,
+        origin: String,
+        fence_row: Option<String>,
+        session: Client,
+        start: Instant,
+        until: Duration,
+    ) -> Lease {
+        Lease {
+            config: config.clone(),
+            origin,
+            fence_row,
+            session: Mutex::new(Some(session)),
+            start,
+            until_micros: AtomicU64::new(until.as_micros() as u64),
+            ended: AtomicBool::new(false),
+            keys: Mutex::new(HashMap::new()),
+            next_token: AtomicI64::new(1),
+            released: Mutex::new(HashSet::new()),
+            renewals: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this is an offline command's lease.
+    fn is_offline(&self) -> bool {
+        self.fence_row.is_some()
     }
 
     /// Whether the lease holds now.
@@ -1585,7 +1620,7 @@ impl Lease {
                     failing = false;
                 }
                 Ok(()) => {}
-                Err(_) if self.offline && self.ended.load(Ordering::Acquire) => {}
+                Err(_) if self.is_offline() && self.ended.load(Ordering::Acquire) => {}
                 Err(error) if !failing => {
                     let why = match error {
                         RenewError::Held => "an offline command holds the index".to_string(),
@@ -1606,7 +1641,7 @@ impl Lease {
     /// lost, then push the row's expiry. The local deadline counts from
     /// before the statement was sent, so it ends no later than the row's.
     fn renew(&self) -> Result<(), RenewError> {
-        if self.offline {
+        if self.is_offline() {
             return self.renew_offline();
         }
         let mut session = lock(&self.session);
@@ -1747,20 +1782,7 @@ impl Lease {
                         &[&name, &fence_row],
                     )?;
                     let until = sent + Duration::from_millis(LEASE_MS);
-                    return Ok(Lease {
-                        config: config.clone(),
-                        origin: name,
-                        offline: true,
-                        fence_row: Some(fence_row),
-                        session: Mutex::new(Some(session)),
-                        start,
-                        until_micros: AtomicU64::new(until.as_micros() as u64),
-                        ended: AtomicBool::new(false),
-                        keys: Mutex::new(HashMap::new()),
-                        next_token: AtomicI64::new(1),
-                        released: Mutex::new(HashSet::new()),
-                        renewals: AtomicU64::new(0),
-                    });
+                    return Ok(Lease::new(config, name, Some(fence_row), session, start, until));
                 }
                 // Let the serving masters renew; they serve.
                 session.query_one("SELECT pg_advisory_unlock($1)", &[&ROLE_LOCK])?;
@@ -1827,7 +1849,7 @@ impl Lease {
         let mut session = lock(&self.session);
         // An offline command's row keeps masters out until it lapses: gone
         // now, from a new session if the one it had died.
-        if self.offline && session.as_ref().is_none_or(Client::is_closed) {
+        if self.is_offline() && session.as_ref().is_none_or(Client::is_closed) {
             *session = self.config.connect(NoTls).ok();
         }
         if let Some(client) = session.as_mut() {

@@ -209,18 +209,12 @@ pub async fn upload_part(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let PartOf {
-        number,
-        id,
-        key,
-        declared: algorithm,
-        _guard,
-    } = part_of(app, request).await?;
-    check_part_algorithm(request, algorithm)?;
+    let target = part_of(app, request).await?;
+    check_part_algorithm(request, target.declared)?;
     let expected_md5 = content_md5(request)?;
     let keep_alive = head.keep_alive;
     let (mut body, declared) = request_body(app, connection, head, request)?;
-    let part = write_part(app, &id, number, &key, &mut body, declared, expected_md5).await;
+    let part = write_part(app, &target, &mut body, declared, expected_md5).await;
     drop(body);
     let part = part?;
     let mut reply = Reply::empty(200).header("ETag", format_args!("\"{}\"", part.md5));
@@ -239,13 +233,7 @@ pub async fn upload_part_copy(
     head: &RequestHead,
     request: &S3Request,
 ) -> Result<Sent, S3Error> {
-    let PartOf {
-        number,
-        id,
-        key,
-        declared: algorithm,
-        _guard,
-    } = part_of(app, request).await?;
+    let target = part_of(app, request).await?;
     let source = open_copy_source(app, request, |object| {
         let range = match request.headers.copy_source_range.as_deref() {
             None => None,
@@ -256,16 +244,9 @@ pub async fn upload_part_copy(
     .await?;
     // A copied part gets the checksum its upload declared, computed as
     // it is copied (no client can send one), for Complete to combine.
-    let part = if let Some(download) = source.download {
-        let length = source.length;
-        let mut copied = CopySource::new(download).checksummed(algorithm);
-        let part = write_part(app, &id, number, &key, &mut copied, Some(length), None).await?;
-        copied.finish();
-        part
-    } else {
-        let mut empty = CopySource::empty(algorithm);
-        write_part(app, &id, number, &key, &mut empty, Some(0), None).await?
-    };
+    let mut copied = CopySource::new(source.download, target.declared);
+    let part = write_part(app, &target, &mut copied, Some(source.length), None).await?;
+    copied.finish();
     let checksum = part
         .checksum
         .as_ref()
@@ -308,14 +289,13 @@ fn copy_range(text: &str, size: u64) -> Result<ByteRange, S3Error> {
 /// nothing. The caller holds the part's lock.
 async fn write_part<S: PieceSource>(
     app: &App,
-    id: &str,
-    number: u32,
-    key: &[u8],
+    part: &PartOf<'_>,
     source: &mut S,
     declared: Option<u64>,
     expected_md5: Option<[u8; 16]>,
 ) -> Result<Part, S3Error> {
-    let entries = app.store.placement().place(key);
+    let (id, number) = (part.id.as_str(), part.number);
+    let entries = app.store.placement().place(&part.key);
     let path = state::part_path(id, number);
     let target = Target {
         entries: &entries,

@@ -839,9 +839,9 @@ fn copy_source(request: &S3Request) -> Result<(String, Vec<u8>), S3Error> {
     }
 }
 
-/// A value read from a replica of another key (CopyObject's source).
+/// A value read from a replica of another key (a copy's source).
 pub struct CopySource {
-    /// None: an empty copy.
+    /// None: an empty value (nothing to open).
     download: Option<Download>,
     /// A checksum computed over the bytes copied (a part of an upload that
     /// declared one).
@@ -849,26 +849,14 @@ pub struct CopySource {
 }
 
 impl CopySource {
-    pub fn new(download: Download) -> CopySource {
+    /// The bytes `download` reads (none without one), with `algorithm`'s
+    /// checksum computed as they are copied and kept with them
+    /// (`PieceSource::checksum`) if given.
+    pub fn new(download: Option<Download>, algorithm: Option<Algorithm>) -> CopySource {
         CopySource {
-            download: Some(download),
-            checksummer: None,
-        }
-    }
-
-    /// An empty copy, checksummed with `algorithm` if given.
-    pub fn empty(algorithm: Option<Algorithm>) -> CopySource {
-        CopySource {
-            download: None,
+            download,
             checksummer: algorithm.map(Checksummer::new),
         }
-    }
-
-    /// Compute `algorithm`'s checksum of the bytes as they are copied,
-    /// kept with them (`PieceSource::checksum`).
-    pub fn checksummed(mut self, algorithm: Option<Algorithm>) -> CopySource {
-        self.checksummer = algorithm.map(Checksummer::new);
-        self
     }
 
     /// The copy is read whole: its volume connection goes back to the pool.
@@ -1071,15 +1059,9 @@ pub async fn copy(
             ..Meta::default()
         };
         let plan = Plan::s3_value(Some(source.size), meta);
-        let stored = match download {
-            None => write::store_value(app, &key, &mut EmptySource, plan).await?,
-            Some(download) => {
-                let mut copied = CopySource::new(download);
-                let stored = write::store_value(app, &key, &mut copied, plan).await?;
-                copied.finish();
-                stored
-            }
-        };
+        let mut copied = CopySource::new(download, None);
+        let stored = write::store_value(app, &key, &mut copied, plan).await?;
+        copied.finish();
         (
             stored.md5.as_ref().map(etag_hex).unwrap_or_default(),
             stored.meta.mtime_ms,
@@ -1089,19 +1071,6 @@ pub async fn copy(
     bucket::ensure_for_write(app, &request.bucket).await?;
     Reply::xml(200, xml::copy_object(&etag, mtime_ms)).write(connection, head.keep_alive, false);
     Ok(Sent::status(200))
-}
-
-/// A source of no bytes (a copy of an empty value).
-pub struct EmptySource;
-
-impl PieceSource for EmptySource {
-    async fn next_piece(&mut self, _bytes_max: usize) -> Result<Option<Bytes>, ReplicationError> {
-        Ok(None)
-    }
-
-    fn delivered(&self) -> u64 {
-        0
-    }
 }
 
 #[cfg(test)]

@@ -473,24 +473,9 @@ pub fn complete_multipart_checksummed(
     document.finish()
 }
 
-/// A root holding an ETag and a LastModified: the results of the two copies.
-fn copy_result(root: &str, etag: &str, last_modified_ms: u64) -> Vec<u8> {
-    let mut document = Document::new();
-    document.open_root(root);
-    document.etag(etag);
-    document.element("LastModified", &iso8601_ms(last_modified_ms));
-    document.close(root);
-    document.finish()
-}
-
-/// `CopyObjectResult`.
-pub fn copy_object(etag: &str, last_modified_ms: u64) -> Vec<u8> {
-    copy_result("CopyObjectResult", etag, last_modified_ms)
-}
-
-/// `CopyPartResult`, with the part's checksum when it has one.
-pub fn copy_part(etag: &str, last_modified_ms: u64, checksum: Option<(Algorithm, &str)>) -> Vec<u8> {
-    let root = "CopyPartResult";
+/// A root holding an ETag, a LastModified and a checksum if given: the
+/// results of the two copies.
+fn copy_result(root: &str, etag: &str, last_modified_ms: u64, checksum: Option<(Algorithm, &str)>) -> Vec<u8> {
     let mut document = Document::new();
     document.open_root(root);
     document.etag(etag);
@@ -500,6 +485,16 @@ pub fn copy_part(etag: &str, last_modified_ms: u64, checksum: Option<(Algorithm,
     }
     document.close(root);
     document.finish()
+}
+
+/// `CopyObjectResult`.
+pub fn copy_object(etag: &str, last_modified_ms: u64) -> Vec<u8> {
+    copy_result("CopyObjectResult", etag, last_modified_ms, None)
+}
+
+/// `CopyPartResult`, with the part's checksum when it has one.
+pub fn copy_part(etag: &str, last_modified_ms: u64, checksum: Option<(Algorithm, &str)>) -> Vec<u8> {
+    copy_result("CopyPartResult", etag, last_modified_ms, checksum)
 }
 
 /// `ListPartsResult`.
